@@ -1,0 +1,98 @@
+"""The run context handed to every stage: validated config, artifact store, run id, local cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnn_tasks.config import PipelineConfig
+from cnn_tasks.storage import ArtifactStore, open_store
+
+
+def safe_run_id(run_id: str) -> str:
+    """Airflow run ids contain ':' and '+'; keep keys portable across file systems and S3."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.\-]+", "_", run_id).strip("._")
+    if not cleaned:
+        raise ValueError(f"run id {run_id!r} has no usable characters")
+    return cleaned
+
+
+def cache_root() -> Path:
+    """A worker-local cache (downloads, shards) shared by runs; CNN_CACHE_DIR overrides it."""
+    root = Path(os.environ.get("CNN_CACHE_DIR") or Path.home() / ".cache" / "cnn_tasks")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@dataclass
+class RunContext:
+    config: PipelineConfig
+    store: ArtifactStore
+    run_id: str
+    scratch_root: Path | None = field(default=None)
+
+    def __post_init__(self):
+        self.run_id = safe_run_id(self.run_id)
+
+    @classmethod
+    def create(cls, config: PipelineConfig, run_id: str, s3_client=None) -> "RunContext":
+        store = open_store(config.store_uri, endpoint_url=config.s3_endpoint_url, s3_client=s3_client)
+        return cls(config=config, store=store, run_id=run_id)
+
+    # ---- keys in the store (one prefix per run; nothing is overwritten across runs)
+    @property
+    def prefix(self) -> str:
+        return f"runs/{self.run_id}"
+
+    def key(self, *parts: str) -> str:
+        return "/".join([self.prefix, *[p.strip("/") for p in parts]])
+
+    def data_key(self, *parts: str) -> str:
+        return self.key("data", *parts)
+
+    def check_key(self, experiment: str, *parts: str) -> str:
+        return self.key("checks", experiment, *parts)
+
+    def model_key(self, model_id: str, *parts: str) -> str:
+        return self.key("models", model_id, *parts)
+
+    def viz_key(self, model_id: str, *parts: str) -> str:
+        return self.key("viz", model_id, *parts)
+
+    def eval_key(self, name: str, *parts: str) -> str:
+        return self.key("eval", name, *parts)
+
+    def report_key(self, *parts: str) -> str:
+        return self.key("report", *parts)
+
+    # ---- local disk
+    def scratch(self, *parts: str) -> Path:
+        """A per-run working folder on this worker (not shared between workers)."""
+        root = self.scratch_root or cache_root() / "scratch" / self.run_id
+        path = Path(root, *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def cached(self, key: str) -> Path:
+        """Fetch `key` from the store into the worker-local cache once; later calls reuse it.
+
+        Cache entries are keyed by the store URL, and run keys never change once written
+        (a run's prefix is write-once), so a cached copy is never stale.
+        """
+        url = self.store.url(key)
+        digest = hashlib.sha256(url.encode()).hexdigest()[:24]
+        path = cache_root() / "objects" / digest / Path(key).name
+        if not path.is_file():
+            self.store.get_file(key, path)
+        return path
+
+
+def model_id(experiment: str, variant: str) -> str:
+    """The id of one trained model: experiment x data variant (unbalanced | balanced)."""
+    return f"{experiment}__{variant}"
+
+
+VARIANTS = ("unbalanced", "balanced")
