@@ -182,8 +182,13 @@ class PipelineConfig:
         profile = values.get("profile") or "standard"
         if profile not in PROFILES:
             raise ConfigError("profile", f"{profile!r} is not one of {PROFILES}")
-        merged: dict[str, Any] = dict(QUICK_PROFILE) if profile == "quick" else {}
-        merged.update({k: v for k, v in values.items() if v is not None or k in _NULLABLE})
+        merged = {k: v for k, v in values.items() if v is not None or k in _NULLABLE}
+        if profile == "quick":
+            # A form submits every field, so the profile wins wherever a field still holds
+            # its standard default; a value the user changed is kept.
+            for name, quick_value in QUICK_PROFILE.items():
+                if name not in merged or merged[name] == _STANDARD_DEFAULTS[name]:
+                    merged[name] = quick_value
         merged["profile"] = profile
         return cls(**_coerce(merged)).validated()
 
@@ -246,6 +251,8 @@ class PipelineConfig:
             _validate_experiment(spec, f"experiments[{i}]")
         return self
 
+
+_STANDARD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}
 
 _NULLABLE = {"dataset_checksum", "dataset_subdir", "unlabelled_url", "classes", "classes_limit",
              "max_images_per_class", "s3_endpoint_url"}
@@ -367,3 +374,82 @@ def _as(kind: type, value: Any, name: str):
     if kind is int and isinstance(value, float) and value != result:
         raise ConfigError(name, f"{value!r} must be a whole number")
     return result
+
+
+# Titles and descriptions for every field: the Airflow trigger form and the README use them.
+FIELD_DOCS: dict[str, tuple[str, str]] = {
+    "dataset_url": ("Dataset", "Labelled images: http(s) URL, s3://bucket/key, or a local zip, tar(.gz) or "
+                    "folder with one sub-folder per class."),
+    "dataset_checksum": ("Dataset checksum", "Optional 'sha256:<hex>' or 'md5:<hex>' of the archive; a mismatch "
+                         "stops the run. Leave empty when pointing at your own data."),
+    "dataset_subdir": ("Sub-folder", "Folder inside the archive that holds the class folders (e.g. train_set)."),
+    "unlabelled_url": ("Unlabelled images", "Optional folder, archive or URL of images to classify with the "
+                       "champion model after training (writes predictions.csv)."),
+    "classes": ("Classes", "Subset of class-folder names to use; empty means all classes."),
+    "classes_limit": ("Number of classes", "Keep only the first N classes (alphabetical) when no subset is given."),
+    "max_images_per_class": ("Images per class (cap)", "Seeded random sample per class; empty means all images."),
+    "min_images_per_class": ("Minimum images per class", "A class with fewer valid images stops the run."),
+    "image_size": ("Image size (px)", "Images are resized to this square size before training."),
+    "split": ("Split ratios", "Train, validation and test fractions; must sum to 1."),
+    "seed": ("Seed", "Every random choice (split, shuffling, augmentation, initialisation) uses this seed."),
+    "rebalance": ("Rebalance strategy", "How training and validation data are balanced for the 'balanced' "
+                  "variant; the test split is never touched."),
+    "experiments": ("Model experiments", "Sequential CNN specs (>= 4 conv layers each); every experiment is "
+                    "trained on the unbalanced and on the balanced data."),
+    "epochs": ("Epochs", "Maximum epochs per training run (early stopping may end sooner)."),
+    "early_stopping_patience": ("Early-stopping patience", "Epochs without validation-loss improvement "
+                                "before training stops and the best weights are restored."),
+    "augment": ("Augment training images", "Random flips, small rotations, zoom and contrast on training batches."),
+    "single_batch_steps": ("Single-batch check steps", "Step budget for overfitting one batch before training."),
+    "mixed_precision": ("Mixed precision", "float16 compute on a GPU (leave off on CPU)."),
+    "deterministic": ("Deterministic ops", "Bit-for-bit reproducible TensorFlow ops (slower)."),
+    "filter_pattern_steps": ("Filter-pattern steps", "Gradient-ascent steps per filter visualisation."),
+    "promotion_metric": ("Promotion metric", "Test metric a new model must beat the champion on."),
+    "promotion_margin": ("Promotion margin", "How much better (absolute) the new model must be to be promoted."),
+    "promotion_min_accuracy": ("Minimum accuracy to promote", "Guard: a model below this test accuracy is "
+                               "never promoted."),
+    "store_uri": ("Artifact store", "file:///path or s3://bucket/prefix where every artifact and the report go."),
+    "s3_endpoint_url": ("S3 endpoint", "For MinIO or another S3-compatible store; empty means AWS."),
+    "aws_conn_id": ("AWS connection id", "Airflow connection holding the S3 credentials."),
+    "profile": ("Profile", "'quick' runs a few minutes on a laptop CPU (few classes, images and epochs); "
+                "'standard' is the real job. Quick settings apply to fields left at their defaults."),
+}
+
+_CHOICES = {"rebalance": REBALANCE_STRATEGIES, "promotion_metric": PROMOTION_METRICS, "profile": PROFILES}
+_BOUNDS = {"image_size": (16, 512), "epochs": (1, 1000), "early_stopping_patience": (1, 100),
+           "single_batch_steps": (10, 5000), "filter_pattern_steps": (1, 500), "min_images_per_class": (1, None),
+           "classes_limit": (2, None), "max_images_per_class": (10, None), "promotion_min_accuracy": (0, 1),
+           "promotion_margin": (0, 1), "seed": (0, None)}
+
+
+def field_schemas(defaults: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """A JSON-schema description of every field (type, enum, bounds, title, description, default).
+
+    The DAG turns these into Airflow Params, so the trigger form is built from this module.
+    """
+    base = PipelineConfig().to_dict()
+    base.update(defaults or {})
+    schemas = {}
+    for f in dataclasses.fields(PipelineConfig):
+        default = base[f.name]
+        title, description = FIELD_DOCS[f.name]
+        kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(type(default))
+        if f.name == "split":
+            schema = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+        elif f.name == "classes":
+            schema = {"type": ["null", "array"], "items": {"type": "string"}}
+        elif f.name == "experiments":
+            schema = {"type": "array", "items": {"type": "object"}, "minItems": 1}
+        elif f.name in _NULLABLE:
+            schema = {"type": ["null", "integer" if f.name.endswith(("_limit", "_per_class")) else "string"]}
+        else:
+            schema = {"type": kind}
+        if f.name in _CHOICES:
+            schema["enum"] = list(_CHOICES[f.name])
+        low, high = _BOUNDS.get(f.name, (None, None))
+        if low is not None:
+            schema["minimum"] = low
+        if high is not None:
+            schema["maximum"] = high
+        schemas[f.name] = {"default": default, "title": title, "description": description, **schema}
+    return schemas

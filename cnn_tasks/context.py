@@ -33,6 +33,7 @@ class RunContext:
     store: ArtifactStore
     run_id: str
     scratch_root: Path | None = field(default=None)
+    s3_client: object | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.run_id = safe_run_id(self.run_id)
@@ -40,7 +41,15 @@ class RunContext:
     @classmethod
     def create(cls, config: PipelineConfig, run_id: str, s3_client=None) -> "RunContext":
         store = open_store(config.store_uri, endpoint_url=config.s3_endpoint_url, s3_client=s3_client)
-        return cls(config=config, store=store, run_id=run_id)
+        return cls(config=config, store=store, run_id=run_id, s3_client=s3_client)
+
+    def s3(self):
+        """The S3 client for reading s3:// sources: the one given (Airflow connection), else boto3's."""
+        if self.s3_client is None:
+            from cnn_tasks.storage import make_s3_client
+
+            self.s3_client = getattr(self.store, "client", None) or make_s3_client(self.config.s3_endpoint_url)
+        return self.s3_client
 
     # ---- keys in the store (one prefix per run; nothing is overwritten across runs)
     @property

@@ -1,0 +1,55 @@
+# Two commands matter: `make run` (the pipeline end to end) and `make test` (the whole suite).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+PROFILE ?= standard
+DATASET_URL ?=
+DATASET_CHECKSUM ?=
+UNLABELLED_URL ?=
+STORE_URI ?= file://$(CURDIR)/artifacts
+PYTEST_ARGS ?=
+
+export PYTHONPATH := $(CURDIR)
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export CNN_STORE_URI ?= $(STORE_URI)
+
+.PHONY: setup run test airflow bench lock clean
+
+setup: $(STAMP)
+
+# The virtualenv is created when missing and re-synced whenever the lock file changes.
+$(STAMP): requirements/requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip==26.3"
+	$(PY) -m pip install --quiet -r requirements/requirements.lock
+	@touch $(STAMP)
+
+## make run [PROFILE=quick] [DATASET_URL=/path/EuroSAT.zip] [STORE_URI=s3://bucket/prefix]
+run: setup
+	PROFILE="$(PROFILE)" DATASET_URL="$(DATASET_URL)" DATASET_CHECKSUM="$(DATASET_CHECKSUM)" \
+	UNLABELLED_URL="$(UNLABELLED_URL)" STORE_URI="$(STORE_URI)" $(PY) scripts/run_pipeline.py
+
+## make test [PYTEST_ARGS="-k storage"]
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## make airflow: the Airflow UI with this project's DAG and plugin on http://127.0.0.1:8080
+airflow: setup
+	bash scripts/airflow_standalone.sh
+
+## make bench: every benchmark, one after the other (long: see README)
+bench: setup
+	$(PY) bench/bench_prepare.py && $(PY) bench/bench_train.py && $(PY) bench/bench_filters.py
+
+## make lock: re-resolve requirements/requirements.in into exact pins
+lock:
+	$(PY) -m pip install --quiet "uv==0.13.8"
+	$(VENV)/bin/uv pip compile --python-version 3.11 requirements/requirements.in -o requirements/requirements.lock
+
+clean:
+	rm -rf .airflow artifacts .pytest_cache

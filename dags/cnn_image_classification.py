@@ -1,0 +1,191 @@
+"""CNN image classification: from a labelled image dataset to trained, understood and compared models.
+
+Wiring only. Each task calls one stage of `cnn_tasks` (plain Python, no Airflow inside) with a
+RunContext built from the run's Params; stages exchange data through the artifact store and
+return only small dicts (keys, URIs, metrics) through XCom. No TensorFlow, pandas or matplotlib
+is imported at parse time.
+
+Deployment settings (environment variables, read at parse time):
+  CNN_SCHEDULE          cron expression or preset for scheduled retraining (default: manual only)
+  CNN_RETRAIN_ON_ASSET  "true" to also run when the dataset Asset is updated
+  CNN_STORE_URI, CNN_S3_ENDPOINT_URL, CNN_AWS_CONN_ID, CNN_DATASET_URL   Param defaults
+  CNN_TRAINING_POOL     pool for training tasks (default "training")
+  CNN_TRAIN_TIMEOUT_HOURS  execution timeout of one training task (default 6)
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+from cnn_tasks.config import field_schemas
+
+DAG_ID = "cnn_image_classification"
+TRAINING_POOL = os.environ.get("CNN_TRAINING_POOL", "training")
+# Updating this Asset (from a producer DAG or the REST API) announces new training data.
+DATASET_ASSET = Asset(name="cnn_training_dataset", uri="cnn://training-dataset")
+
+
+def _deployment_defaults() -> dict:
+    env = {"store_uri": "CNN_STORE_URI", "s3_endpoint_url": "CNN_S3_ENDPOINT_URL",
+           "aws_conn_id": "CNN_AWS_CONN_ID", "dataset_url": "CNN_DATASET_URL"}
+    return {field: os.environ[var] for field, var in env.items() if os.environ.get(var)}
+
+
+def _params() -> dict[str, Param]:
+    """One Param per config field, with type, enum, bounds, title and description."""
+    return {name: Param(**schema) for name, schema in field_schemas(_deployment_defaults()).items()}
+
+
+def _schedule():
+    """Manual by default; a cron/preset from CNN_SCHEDULE; optionally also on dataset updates."""
+    cron = os.environ.get("CNN_SCHEDULE", "").strip() or None
+    on_asset = os.environ.get("CNN_RETRAIN_ON_ASSET", "").lower() in ("1", "true", "yes")
+    if cron and on_asset:
+        from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+
+        return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=[DATASET_ASSET])
+    if on_asset:
+        return [DATASET_ASSET]
+    return cron
+
+
+def _stage(fn, *args):
+    """Run a stage with this task's context. Errors a retry cannot fix (bad config, bad data,
+    missing bucket: ValueError, KeyError, StoreError) fail the task at once instead of retrying."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from cnn_tasks.storage import StoreError
+
+    try:
+        return fn(_ctx(), *args)
+    except (ValueError, KeyError, StoreError) as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _ctx():
+    """The RunContext for the running task: validated config from Params, store, run id."""
+    from cnn_tasks.config import PipelineConfig
+    from cnn_tasks.context import RunContext
+
+    context = get_current_context()
+    config = PipelineConfig.from_dict(dict(context["params"]))
+    s3_client = None
+    if config.store_uri.startswith("s3://") or config.dataset_url.startswith("s3://"):
+        # Inside Airflow the S3 credentials come from the Airflow connection (amazon provider).
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        s3_client = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
+    return RunContext.create(config, context["run_id"], s3_client=s3_client)
+
+
+@dag(
+    dag_id=DAG_ID,
+    description="Download, validate, split and rebalance images; train, visualise, evaluate and "
+    "ensemble Sequential CNNs; publish an HTML report.",
+    schedule=_schedule(),
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=_params(),
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+        "execution_timeout": timedelta(hours=2),
+    },
+    tags=["cnn", "keras", "images"],
+    doc_md=__doc__,
+)
+def cnn_image_classification():
+    @task(retries=0)
+    def configure() -> list[str]:
+        """Validate the Params (nothing is written for an invalid run), record the config and
+        return the experiment names that the single-batch checks and training map over."""
+        def record(ctx):
+            ctx.store.put_json(ctx.key("config.json"), ctx.config.to_dict())
+            return [e.name for e in ctx.config.experiments]
+
+        return _stage(record)
+
+    @task
+    def download(experiments: list[str]) -> dict:
+        from cnn_tasks import download
+
+        return _stage(download.run)
+
+    @task
+    def split(ingest: dict) -> dict:
+        from cnn_tasks import split
+
+        return _stage(split.run)
+
+    @task
+    def rebalance(analysis: dict) -> dict:
+        from cnn_tasks import rebalance
+
+        return _stage(rebalance.run)
+
+    @task(retries=0)
+    def single_batch_check(experiment: str) -> dict:
+        from cnn_tasks import train
+
+        return _stage(train.single_batch_check, experiment)
+
+    @task(pool=TRAINING_POOL, execution_timeout=timedelta(hours=float(os.environ.get("CNN_TRAIN_TIMEOUT_HOURS", 6))))
+    def train(experiment: str, variant: str) -> dict:
+        from cnn_tasks import train
+
+        return _stage(train.run, experiment, variant)
+
+    @task
+    def visualize(trained: dict) -> dict:
+        from cnn_tasks import visualize
+
+        return _stage(visualize.run, trained["model_id"])
+
+    @task
+    def evaluate(trained: dict) -> dict:
+        from cnn_tasks import evaluate
+
+        return _stage(evaluate.run, trained["model_id"])
+
+    @task
+    def ensemble(evaluations: list[dict]) -> dict:
+        from cnn_tasks import ensemble
+
+        return _stage(ensemble.run, [e["model_id"] for e in evaluations])
+
+    @task
+    def promote(ensembled: dict) -> dict:
+        from cnn_tasks import promote
+
+        return _stage(promote.run)
+
+    @task
+    def predict(promotion: dict) -> dict:
+        from cnn_tasks import predict
+
+        return _stage(predict.run)
+
+    @task
+    def report(predictions: dict, visualisations: list[dict]) -> dict:
+        from cnn_tasks import report
+
+        return _stage(report.run)
+
+    experiments = configure()
+    data = rebalance(split(download(experiments)))
+    checks = single_batch_check.expand(experiment=experiments)
+    data >> checks
+    # One training task per experiment x data variant (a cross product).
+    trained = train.expand(experiment=experiments, variant=["unbalanced", "balanced"])
+    checks >> trained
+    visualisations = visualize.expand(trained=trained)
+    evaluations = evaluate.expand(trained=trained)
+    report(predict(promote(ensemble(evaluations))), visualisations)
+
+cnn_image_classification()

@@ -1,0 +1,79 @@
+"""The configuration: defaults, profiles, coercion from form values, and errors naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConfigError, PipelineConfig, field_schemas
+
+
+def test_defaults_are_the_standard_profile():
+    config = PipelineConfig.from_dict({})
+    assert config.profile == "standard" and config.split == (0.7, 0.2, 0.1)
+    assert config.image_size == 64 and config.classes is None and config.max_images_per_class is None
+    assert [e.name for e in config.experiments] == ["baseline", "strided_elu", "deep_swish"]
+    first = config.experiments[0]
+    assert (first.activation, first.optimizer, first.batch_size) == ("relu", "adam", 32)
+    assert all(len(e.conv) >= 4 for e in DEFAULT_EXPERIMENTS)
+
+
+def test_quick_profile_fills_fields_left_at_defaults_but_keeps_user_values():
+    form = PipelineConfig().to_dict() | {"profile": "quick", "epochs": 5}
+    config = PipelineConfig.from_dict(form)
+    assert config.epochs == 5  # changed by the user: kept
+    assert config.image_size == 32 and config.max_images_per_class == 120 and config.classes_limit == 4
+
+
+def test_json_round_trip_and_form_strings():
+    config = PipelineConfig.from_dict({"classes": "Forest, River", "dataset_subdir": "  ", "image_size": "48"})
+    assert config.classes == ("Forest", "River") and config.dataset_subdir is None and config.image_size == 48
+    assert PipelineConfig.from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize(
+    "values, field, message",
+    [
+        ({"split": [0.6, 0.2, 0.1]}, "split", "sums to 0.9000"),
+        ({"split": [0.7, 0.3]}, "split", "three ratios"),
+        ({"image_size": 8}, "image_size", "outside 16..512"),
+        ({"image_size": 32.5}, "image_size", "whole number"),
+        ({"rebalance": "smote"}, "rebalance", "not one of"),
+        ({"epochs": 0}, "epochs", "outside 1..1000"),
+        ({"classes": ["Forest"]}, "classes", "at least 2"),
+        ({"dataset_checksum": "md5:xyz"}, "dataset_checksum", "must look like"),
+        ({"store_uri": "ftp://x"}, "store_uri", "file:// or s3://"),
+        ({"profile": "huge"}, "profile", "not one of"),
+        ({"augment": "yes"}, "augment", "true or false"),
+        ({"epoch": 3}, "epoch", "unknown setting"),
+        ({"experiments": []}, "experiments", "at least one"),
+        ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 3}]}, "experiments[0].conv", "at least 4"),
+        ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "activation": "nope"}]},
+         "experiments[0].activation", "not one of"),
+        ({"experiments": [{"name": "a", "conv": [{"filters": 8, "pool": "mean"}] * 4}]},
+         "experiments[0].conv[0].pool", "not one of"),
+        ({"experiments": [{"name": "A b", "conv": [{"filters": 8}] * 4}]}, "experiments[0].name", "lowercase"),
+        ({"experiments": [{"conv": [{"filters": 8}] * 4}]}, "experiments[0].name", "is required"),
+    ],
+)
+def test_invalid_values_name_the_field(values, field, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        PipelineConfig.from_dict(values)
+    assert err.value.field == field and str(err.value).startswith(f"{field}: ")
+
+
+def test_custom_experiment_from_json():
+    config = PipelineConfig.from_dict({"experiments": [
+        {"name": "tiny", "conv": [{"filters": 8, "pool": "max"}] * 4, "batch_size": "16", "learning_rate": "0.01"}]})
+    spec = config.experiment("tiny")
+    assert spec.batch_size == 16 and spec.learning_rate == 0.01 and spec.conv[0].pool == "max"
+
+
+def test_field_schemas_describe_every_field_for_the_trigger_form():
+    schemas = field_schemas({"store_uri": "s3://bucket/x"})
+    assert set(schemas) == set(PipelineConfig().to_dict())
+    for name, schema in schemas.items():
+        assert schema["title"] and schema["description"], name
+    assert schemas["store_uri"]["default"] == "s3://bucket/x"
+    assert schemas["rebalance"]["enum"] == ["none", "class_weight", "oversample", "undersample", "augment"]
+    assert (schemas["image_size"]["minimum"], schemas["image_size"]["maximum"]) == (16, 512)
+    assert schemas["classes"]["type"] == ["null", "array"]

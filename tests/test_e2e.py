@@ -1,0 +1,129 @@
+"""End to end: the whole DAG through `airflow dags test` on a tiny generated dataset served over
+HTTP, once with the local folder store and once with S3 on a moto server (boto3 over HTTP, the
+credentials coming from the Airflow connection)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from cnn_tasks.storage import open_store
+from tests.imagegen import make_dataset, zip_folder
+from tests.s3server import moto_s3
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_IDS = [f"{e}__{v}" for e in ("baseline", "strided_elu", "deep_swish") for v in ("unbalanced", "balanced")]
+
+
+@pytest.fixture(scope="module")
+def served_dataset(tmp_path_factory):
+    """A zip of 3 classes x 24 images behind a local HTTP server; yields (url, sha256, unlabelled dir)."""
+    base = tmp_path_factory.mktemp("served")
+    folder = make_dataset(base / "images", classes=3, per_class=24, size=28, seed=1)
+    archive = zip_folder(folder, base / "www" / "tiny.zip", wrapper="tiny_dataset")
+    unlabelled = make_dataset(base / "unlabelled_src", classes=3, per_class=2, size=28, seed=9)
+    flat = base / "unlabelled"
+    flat.mkdir()
+    for image in unlabelled.rglob("*.png"):
+        image.rename(flat / image.name)
+    (flat / "broken.png").write_bytes(b"not an image")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    yield f"http://127.0.0.1:{server.server_port}/tiny.zip", f"sha256:{digest}", flat
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory):
+    """A throw-away AIRFLOW_HOME with a migrated SQLite database and the training pool."""
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW", "CNN_"))}
+    env.update({
+        "AIRFLOW_HOME": str(home), "PYTHONPATH": str(ROOT), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "CNN_CACHE_DIR": str(home / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2",
+    })
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run([airflow, "pools", "set", "training", "2", "training"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    return env
+
+
+def run_dag(env: dict, conf: dict, log: Path) -> None:
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    with open(log, "w") as out:
+        proc = subprocess.run([airflow, "dags", "test", "cnn_image_classification", "--conf", json.dumps(conf)],
+                              env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1500)
+    assert proc.returncode == 0, log.read_text()[-6000:]  # `dags test` exits non-zero on a failed run
+
+
+def tiny_conf(url: str, checksum: str, store_uri: str) -> dict:
+    return {"profile": "quick", "dataset_url": url, "dataset_checksum": checksum, "store_uri": store_uri,
+            "image_size": 24, "epochs": 2, "min_images_per_class": 5}
+
+
+def assert_complete_run(store) -> dict:
+    runs = sorted({k.split("/")[1] for k in store.list("runs/")})
+    assert len(runs) == 1, runs
+    prefix = f"runs/{runs[0]}"
+    expected = [f"{prefix}/config.json", f"{prefix}/promotion.json"]
+    expected += [f"{prefix}/data/{name}" for name in
+                 ("ingest.json", "manifest.csv", "rejected.csv", "split.csv", "analysis.json", "dataset.json")]
+    expected += [f"{prefix}/checks/{e}/single_batch.json" for e in ("baseline", "strided_elu", "deep_swish")]
+    for mid in MODEL_IDS:
+        expected += [f"{prefix}/models/{mid}/{n}" for n in ("model.keras", "meta.json", "history.json", "curves.png")]
+        expected += [f"{prefix}/viz/{mid}/viz.json", f"{prefix}/eval/{mid}/metrics.json"]
+    expected += [f"{prefix}/eval/ensemble/ensemble.json", f"{prefix}/report/index.html", f"{prefix}/report/summary.json"]
+    keys = set(store.list(prefix + "/"))
+    assert not [k for k in expected if k not in keys], sorted(keys)
+    # every figure a stage lists exists
+    for key in [k for k in keys if k.endswith(".json") and "/tensorboard/" not in k]:
+        value = store.get_json(key)
+        for figure in value.get("figures", []) if isinstance(value, dict) else []:
+            assert figure["key"] in keys, (key, figure)
+    summary = store.get_json(f"{prefix}/report/summary.json")
+    for mid in MODEL_IDS:
+        test = summary["models"][mid]["test"]
+        assert 0 <= test["accuracy"] <= 1 and 0 <= test["macro_f1"] <= 1, (mid, test)
+    html = store.get_text(f"{prefix}/report/index.html")
+    assert "Confusion matrix" in html or "confusion matrix" in html
+    return summary
+
+
+def test_whole_dag_with_local_store(airflow_env, served_dataset, tmp_path):
+    url, checksum, unlabelled = served_dataset
+    store_uri = f"file://{tmp_path / 'store'}"
+    conf = tiny_conf(url, checksum, store_uri) | {"unlabelled_url": str(unlabelled)}
+    run_dag(airflow_env, conf, tmp_path / "dags_test.log")
+    store = open_store(store_uri)
+    assert_complete_run(store)
+    predictions = [k for k in store.list("runs/") if k.endswith("report/predictions.csv")]
+    assert predictions, "predictions.csv missing"
+    rows = store.get_text(predictions[0]).strip().splitlines()
+    assert len(rows) == 1 + 6, rows  # header + six readable images; the broken one is rejected
+    rejected = store.get_text(predictions[0].replace("predictions.csv", "predictions_rejected.csv"))
+    assert "broken.png" in rejected, rejected
+
+
+def test_whole_dag_with_s3_store_on_moto(airflow_env, served_dataset, tmp_path):
+    url, checksum, _ = served_dataset
+    with moto_s3("cnn-artifacts") as endpoint:
+        connection = {"conn_type": "aws", "login": "testing", "password": "testing",
+                      "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+        env = airflow_env | {"AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection)}
+        run_dag(env, tiny_conf(url, checksum, "s3://cnn-artifacts/e2e"), tmp_path / "dags_test.log")
+        assert_complete_run(open_store("s3://cnn-artifacts/e2e", endpoint_url=endpoint))
