@@ -1,0 +1,319 @@
+"""Airflow UI additions for the CNN pipeline: a report browser and links to each run's report.
+
+What the plugin adds (Airflow 3 plugin interfaces, loaded by the api-server):
+
+* ``fastapi_apps``: a FastAPI app mounted at ``/cnn-reports`` that lists past runs (from
+  ``runs/*/report/summary.json``), newest first, and serves a run's files (report HTML, figures,
+  CSVs, folder listings) straight from the artifact store (local folder or S3/MinIO).
+* ``external_views``: a "CNN reports" page in the UI's Browse menu that frames that app.
+* ``global_operator_extra_links``: a "Report" button on every task of the pipeline DAG and a
+  "Model folder" button on training tasks.
+
+Security: every route depends on Airflow's own ``requires_access_dag`` (the api-server's JWT from
+the UI's ``_token`` cookie or an ``Authorization: Bearer`` header, validated by the configured
+auth manager, then "may read runs of the DAG"). Only keys under ``runs/`` are ever served.
+
+Settings come from the same environment variables as the DAG's Params: CNN_STORE_URI,
+CNN_S3_ENDPOINT_URL and CNN_AWS_CONN_ID (S3 credentials come from that Airflow connection).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import mimetypes
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+from urllib.parse import quote, unquote
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.core_api.security import DagAccessEntity, requires_access_dag
+from airflow.plugins_manager import AirflowPlugin
+from airflow.sdk import BaseOperatorLink
+from cnn_tasks.config import PipelineConfig
+from cnn_tasks.context import safe_run_id
+from cnn_tasks.storage import LocalStore, S3Store, StoreError, content_type_for, make_s3_client, open_store
+
+DAG_ID = "cnn_image_classification"
+TRAIN_TASK = "train"
+URL_PREFIX = "/cnn-reports"
+RUNS = "runs"
+MAX_RUNS = 200  # newest runs shown on the index page
+# Stored files are shown without scripts or forms (HTML, SVG): a file written into the bucket
+# must not act on the Airflow API with the viewer's session. Same-origin keeps figures loading.
+FILE_CSP = "sandbox allow-same-origin allow-popups allow-popups-to-escape-sandbox allow-downloads"
+_SAFE_SEGMENT = re.compile(r"[^/\\\x00]+")
+
+
+# --------------------------------------------------------------------------- settings and store
+def store_settings() -> tuple[str, str | None, str]:
+    """(store URI, S3 endpoint, Airflow connection id) from the deployment's environment."""
+    return (
+        os.environ.get("CNN_STORE_URI") or PipelineConfig.store_uri,
+        os.environ.get("CNN_S3_ENDPOINT_URL") or None,
+        os.environ.get("CNN_AWS_CONN_ID") or "aws_default",
+    )
+
+
+# One store (and S3 client) per setting: restart the api-server after changing the connection.
+@functools.lru_cache(maxsize=4)
+def _open_store(uri: str, endpoint_url: str | None, aws_conn_id: str):
+    s3_client = None
+    if uri.startswith("s3://"):
+        # Credentials (and, when CNN_S3_ENDPOINT_URL is unset, the endpoint) from the Airflow connection.
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        hook = S3Hook(aws_conn_id=aws_conn_id)
+        endpoint_url = endpoint_url or hook.conn_config.get_service_endpoint_url("s3")
+        s3_client = make_s3_client(endpoint_url, session=hook.get_session())
+    return open_store(uri, endpoint_url=endpoint_url, s3_client=s3_client)
+
+
+def get_store():
+    try:
+        return _open_store(*store_settings())
+    except StoreError as exc:
+        raise HTTPException(503, f"artifact store unavailable: {exc}") from None
+
+
+# --------------------------------------------------------------------------- keys and objects
+def run_key(path: str) -> str:
+    """The store key for `path` (relative to runs/), or 400 if it could leave runs/."""
+    parts = path.split("/")
+    if path.endswith("/"):
+        parts = parts[:-1]  # a folder
+    for part in parts:
+        # Each segment arrives URL-decoded once; '%' left over means double encoding (%252e...).
+        if not _SAFE_SEGMENT.fullmatch(part) or part in (".", "..") or unquote(part) != part:
+            raise HTTPException(400, "invalid path")
+    return f"{RUNS}/{path}"
+
+
+def summaries(store) -> list[tuple[datetime, str]]:
+    """(last modified, run id) of every runs/<id>/report/summary.json, newest first."""
+    found = []
+    if isinstance(store, LocalStore):
+        for path in (store.root / RUNS).glob("*/report/summary.json"):
+            stamp = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+            found.append((stamp, path.parents[1].name))
+    elif isinstance(store, S3Store):
+        base = f"{store.prefix}/{RUNS}/" if store.prefix else f"{RUNS}/"
+        pages = store.client.get_paginator("list_objects_v2").paginate(
+            Bucket=store.bucket, Prefix=base, Delimiter="/")
+        for run_prefix in (p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])):
+            # One small listing per run, not one of every shard and checkpoint under runs/.
+            listed = store.client.list_objects_v2(Bucket=store.bucket, Prefix=f"{run_prefix}report/summary.json")
+            for obj in listed.get("Contents", []):
+                found.append((obj["LastModified"], run_prefix[len(base):].rstrip("/")))
+    return sorted(found, reverse=True)
+
+
+def object_response(store, key: str) -> Response:
+    """Stream one object with its content type, or 404."""
+    media_type = content_type_for(key)
+    if media_type == "application/octet-stream":
+        media_type = mimetypes.guess_type(key)[0] or media_type
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILE_CSP}
+    if isinstance(store, LocalStore):
+        path = store.path(key).resolve()
+        # A symlink inside the store must not lead outside runs/.
+        if not path.is_file() or not path.is_relative_to((store.root / RUNS).resolve()):
+            raise HTTPException(404, "not found")
+        return FileResponse(path, media_type=media_type, headers=headers)
+    try:
+        obj = store.client.get_object(Bucket=store.bucket, Key=store._key(key))  # prefix + key
+    except store.client.exceptions.NoSuchKey:
+        raise HTTPException(404, "not found") from None
+    headers["Content-Length"] = str(obj["ContentLength"])
+    return StreamingResponse(obj["Body"].iter_chunks(1 << 20), media_type=media_type, headers=headers)
+
+
+# --------------------------------------------------------------------------- summaries
+def run_row(run_id: str, modified: datetime, summary: dict) -> dict:
+    """The index-page facts of one run: best model by test macro-F1, and the champion decision."""
+    tests = {m: (v or {}).get("test") or {} for m, v in (summary.get("models") or {}).items()}
+    best = max(tests, key=lambda m: (tests[m].get("macro_f1") or 0, tests[m].get("accuracy") or 0), default=None)
+    champion = summary.get("promotion") or summary.get("champion") or {}  # report.py writes "promotion"
+    return {
+        "run_id": run_id,
+        "modified": modified.isoformat(timespec="seconds"),
+        "models": len(tests),
+        "best_model": best,
+        "accuracy": tests[best].get("accuracy") if best else None,
+        "macro_f1": tests[best].get("macro_f1") if best else None,
+        "promoted": champion.get("promoted"),
+        "reason": champion.get("reason"),
+        "report": f"{RUNS}/{run_id}/report/index.html",
+    }
+
+
+def list_runs(store, limit: int = MAX_RUNS) -> list[dict]:
+    rows = []
+    for modified, run_id in summaries(store)[:limit]:
+        try:
+            summary = store.get_json(f"{RUNS}/{run_id}/report/summary.json")
+        except (StoreError, ValueError) as exc:  # half-written or malformed: say so, keep going
+            summary = {"promotion": {"reason": f"summary.json unreadable: {exc}"}}
+        rows.append(run_row(run_id, modified, summary))
+    return rows
+
+
+# --------------------------------------------------------------------------- HTML
+_STYLE = """<style>
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1f2937}
+table{border-collapse:collapse}th,td{padding:.35rem .7rem;border-bottom:1px solid #e5e7eb;text-align:left}
+th{background:#f3f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.yes{color:#047857;font-weight:600}.no{color:#6b7280}
+</style>"""
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                        f"{_STYLE}</head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+
+
+def _metric(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+
+
+def index_page(rows: list[dict], base: str, store_uri: str) -> HTMLResponse:
+    if not rows:
+        return _page("CNN pipeline runs", f"<p>No run has written a report to {html.escape(store_uri)} yet.</p>")
+    lines = []
+    for r in rows:
+        report = html.escape(f"{base}/{r['report']}")
+        folder = html.escape(f"{base}/{RUNS}/{r['run_id']}/")
+        decision = {True: "<span class='yes'>promoted</span>", False: "<span class='no'>not promoted</span>"}
+        lines.append(
+            f"<tr><td><a href='{report}' target='_blank' rel='noopener'>{html.escape(r['run_id'])}</a>"
+            f" (<a href='{folder}'>files</a>)</td><td>{html.escape(r['modified'])}</td>"
+            f"<td>{html.escape(r['best_model'] or '–')}</td><td class='num'>{_metric(r['accuracy'])}</td>"
+            f"<td class='num'>{_metric(r['macro_f1'])}</td>"
+            f"<td>{decision.get(r['promoted'], '–')} {html.escape(r['reason'] or '')}</td></tr>")
+    table = ("<table><tr><th>Run (report)</th><th>Finished (UTC)</th><th>Best model</th><th>Test accuracy</th>"
+             "<th>Test macro-F1</th><th>Champion decision</th></tr>" + "".join(lines) + "</table>")
+    return _page("CNN pipeline runs", f"<p>Store: {html.escape(store_uri)}</p>{table}")
+
+
+def folder_page(store, key: str, base: str) -> HTMLResponse:
+    keys = store.list(key)
+    if not keys:
+        raise HTTPException(404, "not found")
+    items = "".join(
+        f"<li><a href='{html.escape(base + '/' + quote(k))}'>{html.escape(k[len(key):])}</a></li>" for k in keys)
+    return _page(key, f"<p><a href='{html.escape(base)}/'>All runs</a></p><ul>{items}</ul>")
+
+
+# --------------------------------------------------------------------------- the app
+# Same rule as the DAG run pages of the UI: an authenticated user who may read this DAG's runs.
+can_read_runs = requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)
+
+app = FastAPI(title="CNN pipeline reports", dependencies=[Depends(can_read_runs)])
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _login_redirect(request: Request, exc: StarletteHTTPException):
+    """A browser without a session goes to the login page (and comes back); API clients get 401."""
+    if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
+    return await http_exception_handler(request, exc)
+
+
+def _base(request: Request) -> str:
+    """Where this app is mounted, as the browser sees it (e.g. /cnn-reports)."""
+    return request.scope.get("root_path", "").rstrip("/")
+
+
+@app.get("/", response_class=HTMLResponse)
+def index(request: Request, limit: int = Query(MAX_RUNS, ge=1, le=10_000)):
+    return index_page(list_runs(get_store(), limit), _base(request), store_settings()[0])
+
+
+@app.get("/api/runs")
+def runs_json(limit: int = Query(MAX_RUNS, ge=1, le=10_000)) -> list[dict]:
+    return list_runs(get_store(), limit)
+
+
+@app.get("/runs/{path:path}")
+def run_file(path: str, request: Request):
+    if not path:
+        return RedirectResponse(f"{_base(request)}/")
+    key = run_key(path)
+    store = get_store()
+    if key.endswith("/"):
+        return folder_page(store, key, _base(request))
+    return object_response(store, key)
+
+
+# --------------------------------------------------------------------------- extra links
+def _ui_url(path: str) -> str:
+    from airflow.api_fastapi.app import API_ROOT_PATH  # honours [api] base_url sub-paths
+
+    return f"{API_ROOT_PATH.rstrip('/')}{URL_PREFIX}/{path}"
+
+
+def _model_id(ti_key) -> str | None:
+    """The model a mapped `train` task instance trained: its XCom return value's model_id."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        value = session.scalar(XComModel.get_many(
+            key="return_value", run_id=ti_key.run_id, dag_ids=ti_key.dag_id,
+            task_ids=ti_key.task_id, map_indexes=ti_key.map_index,
+        ).with_only_columns(XComModel.value))
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value.get("model_id") if isinstance(value, dict) else None
+
+
+def _is_train(task_id: str) -> bool:
+    return task_id == TRAIN_TASK or task_id.endswith(f".{TRAIN_TASK}")  # also inside a task group
+
+
+class RunReportLink(BaseOperatorLink):
+    """Opens the run's HTML report, on every task of the pipeline DAG."""
+
+    name = "Report"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        if ti_key.dag_id != DAG_ID:
+            return ""
+        return _ui_url(f"{RUNS}/{safe_run_id(ti_key.run_id)}/report/index.html")
+
+
+class ModelFolderLink(BaseOperatorLink):
+    """Opens the folder of the model a training task produced (the run's models/ until it has one)."""
+
+    name = "Model folder"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        if ti_key.dag_id != DAG_ID or not _is_train(ti_key.task_id):
+            return ""
+        model_id = _model_id(ti_key)
+        folder = f"models/{quote(model_id)}/" if model_id else "models/"
+        return _ui_url(f"{RUNS}/{safe_run_id(ti_key.run_id)}/{folder}")
+
+
+class CnnReportsPlugin(AirflowPlugin):
+    name = "cnn_reports"
+    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "CNN pipeline reports"}]
+    external_views = [{
+        "name": "CNN reports",
+        "href": f"{URL_PREFIX}/",
+        "url_route": "cnn-reports",  # the page lives at <airflow>/plugin/cnn-reports
+        "destination": "nav",
+        "category": "browse",
+    }]
+    global_operator_extra_links = [RunReportLink(), ModelFolderLink()]
