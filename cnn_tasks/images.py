@@ -1,0 +1,209 @@
+"""Image validation: decode a file once with Pillow, reject bad files, normalise to 8-bit RGB.
+
+`load_rgb(path)` is the one way the pipeline reads an image (ingest and prediction alike):
+- zero-byte, non-image, truncated and corrupt files raise `ImageRejected(reason)`;
+- images over `MAX_PIXELS` (or that Pillow flags as decompression bombs) are rejected;
+- EXIF orientation is applied;
+- every colour mode becomes 8-bit RGB: greyscale and CMYK are converted, 16-bit values are
+  scaled (v >> 8), transparency (RGBA, LA, palette or RGB with a transparent colour) is
+  composited onto white.
+
+`validate(path)` adds what ingest needs: the content key (sha256 of the decoded pixels), the
+per-channel sums for normalisation statistics, and the bytes to pack into shards. Those bytes
+are the original file when it is an 8-bit RGB PNG without transparency or rotation; everything
+else is re-encoded as lossless PNG. JPEG files are re-encoded too: `tf.io.decode_image` decodes
+JPEG with libjpeg's fast integer IDCT, which differs from Pillow's accurate IDCT by up to ~10
+levels per pixel, so keeping JPEG bytes would break "shards decode to the validated pixels"
+(and make training pixels differ from the pixels prediction sees through `load_rgb`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Largest accepted image in pixels (width x height); larger ones are decompression-bomb suspects.
+MAX_PIXELS = 40_000_000
+PNG_COMPRESS_LEVEL = 1  # fast; re-encoded 64 px images are ~2x the JPEG size
+
+# Rejection reasons (the `reason` column of rejected.csv).
+EMPTY = "empty_file"
+NOT_AN_IMAGE = "not_an_image"
+TRUNCATED = "truncated"
+CORRUPT = "corrupt"
+TOO_MANY_PIXELS = "too_many_pixels"
+UNSUPPORTED_MODE = "unsupported_mode"
+UNREADABLE = "unreadable"
+
+_EXIF_ORIENTATION = 0x0112
+_LEVELS = np.arange(256, dtype=np.int64)
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+
+class ImageRejected(ValueError):
+    """A file that cannot be used as an image; `reason` is one of the constants above."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass
+class Decoded:
+    """An image decoded to 8-bit RGB, with what it was before conversion."""
+
+    image: Image.Image  # mode "RGB", orientation applied
+    original_mode: str
+    original_format: str
+    rotated: bool  # EXIF orientation changed the pixels
+    source_is_rgb8: bool  # the file already held 8-bit RGB without transparency
+
+
+@dataclass
+class ValidatedImage:
+    """Everything ingest records about one accepted image."""
+
+    key: str  # sha256 of the decoded pixels (with their size)
+    width: int
+    height: int
+    original_mode: str
+    original_format: str
+    encoded: bytes  # PNG bytes (original or re-encoded) that decode to exactly these pixels
+    reencoded: bool
+    channel_sum: tuple[int, int, int]
+    channel_sumsq: tuple[int, int, int]
+
+
+def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `path` once and return an 8-bit RGB image; raise ImageRejected for bad files."""
+    return decode_bytes(_read(path), max_pixels).image
+
+
+def validate(path: str | Path, max_pixels: int = MAX_PIXELS) -> ValidatedImage:
+    """Decode and check one file; return its key, statistics and shard bytes."""
+    data = _read(path)
+    decoded = decode_bytes(data, max_pixels)
+    pixels = np.asarray(decoded.image, dtype=np.uint8)
+    height, width = pixels.shape[:2]
+    keep = decoded.original_format == "PNG" and decoded.source_is_rgb8 and not decoded.rotated
+    encoded = data if keep else encode_png(decoded.image)
+    histogram = np.asarray(decoded.image.histogram(), dtype=np.int64).reshape(3, 256)  # fast, exact sums
+    return ValidatedImage(
+        key=pixel_key(pixels),
+        width=int(width),
+        height=int(height),
+        original_mode=decoded.original_mode,
+        original_format=decoded.original_format,
+        encoded=encoded,
+        reencoded=not keep,
+        channel_sum=tuple(int(v) for v in histogram @ _LEVELS),
+        channel_sumsq=tuple(int(v) for v in histogram @ _LEVELS**2),
+    )
+
+
+def pixel_key(pixels: np.ndarray) -> str:
+    """Content id of an RGB array: identical pixels (whatever the file format) share a key."""
+    height, width = pixels.shape[:2]
+    digest = hashlib.sha256(f"{width}x{height}:".encode())
+    digest.update(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def _read(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageRejected(UNREADABLE, f"cannot read the file: {exc.strerror or exc}") from None
+
+
+def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> Decoded:
+    """Decode encoded image bytes to RGB (see the module docstring for the rules)."""
+    if not data:
+        raise ImageRejected(EMPTY, "the file has 0 bytes")
+    with warnings.catch_warnings():
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that: make it a rejection too.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ImageRejected(NOT_AN_IMAGE, "Pillow does not recognise this file as an image") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageRejected(TOO_MANY_PIXELS, str(exc)) from None
+        except Exception as exc:  # a header so broken that even identification fails
+            raise ImageRejected(CORRUPT, f"{type(exc).__name__}: {exc}") from None
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageRejected(TOO_MANY_PIXELS, f"{width}x{height} = {width * height} pixels is over the "
+                                                 f"limit of {max_pixels}")
+        original_mode, original_format = image.mode, image.format or "unknown"
+        # 8-bit RGB on disk (not 16-bit RGB that Pillow silently narrows): read before load().
+        rawmode = image.tile[0].args if image.tile else None
+        rawmode = rawmode[0] if isinstance(rawmode, tuple) else rawmode
+        try:
+            image.load()
+        except Exception as exc:
+            reason = TRUNCATED if isinstance(exc, EOFError) or "truncated" in str(exc).lower() else CORRUPT
+            raise ImageRejected(reason, f"{type(exc).__name__}: {exc}") from None
+    orientation = _orientation(image)
+    rgb = to_rgb(image)
+    if orientation in range(2, 9):
+        rgb = _apply_orientation(rgb, orientation)
+    rgb8 = original_mode == "RGB" and rawmode == "RGB" and "transparency" not in image.info
+    return Decoded(rgb, original_mode, original_format, rotated=orientation in range(2, 9), source_is_rgb8=rgb8)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # unreadable EXIF is not a reason to reject the pixels
+        return 1
+
+
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
+    """Apply an EXIF orientation (2..8) the way ImageOps.exif_transpose does."""
+    return image.transpose(_TRANSPOSES[orientation])
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (transparency composited onto white)."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.int64)
+        grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode == "F":
+        raise ImageRejected(UNSUPPORTED_MODE, "32-bit float images have no agreed 0..255 scale")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageRejected(UNSUPPORTED_MODE, f"cannot convert mode {mode} to RGB: {exc}") from None

@@ -1,0 +1,310 @@
+"""Split + analysis: a seeded stratified train/validation/test split and a description of it.
+
+Reads data/manifest.csv (never the pixels, except a few samples for the grid) and writes
+  data/split.csv       key, class, label, split ("train" | "val" | "test")
+  data/analysis.json   counts per split and class, imbalance measures and a written conclusion,
+                       shortfalls against the reference minimums, image sizes, the training
+                       split's channel mean/std (for normalisation), "figures"
+  data/figures/*.png   class counts per split (bar and pie), image sizes, sample grid
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from cnn_tasks import plots
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+# Per-class minimums of the reference setup; shortfalls are reported, not fatal.
+REFERENCE_MINIMUMS = {"train": 1000, "val": 300, "test": 60}
+SAMPLES_PER_CLASS = 4
+
+_STRATEGY_TEXT = {
+    "none": "no rebalancing: the models see the class mix as it is",
+    "class_weight": "class weights (N / (C x n_class)) in the loss for training and as sample weights for "
+                    "validation; the images themselves are unchanged",
+    "oversample": "random oversampling: minority classes of training and validation are topped up with "
+                  "exact copies to the size of the largest class",
+    "undersample": "random undersampling: every class of training and validation is cut to the size of the "
+                   "smallest class",
+    "augment": "augmented oversampling: minority classes of training and validation are topped up to the "
+               "size of the largest class with randomly augmented copies (flips, 90-degree rotations, small "
+               "brightness/contrast changes)",
+}
+
+
+class SplitError(ValueError):
+    """The data cannot be split as configured (a class too small, or leakage between splits)."""
+
+
+def run(ctx) -> dict:
+    """Split the manifest, check for leakage, analyse the splits and draw the figures."""
+    cfg = ctx.config
+    manifest = read_csv(ctx, "manifest.csv")
+    classes = ctx.store.get_json(ctx.data_key("ingest.json"))["classes"]  # label order
+    table = stratified_split(manifest, cfg.split, cfg.seed)
+    assert_no_leakage(table)
+    ctx.store.put_text(ctx.data_key("split.csv"), table[["key", "class", "label", "split"]].to_csv(index=False))
+
+    counts = {s: class_counts(table[table["split"] == s], classes) for s in SPLITS}
+    imbalance = {s: imbalance_measures(counts[s]) for s in SPLITS}
+    mean, std = channel_stats(table[table["split"] == "train"])
+    shortfalls = find_shortfalls(counts)
+    analysis = {
+        "classes": classes,
+        "split_ratios": list(cfg.split),
+        "seed": cfg.seed,
+        "counts": counts,
+        "totals": {s: sum(counts[s].values()) for s in SPLITS},
+        "imbalance": imbalance,
+        "rebalance": cfg.rebalance,
+        "conclusion": conclusion(imbalance, cfg.rebalance),
+        "reference_minimums": REFERENCE_MINIMUMS,
+        "shortfalls": shortfalls,
+        "shortfall_text": shortfall_text(shortfalls),
+        "image_sizes": {s: size_summary(table[table["split"] == s]) for s in SPLITS},
+        "mean": mean,
+        "std": std,
+        "no_leakage": True,
+    }
+    analysis["figures"] = draw_figures(ctx, table, counts, classes)
+    ctx.store.put_json(ctx.data_key("analysis.json"), analysis)
+    log.info("split %s; %s", analysis["totals"], analysis["conclusion"])
+    return {"totals": analysis["totals"], "split": ctx.data_key("split.csv"),
+            "analysis": ctx.data_key("analysis.json"), "figures": len(analysis["figures"])}
+
+
+def read_csv(ctx, name: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key(name))), dtype={"key": str, "class": str})
+
+
+# ================================================================== splitting
+def split_sizes(n: int, ratios) -> tuple[int, int, int]:
+    """(train, val, test) sizes for a class of n images; validation and test get at least one."""
+    n_val = max(1, math.floor(n * ratios[1] + 0.5))
+    n_test = max(1, math.floor(n * ratios[2] + 0.5))
+    return n - n_val - n_test, n_val, n_test
+
+
+def stratified_split(manifest: pd.DataFrame, ratios, seed: int) -> pd.DataFrame:
+    """Assign each image to a split, class by class; the same seed gives the same split."""
+    parts = []
+    for label, group in sorted(manifest.groupby("label"), key=lambda item: item[0]):
+        group = group.sort_values("key")  # independent of manifest order
+        n_train, n_val, n_test = split_sizes(len(group), ratios)
+        name = group["class"].iloc[0]
+        if n_train < 1:
+            raise SplitError(f"class {name!r} has {len(group)} images: too few for the split "
+                             f"{list(ratios)} with at least one image in each of train, validation and test; "
+                             "add images, raise min_images_per_class or drop the class")
+        order = np.random.default_rng([seed, int(label)]).permutation(len(group))
+        names = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * n_test)
+        group = group.iloc[order].assign(split=names)
+        parts.append(group)
+    return pd.concat(parts, ignore_index=True)
+
+
+def assert_no_leakage(table: pd.DataFrame) -> None:
+    """Every image key sits in exactly one split (ingest removed duplicates; check anyway)."""
+    repeated = table["key"][table["key"].duplicated()]
+    if len(repeated):
+        raise SplitError(f"leakage: {len(repeated)} image keys appear more than once (e.g. {repeated.iloc[0]}); "
+                         "the manifest should hold each image once")
+    keys = {s: set(table.loc[table["split"] == s, "key"]) for s in SPLITS}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        if keys[a] & keys[b]:
+            raise SplitError(f"leakage: {len(keys[a] & keys[b])} images are in both {a} and {b}")
+
+
+# ================================================================== analysis
+def class_counts(part: pd.DataFrame, classes: list[str]) -> dict[str, int]:
+    counts = part["class"].value_counts()
+    return {c: int(counts.get(c, 0)) for c in classes}
+
+
+def imbalance_measures(counts: dict[str, int]) -> dict:
+    """Max/min class ratio and normalised entropy (1.0 = perfectly balanced)."""
+    values = np.array(list(counts.values()), dtype=float)
+    total = values.sum()
+    p = values[values > 0] / total
+    entropy = float(-(p * np.log(p)).sum() / math.log(len(values))) if len(values) > 1 else 1.0
+    largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+    ratio = counts[largest] / counts[smallest] if counts[smallest] else math.inf
+    return {"max_min_ratio": round(ratio, 3), "normalised_entropy": round(entropy, 4),
+            "largest": largest, "largest_count": counts[largest],
+            "smallest": smallest, "smallest_count": counts[smallest], "severity": severity(ratio)}
+
+
+def severity(ratio: float) -> str:
+    if ratio < 1.2:
+        return "balanced"
+    if ratio < 2:
+        return "mild"
+    if ratio < 5:
+        return "moderate"
+    return "severe"
+
+
+def _describe(split: str, m: dict) -> str:
+    return (f"The {SPLIT_NAMES[split]} split ranges from {m['smallest_count']} ({m['smallest']}) to "
+            f"{m['largest_count']} ({m['largest']}) images per class: max/min ratio "
+            f"{m['max_min_ratio']:.2f}, normalised entropy {m['normalised_entropy']:.3f} "
+            f"(1 = perfectly balanced), a {m['severity']} imbalance.")
+
+
+def conclusion(imbalance: dict, strategy: str) -> str:
+    """The written diagnosis for the report: the numbers, the verdict and the chosen fix."""
+    text = [_describe("train", imbalance["train"]), _describe("val", imbalance["val"])]
+    if imbalance["train"]["severity"] == "balanced" and strategy != "none":
+        text.append("The classes are close to balanced, so rebalancing changes little.")
+    elif imbalance["train"]["severity"] != "balanced" and strategy == "none":
+        text.append("Left unfixed, a model can favour the larger classes; compare per-class recall.")
+    text.append(f"Chosen fix (rebalance={strategy!r}): {_STRATEGY_TEXT[strategy]}. Every model is trained "
+                "on both the unbalanced and the balanced variant so the effect can be measured.")
+    text.append(_describe("test", imbalance["test"]) + " The test split is not rebalanced, so test "
+                "metrics reflect the real class mix.")
+    return " ".join(text)
+
+
+def find_shortfalls(counts: dict[str, dict[str, int]]) -> list[dict]:
+    return [{"split": s, "class": c, "count": n, "minimum": REFERENCE_MINIMUMS[s]}
+            for s in SPLITS for c, n in counts[s].items() if n < REFERENCE_MINIMUMS[s]]
+
+
+def shortfall_text(shortfalls: list[dict]) -> str:
+    minimums = ", ".join(f"{SPLIT_NAMES[s]} >= {n}" for s, n in REFERENCE_MINIMUMS.items())
+    if not shortfalls:
+        return f"Every class meets the reference minimums per class ({minimums})."
+    by_split = []
+    for s in SPLITS:
+        rows = [f"{r['class']} ({r['count']})" for r in shortfalls if r["split"] == s]
+        if rows:
+            by_split.append(f"{SPLIT_NAMES[s]} (minimum {REFERENCE_MINIMUMS[s]}): {', '.join(rows)}")
+    return (f"{len(shortfalls)} class/split counts fall short of the reference minimums per class "
+            f"({minimums}): " + "; ".join(by_split) + ". Results on such small splits are noisy; use "
+            "more images (max_images_per_class) for conclusions.")
+
+
+def channel_stats(train: pd.DataFrame) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0-255 scale) of the training pixels, from the manifest sums."""
+    pixels = float(train["pixels"].astype("int64").sum())
+    mean = [float(train[f"sum_{c}"].astype(float).sum()) / pixels for c in "rgb"]
+    sq = [float(train[f"sumsq_{c}"].astype(float).sum()) / pixels for c in "rgb"]
+    std = [math.sqrt(max(s - m * m, 0.0)) for s, m in zip(sq, mean)]
+    return [round(m, 4) for m in mean], [round(s, 4) for s in std]
+
+
+def size_summary(part: pd.DataFrame) -> dict:
+    sizes = Counter(zip(part["width"].astype(int), part["height"].astype(int)))
+    return {
+        "width": {"min": int(part["width"].min()), "median": float(part["width"].median()),
+                  "max": int(part["width"].max())},
+        "height": {"min": int(part["height"].min()), "median": float(part["height"].median()),
+                   "max": int(part["height"].max())},
+        "most_common": [[w, h, n] for (w, h), n in sizes.most_common(5)],
+    }
+
+
+# ================================================================== figures
+def draw_figures(ctx, table: pd.DataFrame, counts: dict, classes: list[str]) -> list[dict]:
+    figures = []
+    for split in SPLITS:
+        figures.append(counts_bar(ctx, split, counts[split]))
+        figures.append(counts_pie(ctx, split, counts[split]))
+    figures.append(size_histograms(ctx, table))
+    figures.append(sample_grid(ctx, table, classes))
+    return figures
+
+
+def counts_bar(ctx, split: str, counts: dict[str, int]) -> dict:
+    fig, ax = plots.new_figure(max(6, 0.7 * len(counts) + 2), 4.5)
+    bars = ax.bar(list(counts), list(counts.values()), color="tab:blue")
+    ax.bar_label(bars, fontsize=8)
+    minimum = REFERENCE_MINIMUMS[split]
+    title = f"{SPLIT_NAMES[split].capitalize()} split: images per class (n={sum(counts.values())})"
+    if minimum <= 1.5 * max(counts.values()):
+        ax.axhline(minimum, color="tab:red", linestyle="--", linewidth=1, label=f"reference minimum ({minimum})")
+        ax.legend(fontsize=8)
+    else:  # a line far above the bars would flatten them: say it instead
+        title += f"\nall classes are far below the reference minimum of {minimum}"
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=45)
+    key = plots.save_figure(ctx.store, ctx.data_key("figures", f"counts_{split}_bar.png"), fig)
+    return plots.figure_entry(key, f"Images per class in the {SPLIT_NAMES[split]} split (bar chart), compared "
+                                   f"with the reference minimum of {minimum} per class.")
+
+
+def counts_pie(ctx, split: str, counts: dict[str, int]) -> dict:
+    fig, ax = plots.new_figure(6, 6)
+    ax.pie(list(counts.values()), labels=list(counts), autopct="%1.1f%%", startangle=90, counterclock=False,
+           textprops={"fontsize": 8})
+    ax.set_title(f"{SPLIT_NAMES[split].capitalize()} split: share of each class")
+    key = plots.save_figure(ctx.store, ctx.data_key("figures", f"counts_{split}_pie.png"), fig)
+    return plots.figure_entry(key, f"Share of each class in the {SPLIT_NAMES[split]} split (pie chart).")
+
+
+def size_histograms(ctx, table: pd.DataFrame) -> dict:
+    fig, axes = plots.new_figure(10, 4, ncols=2)
+    for ax, dim in zip(axes, ("width", "height")):
+        data = [table.loc[table["split"] == s, dim].astype(int) for s in SPLITS]
+        low, high = min(d.min() for d in data), max(d.max() for d in data)
+        bins = np.linspace(low - 0.5, high + 0.5, min(40, high - low + 1) + 1)
+        ax.hist(data, bins=bins, label=[SPLIT_NAMES[s] for s in SPLITS], stacked=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(f"{dim} (pixels)")
+        ax.set_ylabel("images")
+        ax.set_title(f"Image {dim}")
+        ax.legend(fontsize=8)
+    key = plots.save_figure(ctx.store, ctx.data_key("figures", "image_sizes.png"), fig)
+    return plots.figure_entry(key, "Distribution of image widths and heights (stacked by split) before "
+                                   f"resizing to {ctx.config.image_size} px.")
+
+
+def sample_grid(ctx, table: pd.DataFrame, classes: list[str], cell: int = 64) -> dict:
+    """The first few training images of each class in shard order (a seeded random choice),
+    tiled into one mosaic (one row per class) so the figure stays cheap with many classes."""
+    from PIL import Image
+
+    train = table[table["split"] == "train"].sort_values(["shard", "index"])
+    picks = train.groupby("class", sort=False).head(SAMPLES_PER_CLASS)
+    encoded = read_images(ctx, picks)
+    pad = 2
+    mosaic = np.full((len(classes) * (cell + pad), SAMPLES_PER_CLASS * (cell + pad), 3), 255, np.uint8)
+    for row, name in enumerate(classes):
+        for col, key in enumerate(picks.loc[picks["class"] == name, "key"]):
+            image = Image.open(io.BytesIO(encoded[key])).convert("RGB").resize((cell, cell), Image.NEAREST)
+            y, x = row * (cell + pad), col * (cell + pad)
+            mosaic[y:y + cell, x:x + cell] = np.asarray(image)
+    fig, ax = plots.new_figure(1.2 * SAMPLES_PER_CLASS + 2, 1.2 * len(classes) + 0.6)
+    ax.imshow(mosaic)
+    ax.set_yticks([r * (cell + pad) + cell / 2 for r in range(len(classes))], classes, fontsize=8)
+    ax.set_xticks([])
+    ax.set_title("Sample training images per class")
+    key = plots.save_figure(ctx.store, ctx.data_key("figures", "samples.png"), fig)
+    return plots.figure_entry(key, f"{SAMPLES_PER_CLASS} training images per class, as validated (RGB, "
+                                   "EXIF orientation applied), one row per class.")
+
+
+def read_images(ctx, rows: pd.DataFrame) -> dict[str, bytes]:
+    """Encoded bytes of the manifest `rows` (columns shard, index, key), read from the clean shards."""
+    import tensorflow as tf
+
+    found = {}
+    for shard, group in rows.groupby("shard"):
+        wanted = dict(zip(group["index"].astype(int), group["key"]))
+        for i, raw in enumerate(tf.data.TFRecordDataset(str(ctx.cached(shard))).take(max(wanted) + 1)):
+            if i in wanted:
+                example = tf.train.Example.FromString(raw.numpy())
+                found[wanted[i]] = example.features.feature["image"].bytes_list.value[0]
+    return found

@@ -1,0 +1,207 @@
+"""images.load_rgb / validate: one test per bad input and per colour-mode conversion.
+
+The writers below are also used by tests/test_download.py to build a dirty dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnn_tasks import images
+
+
+# ------------------------------------------------------------------ file writers
+def noise(height: int = 16, width: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_raw(width: int, height: int, bit_depth: int, colour_type: int, rows: bytes | None) -> bytes:
+    """A hand-built PNG (Pillow cannot write 48-bit RGB); rows=None gives a header-only bomb."""
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    data = zlib.compress(rows if rows is not None else b"\0" * 16)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+
+
+def png_rgb16(values: np.ndarray) -> bytes:
+    """16-bit-per-channel RGB PNG from a (H, W, 3) uint16 array."""
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in values)
+    return png_raw(values.shape[1], values.shape[0], 16, 2, rows)
+
+
+def exif_rotated(fmt: str, pixels: np.ndarray, orientation: int = 6) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encoded(Image.fromarray(pixels), fmt, exif=exif.tobytes())
+
+
+def truncated_jpeg() -> bytes:
+    data = encoded(Image.fromarray(noise(64, 64)), "JPEG")
+    return data[: len(data) // 2]
+
+
+def corrupt_png() -> bytes:
+    data = bytearray(encoded(Image.fromarray(noise(64, 64)), "PNG"))
+    for i in range(200, 260):  # scramble the compressed pixel stream
+        data[i] ^= 0xFF
+    return bytes(data)
+
+
+GREY16 = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
+RGBA_PIXEL = (255, 0, 0, 128)  # half-transparent red: over white -> (255, 127, 127)
+
+# name -> (bytes, reason in rejected.csv)
+BAD_FILES = {
+    "corrupt.png": (corrupt_png, images.CORRUPT),
+    "truncated.jpg": (truncated_jpeg, images.TRUNCATED),
+    "notes.txt": (lambda: b"not an image, just text\n", images.NOT_AN_IMAGE),
+    "empty.png": (lambda: b"", images.EMPTY),
+    "bomb.png": (lambda: png_raw(20000, 20000, 8, 2, None), images.TOO_MANY_PIXELS),
+}
+
+# name -> (bytes, original mode recorded in the manifest); all accepted as RGB
+CONVERTED_FILES = {
+    "cmyk.jpg": (lambda: encoded(Image.new("CMYK", (16, 16), (10, 200, 30, 40)), "JPEG"), "CMYK"),
+    "grey16.png": (lambda: encoded(Image.fromarray(GREY16), "PNG"), "I;16"),
+    "rgb16.png": (lambda: png_rgb16(noise().astype(np.uint16) * 256 + 7), "RGB"),
+    "palette.png": (lambda: encoded(Image.fromarray(noise(seed=3)).convert("P"), "PNG"), "P"),
+    "rgba.png": (lambda: encoded(Image.new("RGBA", (8, 8), RGBA_PIXEL), "PNG"), "RGBA"),
+    "grey.png": (lambda: encoded(Image.fromarray(noise(seed=4)[..., 0], "L"), "PNG"), "L"),
+    "rotated.jpg": (lambda: exif_rotated("JPEG", noise(8, 16, seed=5)), "RGB"),
+}
+
+
+def write(folder: Path, name: str, data: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+# ------------------------------------------------------------------ bad inputs
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_is_rejected_with_its_reason(tmp_path, name):
+    make, reason = BAD_FILES[name]
+    path = write(tmp_path, name, make())
+    with pytest.raises(images.ImageRejected) as info:
+        images.load_rgb(path)
+    assert info.value.reason == reason
+
+
+def test_decompression_bomb_warning_is_a_rejection_not_a_pass(tmp_path):
+    # 100 Mpx is between Pillow's warning (89 Mpx) and error (179 Mpx) thresholds.
+    path = write(tmp_path, "warn.png", png_raw(10000, 10000, 8, 2, None))
+    with pytest.raises(images.ImageRejected, match="decompression bomb") as info:
+        images.load_rgb(path)
+    assert info.value.reason == images.TOO_MANY_PIXELS
+
+
+def test_pixel_limit_is_configurable(tmp_path):
+    path = write(tmp_path, "ok.png", encoded(Image.fromarray(noise(20, 20)), "PNG"))
+    assert images.load_rgb(path).size == (20, 20)
+    with pytest.raises(images.ImageRejected, match="400 pixels is over the limit of 399") as info:
+        images.load_rgb(path, max_pixels=399)
+    assert info.value.reason == images.TOO_MANY_PIXELS
+
+
+def test_unreadable_path_is_rejected(tmp_path):
+    with pytest.raises(images.ImageRejected) as info:
+        images.load_rgb(tmp_path / "missing.png")
+    assert info.value.reason == images.UNREADABLE
+
+
+# ------------------------------------------------------------------ conversions
+def _validated(tmp_path, name):
+    make, mode = CONVERTED_FILES[name]
+    result = images.validate(write(tmp_path, name, make()))
+    image = images.load_rgb(tmp_path / name)
+    assert image.mode == "RGB" and result.original_mode == mode
+    return result, np.asarray(image)
+
+
+def test_cmyk_becomes_rgb(tmp_path):
+    result, pixels = _validated(tmp_path, "cmyk.jpg")
+    expected = np.asarray(Image.open(tmp_path / "cmyk.jpg").convert("RGB"))
+    assert np.array_equal(pixels, expected) and result.reencoded
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    result, pixels = _validated(tmp_path, "grey16.png")
+    assert pixels[0, :, 0].tolist() == [0, 3, 128, 255]  # v >> 8, where a plain convert clips to 255
+    assert (pixels[..., 0] == pixels[..., 1]).all() and result.reencoded
+
+
+def test_16_bit_rgb_is_reencoded_as_8_bit(tmp_path):
+    result, pixels = _validated(tmp_path, "rgb16.png")
+    assert np.array_equal(pixels, noise())  # (v * 256 + 7) >> 8 == v: the low byte is dropped
+    assert result.reencoded  # the original 48-bit PNG would not decode to these 8-bit values
+
+
+def test_palette_becomes_rgb(tmp_path):
+    result, pixels = _validated(tmp_path, "palette.png")
+    expected = np.asarray(Image.open(tmp_path / "palette.png").convert("RGB"))
+    assert np.array_equal(pixels, expected) and result.original_format == "PNG"
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    _, pixels = _validated(tmp_path, "rgba.png")
+    assert pixels[0, 0].tolist() == [255, 127, 127]
+
+
+def test_greyscale_becomes_rgb(tmp_path):
+    _, pixels = _validated(tmp_path, "grey.png")
+    assert np.array_equal(pixels[..., 2], noise(seed=4)[..., 0])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    source = noise(8, 16, seed=6)
+    path = write(tmp_path, "rotated.png", exif_rotated("PNG", source, orientation=6))
+    result = images.validate(path)
+    pixels = np.asarray(images.load_rgb(path))
+    assert pixels.shape == (16, 8, 3)
+    assert np.array_equal(pixels, np.rot90(source, k=-1))  # orientation 6: rotate 90 degrees clockwise
+    assert result.reencoded and (result.width, result.height) == (8, 16)
+
+
+def test_plain_rgb_png_keeps_its_bytes(tmp_path):
+    data = encoded(Image.fromarray(noise()), "PNG")
+    result = images.validate(write(tmp_path, "plain.png", data))
+    assert result.encoded == data and not result.reencoded
+
+
+def test_key_and_channel_sums_come_from_the_pixels(tmp_path):
+    pixels = noise(seed=9)
+    a = images.validate(write(tmp_path, "a.png", encoded(Image.fromarray(pixels), "PNG")))
+    b = images.validate(write(tmp_path, "b.bmp", encoded(Image.fromarray(pixels), "BMP")))
+    assert a.key == b.key == images.pixel_key(pixels)  # same pixels, different files: one key
+    assert a.channel_sum == tuple(pixels.sum(axis=(0, 1)).tolist())
+    assert a.channel_sumsq == tuple((pixels.astype(np.int64) ** 2).sum(axis=(0, 1)).tolist())
+
+
+def test_shard_bytes_decode_with_tensorflow_to_the_validated_pixels(tmp_path):
+    import tensorflow as tf
+
+    files = {name: make() for name, (make, _) in CONVERTED_FILES.items()}
+    files["photo.jpg"] = encoded(Image.fromarray(noise(32, 32, seed=8)), "JPEG", quality=90)
+    files["plain.png"] = encoded(Image.fromarray(noise(seed=10)), "PNG")
+    for name, data in files.items():
+        path = write(tmp_path, name, data)
+        result = images.validate(path)
+        decoded = tf.io.decode_image(result.encoded, channels=3, expand_animations=False).numpy()
+        assert np.array_equal(decoded, np.asarray(images.load_rgb(path))), name

@@ -1,0 +1,114 @@
+"""split: seeded stratified split, leakage check, analysis.json and figures."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cnn_tasks import download, images, split
+from cnn_tasks.config import PipelineConfig
+from cnn_tasks.context import RunContext
+from tests.imagegen import make_dataset
+
+
+def _manifest(sizes: dict[str, int]) -> pd.DataFrame:
+    rows = [{"key": f"{name}-{i:04d}", "class": name, "label": label}
+            for label, (name, n) in enumerate(sizes.items()) for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    """An imbalanced 3-class dataset (30/20/12 images) through download and split."""
+    tmp = tmp_path_factory.mktemp("split")
+    root = make_dataset(tmp / "data", classes=3, per_class=[30, 20, 12], size=12)
+    config = PipelineConfig.from_dict({"store_uri": f"file://{tmp / 'store'}", "dataset_checksum": None,
+                                       "dataset_url": str(root), "min_images_per_class": 5,
+                                       "rebalance": "oversample"})
+    ctx = RunContext.create(config, "split_run")
+    download.run(ctx)
+    result = split.run(ctx)
+    table = pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key("split.csv"))))
+    return {"ctx": ctx, "result": result, "table": table, "root": root,
+            "analysis": ctx.store.get_json(ctx.data_key("analysis.json"))}
+
+
+def test_split_is_deterministic_for_a_seed():
+    manifest = _manifest({"a": 50, "b": 20})
+    first = split.stratified_split(manifest, (0.7, 0.2, 0.1), seed=7)
+    again = split.stratified_split(manifest.sample(frac=1, random_state=1), (0.7, 0.2, 0.1), seed=7)
+    other = split.stratified_split(manifest, (0.7, 0.2, 0.1), seed=8)
+    as_dict = lambda t: dict(zip(t["key"], t["split"]))  # noqa: E731
+    assert as_dict(first) == as_dict(again)  # independent of manifest order
+    assert as_dict(first) != as_dict(other)
+
+
+def test_split_is_stratified_per_class():
+    table = split.stratified_split(_manifest({"a": 100, "b": 40, "c": 7}), (0.7, 0.2, 0.1), seed=1)
+    counts = table.groupby(["class", "split"]).size().unstack()
+    assert counts.loc["a"].to_dict() == {"train": 70, "val": 20, "test": 10}
+    assert counts.loc["b"].to_dict() == {"train": 28, "val": 8, "test": 4}
+    assert counts.loc["c"].to_dict() == {"train": 5, "val": 1, "test": 1}  # every split gets one
+
+
+def test_class_too_small_for_three_splits_is_an_error():
+    with pytest.raises(split.SplitError, match="class 'tiny' has 2 images: too few"):
+        split.stratified_split(_manifest({"big": 30, "tiny": 2}), (0.7, 0.2, 0.1), seed=1)
+
+
+def test_leakage_is_detected():
+    table = split.stratified_split(_manifest({"a": 20, "b": 20}), (0.7, 0.2, 0.1), seed=1)
+    split.assert_no_leakage(table)
+    leaked = pd.concat([table, table[table["split"] == "test"].assign(split="train")])
+    with pytest.raises(split.SplitError, match="leakage"):
+        split.assert_no_leakage(leaked)
+
+
+def test_imbalance_measures():
+    m = split.imbalance_measures({"a": 100, "b": 50})
+    assert m["max_min_ratio"] == 2.0 and m["severity"] == "moderate"
+    assert m["normalised_entropy"] == pytest.approx(0.9183, abs=1e-4)
+    assert (m["largest"], m["smallest"]) == ("a", "b")
+    assert split.imbalance_measures({"a": 5, "b": 5})["normalised_entropy"] == 1.0
+
+
+def test_run_writes_a_stratified_split_without_leakage(analysed):
+    table = analysed["table"]
+    assert len(table) == 62 and table["key"].is_unique
+    counts = table.groupby(["class", "split"]).size().unstack().loc[:, ["train", "val", "test"]]
+    assert counts.values.tolist() == [[21, 6, 3], [14, 4, 2], [9, 2, 1]]
+    assert analysed["analysis"]["no_leakage"] is True
+
+
+def test_analysis_json_counts_imbalance_and_conclusion(analysed):
+    a = analysed["analysis"]
+    assert a["counts"]["val"] == {"class_a": 6, "class_b": 4, "class_c": 2}
+    assert a["totals"] == {"train": 44, "val": 12, "test": 6}
+    assert a["imbalance"]["train"]["max_min_ratio"] == pytest.approx(21 / 9, abs=1e-3)
+    assert "max/min ratio 2.33" in a["conclusion"] and "rebalance='oversample'" in a["conclusion"]
+    assert "test split is not rebalanced" in a["conclusion"]
+    assert {"split": "test", "class": "class_c", "count": 1, "minimum": 60} in a["shortfalls"]
+    assert len(a["shortfalls"]) == 9 and "class_c (9)" in a["shortfall_text"]
+
+
+def test_training_mean_and_std_match_the_pixels(analysed):
+    ctx, table = analysed["ctx"], analysed["table"]
+    manifest = split.read_csv(ctx, "manifest.csv").set_index("key")
+    train = table.loc[table["split"] == "train", "key"]
+    pixels = np.concatenate([np.asarray(images.load_rgb(analysed["root"] / manifest.loc[k, "source"]))
+                             .reshape(-1, 3) for k in train]).astype(np.float64)
+    assert analysed["analysis"]["mean"] == pytest.approx(pixels.mean(axis=0).tolist(), abs=1e-3)
+    assert analysed["analysis"]["std"] == pytest.approx(pixels.std(axis=0).tolist(), abs=1e-3)
+
+
+def test_figures_are_written_with_captions(analysed):
+    ctx, figures = analysed["ctx"], analysed["analysis"]["figures"]
+    names = {f["key"].rsplit("/", 1)[1] for f in figures}
+    expected = {f"counts_{s}_{kind}.png" for s in ("train", "val", "test") for kind in ("bar", "pie")}
+    assert expected | {"image_sizes.png", "samples.png"} == names
+    for figure in figures:
+        assert figure["caption"] and ctx.store.get_bytes(figure["key"]).startswith(b"\x89PNG")
+    assert analysed["analysis"]["image_sizes"]["train"]["most_common"] == [[12, 12, 44]]
