@@ -1,0 +1,146 @@
+"""Report: every section, relative figure links that resolve, escaping, summary.json with every model."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnn_tasks import ensemble, evaluate, predict, promote, report
+from cnn_tasks.plots import figure_entry
+from tests.test_evaluate import CLASSES, random_proba
+
+SECTIONS = ("overview", "data", "rejected", "models", "checks", "curves", "viz", "evaluation", "ensembles",
+            "champion", "predictions")
+EXPERIMENTS = [
+    {"name": "baseline", "description": "Reference <script>alert(1)</script> & co", "conv": [{"filters": 8}] * 4},
+    {"name": "wide", "description": "Wider layers", "conv": [{"filters": 16}] * 4, "activation": "elu"},
+]
+TRAINED = ["baseline__balanced", "baseline__unbalanced", "wide__unbalanced"]  # wide__balanced did not train
+
+
+def png(store, key: str, caption: str) -> dict:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(buffer, format="PNG")
+    store.put_bytes(key, buffer.getvalue())
+    return figure_entry(key, caption)
+
+
+def write_upstream(ctx):
+    """Stage outputs as the other stages write them (JSON fixtures for data/train/viz stages)."""
+    s = ctx.store
+    s.put_json(ctx.data_key("ingest.json"), {"accepted": 60, "rejected": 2,
+                                             "rejected_by_reason": {"corrupt": 1, "not an image": 1}})
+    s.put_text(ctx.data_key("rejected.csv"), "path,reason\nbad.png,corrupt\nx.txt,not an image\n")
+    s.put_json(ctx.data_key("analysis.json"), {
+        "conclusion": "Mild imbalance (max/min 1.3): <fixed> by augmentation.",
+        "counts": {"train": [14, 14, 14]}, "imbalance": {"ratio": 1.3}, "shortfalls": [],
+        "figures": [png(s, ctx.data_key("figures/bars.png"), "Class counts per split.")]})
+    s.put_json(ctx.data_key("dataset.json"), {
+        "classes": CLASSES, "image_size": 16, "mean": [1, 2, 3], "std": [4, 5, 6], "dataset_sha256": "f00d",
+        "rebalance": "augment",
+        "splits": {"train": {"unbalanced": {"shards": [], "count": 42, "class_counts": [14, 14, 14], "class_weight": None}},
+                   "test": {"unbalanced": {"shards": [], "count": 30, "class_counts": [10, 10, 10], "class_weight": None}}},
+        "figures": [png(s, ctx.data_key("figures/rebalanced.png"), "Counts after rebalancing.")]})
+    s.put_json(ctx.check_key("baseline", "single_batch.json"), {
+        "passed": True, "final_loss": 0.01, "figures": [png(s, ctx.check_key("baseline", "loss.png"), "Loss on one batch.")]})
+    for mid in TRAINED:
+        s.put_bytes(ctx.model_key(mid, "model.keras"), b"not really a model")
+        s.put_json(ctx.model_key(mid, "meta.json"), {
+            "classes": CLASSES, "image_size": 16, "params": 1234, "best_epoch": 2, "epochs_run": 3,
+            "figures": [png(s, ctx.model_key(mid, "curves.png"), f"Curves of {mid}.")]})
+    s.put_json(ctx.viz_key("baseline__unbalanced", "viz.json"), {
+        "explanation": "Early filters pick up colour.", "dead_channels": [{"layer": "act1", "dead": 0, "total": 8}],
+        "figures": [png(s, ctx.viz_key("baseline__unbalanced", "kernels.png"), "First-layer kernels.")]})
+
+
+def write_our_stages(ctx, monkeypatch):
+    """Evaluate (from crafted arrays), ensemble, promote and predict, as they really write."""
+    rng = np.random.default_rng(0)
+    y_test, y_val = rng.integers(0, 3, 30), rng.integers(0, 3, 30)
+    images = rng.uniform(0, 255, (30, 8, 8, 3)).astype(np.float32)
+    for i, mid in enumerate(TRAINED):
+        splits = {}
+        for split, y in (("test", y_test), ("val", y_val)):
+            p = random_proba(len(y), 3, seed=i + len(split))
+            p[np.arange(len(y)), y] += 0.4 * (i + 1)
+            splits[split] = (y, p / p.sum(1, keepdims=True))
+        evaluate.write_results(ctx, mid, CLASSES, splits, images, [f"k{j}" for j in range(30)])
+    ensemble.run(ctx, TRAINED)
+    monkeypatch.setattr(promote, "_dataset_info", lambda ctx: {"classes": CLASSES, "image_size": 16})
+    promote.run(ctx)
+    predict.run(ctx)
+
+
+def fake_siblings(monkeypatch):
+    monkeypatch.setattr(report, "_describe_model", lambda ctx, mid: {
+        "layers": [{"name": "standardize", "type": "Normalization", "params": 7},
+                   {"name": "conv1", "type": "Conv2D", "params": 224}], "params": 1234})
+
+    def compare_runs(ctx, model_ids):
+        return png(ctx.store, ctx.key("models", "comparison.png"), "Validation accuracy of every model.")
+
+    monkeypatch.setattr(report, "_compare_runs", compare_runs)
+
+
+def links(html_text: str) -> list[str]:
+    return re.findall(r'<img src="([^"]+)"', html_text) + [
+        h for h in re.findall(r'<a href="([^"]+)"', html_text) if not h.startswith("#")]
+
+
+def test_full_report(make_ctx, monkeypatch):
+    ctx = make_ctx(experiments=EXPERIMENTS, promotion_min_accuracy=0.0)
+    write_upstream(ctx)
+    write_our_stages(ctx, monkeypatch)
+    fake_siblings(monkeypatch)
+
+    out = report.run(ctx)
+
+    assert out["report_key"] == "runs/test_run/report/index.html" and out["report_url"].endswith("index.html")
+    page = ctx.store.get_text(out["report_key"])
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in page and f'href="#{section}"' in page
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) > 20
+    for src in links(page):
+        assert not src.startswith(("/", "file:", "s3:")), src
+        assert ctx.store.exists(posixpath.normpath(posixpath.join(ctx.report_key(), src))), src
+    assert page.count("<figure") == page.count("<figcaption>") == len(sources)
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;fixed&gt;" in page and "corrupt" in page and "../data/rejected.csv" in page
+    assert page.count("<tr class=best>") == 1
+    assert "wide__balanced" in page and "not run" in page  # the model that did not train says so
+    assert "unlabelled_url is not set" in page  # predictions stage recorded its no-op
+    assert "Decision: promoted" in page
+
+    summary = ctx.store.get_json(out["summary_key"])
+    assert set(summary["models"]) == set(TRAINED)
+    for mid in TRAINED:
+        metrics = ctx.store.get_json(ctx.eval_key(mid, "metrics.json"))["splits"]["test"]
+        assert summary["models"][mid]["test"]["accuracy"] == metrics["accuracy"]
+        assert summary["models"][mid]["test"]["macro_f1"] == metrics["macro_f1"]
+    assert summary["dataset"]["dataset_sha256"] == "f00d"
+    assert summary["promotion"]["promoted"] is True and summary["ensembles"]["best"]
+    assert summary["versions"]["numpy"] == np.__version__
+    assert summary["config"]["experiments"][0]["name"] == "baseline"
+
+
+def test_empty_run_says_what_did_not_run(make_ctx):
+    ctx = make_ctx()
+    out = report.run(ctx)
+    page = ctx.store.get_text(out["report_key"])
+    for section in SECTIONS:
+        body = page.split(f'<section id="{section}">')[1].split("</section>")[0]
+        if section != "overview":
+            assert "not run:" in body, section
+    assert "<img" not in page
+    assert ctx.store.get_json(out["summary_key"])["models"] == {}
+
+
+@pytest.mark.parametrize("text", ["<b>bold</b>", 'quote " and \' & amp'])
+def test_escape(text):
+    assert "<" not in report.esc(text).replace("&lt;", "") and '"' not in report.esc(text)
