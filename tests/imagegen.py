@@ -39,6 +39,7 @@ def make_dataset(root: str | Path, classes: int = 3, per_class: int | list[int] 
 def zip_folder(folder: str | Path, zip_path: str | Path, wrapper: str | None = None) -> Path:
     """Zip `folder`'s contents, optionally under one wrapper directory (like EuroSAT's `2750/`)."""
     folder, zip_path = Path(folder), Path(zip_path)
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path, "w") as zf:
         for path in sorted(folder.rglob("*")):
             if path.is_file():

@@ -1,0 +1,148 @@
+"""The input pipeline: tf.data from the packed shards listed in data/dataset.json.
+
+The pipeline yields float32 pixels in 0..255, resized to `image_size` by `decode_and_resize`,
+the one preprocessing function (prediction uses it too). Standardisation with the training
+split's channel mean/std is NOT done here: it is the model's first layer (`standardize`, see
+models.py), so training, evaluation and prediction can never preprocess differently.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cnn_tasks import runtime, shards
+from cnn_tasks.context import VARIANTS, RunContext
+
+CACHE_LIMIT_BYTES = 1 << 30  # cache decoded images in memory when a split fits in this budget
+SPLITS = ("train", "val", "test")
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def load_dataset_info(ctx: RunContext) -> dict:
+    """data/dataset.json, written by the rebalance stage (see docs/architecture.md)."""
+    return ctx.store.get_json(ctx.data_key("dataset.json"))
+
+
+def split_info(info: dict, split: str, variant: str = "unbalanced") -> dict:
+    """The `V` entry of one split and variant: shards, count, class_counts, class_weight."""
+    if split not in SPLITS:
+        raise ValueError(f"split: {split!r} is not one of {SPLITS}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: {variant!r} is not one of {VARIANTS}")
+    variants = info["splits"][split]
+    if variant not in variants:
+        raise ValueError(f"variant: dataset.json has no {variant!r} data for split {split!r}")
+    return variants[variant]
+
+
+def decode_and_resize(image_bytes, image_size: int):
+    """Encoded JPEG/PNG bytes -> float32 [S, S, 3] in 0..255 (bilinear, antialiased when shrinking)."""
+    tf = _tf()
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    image = tf.cast(image, tf.float32)
+    same_size = tf.logical_and(tf.shape(image)[0] == image_size, tf.shape(image)[1] == image_size)
+    image = tf.cond(same_size, lambda: image,
+                    lambda: tf.image.resize(image, [image_size, image_size], antialias=True))
+    return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def dataset(ctx: RunContext, split: str, variant: str = "unbalanced", batch_size: int = 32,
+            training: bool = False):
+    """Batches of (images float32 [B,S,S,3] 0..255, labels int32) from the split's shards.
+
+    training=True shuffles every epoch (seeded) and, when config.augment, augments batches.
+    When the variant has class weights (rebalance="class_weight", balanced variant) each batch
+    also carries per-image weights: (images, labels, weights). Training uses them as class
+    weights, validation as sample weights, so val loss/accuracy are class-balanced too.
+    """
+    tf = _tf()
+    info = load_dataset_info(ctx)
+    part = split_info(info, split, variant)
+    size = int(info["image_size"])
+    ds = _decoded(ctx, part["shards"], size).map(lambda x, y, key: (x, y))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(part["count"]))  # keras then knows the epoch length
+    if part["count"] * size * size * 3 * 4 <= CACHE_LIMIT_BYTES:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(part["count"], 20_000), seed=ctx.config.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and ctx.config.augment:
+        augment = augmenter(ctx.config.seed)
+        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if part.get("class_weight"):
+        table = class_weight_vector(part["class_weight"], len(info["classes"]))
+        ds = ds.map(lambda x, y: (x, y, tf.gather(table, y)))
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _decoded(ctx: RunContext, shard_keys: list[str], image_size: int, limit: int | None = None):
+    """(image, label, key) in shard order, decoded in parallel with the order kept (deterministic)."""
+    tf = _tf()
+    paths = [str(ctx.cached(key)) for key in shard_keys]
+    if not paths:
+        raise ValueError("dataset.json lists no shards for this split; did the rebalance stage run?")
+
+    def parse(serialized):
+        record = shards.parse_example(serialized)
+        image = decode_and_resize(record["image"], image_size)
+        return image, tf.cast(record["label"], tf.int32), record["key"]
+
+    ds = tf.data.TFRecordDataset(paths)
+    if limit is not None:
+        ds = ds.take(limit)
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _options():
+    tf = _tf()
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = runtime.threads_per_task()
+    return options
+
+
+def augmenter(seed: int):
+    """Random flips, small rotations, zoom and contrast for training batches (0..255 pixels)."""
+    import keras
+
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
+        keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
+        keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
+        keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 3),
+    ], name="augment")
+
+
+def class_weight_vector(class_weight: dict, num_classes: int):
+    """dataset.json's {"0": w, ...} as a float32 vector indexed by label (missing classes weigh 1)."""
+    weights = np.ones(num_classes, dtype=np.float32)
+    for label, weight in class_weight.items():
+        weights[int(label)] = float(weight)
+    return _tf().constant(weights)
+
+
+def load_split_arrays(ctx: RunContext, split: str, variant: str = "unbalanced", limit: int | None = None):
+    """(x float32 [N,S,S,3] 0..255, y int32 [N], keys list[str]) in shard order; deterministic."""
+    info = load_dataset_info(ctx)
+    part = split_info(info, split, variant)
+    size = int(info["image_size"])
+    ds = _decoded(ctx, part["shards"], size, limit).batch(256)
+    xs, ys, keys = [], [], []
+    for x, y, k in ds.with_options(_options()):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+        keys.extend(v.decode() for v in k.numpy())
+    if not xs:
+        return np.zeros((0, size, size, 3), np.float32), np.zeros((0,), np.int32), []
+    return np.concatenate(xs), np.concatenate(ys), keys
+
+
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    return max(1, math.ceil(count / batch_size))

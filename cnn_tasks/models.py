@@ -1,0 +1,102 @@
+"""The model builder: a keras.Sequential CNN from an ExperimentSpec (config.py).
+
+Layer layout (names are the contract other stages rely on, see docs/architecture.md):
+  input (S, S, 3) float32 pixels 0..255
+  standardize                      Normalization with the training split's channel mean/std
+  conv<i> -> bn<i>? -> act<i> -> pool<i>? -> sdrop<i>?      i = 1..len(spec.conv)
+  head: flatten | global_pool, then dropout1 -> dense -> dense_act -> dropout2
+  logits (Dense, linear) -> softmax (Activation, float32 even under mixed precision)
+sdrop<i> (SpatialDropout2D) follows each unit that downsamples (pooling or stride > 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+from cnn_tasks.config import ConfigError, ExperimentSpec
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+def build_model(spec: ExperimentSpec, num_classes: int, image_size: int, mean, std):
+    """A compiled-free keras.Sequential for `spec`; ConfigError names the field when it cannot be built."""
+    keras = _keras()
+    if num_classes < 2:
+        raise ConfigError("classes", f"{num_classes} class(es); at least 2 are needed")
+    _check_feature_map(spec, image_size)
+    variance = [float(s) ** 2 for s in std]
+    layers = [keras.Input((image_size, image_size, 3), name="pixels"),
+              keras.layers.Normalization(mean=list(map(float, mean)), variance=variance, name="standardize")]
+    for i, block in enumerate(spec.conv, start=1):
+        layers += _conv_unit(spec, block, i)
+    layers += _head(spec, num_classes)
+    return keras.Sequential(layers, name=spec.name)
+
+
+def _conv_unit(spec: ExperimentSpec, block, i: int) -> list:
+    keras = _keras()
+    regularizer = keras.regularizers.L2(spec.l2) if spec.l2 > 0 else None
+    layers = [keras.layers.Conv2D(block.filters, block.kernel_size, strides=block.strides, padding="same",
+                                  use_bias=not spec.batch_norm, kernel_regularizer=regularizer, name=f"conv{i}")]
+    if spec.batch_norm:
+        layers.append(keras.layers.BatchNormalization(name=f"bn{i}"))
+    layers.append(keras.layers.Activation(spec.activation, name=f"act{i}"))
+    if block.pool == "max":
+        layers.append(keras.layers.MaxPooling2D(2, name=f"pool{i}"))
+    elif block.pool == "average":
+        layers.append(keras.layers.AveragePooling2D(2, name=f"pool{i}"))
+    if spec.spatial_dropout > 0 and (block.pool != "none" or block.strides > 1):
+        layers.append(keras.layers.SpatialDropout2D(spec.spatial_dropout, name=f"sdrop{i}"))
+    return layers
+
+
+def _head(spec: ExperimentSpec, num_classes: int) -> list:
+    keras = _keras()
+    regularizer = keras.regularizers.L2(spec.l2) if spec.l2 > 0 else None
+    pooling = {"flatten": keras.layers.Flatten(name="flatten"),
+               "global_average": keras.layers.GlobalAveragePooling2D(name="global_pool"),
+               "global_max": keras.layers.GlobalMaxPooling2D(name="global_pool")}[spec.head]
+    layers = [pooling]
+    if spec.dropout > 0:
+        layers.append(keras.layers.Dropout(spec.dropout, name="dropout1"))
+    layers += [keras.layers.Dense(spec.dense_units, kernel_regularizer=regularizer, name="dense"),
+               keras.layers.Activation(spec.activation, name="dense_act")]
+    if spec.dropout > 0:
+        layers.append(keras.layers.Dropout(spec.dropout, name="dropout2"))
+    layers += [keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="logits"),
+               keras.layers.Activation("softmax", dtype="float32", name="softmax")]
+    return layers
+
+
+def _check_feature_map(spec: ExperimentSpec, image_size: int) -> None:
+    """Reject specs that downsample the feature map below 1x1, naming the layer and field."""
+    size = image_size
+    for i, block in enumerate(spec.conv, start=1):
+        field = f"{spec.name}.conv[{i - 1}]"
+        if block.strides > 1 and size < 2:
+            raise ConfigError(f"{field}.strides", f"conv{i} cannot downsample a {size}x{size} feature map "
+                              f"(image_size {image_size}): too many downsamplings")
+        size = math.ceil(size / block.strides)  # 'same' padding
+        if block.pool != "none":
+            if size < 2:
+                raise ConfigError(f"{field}.pool", f"pool{i} needs a feature map of at least 2x2 but conv{i} "
+                                  f"outputs {size}x{size} at image_size {image_size}: too many downsamplings")
+            size //= 2
+
+
+def load_model(path):
+    """Load a saved model.keras; safe_mode refuses arbitrary code (e.g. Lambda layers) in the file."""
+    return _keras().saving.load_model(str(path), safe_mode=True)
+
+
+def describe(model) -> dict:
+    """The layer table for the report: name, type, output shape, parameter count; plus totals."""
+    rows = [{"name": layer.name, "type": type(layer).__name__,
+             "output_shape": list(layer.output.shape), "params": int(layer.count_params())}
+            for layer in model.layers]
+    trainable = sum(int(math.prod(v.shape)) for v in model.trainable_weights)
+    return {"layers": rows, "total_params": int(model.count_params()), "trainable_params": trainable}

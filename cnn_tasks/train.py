@@ -1,0 +1,430 @@
+"""Training: the single-batch overfit check, full resumable training, curves, run comparison.
+
+Resuming: everything a retried task needs lives in the store under models/<model_id>/
+  backup/       keras BackupAndRestore state (weights + optimizer + epoch), synced every epoch
+  checkpoint/   best.weights.h5 (lowest val loss so far) and history.json (all epochs so far)
+  tensorboard/  TensorBoard event files
+A task that starts restores these into a fresh local folder, so any worker continues from the
+last completed epoch; early stopping and the best checkpoint are seeded from the saved history.
+
+Imports keras at module level: import this module inside Airflow tasks, not in the DAG file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from cnn_tasks import data, models, plots, runtime
+from cnn_tasks.context import RunContext, model_id as make_model_id
+
+log = logging.getLogger(__name__)
+
+LOSS_TOLERANCE = 0.05  # single-batch check: "loss near zero"
+SINGLE_BATCH_LR = 3e-3  # fast, still stable with batch norm
+SINGLE_BATCH_POOL = 1024  # the check's batch is drawn (seeded) from the first N training images
+STATE_DIRS = ("checkpoint", "tensorboard", "backup")  # upload order: backup last, never ahead of history
+
+
+class SingleBatchCheckError(RuntimeError):
+    """An architecture could not overfit one batch: it is too weak (or broken) to train."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite during training."""
+
+
+def _prepare(ctx: RunContext) -> dict:
+    """Thread pools, precision and determinism from the config; seeds every RNG."""
+    settings = runtime.configure_tensorflow(mixed_precision=ctx.config.mixed_precision,
+                                            deterministic=ctx.config.deterministic)
+    keras.utils.set_random_seed(ctx.config.seed)
+    return settings
+
+
+def _compile(model, optimizer) -> None:
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def _build(ctx: RunContext, spec, info: dict):
+    return models.build_model(spec, len(info["classes"]), int(info["image_size"]), info["mean"], info["std"])
+
+
+# --------------------------------------------------------------------------- single-batch check
+def single_batch_check(ctx: RunContext, experiment: str) -> dict:
+    """Train `experiment`'s architecture on one fixed batch until it fits it perfectly.
+
+    Dropout, spatial dropout and L2 are switched off and no augmentation is applied, so only
+    the architecture's capacity is tested. Writes checks/<experiment>/single_batch.json/.png;
+    raises SingleBatchCheckError naming the experiment when it cannot fit the batch.
+    """
+    spec = ctx.config.experiment(experiment)
+    _prepare(ctx)
+    info = data.load_dataset_info(ctx)
+    x, y = _one_batch(ctx, spec.batch_size)
+    model = _build(ctx, dataclasses.replace(spec, dropout=0.0, spatial_dropout=0.0, l2=0.0), info)
+    _compile(model, keras.optimizers.Adam(SINGLE_BATCH_LR))
+    losses, accuracies = [], []
+    for _ in range(ctx.config.single_batch_steps):
+        logs = model.train_on_batch(x, y, return_dict=True)
+        losses.append(float(logs["loss"]))
+        accuracies.append(float(logs["accuracy"]))
+        if accuracies[-1] >= 1.0 and losses[-1] <= LOSS_TOLERANCE:
+            break
+    passed = accuracies[-1] >= 1.0 and losses[-1] <= LOSS_TOLERANCE
+    figure = _plot_single_batch(ctx, experiment, losses, accuracies, passed)
+    result = {"experiment": experiment, "passed": passed, "steps": len(losses),
+              "max_steps": ctx.config.single_batch_steps, "batch_size": int(len(y)),
+              "classes_in_batch": int(len(np.unique(y))), "loss": losses[-1], "accuracy": accuracies[-1],
+              "loss_tolerance": LOSS_TOLERANCE, "losses": losses, "accuracies": accuracies,
+              "key": ctx.check_key(experiment, "single_batch.json"), "figures": [figure]}
+    ctx.store.put_json(result["key"], result)
+    verdict = f"after {len(losses)} steps: accuracy {accuracies[-1]:.3f}, loss {losses[-1]:.4f}"
+    if not passed:
+        raise SingleBatchCheckError(
+            f"single-batch check failed for experiment {experiment!r}: it could not overfit one batch of "
+            f"{len(y)} training images ({verdict}; needs accuracy 1.0 and loss <= {LOSS_TOLERANCE} within "
+            f"single_batch_steps={ctx.config.single_batch_steps}). The architecture is too weak or broken.")
+    log.info("single-batch check passed for %s %s", experiment, verdict)
+    return {k: v for k, v in result.items() if k not in ("losses", "accuracies")}
+
+
+def _one_batch(ctx: RunContext, batch_size: int):
+    """A seeded sample of `batch_size` images from the start of the unbalanced training split."""
+    x, y, _ = data.load_split_arrays(ctx, "train", "unbalanced", limit=max(SINGLE_BATCH_POOL, batch_size))
+    pick = np.random.default_rng(ctx.config.seed).permutation(len(y))[:batch_size]
+    return x[pick], y[pick]
+
+
+def _plot_single_batch(ctx, experiment: str, losses, accuracies, passed: bool) -> dict:
+    fig, (ax_loss, ax_acc) = plots.new_figure(10, 4, ncols=2)
+    steps = range(1, len(losses) + 1)
+    ax_loss.semilogy(steps, losses)
+    ax_loss.axhline(LOSS_TOLERANCE, color="grey", linestyle="--", label=f"tolerance {LOSS_TOLERANCE}")
+    ax_loss.set(title="Loss on the fixed batch", xlabel="step", ylabel="loss (log scale)")
+    ax_loss.legend()
+    ax_acc.plot(steps, accuracies)
+    ax_acc.set(title="Accuracy on the fixed batch", xlabel="step", ylabel="accuracy", ylim=(0, 1.05))
+    fig.suptitle(f"{experiment}: single-batch check {'passed' if passed else 'FAILED'}")
+    key = plots.save_figure(ctx.store, ctx.check_key(experiment, "single_batch.png"), fig)
+    verdict = "fits" if passed else "cannot fit"
+    return plots.figure_entry(key, f"Single-batch check: {experiment} {verdict} one training batch "
+                                   f"({len(losses)} steps).")
+
+
+# --------------------------------------------------------------------------- full training
+def run(ctx: RunContext, experiment: str, variant: str, extra_callbacks=()) -> dict:
+    """Train `experiment` on the `variant` data, resuming from the store if a previous try was cut off.
+
+    extra_callbacks: additional keras callbacks (monitoring, tests). Returns a small dict for XCom.
+    """
+    started = time.time()
+    spec = ctx.config.experiment(experiment)
+    settings = _prepare(ctx)
+    info = data.load_dataset_info(ctx)
+    mid = make_model_id(experiment, variant)
+    train_part = data.split_info(info, "train", variant)
+    work = _restore_state(ctx, mid)
+    initial_epoch = _backup_epoch(work)
+    history = _load_history(work)[:initial_epoch]
+    if initial_epoch:
+        log.info("%s: resuming after epoch %d (state restored from the store)", mid, initial_epoch)
+
+    model = _build(ctx, spec, info)
+    steps = data.steps_per_epoch(train_part["count"], spec.batch_size)
+    _compile(model, make_optimizer(spec, total_steps=ctx.config.epochs * steps))
+    if not (work / "checkpoint" / "finished.json").exists():
+        train_ds = data.dataset(ctx, "train", variant, spec.batch_size, training=True)
+        val_ds = data.dataset(ctx, "val", variant, spec.batch_size)
+        callbacks = _callbacks(ctx, spec, mid, work, history, train_part["count"]) + list(extra_callbacks)
+        model.fit(train_ds, validation_data=val_ds, epochs=ctx.config.epochs, callbacks=callbacks, shuffle=False,
+                  verbose=0)  # the dataset shuffles (seeded)
+        (work / "checkpoint" / "finished.json").write_text(json.dumps({"epochs": len(history)}))
+        _sync_state(ctx, mid, work)
+    if (work / "checkpoint" / "best.weights.h5").exists():
+        model.load_weights(work / "checkpoint" / "best.weights.h5")  # restore the best epoch's weights
+    return _save_outputs(ctx, spec, variant, model, info, history, settings, initial_epoch, started, work)
+
+
+def make_optimizer(spec, total_steps: int):
+    """The spec's optimizer; lr_schedule="cosine" decays over all training steps (plateau is a callback)."""
+    lr = spec.learning_rate
+    if spec.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, total_steps), alpha=0.01)
+    factories = {
+        "adam": lambda: keras.optimizers.Adam(lr),
+        "adamw": lambda: keras.optimizers.AdamW(lr),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
+        "nadam": lambda: keras.optimizers.Nadam(lr),
+    }
+    return factories[spec.optimizer]()
+
+
+def _callbacks(ctx, spec, mid: str, work: Path, history: list[dict], train_count: int) -> list:
+    """Order matters: the NaN guard runs before anything saves; the lr change before the backup."""
+    patience = ctx.config.early_stopping_patience
+    best = min((h["val_loss"] for h in history), default=None)
+    callbacks = [NanGuard(spec.name, mid)]
+    if spec.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(1, patience // 2), min_lr=spec.learning_rate / 100))
+    callbacks += [
+        ResumableEarlyStopping(history, monitor="val_loss", patience=patience),
+        keras.callbacks.ModelCheckpoint(str(work / "checkpoint" / "best.weights.h5"), monitor="val_loss",
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=best),
+        keras.callbacks.BackupAndRestore(str(work / "backup")),
+        TensorBoardScalars(work / "tensorboard"),
+        EpochRecorder(ctx, mid, work, history, train_count),
+    ]
+    return callbacks
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stop with a clear error as soon as an epoch's loss or val loss is NaN/inf (before any save)."""
+
+    def __init__(self, experiment: str, mid: str):
+        super().__init__()
+        self.experiment, self.mid = experiment, mid
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name in ("loss", "val_loss"):
+            value = (logs or {}).get(name)
+            if value is not None and not math.isfinite(float(value)):
+                raise TrainingDivergedError(
+                    f"experiment {self.experiment!r} ({self.mid}): {name} became {float(value)} at epoch "
+                    f"{epoch + 1}; training diverged. Lower the learning rate, add batch norm or check "
+                    "the input data for NaN values.")
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """keras EarlyStopping whose best value and patience counter continue from the saved history."""
+
+    def __init__(self, history: list[dict], **kwargs):
+        super().__init__(**kwargs)
+        self.history = history
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.history:
+            losses = [h["val_loss"] for h in self.history]
+            best_index = int(np.argmin(losses))
+            self.best, self.best_epoch = losses[best_index], best_index
+            self.wait = len(losses) - 1 - best_index
+
+
+class TensorBoardScalars(keras.callbacks.Callback):
+    """Per-epoch scalars as TensorBoard event files (train/ and validation/, tags like keras's).
+
+    keras.callbacks.TensorBoard needs the `tensorboard` package, which the pipeline does not
+    install; this writes the same `epoch_<metric>` scalars with TensorFlow's own summary writer.
+    """
+
+    def __init__(self, log_dir: Path):
+        super().__init__()
+        self.log_dir, self.writers = Path(log_dir), {}
+
+    def _writer(self, name: str):
+        import tensorflow as tf
+
+        if name not in self.writers:
+            self.writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+        return self.writers[name]
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+        values = {**(logs or {}), "learning_rate": _current_lr(self.model)}
+        for name, value in values.items():
+            folder = "validation" if name.startswith("val_") else "train"
+            with self._writer(folder).as_default():
+                tf.summary.write(f"epoch_{name.removeprefix('val_')}", tf.constant(float(value)), step=epoch,
+                                 metadata=metadata)
+        for writer in self.writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Appends each epoch to `history`, logs progress (images/s, ETA) and syncs the state to the store."""
+
+    def __init__(self, ctx: RunContext, mid: str, work: Path, history: list[dict], train_count: int):
+        super().__init__()
+        self.ctx, self.mid, self.work, self.history, self.train_count = ctx, mid, work, history, train_count
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start, self.train_seconds = time.time(), None
+
+    def on_test_begin(self, logs=None):  # validation starts: the training part of the epoch is over
+        self.train_seconds = time.time() - self.epoch_start
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.time() - self.epoch_start
+        entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
+                 "learning_rate": _current_lr(self.model), "seconds": seconds,
+                 "images_per_s": self.train_count / (self.train_seconds or seconds)}
+        self.history.append(entry)
+        (self.work / "checkpoint" / "history.json").write_text(json.dumps(self.history, indent=1))
+        _log_progress(self.mid, entry, self.ctx.config.epochs, self.history)
+        _sync_state(self.ctx, self.mid, self.work)
+
+
+def _current_lr(model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def _log_progress(mid: str, entry: dict, epochs: int, history: list[dict]) -> None:
+    mean_seconds = float(np.mean([h["seconds"] for h in history]))
+    eta = mean_seconds * (epochs - entry["epoch"])
+    log.info("%s epoch %d/%d: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f | lr %.2e | %.0f img/s | "
+             "epoch %.1fs | ETA %dm%02ds (at most)", mid, entry["epoch"], epochs, entry["loss"],
+             entry["accuracy"], entry.get("val_loss", float("nan")), entry.get("val_accuracy", float("nan")),
+             entry["learning_rate"], entry["images_per_s"], entry["seconds"], eta // 60, eta % 60)
+
+
+# --------------------------------------------------------------------------- state in the store
+def _restore_state(ctx: RunContext, mid: str) -> Path:
+    """A fresh local work folder holding whatever an earlier try of this task left in the store."""
+    work = ctx.scratch("train", mid)
+    shutil.rmtree(work)
+    for name in STATE_DIRS:
+        prefix = ctx.model_key(mid, name) + "/"
+        for key in ctx.store.list(prefix):
+            ctx.store.get_file(key, work / name / key[len(prefix):])
+        (work / name).mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _sync_state(ctx: RunContext, mid: str, work: Path) -> None:
+    for name in STATE_DIRS:
+        folder = work / name
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            ctx.store.put_file(ctx.model_key(mid, name, path.relative_to(folder).as_posix()), path)
+
+
+def _backup_epoch(work: Path) -> int:
+    """Epochs completed according to the BackupAndRestore state (0 when starting fresh)."""
+    path = work / "backup" / "training_metadata.json"
+    return int(json.loads(path.read_text())["epoch"]) if path.exists() else 0
+
+
+def _load_history(work: Path) -> list[dict]:
+    path = work / "checkpoint" / "history.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+# --------------------------------------------------------------------------- outputs
+def _save_outputs(ctx, spec, variant, model, info, history, settings, initial_epoch, started, work) -> dict:
+    import pandas as pd
+
+    mid = make_model_id(spec.name, variant)
+    if not history:
+        raise RuntimeError(f"experiment {spec.name!r} ({mid}): no epoch completed, nothing to save")
+    model.save(work / "model.keras")
+    ctx.store.put_file(ctx.model_key(mid, "model.keras"), work / "model.keras")
+    ctx.store.put_json(ctx.model_key(mid, "history.json"), history)
+    ctx.store.put_text(ctx.model_key(mid, "history.csv"), pd.DataFrame(history).to_csv(index=False))
+    best = min(history, key=lambda h: h["val_loss"])
+    figure = _plot_curves(ctx, mid, history, best["epoch"])
+    train_seconds = sum(h["seconds"] for h in history)
+    meta = {
+        "model_id": mid, "experiment": spec.name, "variant": variant, "description": spec.description,
+        "classes": info["classes"], "image_size": info["image_size"], "spec": dataclasses.asdict(spec),
+        "params": int(model.count_params()), "layers": models.describe(model)["layers"],
+        "best_epoch": best["epoch"], "epochs_run": len(history), "resumed_from_epoch": initial_epoch,
+        "best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"],
+        "final_val_loss": history[-1]["val_loss"], "final_val_accuracy": history[-1]["val_accuracy"],
+        "wall_time_s": time.time() - started, "train_time_s": train_seconds,
+        "images_per_s": float(np.mean([h["images_per_s"] for h in history])),
+        "class_weight": data.split_info(info, "train", variant).get("class_weight"),
+        "dataset_sha256": info.get("dataset_sha256"), "config": ctx.config.to_dict(),
+        "versions": package_versions(), "git_commit": git_commit(), "runtime": settings,
+        "keys": {"model": ctx.model_key(mid, "model.keras"), "history_json": ctx.model_key(mid, "history.json"),
+                 "history_csv": ctx.model_key(mid, "history.csv"),
+                 "tensorboard": ctx.model_key(mid, "tensorboard") + "/"},
+        "figures": [figure],
+    }
+    ctx.store.put_json(ctx.model_key(mid, "meta.json"), meta)
+    log.info("%s: best epoch %d val_acc %.4f val_loss %.4f; saved %s", mid, best["epoch"],
+             best["val_accuracy"], best["val_loss"], meta["keys"]["model"])
+    return {"model_id": mid, "best_val_accuracy": best["val_accuracy"], "best_val_loss": best["val_loss"],
+            "best_epoch": best["epoch"], "epochs_run": len(history), "resumed_from_epoch": initial_epoch,
+            "keys": {**meta["keys"], "meta": ctx.model_key(mid, "meta.json"), "curves": figure["key"]}}
+
+
+def _plot_curves(ctx, mid: str, history: list[dict], best_epoch: int) -> dict:
+    fig, axes = plots.new_figure(11, 4.2, ncols=2)
+    epochs = [h["epoch"] for h in history]
+    for ax, metric, title in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss")):
+        ax.plot(epochs, [h[metric] for h in history], marker=".", label="training")
+        ax.plot(epochs, [h[f"val_{metric}"] for h in history], marker=".", label="validation")
+        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
+        ax.set(title=f"{title}: training vs validation", xlabel="epoch", ylabel=metric)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend()
+    fig.suptitle(mid)
+    key = plots.save_figure(ctx.store, ctx.model_key(mid, "curves.png"), fig)
+    return plots.figure_entry(key, f"{mid}: training and validation accuracy (left) and loss (right) "
+                                   f"per epoch; the kept weights are from epoch {best_epoch}.")
+
+
+def compare_runs(ctx: RunContext, model_ids: list[str]) -> dict:
+    """One figure: validation accuracy and validation loss per epoch for every run (models/comparison.png)."""
+    fig, (ax_acc, ax_loss) = plots.new_figure(12, 4.5, ncols=2)
+    missing = []
+    for mid in model_ids:
+        key = ctx.model_key(mid, "history.json")
+        if not ctx.store.exists(key):
+            log.warning("compare_runs: %s has no history (%s); left out of the comparison", mid, key)
+            missing.append(mid)
+            continue
+        history = ctx.store.get_json(key)
+        epochs = [h["epoch"] for h in history]
+        ax_acc.plot(epochs, [h["val_accuracy"] for h in history], marker=".", label=mid)
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], marker=".", label=mid)
+    ax_acc.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
+    ax_loss.set(title="Validation loss", xlabel="epoch", ylabel="loss")
+    ax_acc.legend(fontsize="small")
+    key = plots.save_figure(ctx.store, ctx.key("models", "comparison.png"), fig)
+    caption = "Validation accuracy (left) and loss (right) per epoch for every trained model."
+    if missing:
+        caption += f" Missing (no history): {', '.join(missing)}."
+    return plots.figure_entry(key, caption)
+
+
+# --------------------------------------------------------------------------- provenance
+def package_versions() -> dict:
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def git_commit() -> str:
+    """The code's git commit: `git rev-parse HEAD`, else env CNN_GIT_COMMIT, else "unknown"."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5)
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("CNN_GIT_COMMIT") or "unknown"

@@ -1,0 +1,131 @@
+"""Training: single-batch check, outputs of a run, resume after a kill, NaN guard, comparison."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from cnn_tasks import models, train
+from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConvBlock, ExperimentSpec
+from tests.fixtures_training import write_training_dataset
+
+SMALL = ExperimentSpec(name="small", description="4 small conv layers for fast tests",
+                       conv=(ConvBlock(8), ConvBlock(8, pool="max"), ConvBlock(16), ConvBlock(16, pool="max")),
+                       dropout=0.1, dense_units=16, batch_size=8, learning_rate=3e-3)
+WEAK = ExperimentSpec(name="weak", description="1 filter per layer: too weak on purpose",
+                      conv=tuple(ConvBlock(1) for _ in range(4)), dense_units=1, batch_norm=False, dropout=0.0,
+                      l2=0.0, batch_size=8)
+
+
+@pytest.fixture
+def tiny_ctx(make_ctx):
+    """3 classes, 12+4+4 images each, 16 px; small experiments; 4 epochs."""
+    def build(**overrides):
+        values = {"experiments": [SMALL, WEAK, dataclasses.replace(SMALL, name="cosine", lr_schedule="cosine")],
+                  "epochs": 4, "single_batch_steps": 10, "augment": False, **overrides}
+        ctx = make_ctx(**values)
+        write_training_dataset(ctx, classes=3, train=12, val=4, test=4, size=16, rebalance="class_weight")
+        return ctx
+    return build
+
+
+def test_single_batch_check_passes_for_the_default_experiments(make_ctx):
+    ctx = make_ctx(image_size=32, single_batch_steps=60)
+    write_training_dataset(ctx, classes=3, train=12, val=2, test=2, size=32)
+    for spec in DEFAULT_EXPERIMENTS:
+        result = train.single_batch_check(ctx, spec.name)
+        assert result["passed"] and result["accuracy"] == 1.0 and result["loss"] <= train.LOSS_TOLERANCE
+        saved = ctx.store.get_json(ctx.check_key(spec.name, "single_batch.json"))
+        assert saved["passed"] and len(saved["losses"]) == result["steps"]
+        assert ctx.store.exists(saved["figures"][0]["key"])
+
+
+def test_single_batch_check_fails_for_a_too_weak_model_naming_it(tiny_ctx):
+    ctx = tiny_ctx()
+    with pytest.raises(train.SingleBatchCheckError, match="experiment 'weak'"):
+        train.single_batch_check(ctx, "weak")
+    saved = ctx.store.get_json(ctx.check_key("weak", "single_batch.json"))
+    assert saved["passed"] is False and saved["steps"] == 10
+    assert ctx.store.exists(ctx.check_key("weak", "single_batch.png"))
+
+
+def test_training_writes_model_history_curves_meta_and_tensorboard(tiny_ctx, monkeypatch):
+    monkeypatch.setenv("CNN_GIT_COMMIT", "abc123")
+    ctx = tiny_ctx()
+    result = train.run(ctx, "small", "balanced")
+    mid = "small__balanced"
+    assert result["model_id"] == mid and result["epochs_run"] == 4 and result["resumed_from_epoch"] == 0
+    meta = ctx.store.get_json(ctx.model_key(mid, "meta.json"))
+    for field in ("classes", "image_size", "experiment", "variant", "params", "best_epoch", "epochs_run",
+                  "best_val_accuracy", "best_val_loss", "wall_time_s", "images_per_s", "figures",
+                  "dataset_sha256", "config", "git_commit"):
+        assert field in meta, field
+    assert set(meta["versions"]) == {"tensorflow", "keras", "numpy", "python"}
+    assert meta["class_weight"] and meta["variant"] == "balanced" and meta["git_commit"]
+    history = ctx.store.get_json(ctx.model_key(mid, "history.json"))
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and "val_accuracy" in history[0]
+    assert ctx.store.get_text(ctx.model_key(mid, "history.csv")).splitlines()[0].count(",") >= 5
+    assert meta["figures"][0]["key"] == ctx.model_key(mid, "curves.png")
+    assert ctx.store.exists(ctx.model_key(mid, "curves.png"))
+    assert any("/tensorboard/train/events" in k for k in ctx.store.list(ctx.model_key(mid, "tensorboard")))
+    model = models.load_model(ctx.cached(ctx.model_key(mid, "model.keras")))
+    assert model.layers[0].name == "standardize" and model.output_shape == (None, 3)
+    assert model.count_params() == meta["params"]
+    comparison = train.compare_runs(ctx, [mid, "missing__unbalanced"])
+    assert comparison["key"] == ctx.key("models", "comparison.png") and "missing__unbalanced" in comparison["caption"]
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Simulates the worker being killed when epoch `at` (0-based) starts."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            raise KeyboardInterrupt(f"killed at epoch {epoch}")
+
+
+class EpochLog(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_killed_training_resumes_from_its_last_completed_epoch(tiny_ctx):
+    ctx = tiny_ctx()
+    with pytest.raises(KeyboardInterrupt):
+        train.run(ctx, "cosine", "unbalanced", extra_callbacks=[Interrupt(at=2)])
+    backup = ctx.store.get_json(ctx.model_key("cosine__unbalanced", "backup", "training_metadata.json"))
+    assert backup["epoch"] == 2
+    seen = EpochLog()
+    result = train.run(ctx, "cosine", "unbalanced", extra_callbacks=[seen])
+    assert seen.epochs == [2, 3]  # continued at the third epoch, did not start over
+    assert result["resumed_from_epoch"] == 2 and result["epochs_run"] == 4
+    history = ctx.store.get_json(ctx.model_key("cosine__unbalanced", "history.json"))
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    lrs = [h["learning_rate"] for h in history]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]  # cosine schedule state survived
+
+
+class PoisonWeights(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            kernel = self.model.get_layer("logits").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+
+def test_nan_loss_raises_naming_experiment_and_epoch(tiny_ctx):
+    ctx = tiny_ctx()
+    with pytest.raises(train.TrainingDivergedError, match=r"experiment 'small'.*at epoch 2"):
+        train.run(ctx, "small", "unbalanced", extra_callbacks=[PoisonWeights()])
+    backup = json.loads(ctx.store.get_text(ctx.model_key("small__unbalanced", "backup", "training_metadata.json")))
+    assert backup["epoch"] == 1  # the diverged epoch was never backed up
