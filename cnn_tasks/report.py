@@ -33,6 +33,8 @@ figure img{max-width:100%;width:520px;border:1px solid #ddd}figure.wide img{widt
 figcaption{font-size:.85rem;color:#555;max-width:520px}figure.wide figcaption{max-width:1000px}
 .notrun{background:#fdecea;border-left:4px solid #c0392b;padding:.5rem 1rem}
 .note{background:#eef6ee;border-left:4px solid #3c8d40;padding:.5rem 1rem}
+.warn{background:#fff8e5;border-left:4px solid #d49b00;padding:.5rem 1rem}
+.caption{font-size:.85rem;color:#555}
 pre{background:#f4f4f4;padding:.6rem;overflow:auto;font-size:.8rem}
 """
 
@@ -241,12 +243,10 @@ def section_data(page: Page, analysis: dict | None, dataset: dict | None) -> Non
     if analysis is None:
         body += not_run(f"{ctx.data_key('analysis.json')} missing: the split stage did not run")
     else:
-        for name in ("conclusion", "conclusions"):
-            if analysis.get(name):
-                text = analysis[name]
-                body += "".join(paragraph(t, "note") for t in (text if isinstance(text, list) else [text]))
-        body += render_fields(analysis, skip=("figures", "conclusion", "conclusions"))
-        body += page.figures(analysis.get("figures"))
+        body += paragraph(analysis["conclusion"], "note")
+        if analysis.get("shortfall_text"):
+            body += paragraph(analysis["shortfall_text"], "warn")
+        body += analysis_tables(analysis) + page.figures(analysis.get("figures"))
     body += "<h3>Rebalanced training data</h3>"
     if dataset is None:
         body += not_run(f"{ctx.data_key('dataset.json')} missing: the rebalance stage did not run")
@@ -257,6 +257,39 @@ def section_data(page: Page, analysis: dict | None, dataset: dict | None) -> Non
                 for s, variants in dataset.get("splits", {}).items() for v, d in variants.items()]
         body += table(rows) + page.figures(dataset.get("figures"))
     page.add("data", "Dataset analysis and imbalance", body, "ok" if analysis and dataset else "partial")
+
+
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+
+
+def analysis_tables(analysis: dict) -> str:
+    """The split stage's numbers as tables a person reads: counts, imbalance, sizes, channels."""
+    splits = [s for s in ("train", "val", "test") if s in analysis["counts"]]
+    short = {(row["class"], row["split"]) for row in analysis.get("shortfalls", [])}
+    counts = [{"class": c, **{SPLIT_NAMES[s]: f"{analysis['counts'][s][c]}{' *' if (c, s) in short else ''}"
+                              for s in splits},
+               "total": sum(analysis["counts"][s][c] for s in splits)} for c in analysis["classes"]]
+    imbalance = [{"split": SPLIT_NAMES[s], "largest class": f"{m['largest']} ({m['largest_count']})",
+                  "smallest class": f"{m['smallest']} ({m['smallest_count']})", "max/min ratio": m["max_min_ratio"],
+                  "normalised entropy": m["normalised_entropy"], "verdict": m["severity"]}
+                 for s, m in analysis["imbalance"].items()]
+    sizes = [{"split": SPLIT_NAMES[s], "width min/median/max": _range(d["width"]),
+              "height min/median/max": _range(d["height"]),
+              "most common size": "{}x{} ({} images)".format(*d["most_common"][0]) if d.get("most_common") else "-"}
+             for s, d in analysis["image_sizes"].items()]
+    channels = [{"channel": name, "mean": m, "std": sd} for name, m, sd in zip("RGB", analysis["mean"], analysis["std"])]
+    leakage = ("No image appears in more than one split (checked by content hash)." if analysis.get("no_leakage")
+               else "Leakage check did not pass.")
+    return ("<h3>Images per class and split</h3>" + table(counts)
+            + ("<p class='caption'>* below the reference minimum for that split.</p>" if short else "")
+            + "<h3>Class imbalance</h3>" + table(imbalance)
+            + "<h3>Image sizes (before resizing)</h3>" + table(sizes)
+            + "<h3>Training-split channel statistics (0-255), used for standardisation</h3>" + table(channels)
+            + paragraph(leakage))
+
+
+def _range(d: dict) -> str:
+    return f"{d['min']} / {fmt(d['median'])} / {d['max']}"
 
 
 def section_rejected(page: Page, ingest: dict | None) -> None:

@@ -159,7 +159,11 @@ def _describe(split: str, m: dict) -> str:
     return (f"The {SPLIT_NAMES[split]} split ranges from {m['smallest_count']} ({m['smallest']}) to "
             f"{m['largest_count']} ({m['largest']}) images per class: max/min ratio "
             f"{m['max_min_ratio']:.2f}, normalised entropy {m['normalised_entropy']:.3f} "
-            f"(1 = perfectly balanced), a {m['severity']} imbalance.")
+            f"(1 = perfectly balanced): {_VERDICTS[m['severity']]}.")
+
+
+_VERDICTS = {"balanced": "balanced", "mild": "a mild imbalance", "moderate": "a moderate imbalance",
+             "severe": "a severe imbalance"}
 
 
 def conclusion(imbalance: dict, strategy: str) -> str:

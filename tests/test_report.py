@@ -30,16 +30,31 @@ def png(store, key: str, caption: str) -> dict:
     return figure_entry(key, caption)
 
 
+def analysis_fixture(figures):
+    """analysis.json in the split stage's schema, built with its own helpers."""
+    from cnn_tasks import split
+
+    counts = {"train": dict(zip(CLASSES, [14, 14, 11])), "val": dict(zip(CLASSES, [4, 4, 3])),
+              "test": dict(zip(CLASSES, [10, 10, 10]))}
+    imbalance = {name: split.imbalance_measures(c) for name, c in counts.items()}
+    shortfalls = split.find_shortfalls(counts)
+    sizes = {"width": {"min": 16, "median": 16.0, "max": 16}, "height": {"min": 16, "median": 16.0, "max": 16},
+             "most_common": [[16, 16, 39]]}
+    return {"classes": CLASSES, "counts": counts, "imbalance": imbalance,
+            "conclusion": split.conclusion(imbalance, "augment") + " <fixed>",
+            "shortfalls": shortfalls, "shortfall_text": split.shortfall_text(shortfalls),
+            "image_sizes": {name: sizes for name in counts}, "mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0],
+            "no_leakage": True, "figures": figures}
+
+
 def write_upstream(ctx):
     """Stage outputs as the other stages write them (JSON fixtures for data/train/viz stages)."""
     s = ctx.store
     s.put_json(ctx.data_key("ingest.json"), {"accepted": 60, "rejected": 2,
                                              "rejected_by_reason": {"corrupt": 1, "not an image": 1}})
     s.put_text(ctx.data_key("rejected.csv"), "path,reason\nbad.png,corrupt\nx.txt,not an image\n")
-    s.put_json(ctx.data_key("analysis.json"), {
-        "conclusion": "Mild imbalance (max/min 1.3): <fixed> by augmentation.",
-        "counts": {"train": [14, 14, 14]}, "imbalance": {"ratio": 1.3}, "shortfalls": [],
-        "figures": [png(s, ctx.data_key("figures/bars.png"), "Class counts per split.")]})
+    s.put_json(ctx.data_key("analysis.json"), analysis_fixture(
+        [png(s, ctx.data_key("figures/bars.png"), "Class counts per split.")]))
     s.put_json(ctx.data_key("dataset.json"), {
         "classes": CLASSES, "image_size": 16, "mean": [1, 2, 3], "std": [4, 5, 6], "dataset_sha256": "f00d",
         "rebalance": "augment",
