@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # The public EuroSAT RGB archive (wrapper folder `2750/` above the class folders).
@@ -124,10 +124,10 @@ DEFAULT_EXPERIMENTS: tuple[ExperimentSpec, ...] = (
 
 # Overrides applied by `profile="quick"`: a few minutes on a laptop CPU.
 QUICK_PROFILE: dict[str, Any] = {
-    "max_images_per_class": 120,
+    "max_images_per_class": 300,
     "classes_limit": 4,
     "image_size": 32,
-    "epochs": 3,
+    "epochs": 8,
     "min_images_per_class": 10,
     "single_batch_steps": 60,
     "filter_pattern_steps": 10,

@@ -43,7 +43,9 @@ def _conv_unit(spec: ExperimentSpec, block, i: int) -> list:
     layers = [keras.layers.Conv2D(block.filters, block.kernel_size, strides=block.strides, padding="same",
                                   use_bias=not spec.batch_norm, kernel_regularizer=regularizer, name=f"conv{i}")]
     if spec.batch_norm:
-        layers.append(keras.layers.BatchNormalization(name=f"bn{i}"))
+        # momentum 0.9 (Keras default 0.99): moving statistics settle within tens of steps, so
+        # short runs (quick profile, small datasets) validate with the statistics they trained with.
+        layers.append(keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}"))
     layers.append(keras.layers.Activation(spec.activation, name=f"act{i}"))
     if block.pool == "max":
         layers.append(keras.layers.MaxPooling2D(2, name=f"pool{i}"))

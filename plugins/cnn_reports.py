@@ -26,7 +26,6 @@ import mimetypes
 import os
 import re
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
 from urllib.parse import quote, unquote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request

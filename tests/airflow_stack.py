@@ -96,7 +96,7 @@ class Proc:
 # --------------------------------------------------------------------------------- test data
 @contextlib.contextmanager
 def served_tiny_dataset(base: Path, classes: int = 3, per_class: int = 24, size: int = 28) -> Iterator[dict]:
-    """The tiny dataset of tests/test_e2e.py (3 classes x 24 images, zipped under a wrapper folder)
+    """A tiny generated dataset (3 classes x 24 images, zipped under a wrapper folder)
     behind a local HTTP server; yields {"url", "checksum", "path"}."""
     import functools
     import hashlib
@@ -122,7 +122,7 @@ def served_tiny_dataset(base: Path, classes: int = 3, per_class: int = 24, size:
 
 
 def tiny_conf(url: str, checksum: str, store_uri: str, **extra) -> dict:
-    """The quick conf of tests/test_e2e.py."""
+    """The quick profile on the tiny dataset: 24 px, 2 epochs (every end-to-end test uses it)."""
     return {"profile": "quick", "dataset_url": url, "dataset_checksum": checksum, "store_uri": store_uri,
             "image_size": 24, "epochs": 2, "min_images_per_class": 5, **extra}
 

@@ -21,7 +21,7 @@ def test_quick_profile_fills_fields_left_at_defaults_but_keeps_user_values():
     form = PipelineConfig().to_dict() | {"profile": "quick", "epochs": 5}
     config = PipelineConfig.from_dict(form)
     assert config.epochs == 5  # changed by the user: kept
-    assert config.image_size == 32 and config.max_images_per_class == 120 and config.classes_limit == 4
+    assert config.image_size == 32 and config.max_images_per_class == 300 and config.classes_limit == 4
 
 
 def test_json_round_trip_and_form_strings():

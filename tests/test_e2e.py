@@ -4,20 +4,17 @@ credentials coming from the Airflow connection)."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from cnn_tasks.storage import open_store
-from tests.imagegen import make_dataset, zip_folder
+from tests.airflow_stack import aws_connection, served_tiny_dataset, tiny_conf
+from tests.imagegen import make_dataset
 from tests.s3server import moto_s3
 
 pytestmark = pytest.mark.e2e
@@ -27,23 +24,16 @@ MODEL_IDS = [f"{e}__{v}" for e in ("baseline", "strided_elu", "deep_swish") for 
 
 @pytest.fixture(scope="module")
 def served_dataset(tmp_path_factory):
-    """A zip of 3 classes x 24 images behind a local HTTP server; yields (url, sha256, unlabelled dir)."""
+    """The tiny zip behind a local HTTP server, and a folder of unlabelled images with one broken file."""
     base = tmp_path_factory.mktemp("served")
-    folder = make_dataset(base / "images", classes=3, per_class=24, size=28, seed=1)
-    archive = zip_folder(folder, base / "www" / "tiny.zip", wrapper="tiny_dataset")
     unlabelled = make_dataset(base / "unlabelled_src", classes=3, per_class=2, size=28, seed=9)
     flat = base / "unlabelled"
     flat.mkdir()
     for image in unlabelled.rglob("*.png"):
         image.rename(flat / image.name)
     (flat / "broken.png").write_bytes(b"not an image")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    yield f"http://127.0.0.1:{server.server_port}/tiny.zip", f"sha256:{digest}", flat
-    server.shutdown()
+    with served_tiny_dataset(base) as served:
+        yield served["url"], served["checksum"], flat
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +59,6 @@ def run_dag(env: dict, conf: dict, log: Path) -> None:
         proc = subprocess.run([airflow, "dags", "test", "cnn_image_classification", "--conf", json.dumps(conf)],
                               env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1500)
     assert proc.returncode == 0, log.read_text()[-6000:]  # `dags test` exits non-zero on a failed run
-
-
-def tiny_conf(url: str, checksum: str, store_uri: str) -> dict:
-    return {"profile": "quick", "dataset_url": url, "dataset_checksum": checksum, "store_uri": store_uri,
-            "image_size": 24, "epochs": 2, "min_images_per_class": 5}
 
 
 def assert_complete_run(store) -> dict:
@@ -122,8 +107,6 @@ def test_whole_dag_with_local_store(airflow_env, served_dataset, tmp_path):
 def test_whole_dag_with_s3_store_on_moto(airflow_env, served_dataset, tmp_path):
     url, checksum, _ = served_dataset
     with moto_s3("cnn-artifacts") as endpoint:
-        connection = {"conn_type": "aws", "login": "testing", "password": "testing",
-                      "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
-        env = airflow_env | {"AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection)}
+        env = airflow_env | {"AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint)}
         run_dag(env, tiny_conf(url, checksum, "s3://cnn-artifacts/e2e"), tmp_path / "dags_test.log")
         assert_complete_run(open_store("s3://cnn-artifacts/e2e", endpoint_url=endpoint))
