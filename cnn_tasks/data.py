@@ -55,10 +55,13 @@ def decode_and_resize(image_bytes, image_size: int):
 
 
 def dataset(ctx: RunContext, split: str, variant: str = "unbalanced", batch_size: int = 32,
-            training: bool = False):
+            training: bool = False, cache: bool = True):
     """Batches of (images float32 [B,S,S,3] 0..255, labels int32) from the split's shards.
 
     training=True shuffles every epoch (seeded) and, when config.augment, augments batches.
+    cache=True keeps the decoded split in memory after the first pass when it fits in
+    CACHE_LIMIT_BYTES (for datasets read every epoch); cache=False streams it (one-pass readers
+    such as evaluation, whose memory then stays at a few batches whatever the split size).
     When the variant has class weights (rebalance="class_weight", balanced variant) each batch
     also carries per-image weights: (images, labels, weights). Training uses them as class
     weights, validation as sample weights, so val loss/accuracy are class-balanced too.
@@ -69,7 +72,7 @@ def dataset(ctx: RunContext, split: str, variant: str = "unbalanced", batch_size
     size = int(info["image_size"])
     ds = _decoded(ctx, part["shards"], size).map(lambda x, y, key: (x, y))
     ds = ds.apply(tf.data.experimental.assert_cardinality(part["count"]))  # keras then knows the epoch length
-    if part["count"] * size * size * 3 * 4 <= CACHE_LIMIT_BYTES:
+    if cache and part["count"] * size * size * 3 * 4 <= CACHE_LIMIT_BYTES:
         ds = ds.cache()
     if training:
         ds = ds.shuffle(min(part["count"], 20_000), seed=ctx.config.seed, reshuffle_each_iteration=True)

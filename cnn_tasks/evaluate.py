@@ -1,9 +1,17 @@
 """Per-model evaluation on the untouched test split (plus train and validation, so over-fitting shows).
 
-The model carries its own standardisation, so it is fed exactly what training fed it:
-`data.load_split_arrays` output (float32 pixels in 0..255 at the dataset's image size).
+The model carries its own standardisation, so it is fed exactly what training fed it: the `data`
+pipeline's float32 pixels in 0..255 at the dataset's image size (unbalanced variant).
+- test: loaded whole with `data.load_split_arrays` (it is small), for the keys in
+  predictions.npz and the images of the right/wrong example grids;
+- val and train: streamed batch by batch (`data.dataset(..., cache=False)`) keeping only labels
+  and probabilities, so memory stays a few batches plus N x C floats whatever the split size.
+  The training split (only there to show over-fitting) is evaluated in full up to
+  TRAIN_SAMPLE_MAX images, else on a seeded stratified sample of that many images.
+metrics.json's `evaluated` says per split exactly which images were evaluated, and so do the
+figure captions.
 
-Writes under `eval/<model_id>/`: metrics.json (per split metrics + figures),
+Writes under `eval/<model_id>/`: metrics.json (per split metrics, confusion matrices, figures),
 classification_report.csv/.json, predictions.npz and the figures.
 The metric and figure functions below work on plain arrays (labels `y`, probabilities `proba`).
 """
@@ -16,6 +24,7 @@ import logging
 
 import numpy as np
 
+from cnn_tasks import data, models
 from cnn_tasks.plots import figure_entry, new_figure, save_figure
 
 log = logging.getLogger(__name__)
@@ -23,6 +32,8 @@ log = logging.getLogger(__name__)
 ECE_BINS = 15
 EXAMPLES_PER_GRID = 16
 SPLITS = ("test", "val", "train")  # test first: it is the one that counts
+TRAIN_SAMPLE_MAX = 3000  # training images evaluated per model: all up to this, else a stratified sample
+PREDICT_BATCH = 128
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -241,60 +252,116 @@ def plot_examples(store, key: str, images, y, proba, classes: list[str], indices
 
 
 # ----------------------------------------------------------------------------- one model, plain arrays
-def evaluate_predictions(store, key_of, classes: list[str], splits: dict, test_images=None, name: str = "") -> dict:
+def full_split(images: int) -> dict:
+    """The `evaluated` entry (see `write_results`) of a split evaluated in full."""
+    return {"images": images, "split_images": images, "full_split": True, "seed": None,
+            "description": f"full split, {images} images"}
+
+
+def evaluate_predictions(store, key_of, classes: list[str], splits: dict, test_images=None, name: str = "",
+                         evaluated: dict | None = None) -> dict:
     """Metrics and figures for one model (or ensemble) from its predictions.
 
     splits: {"test": (y, proba), "val": (y, proba), ...}; key_of(filename) -> store key.
-    Returns {"splits": {split: metrics}, "figures": [...], "table": DataFrame (test)}.
+    evaluated: {split: what was evaluated, e.g. "full split, 540 images"} for the captions;
+    a split not named there was evaluated in full.
+    Returns {"splits": {split: metrics}, "confusion": {split: counts [true][predicted]},
+    "figures": [...], "table": DataFrame (test)}.
     """
-    figures, metrics = [], {}
+    from sklearn.metrics import confusion_matrix
+
+    evaluated = evaluated or {}
+    what = {split: evaluated.get(split) or full_split(len(y))["description"] for split, (y, _) in splits.items()}
+    figures, metrics, confusion = [], {}, {}
     for split, (y, proba) in splits.items():
         metrics[split] = classification_metrics(y, proba, classes)
-        key = plot_confusion(store, key_of(f"confusion_{split}.png"), y, proba, classes, f"{name} {split}")
-        figures.append(figure_entry(key, f"{name}: confusion matrix on the {split} split, counts (left) and "
-                                         f"row-normalised so the diagonal is each class's recall (right)."))
+        confusion[split] = confusion_matrix(y, np.asarray(proba).argmax(axis=1),
+                                            labels=list(range(len(classes)))).tolist()
+        key = plot_confusion(store, key_of(f"confusion_{split}.png"), y, proba, classes,
+                             f"{name} {split} ({len(y)} images)")
+        figures.append(figure_entry(key, f"{name}: confusion matrix on the {split} split ({what[split]}), counts "
+                                         "(left) and row-normalised so the diagonal is each class's recall (right)."))
     y, proba = splits["test"]
+    test = what["test"]
     roc = plot_roc(store, key_of("roc_test.png"), y, proba, classes, f"{name} ROC (test)")
-    figures.append(figure_entry(roc, f"{name}: one-vs-rest ROC curves per class on the test split with AUC, "
-                                     "plus micro and macro averages."))
+    figures.append(figure_entry(roc, f"{name}: one-vs-rest ROC curves per class on the test split ({test}) with "
+                                     "AUC, plus micro and macro averages."))
     pr = plot_pr(store, key_of("pr_test.png"), y, proba, classes, f"{name} precision-recall (test)")
-    figures.append(figure_entry(pr, f"{name}: precision-recall curves per class on the test split with average "
-                                    "precision, plus the micro average."))
+    figures.append(figure_entry(pr, f"{name}: precision-recall curves per class on the test split ({test}) with "
+                                    "average precision, plus the micro average."))
     reliability = plot_reliability(store, key_of("reliability_test.png"), y, proba, f"{name} reliability")
-    figures.append(figure_entry(reliability, f"{name}: reliability diagram on the test split; bars below the "
-                                             "diagonal mean over-confidence (red marks: mean confidence)."))
+    figures.append(figure_entry(reliability, f"{name}: reliability diagram on the test split ({test}); bars below "
+                                             "the diagonal mean over-confidence (red marks: mean confidence)."))
     if test_images is not None:
         for correct, label in ((True, "correct"), (False, "wrong")):
             idx = select_examples(y, proba, correct)
             order = "a seeded sample" if correct else "most confident mistakes first"
             key = plot_examples(store, key_of(f"examples_{label}.png"), test_images, y, proba, classes, idx,
                                 f"{name}: {label} test predictions")
-            figures.append(figure_entry(key, f"{name}: {len(idx)} {label}ly predicted test images ({order}) "
-                                             "with true class, predicted class and confidence."))
-    return {"splits": metrics, "figures": figures, "table": classification_table(y, proba, classes)}
+            figures.append(figure_entry(key, f"{name}: {len(idx)} {label}ly predicted test images ({order}, from "
+                                             f"the {test}) with true class, predicted class and confidence."))
+    return {"splits": metrics, "confusion": confusion, "figures": figures,
+            "table": classification_table(y, proba, classes)}
 
 
 # ----------------------------------------------------------------------------- the stage
-def _dataset_info(ctx) -> dict:
-    from cnn_tasks import data
-
-    return data.load_dataset_info(ctx)
-
-
-def _split_arrays(ctx, split: str):
-    from cnn_tasks import data
-
-    return data.load_split_arrays(ctx, split, variant="unbalanced")
-
-
-def _load_model(ctx, model_id: str):
-    from cnn_tasks import models
-
-    return models.load_model(ctx.cached(ctx.model_key(model_id, "model.keras")))
+def stratified_quota(class_counts, max_images: int | None) -> list[int]:
+    """Images per class in a stratified sample of `max_images` (proportional, largest remainder,
+    ties to the lower class index); every image when the split has no more than `max_images`."""
+    counts = np.asarray(class_counts, dtype=np.int64)
+    total = int(counts.sum())
+    if max_images is None or total <= max_images:
+        return counts.tolist()
+    quota, remainder = np.divmod(counts * max_images, total)
+    quota[np.argsort(-remainder, kind="stable")[: max_images - int(quota.sum())]] += 1
+    return quota.tolist()
 
 
-def _predict(model, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict(x, batch_size=128, verbose=0), dtype=np.float64)
+def _in_sample(y: np.ndarray, seen: np.ndarray, chosen: list[np.ndarray]) -> np.ndarray:
+    """Which images of this batch are in the sample; `seen` counts each class's images streamed so far."""
+    keep = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        position = seen[c] + np.arange(len(rows))
+        inside = position < len(chosen[c])
+        keep[rows[inside]] = chosen[c][position[inside]]
+        seen[c] += len(rows)
+    return keep
+
+
+def predict_split(ctx, model, split: str, max_images: int | None = None) -> dict:
+    """Stream `split` (unbalanced variant) through `model` batch by batch, keeping only labels and
+    probabilities: memory stays a few batches plus N x C floats whatever the split size.
+
+    With `max_images` below the split size, only a seeded (config.seed) stratified sample is
+    predicted: per class, a random subset of its images (by position in shard order) sized by
+    `stratified_quota` from dataset.json's class counts, chosen while streaming.
+    Returns {"y", "proba", "index" (positions in shard order), "evaluated" (what was evaluated)}.
+    """
+    part = data.split_info(data.load_dataset_info(ctx), split, "unbalanced")
+    counts = [int(c) for c in part["class_counts"]]
+    quota = stratified_quota(counts, max_images)
+    chosen = None
+    if sum(quota) < sum(counts):
+        rng = np.random.default_rng(ctx.config.seed)
+        chosen = [np.isin(np.arange(n), rng.choice(n, q, replace=False)) for n, q in zip(counts, quota)]
+    seen = np.zeros(len(counts), dtype=np.int64)  # images of each class streamed so far
+    ys, probas, index, streamed = [], [], [], 0
+    for x, y, *_ in data.dataset(ctx, split, "unbalanced", batch_size=PREDICT_BATCH, cache=False):
+        y = y.numpy().astype(int)
+        keep = np.ones(len(y), dtype=bool) if chosen is None else _in_sample(y, seen, chosen)
+        if keep.any():
+            probas.append(np.asarray(model.predict_on_batch(x if keep.all() else x.numpy()[keep]), dtype=np.float64))
+            ys.append(y[keep])
+            index.append(streamed + np.flatnonzero(keep))
+        streamed += len(y)
+    n, seed = int(sum(len(v) for v in ys)), ctx.config.seed
+    evaluated = full_split(n) if chosen is None else {
+        "images": n, "split_images": streamed, "full_split": False, "seed": seed,
+        "description": f"seeded stratified sample of {n} of {streamed} images (seed {seed})"}
+    return {"y": np.concatenate(ys) if ys else np.zeros(0, dtype=int),
+            "proba": np.concatenate(probas) if probas else np.zeros((0, len(counts))),
+            "index": np.concatenate(index) if index else np.zeros(0, dtype=int), "evaluated": evaluated}
 
 
 def save_predictions(store, key: str, **arrays) -> str:
@@ -309,25 +376,33 @@ def load_predictions(store, key: str) -> dict:
 
 
 def run(ctx, model_id: str) -> dict:
-    """Evaluate one trained model on test, validation and training splits (unbalanced variant)."""
-    classes = list(_dataset_info(ctx)["classes"])
-    model = _load_model(ctx, model_id)
-    splits, test_images, keys_test = {}, None, None
+    """Evaluate one trained model on the test, validation and training splits (unbalanced variant)."""
+    classes = list(data.load_dataset_info(ctx)["classes"])
+    model = models.load_model(ctx.cached(ctx.model_key(model_id, "model.keras")))
+    test_images, y_test, keys_test = data.load_split_arrays(ctx, "test", variant="unbalanced")
+    proba = model.predict(test_images, batch_size=PREDICT_BATCH, verbose=0)
+    splits = {"test": (np.asarray(y_test, dtype=int), np.asarray(proba, dtype=np.float64))}
+    evaluated = {"test": full_split(len(y_test))}
+    for split, max_images in (("val", None), ("train", TRAIN_SAMPLE_MAX)):
+        streamed = predict_split(ctx, model, split, max_images)
+        splits[split], evaluated[split] = (streamed["y"], streamed["proba"]), streamed["evaluated"]
     for split in SPLITS:
-        x, y, keys = _split_arrays(ctx, split)
-        splits[split] = (np.asarray(y, dtype=int), _predict(model, x))
-        log.info("%s: predicted %d %s images", model_id, len(y), split)
-        if split == "test":
-            test_images, keys_test = x, [str(k) for k in keys]
-        del x
-    return write_results(ctx, model_id, classes, splits, test_images, keys_test)
+        log.info("%s: predicted the %s split (%s)", model_id, split, evaluated[split]["description"])
+    return write_results(ctx, model_id, classes, splits, test_images, [str(k) for k in keys_test], evaluated)
 
 
-def write_results(ctx, model_id: str, classes: list[str], splits: dict, test_images, keys_test: list[str]) -> dict:
-    """Metrics, figures, classification report and predictions.npz of one model under eval/<model_id>/."""
+def write_results(ctx, model_id: str, classes: list[str], splits: dict, test_images, keys_test: list[str],
+                  evaluated: dict | None = None) -> dict:
+    """Metrics, figures, classification report and predictions.npz of one model under eval/<model_id>/.
+
+    evaluated: {split: {"images", "split_images", "full_split", "seed", "description"}} (from
+    `run`); a split not named there was evaluated in full.
+    """
     store = ctx.store
+    evaluated = {split: (evaluated or {}).get(split) or full_split(len(y)) for split, (y, _) in splits.items()}
     result = evaluate_predictions(store, lambda name: ctx.eval_key(model_id, name), classes, splits,
-                                  test_images, name=model_id)
+                                  test_images, name=model_id,
+                                  evaluated={split: e["description"] for split, e in evaluated.items()})
     table = result.pop("table")
     store.put_text(ctx.eval_key(model_id, "classification_report.csv"), table.to_csv(index=False), "text/csv")
     store.put_text(ctx.eval_key(model_id, "classification_report.json"),
@@ -336,7 +411,8 @@ def write_results(ctx, model_id: str, classes: list[str], splits: dict, test_ima
                      y_test=splits["test"][0], p_test=splits["test"][1], y_val=splits["val"][0],
                      p_val=splits["val"][1], keys_test=np.asarray(keys_test, dtype=str))
     test = result["splits"]["test"]
-    metrics = {"model_id": model_id, "classes": classes, "splits": result["splits"], "figures": result["figures"],
+    metrics = {"model_id": model_id, "classes": classes, "evaluated": evaluated, "splits": result["splits"],
+               "confusion_matrices": result["confusion"], "figures": result["figures"],
                "classification_report": json.loads(table.to_json(orient="records")),
                "reliability_test": reliability_table(*splits["test"]),
                "classification_report_key": ctx.eval_key(model_id, "classification_report.csv"),

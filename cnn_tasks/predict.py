@@ -22,38 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cnn_tasks import data, download, images, models
+
 log = logging.getLogger(__name__)
 
 TOP_K = 3
 BATCH = 64
-
-
-# ----------------------------------------------------------------------------- sibling APIs (thin seams)
-def _load_rgb(path: Path):
-    """A PIL RGB image, or raise ValueError(reason) for a file that is not a usable image."""
-    from cnn_tasks import images
-
-    try:
-        return images.load_rgb(path)
-    except images.ImageRejected as exc:
-        raise ValueError(str(exc)) from None  # "<reason>: <detail>"
-
-
-def _pixels(image, size: int) -> np.ndarray:
-    """float32 [size, size, 3] in 0..255, resized exactly as the training input pipeline does."""
-    import tensorflow as tf
-
-    from cnn_tasks import data
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return np.asarray(data.decode_and_resize(tf.constant(buffer.getvalue()), size), dtype=np.float32)
-
-
-def _load_model(path):
-    from cnn_tasks import models
-
-    return models.load_model(path)
 
 
 # ----------------------------------------------------------------------------- core
@@ -62,14 +36,21 @@ def list_files(folder: Path) -> list[Path]:
 
 
 def read_images(folder: Path, size: int) -> tuple[list[str], np.ndarray, list[dict]]:
-    """(names, pixels [N,S,S,3], rejected [{"image", "reason"}]) for every file under `folder`."""
+    """(names, pixels [N,S,S,3], rejected [{"image", "reason"}]) for every file under `folder`.
+
+    Pixels are float32 0..255 at `size`, exactly as training saw them: the validated RGB image
+    (images.load_rgb) encoded losslessly, then data.decode_and_resize.
+    """
     names, pixels, rejected = [], [], []
     for path in list_files(folder):
         name = path.relative_to(folder).as_posix()
         try:
-            pixels.append(_pixels(_load_rgb(path), size))
+            image = images.load_rgb(path)
+            pixels.append(np.asarray(data.decode_and_resize(images.encode_png(image), size), dtype=np.float32))
             names.append(name)
-        except Exception as exc:  # any unreadable file is listed, never dropped
+        except images.ImageRejected as exc:
+            rejected.append({"image": name, "reason": str(exc)})  # "<reason>: <detail>"
+        except Exception as exc:  # anything else unreadable is listed too, never dropped
             rejected.append({"image": name, "reason": str(exc) or type(exc).__name__})
     array = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.float32)
     return names, array, rejected
@@ -140,18 +121,6 @@ def choose_model(ctx, classes: list[str]) -> dict:
             "model_key": ctx.model_key(deployable["name"], "model.keras"), "run_id": ctx.run_id}
 
 
-def _dataset_classes(ctx) -> list[str]:
-    from cnn_tasks import data
-
-    return list(data.load_dataset_info(ctx)["classes"])
-
-
-def _fetch(ctx, url: str) -> Path:
-    from cnn_tasks import download
-
-    return Path(download.fetch(ctx, url))
-
-
 def run(ctx) -> dict:
     """Predict config.unlabelled_url; a recorded no-op when it is not set."""
     record_key = ctx.report_key("predictions.json")
@@ -161,10 +130,10 @@ def run(ctx) -> dict:
         log.info("predict: skipped, %s", reason)
         ctx.store.put_json(record_key, {"status": "skipped", "reason": reason})
         return {"status": "skipped", "reason": reason, "record_key": record_key}
-    classes = _dataset_classes(ctx)
+    classes = list(data.load_dataset_info(ctx)["classes"])
     chosen = choose_model(ctx, classes)
-    folder = _fetch(ctx, url)
-    model = _load_model(ctx.cached(chosen["model_key"]))
+    folder = download.fetch(ctx, url)
+    model = models.load_model(ctx.cached(chosen["model_key"]))
     rows, rejected = predict_folder(model, folder, classes)
     csv_key, rejected_key = ctx.report_key("predictions.csv"), ctx.report_key("predictions_rejected.csv")
     ctx.store.put_text(csv_key, csv_text(rows, PREDICTION_COLUMNS), "text/csv")
@@ -187,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="folder of images (searched recursively)")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
     args = parser.parse_args(argv)
-    model = _load_model(args.model)
+    model = models.load_model(args.model)
     classes = classes_beside(args.model, int(model.output_shape[-1]))
     rows, rejected = predict_folder(model, args.folder, classes)
     args.out.write_text(csv_text(rows, PREDICTION_COLUMNS))

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from cnn_tasks import data, models
 from cnn_tasks.evaluate import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -116,25 +117,6 @@ def install_champion(store, champion: dict, source_model_key: str, previous: dic
 
 
 # ----------------------------------------------------------------------------- the stage
-def _dataset_info(ctx) -> dict:
-    from cnn_tasks import data
-
-    return data.load_dataset_info(ctx)
-
-
-def _test_arrays(ctx):
-    from cnn_tasks import data
-
-    x, y, _ = data.load_split_arrays(ctx, "test", variant="unbalanced")
-    return x, np.asarray(y, dtype=int)
-
-
-def _load_model(path):
-    from cnn_tasks import models
-
-    return models.load_model(path)
-
-
 def _champion_on_this_test(ctx, champion: dict, classes: list[str]) -> dict:
     """{"comparable", "why", "metrics"} for the current champion on this run's test split."""
     comparable, why = champion_comparability(champion, classes)
@@ -142,8 +124,9 @@ def _champion_on_this_test(ctx, champion: dict, classes: list[str]) -> dict:
         return {"comparable": False, "why": why, "metrics": None}
     if not ctx.store.exists(champion["model_key"]):
         return {"comparable": False, "why": f"champion model {champion['model_key']} is missing", "metrics": None}
-    x, y = _test_arrays(ctx)
-    metrics = evaluate_champion(_load_model(ctx.cached(champion["model_key"])), x, y, classes)
+    x, y, _ = data.load_split_arrays(ctx, "test", variant="unbalanced")
+    model = models.load_model(ctx.cached(champion["model_key"]))
+    metrics = evaluate_champion(model, x, np.asarray(y, dtype=int), classes)
     return {"comparable": True, "why": why, "metrics": metrics}
 
 
@@ -151,7 +134,7 @@ def run(ctx) -> dict:
     """Compare, decide, record promotion.json, and install the new champion when it wins."""
     cfg, store = ctx.config, ctx.store
     metric = cfg.promotion_metric
-    info = _dataset_info(ctx)
+    info = data.load_dataset_info(ctx)
     classes = list(info["classes"])
     rows = candidate_rows(ctx)
     if not rows:

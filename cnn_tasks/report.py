@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import html
 import logging
-import platform
 import posixpath
 from datetime import datetime, timezone
+
+from cnn_tasks import models, runtime
 
 log = logging.getLogger(__name__)
 
 PREVIEW_ROWS = 20
-VERSION_PACKAGES = (("tensorflow", "tensorflow-cpu"), "keras", "numpy", "pandas", "scikit-learn", "scipy",
-                    "matplotlib", "pillow", "boto3", "apache-airflow")
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
 main{max-width:1180px;margin:auto;padding:1rem 2rem 4rem;background:#fff}
@@ -197,36 +196,6 @@ def _short(value) -> str:
     return str(value)
 
 
-def package_versions() -> dict[str, str]:
-    """Installed versions; a tuple names alternative distributions of one package (tensorflow[-cpu])."""
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for names in VERSION_PACKAGES:
-        names = names if isinstance(names, tuple) else (names,)
-        versions[names[0]] = "not installed"
-        for name in names:
-            try:
-                versions[names[0]] = metadata.version(name)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return versions
-
-
-# ----------------------------------------------------------------------------- sibling APIs (thin seams)
-def _describe_model(ctx, model_id: str):
-    from cnn_tasks import models
-
-    return models.describe(models.load_model(ctx.cached(ctx.model_key(model_id, "model.keras"))))
-
-
-def _compare_runs(ctx, model_ids: list[str]) -> dict:
-    from cnn_tasks import train
-
-    return train.compare_runs(ctx, model_ids)
-
-
 # ----------------------------------------------------------------------------- sections
 def section_overview(page: Page, dataset: dict | None, versions: dict) -> None:
     cfg = page.ctx.config.to_dict()
@@ -322,8 +291,7 @@ def section_models(page: Page, model_ids: list[str], metas: dict) -> None:
             body += not_run(f"{ctx.model_key(mid, 'meta.json')} missing: this model was not trained")
             continue
         body += render_fields(metas[mid], skip=("figures", "classes", "config", "description"))  # shown elsewhere
-        described = _describe_model(ctx, mid)
-        layers = render_fields(described) if isinstance(described, dict) else render(described)
+        layers = render_fields(models.describe(models.load_model(ctx.cached(ctx.model_key(mid, "model.keras")))))
         body += f"<details open><summary>Layer table of {esc(mid)}</summary>{layers}</details>"
     page.add("models", "Models", body)
 
@@ -346,7 +314,9 @@ def section_curves(page: Page, model_ids: list[str], metas: dict) -> None:
     if len(model_ids) == 0:
         page.add("curves", "Training curves", not_run("no trained models"), "not run")
         return
-    body += page.figure(_compare_runs(page.ctx, model_ids), wide=True)
+    from cnn_tasks import train  # imports keras: only when there is something to compare
+
+    body += page.figure(train.compare_runs(page.ctx, model_ids), wide=True)
     for mid in model_ids:
         body += f"<h3>{esc(mid)}</h3>" + (page.figures(metas[mid].get("figures")) or paragraph("(no figures)"))
     page.add("curves", "Training curves", body)
@@ -519,7 +489,7 @@ def run(ctx) -> dict:
     ensemble = ctx_json(ctx.eval_key("ensemble", "ensemble.json"))
     promotion = ctx_json(ctx.key("promotion.json"))
     predictions = ctx_json(ctx.report_key("predictions.json"))
-    versions = package_versions()
+    versions = runtime.package_versions()
 
     page = Page(ctx)
     section_overview(page, dataset, versions)

@@ -1,17 +1,26 @@
-"""TensorFlow process settings for a training worker: thread pools, GPU memory, precision.
+"""Process-level runtime: TensorFlow settings for a worker (thread pools, GPU memory, precision)
+and provenance (installed package versions, the code's git commit) for meta.json and the report.
 
 Several training tasks may share one machine (Airflow maps them in parallel), so each process
 takes `cores // CNN_PARALLEL_TASKS` threads for its ops and input pipeline instead of all cores.
+Importing this module is cheap: TensorFlow is imported only by `configure_tensorflow`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
+import subprocess
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 _applied: dict | None = None  # the settings this process already runs with
+
+# Packages whose versions are recorded; a tuple names alternative distributions of one package.
+VERSION_PACKAGES = (("tensorflow", "tensorflow-cpu"), "keras", "numpy", "pandas", "scikit-learn", "scipy",
+                    "matplotlib", "pillow", "boto3", "apache-airflow")
 
 
 def available_cores() -> int:
@@ -81,3 +90,36 @@ def _set_threads_and_gpus(tf, settings: dict) -> None:
             log.warning("GPU %s already initialised; memory growth unchanged", gpu.name)
     log.info("TensorFlow: %d intra-op / %d inter-op threads, %d GPU(s)", settings["intra_op_threads"],
              settings["inter_op_threads"], len(tf.config.list_physical_devices("GPU")))
+
+
+# --------------------------------------------------------------------------- provenance
+def package_versions() -> dict[str, str]:
+    """Python and the installed distribution versions of VERSION_PACKAGES ("not installed" if absent).
+
+    Alternatives share the first name as key: tensorflow-cpu is reported as "tensorflow".
+    """
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for names in VERSION_PACKAGES:
+        names = names if isinstance(names, tuple) else (names,)
+        versions[names[0]] = "not installed"
+        for name in names:
+            try:
+                versions[names[0]] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def git_commit() -> str:
+    """The code's git commit: `git rev-parse HEAD`, else env CNN_GIT_COMMIT, else "unknown"."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5)
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("CNN_GIT_COMMIT") or "unknown"

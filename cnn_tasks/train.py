@@ -16,10 +16,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import platform
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -356,7 +353,7 @@ def _save_outputs(ctx, spec, variant, model, info, history, settings, initial_ep
         "images_per_s": float(np.mean([h["images_per_s"] for h in history])),
         "class_weight": data.split_info(info, "train", variant).get("class_weight"),
         "dataset_sha256": info.get("dataset_sha256"), "config": ctx.config.to_dict(),
-        "versions": package_versions(), "git_commit": git_commit(), "runtime": settings,
+        "versions": runtime.package_versions(), "git_commit": runtime.git_commit(), "runtime": settings,
         "keys": {"model": ctx.model_key(mid, "model.keras"), "history_json": ctx.model_key(mid, "history.json"),
                  "history_csv": ctx.model_key(mid, "history.csv"),
                  "tensorboard": ctx.model_key(mid, "tensorboard") + "/"},
@@ -408,23 +405,3 @@ def compare_runs(ctx: RunContext, model_ids: list[str]) -> dict:
     if missing:
         caption += f" Missing (no history): {', '.join(missing)}."
     return plots.figure_entry(key, caption)
-
-
-# --------------------------------------------------------------------------- provenance
-def package_versions() -> dict:
-    import tensorflow as tf
-
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
-
-
-def git_commit() -> str:
-    """The code's git commit: `git rev-parse HEAD`, else env CNN_GIT_COMMIT, else "unknown"."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=5)
-        if result.returncode == 0 and result.stdout.strip():
-            return result.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return os.environ.get("CNN_GIT_COMMIT") or "unknown"

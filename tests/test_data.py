@@ -62,6 +62,17 @@ def test_eval_dataset_matches_arrays_and_training_reshuffles_each_epoch(ctx):
     np.testing.assert_array_equal(first, again)  # seeded: the same order sequence every run
 
 
+def test_cache_false_streams_the_same_batches_without_keeping_the_split(ctx):
+    def has_cache(ds) -> bool:
+        return b"CacheDataset" in ds._as_serialized_graph().numpy()
+
+    cached, streamed = data.dataset(ctx, "train", batch_size=8), data.dataset(ctx, "train", batch_size=8, cache=False)
+    assert has_cache(cached) and not has_cache(streamed)  # the split fits CACHE_LIMIT_BYTES: cached by default
+    for a, b in zip(cached, streamed, strict=True):
+        np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+        np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
+
+
 def test_augmentation_only_for_training_when_enabled(make_ctx, ctx):
     plain = next(iter(data.dataset(ctx, "train", batch_size=18, training=True)))[0].numpy()
     augmenting = make_ctx(augment=True)  # same store and run: same shards

@@ -1,4 +1,5 @@
-"""Evaluation: metrics equal scikit-learn's, ECE by hand, figures and tables per class, the stage."""
+"""Evaluation: metrics equal scikit-learn's, ECE by hand, figures and tables per class, the stage
+on a real dataset.json + shards and a real saved model, the streamed (and sampled) training split."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cnn_tasks import evaluate
+from cnn_tasks import data, evaluate
+from tests.fixtures_training import write_training_dataset
 from tests.imagegen import class_image
 
 CLASSES = ["alpha", "beta", "gamma"]
+MID = "tiny__unbalanced"
+TRAIN_COUNTS = [8, 6, 4]  # imbalanced on purpose: a stratified sample must keep the proportions
 
 
 # ----------------------------------------------------------------------------- shared helpers (other test files use them)
@@ -104,9 +108,15 @@ def test_figures_and_tables_exist_for_every_class(tmp_path):
     proba[np.arange(24), y] += 0.5
     proba /= proba.sum(axis=1, keepdims=True)
     images = np.random.default_rng(0).uniform(0, 255, (24, 8, 8, 3)).astype(np.float32)
+    sample = "seeded stratified sample of 24 of 240 images (seed 0)"
     result = evaluate.evaluate_predictions(store, lambda n: f"ev/{n}", classes, {"test": (y, proba), "val": (y, proba)},
-                                           images, name="m")
+                                           images, name="m", evaluated={"val": sample})
     keys = [f["key"] for f in result["figures"]]
+    captions = {f["key"]: f["caption"] for f in result["figures"]}
+    assert f"val split ({sample})" in captions["ev/confusion_val.png"]
+    assert "test split (full split, 24 images)" in captions["ev/confusion_test.png"]
+    assert "(full split, 24 images)" in captions["ev/roc_test.png"]
+    np.testing.assert_array_equal(result["confusion"]["test"], skm.confusion_matrix(y, proba.argmax(axis=1)))
     for name in ("confusion_test.png", "confusion_val.png", "roc_test.png", "pr_test.png", "reliability_test.png",
                  "examples_correct.png", "examples_wrong.png"):
         assert f"ev/{name}" in keys and store_figure_exists(store, f"ev/{name}")
@@ -116,25 +126,99 @@ def test_figures_and_tables_exist_for_every_class(tmp_path):
     assert result["splits"]["test"]["macro_auc"] is not None
 
 
-def test_run_writes_metrics_predictions_and_report(make_ctx, monkeypatch):
+@pytest.fixture
+def evaluated_ctx(make_ctx, tmp_path):
+    """A run with a real data/dataset.json + shards (3 classes, 16 px) and the tiny model saved as
+    models/<MID>/model.keras."""
     ctx = make_ctx()
+    write_training_dataset(ctx, classes=3, train=TRAIN_COUNTS, val=3, test=4, size=16, per_shard=7)
+    tiny_model().save(tmp_path / "model.keras")
+    ctx.store.put_file(ctx.model_key(MID, "model.keras"), tmp_path / "model.keras")
+    return ctx
+
+
+def test_run_writes_metrics_predictions_and_report(evaluated_ctx):
+    ctx = evaluated_ctx
     model = tiny_model()
-    data = {"test": class_images(4, seed=5), "val": class_images(3, seed=6), "train": class_images(5, seed=7)}
-    monkeypatch.setattr(evaluate, "_dataset_info", lambda ctx: {"classes": CLASSES, "image_size": 16})
-    monkeypatch.setattr(evaluate, "_load_model", lambda ctx, mid: model)
-    monkeypatch.setattr(evaluate, "_split_arrays",
-                        lambda ctx, split: (*data[split], [f"{split}{i}" for i in range(len(data[split][1]))]))
 
-    out = evaluate.run(ctx, "tiny__unbalanced")
+    out = evaluate.run(ctx, MID)
 
-    metrics = ctx.store.get_json(ctx.eval_key("tiny__unbalanced", "metrics.json"))
+    metrics = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
     assert set(metrics["splits"]) == {"test", "val", "train"}
+    assert metrics["classes"] == data.load_dataset_info(ctx)["classes"] == ["class_a", "class_b", "class_c"]
     assert out["accuracy"] == metrics["splits"]["test"]["accuracy"] and out["macro_f1"] == metrics["splits"]["test"]["macro_f1"]
     assert all(store_figure_exists(ctx.store, f["key"]) for f in metrics["figures"])
-    npz = evaluate.load_predictions(ctx.store, ctx.eval_key("tiny__unbalanced", "predictions.npz"))
+    npz = evaluate.load_predictions(ctx.store, ctx.eval_key(MID, "predictions.npz"))
     assert set(npz) == {"y_test", "p_test", "y_val", "p_val", "keys_test"}
-    assert npz["p_test"].shape == (12, 3) and list(npz["keys_test"][:2]) == ["test0", "test1"]
-    np.testing.assert_allclose(npz["p_test"], model.predict(data["test"][0], verbose=0), rtol=1e-5, atol=1e-6)
-    csv = ctx.store.get_text(ctx.eval_key("tiny__unbalanced", "classification_report.csv"))
+    x_test, y_test, keys_test = data.load_split_arrays(ctx, "test")
+    assert npz["p_test"].shape == (12, 3) and list(npz["keys_test"]) == keys_test
+    np.testing.assert_array_equal(npz["y_test"], y_test)
+    np.testing.assert_allclose(npz["p_test"], model.predict(x_test, verbose=0), rtol=1e-5, atol=1e-6)
+    x_val, y_val, _ = data.load_split_arrays(ctx, "val")
+    np.testing.assert_array_equal(npz["y_val"], y_val)
+    np.testing.assert_allclose(npz["p_val"], model.predict(x_val, verbose=0), rtol=1e-5, atol=1e-6)
+    csv = ctx.store.get_text(ctx.eval_key(MID, "classification_report.csv"))
     assert csv.splitlines()[0].startswith("class,precision,recall,f1-score,support")
-    assert ctx.store.exists(ctx.eval_key("tiny__unbalanced", "classification_report.json"))
+    assert ctx.store.exists(ctx.eval_key(MID, "classification_report.json"))
+
+    # the training split (under TRAIN_SAMPLE_MAX) is evaluated in full: every image counted once
+    x_train, y_train, _ = data.load_split_arrays(ctx, "train")
+    confusion = np.array(metrics["confusion_matrices"]["train"])
+    assert confusion.sum() == len(y_train) == sum(TRAIN_COUNTS) == metrics["splits"]["train"]["count"]
+    assert confusion.sum(axis=1).tolist() == TRAIN_COUNTS
+    np.testing.assert_array_equal(confusion, skm.confusion_matrix(y_train, model.predict(x_train, verbose=0).argmax(1)))
+    assert metrics["evaluated"] == {
+        split: {"images": n, "split_images": n, "full_split": True, "seed": None,
+                "description": f"full split, {n} images"} for split, n in (("test", 12), ("val", 9), ("train", 18))}
+    captions = {f["key"].rsplit("/", 1)[1]: f["caption"] for f in metrics["figures"]}
+    assert "on the train split (full split, 18 images)" in captions["confusion_train.png"]
+    assert "on the test split (full split, 12 images)" in captions["roc_test.png"]
+
+
+def test_stratified_quota_is_proportional_and_sums_to_the_cap():
+    assert evaluate.stratified_quota([8, 6, 4], 9) == [4, 3, 2]
+    assert evaluate.stratified_quota([8, 6, 4], 18) == [8, 6, 4] == evaluate.stratified_quota([8, 6, 4], None)
+    assert evaluate.stratified_quota([5, 1, 1], 4) == [3, 1, 0]  # largest remainders, ties to the lower class
+    for counts in ([2700, 2400, 3000, 1400, 1750, 2000, 1800, 2500, 2100, 2000], [1, 997, 3]):
+        quota = evaluate.stratified_quota(counts, 300)
+        assert sum(quota) == 300 and all(0 <= q <= c for q, c in zip(quota, counts))
+
+
+def test_training_split_over_the_cap_is_a_seeded_stratified_sample(evaluated_ctx, make_ctx, monkeypatch):
+    ctx = evaluated_ctx
+    monkeypatch.setattr(evaluate, "PREDICT_BATCH", 5)  # the sample spans several streamed batches
+    model = tiny_model()
+    x, y, _ = data.load_split_arrays(ctx, "train")
+
+    sample = evaluate.predict_split(ctx, model, "train", max_images=9)
+
+    assert np.bincount(sample["y"]).tolist() == [4, 3, 2]  # proportional to TRAIN_COUNTS
+    assert len(set(sample["index"])) == 9 and list(sample["index"]) == sorted(sample["index"])
+    np.testing.assert_array_equal(sample["y"], y[sample["index"]])
+    np.testing.assert_allclose(sample["proba"], model.predict(x[sample["index"]], verbose=0), rtol=1e-5, atol=1e-6)
+    seed = ctx.config.seed
+    assert sample["evaluated"] == {"images": 9, "split_images": 18, "full_split": False, "seed": seed,
+                                   "description": f"seeded stratified sample of 9 of 18 images (seed {seed})"}
+    again = evaluate.predict_split(ctx, model, "train", max_images=9)
+    np.testing.assert_array_equal(again["index"], sample["index"])  # seeded: the same images every time
+    reseeded = evaluate.predict_split(make_ctx(seed=seed + 1), model, "train", max_images=9)  # same run and store
+    assert not np.array_equal(reseeded["index"], sample["index"])
+    full = evaluate.predict_split(ctx, model, "train")
+    np.testing.assert_array_equal(full["index"], np.arange(18))
+    np.testing.assert_array_equal(full["y"], y)
+    assert full["evaluated"]["description"] == "full split, 18 images"
+
+
+def test_run_over_the_cap_says_it_evaluated_a_training_sample(evaluated_ctx, monkeypatch):
+    ctx = evaluated_ctx
+    monkeypatch.setattr(evaluate, "TRAIN_SAMPLE_MAX", 9)
+    evaluate.run(ctx, MID)
+    metrics = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
+    description = f"seeded stratified sample of 9 of 18 images (seed {ctx.config.seed})"
+    train = metrics["evaluated"]["train"]
+    assert train["description"] == description and not train["full_split"] and train["split_images"] == 18
+    assert metrics["splits"]["train"]["count"] == np.sum(metrics["confusion_matrices"]["train"]) == 9
+    assert np.sum(metrics["confusion_matrices"]["train"], axis=1).tolist() == [4, 3, 2]
+    assert metrics["evaluated"]["test"]["full_split"] and metrics["evaluated"]["val"]["full_split"]  # never sampled
+    captions = {f["key"].rsplit("/", 1)[1]: f["caption"] for f in metrics["figures"]}
+    assert f"on the train split ({description})" in captions["confusion_train.png"]

@@ -1,4 +1,6 @@
-"""Predictions: top-1 equals argmax on a tiny model, unreadable files are listed, the stage and the CLI."""
+"""Predictions: top-1 equals argmax of the model on the real preprocessing, unusable files are listed
+with the exact reasons of images.load_rgb, the stage (real download.fetch, dataset.json, saved model)
+and the CLI."""
 
 from __future__ import annotations
 
@@ -8,34 +10,26 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image, UnidentifiedImageError
 
-from cnn_tasks import predict
-from tests.test_evaluate import CLASSES, tiny_model
+from cnn_tasks import data, images, predict
+from tests.fixtures_training import write_training_dataset
 from tests.imagegen import make_dataset
+from tests.test_evaluate import CLASSES, tiny_model
 
-
-def _fake_load_rgb(path):
-    """Stand-in for images.load_rgb: a PIL RGB image or ValueError(reason)."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"not a readable image: {type(exc).__name__}") from None
-
-
-def _fake_pixels(image, size):
-    return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float32)
+REJECTED = {"corrupt.png": images.CORRUPT, "empty.png": images.EMPTY, "notes.txt": images.NOT_AN_IMAGE,
+            "truncated.png": images.TRUNCATED}
 
 
 @pytest.fixture
-def folder(tmp_path, monkeypatch):
-    """6 generated images in class folders, a corrupt PNG and a text file."""
-    monkeypatch.setattr(predict, "_load_rgb", _fake_load_rgb)
-    monkeypatch.setattr(predict, "_pixels", _fake_pixels)
+def folder(tmp_path):
+    """6 generated 20 px PNGs in class folders (resized to the model's 16 px on the way in) and four
+    unusable files: a corrupt PNG, a truncated PNG, a text file and a zero-byte file."""
     root = make_dataset(tmp_path / "unlabelled", classes=3, per_class=2, size=20, seed=3)
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
+    whole = (root / "class_a" / "class_a_0.png").read_bytes()
+    (root / "truncated.png").write_bytes(whole[: len(whole) // 2])
     (root / "notes.txt").write_text("not an image")
+    (root / "empty.png").write_bytes(b"")
     return root
 
 
@@ -43,19 +37,40 @@ def read_csv(text: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def assert_rejected_with_exact_reasons(rows: list[dict], folder) -> None:
+    reasons = {r["image"]: r["reason"] for r in rows}
+    assert sorted(reasons) == sorted(REJECTED)
+    assert reasons["empty.png"] == "empty_file: the file has 0 bytes"
+    assert reasons["notes.txt"] == "not_an_image: Pillow does not recognise this file as an image"
+    for name, code in REJECTED.items():
+        assert reasons[name].split(": ", 1)[0] == code, reasons[name]
+        with pytest.raises(images.ImageRejected) as rejected:
+            images.load_rgb(folder / name)
+        assert reasons[name] == str(rejected.value)  # "<reason>: <detail>", as ingest words it
+
+
+def model_proba(model, folder, names: list[str]) -> np.ndarray:
+    """The model on the training input pipeline's preprocessing of each (8-bit RGB PNG) file."""
+    x = np.stack([data.decode_and_resize((folder / name).read_bytes(), 16).numpy() for name in names])
+    assert x.shape == (len(names), 16, 16, 3)
+    return model.predict(x, verbose=0)
+
+
+def assert_top_k_is_the_models(rows: list[dict], proba: np.ndarray, classes: list[str]) -> None:
+    for row, p in zip(rows, proba):
+        assert row["predicted_class"] == row["top1_class"] == classes[int(p.argmax())]
+        assert float(row["confidence"]) == pytest.approx(p.max(), abs=1e-6)
+        assert [row[f"top{k}_class"] for k in (1, 2, 3)] == [classes[i] for i in np.argsort(-p)]
+        assert [float(row[f"top{k}_prob"]) for k in (1, 2, 3)] == pytest.approx(np.sort(p)[::-1], abs=1e-6)
+
+
 def test_predict_folder_top1_is_argmax_and_lists_rejects(folder):
     model = tiny_model()
     rows, rejected = predict.predict_folder(model, folder, CLASSES)
-    assert sorted(r["image"] for r in rejected) == ["corrupt.png", "notes.txt"]
-    assert all(r["reason"] for r in rejected)
-    assert len(rows) == 6
+    assert_rejected_with_exact_reasons(rejected, folder)
     names = [r["image"] for r in rows]
-    x = np.stack([_fake_pixels(_fake_load_rgb(folder / n), 16) for n in names])
-    proba = model.predict(x, verbose=0)
-    for row, p in zip(rows, proba):
-        assert row["predicted_class"] == row["top1_class"] == CLASSES[int(p.argmax())]
-        assert row["confidence"] == pytest.approx(p.max(), abs=1e-6)
-        assert [row[f"top{k}_class"] for k in (1, 2, 3)] == [CLASSES[i] for i in np.argsort(-p)]
+    assert names == sorted(f"class_{c}/class_{c}_{i}.png" for c in "abc" for i in range(2))
+    assert_top_k_is_the_models(rows, model_proba(model, folder, names), CLASSES)
     truth = {"class_a": "alpha", "class_b": "beta", "class_c": "gamma"}
     assert sum(r["predicted_class"] == truth[r["image"].split("/")[0]] for r in rows) >= 5  # it learned
 
@@ -68,39 +83,39 @@ def test_run_without_url_is_a_recorded_no_op(make_ctx):
     assert not ctx.store.exists(ctx.report_key("predictions.csv"))
 
 
-def test_run_uses_this_runs_best_model_without_a_champion(make_ctx, folder, monkeypatch, tmp_path):
-    import keras
-
+def test_run_uses_this_runs_best_model_without_a_champion(make_ctx, folder, tmp_path):
     ctx = make_ctx(unlabelled_url=str(folder))
+    classes = write_training_dataset(ctx, classes=3, train=2, val=2, test=2, size=16)["classes"]
+    assert classes == ["class_a", "class_b", "class_c"]  # the class folder names of `folder`
     tiny_model().save(tmp_path / "m.keras")
     ctx.store.put_file(ctx.model_key("tiny__unbalanced", "model.keras"), tmp_path / "m.keras")
     rows = [{"name": "tiny__unbalanced", "kind": "model", "members": ["tiny__unbalanced"], "macro_f1": 0.9,
              "accuracy": 0.9}]
     ctx.store.put_json(ctx.eval_key("ensemble", "ensemble.json"), {"comparison": rows})
-    monkeypatch.setattr(predict, "_dataset_classes", lambda ctx: CLASSES)
-    monkeypatch.setattr(predict, "_fetch", lambda ctx, url: folder)
-    monkeypatch.setattr(predict, "_load_model", lambda path: keras.models.load_model(path))
     out = predict.run(ctx)
-    assert out == {"status": "done", "predicted": 6, "rejected": 2, "record_key": ctx.report_key("predictions.json"),
+    assert out == {"status": "done", "predicted": 6, "rejected": 4, "record_key": ctx.report_key("predictions.json"),
                    "predictions_key": ctx.report_key("predictions.csv")}
     record = ctx.store.get_json(out["record_key"])
     assert record["model"]["source"] == "this run's best model" and record["model"]["model_id"] == "tiny__unbalanced"
-    assert len(read_csv(ctx.store.get_text(ctx.report_key("predictions.csv")))) == 6
-    rejected = read_csv(ctx.store.get_text(ctx.report_key("predictions_rejected.csv")))
-    assert sorted(r["image"] for r in rejected) == ["corrupt.png", "notes.txt"]
+    predictions = read_csv(ctx.store.get_text(ctx.report_key("predictions.csv")))
+    assert len(predictions) == 6
+    assert_top_k_is_the_models(predictions, model_proba(tiny_model(), folder, [r["image"] for r in predictions]),
+                               classes)
+    assert sum(r["predicted_class"] == r["image"].split("/")[0] for r in predictions) >= 5
+    assert record["class_counts"] == {c: sum(r["predicted_class"] == c for r in predictions) for c in classes}
+    assert_rejected_with_exact_reasons(read_csv(ctx.store.get_text(ctx.report_key("predictions_rejected.csv"))),
+                                       folder)
 
 
-def test_cli_uses_class_names_beside_the_model(folder, tmp_path, monkeypatch):
-    import keras
-
+def test_cli_uses_class_names_beside_the_model(folder, tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     tiny_model().save(model_dir / "model.keras")
     (model_dir / "meta.json").write_text(json.dumps({"classes": CLASSES}))
-    monkeypatch.setattr(predict, "_load_model", lambda path: keras.models.load_model(path))
     out = tmp_path / "preds.csv"
     assert predict.main([str(model_dir / "model.keras"), str(folder), "--out", str(out)]) == 0
     rows = read_csv(out.read_text())
     assert len(rows) == 6 and {r["predicted_class"] for r in rows} <= set(CLASSES)
-    assert len(read_csv((tmp_path / "preds_rejected.csv").read_text())) == 2
+    assert_top_k_is_the_models(rows, model_proba(tiny_model(), folder, [r["image"] for r in rows]), CLASSES)
+    assert_rejected_with_exact_reasons(read_csv((tmp_path / "preds_rejected.csv").read_text()), folder)
     assert predict.classes_beside(tmp_path / "nowhere" / "model.keras", 2) == ["class_0", "class_1"]

@@ -1,12 +1,16 @@
-"""Promotion: accepts a better model, refuses a worse one or a failed guard, keeps every old champion."""
+"""Promotion: accepts a better model, refuses a worse one or a failed guard, keeps every old champion.
+
+The champion is re-evaluated for real: saved models, loaded by models.load_model, on each run's own
+test shards (data/dataset.json written per the contract by tests/fixtures_training.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cnn_tasks import promote
-from tests.test_evaluate import CLASSES, class_images, tiny_model
+from cnn_tasks import data, models, promote
+from tests.fixtures_training import write_training_dataset
+from tests.test_evaluate import tiny_model
 
 
 @pytest.mark.parametrize("value, accuracy, champion, comparable, expected", [
@@ -32,69 +36,75 @@ def test_ensemble_best_deploys_its_best_member():
 
 
 @pytest.fixture
-def pipeline(make_ctx, monkeypatch, tmp_path):
-    """Runs sharing one store; each deploys the trained tiny model. The champion is re-evaluated on
-    `labels["shift"]`-shifted test labels, so a test can make it look good (0) or hopeless (1)."""
-    import keras
+def pipeline(make_ctx, tmp_path):
+    """`new_run(run_id, model, macro_f1, accuracy)`: a run in one shared store with its own real test
+    split (3 classes x 4 images, 16 px) whose deployable model is `model` with the given ensemble-stage
+    scores. Models: "good" (the trained tiny model: every test image right) and "wrong" (the same
+    network with its outputs rotated by one class: every test image wrong)."""
+    paths = {"good": tmp_path / "good.keras", "wrong": tmp_path / "wrong.keras"}
+    tiny_model().save(paths["good"])
+    wrong = models.load_model(paths["good"])
+    kernel, bias = wrong.layers[-1].get_weights()
+    wrong.layers[-1].set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
+    wrong.save(paths["wrong"])
 
-    model_path = tmp_path / "model.keras"
-    tiny_model().save(model_path)
-    x, y = class_images(4, seed=9)
-    labels = {"shift": 0}
-    monkeypatch.setattr(promote, "_dataset_info", lambda ctx: {"classes": CLASSES, "image_size": 16,
-                                                               "dataset_sha256": "abc"})
-    monkeypatch.setattr(promote, "_test_arrays", lambda ctx: (x, (y + labels["shift"]) % 3))
-    monkeypatch.setattr(promote, "_load_model", lambda path: keras.models.load_model(path))
-
-    def new_run(run_id: str, macro_f1: float, accuracy: float):
+    def new_run(run_id: str, model: str, macro_f1: float, accuracy: float):
         ctx = make_ctx(run_id, promotion_min_accuracy=0.5)
-        ctx.store.put_file(ctx.model_key("tiny__balanced", "model.keras"), model_path)
+        write_training_dataset(ctx, classes=3, train=2, val=2, test=4, size=16)
+        ctx.store.put_file(ctx.model_key("tiny__balanced", "model.keras"), paths[model])
         rows = [{"name": "tiny__balanced", "kind": "model", "members": ["tiny__balanced"], "macro_f1": macro_f1,
                  "accuracy": accuracy}]
         ctx.store.put_json(ctx.eval_key("ensemble", "ensemble.json"), {"comparison": rows})
         return ctx
 
-    return new_run, labels
+    return new_run
 
 
 def test_promotion_history(pipeline):
-    new_run, labels = pipeline
-    first = new_run("run1", macro_f1=0.6, accuracy=0.6)
+    new_run = pipeline
+    first = new_run("run1", "wrong", macro_f1=0.6, accuracy=0.6)
     out = promote.run(first)
     assert out["promoted"] and out["decision"] == "promoted"
     store = first.store
     first_champion = store.get_json("champion.json")
     assert first_champion["run_id"] == "run1" and store.exists("champions/run1/model.keras")
+    info = data.load_dataset_info(first)
+    assert first_champion["classes"] == info["classes"] and first_champion["image_size"] == 16
+    assert first_champion["dataset_sha256"] == info["dataset_sha256"]
 
-    labels["shift"] = 1  # the champion now scores 0 on the test split: a better model wins
-    second = new_run("run2", macro_f1=0.9, accuracy=0.9)
+    # would beat the champion (which gets every test image wrong) but fails the accuracy guard
+    guarded = new_run("run2", "good", macro_f1=0.95, accuracy=0.4)
+    out = promote.run(guarded)
+    assert not out["promoted"] and "guard failed" in out["reason"] and out["champion_value"] == 0.0
+    record = guarded.store.get_json(guarded.key("promotion.json"))
+    assert record["guards"][0]["ok"] is False
+    assert store.get_json("champion.json")["run_id"] == "run1"
+    assert len(store.list("champions/history/")) == 1
+
+    # the champion scores 0 on this run's test split: a better model wins
+    second = new_run("run3", "good", macro_f1=0.9, accuracy=0.9)
     out = promote.run(second)
     assert out["promoted"] and out["champion_value"] == 0.0
-    assert store.get_json("champion.json")["run_id"] == "run2"
+    assert store.get_json("champion.json")["run_id"] == "run3"
     assert store.get_json(promote.history_key(first_champion)) == first_champion  # old one kept
-    assert store.exists("champions/run1/model.keras") and store.exists("champions/run2/model.keras")
+    assert store.exists("champions/run1/model.keras") and store.exists("champions/run3/model.keras")
     assert len(store.list("champions/history/")) == 2
 
-    labels["shift"] = 0  # the champion is perfect again: a worse model is refused
-    third = new_run("run3", macro_f1=0.7, accuracy=0.7)
+    # the champion is perfect on the test split: a worse model is refused
+    third = new_run("run4", "wrong", macro_f1=0.7, accuracy=0.7)
     out = promote.run(third)
     assert not out["promoted"] and out["champion_value"] == pytest.approx(1.0)
     record = store.get_json(third.key("promotion.json"))
-    assert record["decision"] == "kept current champion" and record["previous_champion"]["run_id"] == "run2"
-
-    labels["shift"] = 1
-    fourth = new_run("run4", macro_f1=0.95, accuracy=0.4)  # would win, but fails the accuracy guard
-    out = promote.run(fourth)
-    assert not out["promoted"] and "guard failed" in out["reason"]
-    record = fourth.store.get_json(fourth.key("promotion.json"))
-    assert record["guards"][0]["ok"] is False
-    assert store.get_json("champion.json")["run_id"] == "run2"
+    assert record["decision"] == "kept current champion" and record["previous_champion"]["run_id"] == "run3"
+    champion = record["champion_on_this_test"]
+    assert champion["comparable"] and champion["metrics"]["count"] == 12 and champion["metrics"]["accuracy"] == 1.0
+    assert store.get_json("champion.json")["run_id"] == "run3"
     assert len(store.list("champions/history/")) == 2
 
 
 def test_champion_with_other_classes_is_incomparable(pipeline):
-    new_run, _ = pipeline
-    ctx = new_run("run5", macro_f1=0.9, accuracy=0.9)
+    new_run = pipeline
+    ctx = new_run("run5", "good", macro_f1=0.9, accuracy=0.9)
     old = {"run_id": "old", "model_id": "m", "model_key": "champions/old/model.keras", "metric": "macro_f1",
            "value": 0.5, "classes": ["cat", "dog"], "promoted_at": "20240101T000000Z"}
     ctx.store.put_json("champion.json", old)

@@ -1,4 +1,8 @@
-"""Report: every section, relative figure links that resolve, escaping, summary.json with every model."""
+"""Report: every section, relative figure links that resolve, escaping, summary.json with every model.
+
+Upstream stages are JSON fixtures in their real schemas, but the models are real saved models of the
+configured experiments (the layer tables come from models.describe) with realistic history.json files
+(the comparison figure comes from train.compare_runs); evaluate, ensemble, promote and predict run."""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_tasks import ensemble, evaluate, predict, promote, report
+from cnn_tasks import ensemble, evaluate, models, predict, promote, report, runtime
 from cnn_tasks.plots import figure_entry
-from tests.test_evaluate import CLASSES, random_proba
+from tests.test_evaluate import CLASSES, random_proba, store_figure_exists
 
 SECTIONS = ("overview", "data", "rejected", "models", "checks", "curves", "viz", "evaluation", "ensembles",
             "champion", "predictions")
@@ -21,6 +25,7 @@ EXPERIMENTS = [
     {"name": "wide", "description": "Wider layers", "conv": [{"filters": 16}] * 4, "activation": "elu"},
 ]
 TRAINED = ["baseline__balanced", "baseline__unbalanced", "wide__unbalanced"]  # wide__balanced did not train
+MEAN, STD = [120.0, 110.0, 90.0], [50.0, 45.0, 40.0]
 
 
 def png(store, key: str, caption: str) -> dict:
@@ -47,8 +52,36 @@ def analysis_fixture(figures):
             "no_leakage": True, "figures": figures}
 
 
+def history(mid: str, epochs: int = 5) -> list[dict]:
+    """A history.json as train.EpochRecorder writes it: improving, then over-fitting after epoch 3."""
+    rng = np.random.default_rng(len(mid))
+    rows = []
+    for epoch in range(1, epochs + 1):
+        loss = 1.1 * 0.7 ** epoch
+        val_loss = 1.15 * 0.75 ** min(epoch, 3) + 0.04 * max(0, epoch - 3) + rng.uniform(0, 0.01)
+        rows.append({"epoch": epoch, "loss": loss, "accuracy": 1 - loss / 1.6, "val_loss": val_loss,
+                     "val_accuracy": 1 - val_loss / 1.5, "learning_rate": 1e-3, "seconds": 2.5 + rng.uniform(0, 0.2),
+                     "images_per_s": 800.0 + rng.uniform(0, 50)})
+    return rows
+
+
+def write_models(ctx, tmp_path) -> None:
+    """What the train stage leaves per trained model: a real model.keras of its experiment (built by
+    models.build_model for the dataset's 16 px images), history.json, meta.json and the curves figure."""
+    s = ctx.store
+    for mid in TRAINED:
+        experiment = mid.split("__")[0]
+        model = models.build_model(ctx.config.experiment(experiment), len(CLASSES), 16, MEAN, STD)
+        model.save(tmp_path / f"{mid}.keras")
+        s.put_file(ctx.model_key(mid, "model.keras"), tmp_path / f"{mid}.keras")
+        s.put_json(ctx.model_key(mid, "history.json"), history(mid))
+        s.put_json(ctx.model_key(mid, "meta.json"), {
+            "classes": CLASSES, "image_size": 16, "params": int(model.count_params()), "best_epoch": 3,
+            "epochs_run": 5, "figures": [png(s, ctx.model_key(mid, "curves.png"), f"Curves of {mid}.")]})
+
+
 def write_upstream(ctx):
-    """Stage outputs as the other stages write them (JSON fixtures for data/train/viz stages)."""
+    """Stage outputs as the other stages write them (JSON fixtures for the data and viz stages)."""
     s = ctx.store
     s.put_json(ctx.data_key("ingest.json"), {"accepted": 60, "rejected": 2,
                                              "rejected_by_reason": {"corrupt": 1, "not an image": 1}})
@@ -56,24 +89,19 @@ def write_upstream(ctx):
     s.put_json(ctx.data_key("analysis.json"), analysis_fixture(
         [png(s, ctx.data_key("figures/bars.png"), "Class counts per split.")]))
     s.put_json(ctx.data_key("dataset.json"), {
-        "classes": CLASSES, "image_size": 16, "mean": [1, 2, 3], "std": [4, 5, 6], "dataset_sha256": "f00d",
+        "classes": CLASSES, "image_size": 16, "mean": MEAN, "std": STD, "dataset_sha256": "f00d",
         "rebalance": "augment",
         "splits": {"train": {"unbalanced": {"shards": [], "count": 42, "class_counts": [14, 14, 14], "class_weight": None}},
                    "test": {"unbalanced": {"shards": [], "count": 30, "class_counts": [10, 10, 10], "class_weight": None}}},
         "figures": [png(s, ctx.data_key("figures/rebalanced.png"), "Counts after rebalancing.")]})
     s.put_json(ctx.check_key("baseline", "single_batch.json"), {
         "passed": True, "final_loss": 0.01, "figures": [png(s, ctx.check_key("baseline", "loss.png"), "Loss on one batch.")]})
-    for mid in TRAINED:
-        s.put_bytes(ctx.model_key(mid, "model.keras"), b"not really a model")
-        s.put_json(ctx.model_key(mid, "meta.json"), {
-            "classes": CLASSES, "image_size": 16, "params": 1234, "best_epoch": 2, "epochs_run": 3,
-            "figures": [png(s, ctx.model_key(mid, "curves.png"), f"Curves of {mid}.")]})
     s.put_json(ctx.viz_key("baseline__unbalanced", "viz.json"), {
         "explanation": "Early filters pick up colour.", "dead_channels": [{"layer": "act1", "dead": 0, "total": 8}],
         "figures": [png(s, ctx.viz_key("baseline__unbalanced", "kernels.png"), "First-layer kernels.")]})
 
 
-def write_our_stages(ctx, monkeypatch):
+def write_our_stages(ctx):
     """Evaluate (from crafted arrays), ensemble, promote and predict, as they really write."""
     rng = np.random.default_rng(0)
     y_test, y_val = rng.integers(0, 3, 30), rng.integers(0, 3, 30)
@@ -86,20 +114,8 @@ def write_our_stages(ctx, monkeypatch):
             splits[split] = (y, p / p.sum(1, keepdims=True))
         evaluate.write_results(ctx, mid, CLASSES, splits, images, [f"k{j}" for j in range(30)])
     ensemble.run(ctx, TRAINED)
-    monkeypatch.setattr(promote, "_dataset_info", lambda ctx: {"classes": CLASSES, "image_size": 16})
     promote.run(ctx)
     predict.run(ctx)
-
-
-def fake_siblings(monkeypatch):
-    monkeypatch.setattr(report, "_describe_model", lambda ctx, mid: {
-        "layers": [{"name": "standardize", "type": "Normalization", "params": 7},
-                   {"name": "conv1", "type": "Conv2D", "params": 224}], "params": 1234})
-
-    def compare_runs(ctx, model_ids):
-        return png(ctx.store, ctx.key("models", "comparison.png"), "Validation accuracy of every model.")
-
-    monkeypatch.setattr(report, "_compare_runs", compare_runs)
 
 
 def links(html_text: str) -> list[str]:
@@ -107,11 +123,11 @@ def links(html_text: str) -> list[str]:
         h for h in re.findall(r'<a href="([^"]+)"', html_text) if not h.startswith("#")]
 
 
-def test_full_report(make_ctx, monkeypatch):
+def test_full_report(make_ctx, tmp_path):
     ctx = make_ctx(experiments=EXPERIMENTS, promotion_min_accuracy=0.0)
     write_upstream(ctx)
-    write_our_stages(ctx, monkeypatch)
-    fake_siblings(monkeypatch)
+    write_models(ctx, tmp_path)
+    write_our_stages(ctx)
 
     out = report.run(ctx)
 
@@ -132,6 +148,21 @@ def test_full_report(make_ctx, monkeypatch):
     assert "unlabelled_url is not set" in page  # predictions stage recorded its no-op
     assert "Decision: promoted" in page
 
+    # layer tables of the real saved models (baseline: 8 filters per conv layer, wide: 16)
+    params = {}
+    for mid in TRAINED:
+        described = models.describe(models.load_model(ctx.cached(ctx.model_key(mid, "model.keras"))))
+        layers = page.split(f"<summary>Layer table of {mid}</summary>")[1].split("</details>")[0]
+        for row in described["layers"]:
+            assert f"<td>{row['name']}</td><td>{row['type']}</td>" in layers, (mid, row)
+        assert f'<td class="num">{described["total_params"]}</td>' in layers
+        params[mid] = described["total_params"]
+    assert params["wide__unbalanced"] > params["baseline__unbalanced"] == params["baseline__balanced"]
+    # the validation curves of every model, drawn by train.compare_runs from their history.json
+    comparison = ctx.key("models", "comparison.png")
+    assert store_figure_exists(ctx.store, comparison) and 'src="../models/comparison.png"' in page
+    assert "Validation accuracy (left) and loss (right) per epoch for every trained model.</figcaption>" in page
+
     summary = ctx.store.get_json(out["summary_key"])
     assert set(summary["models"]) == set(TRAINED)
     for mid in TRAINED:
@@ -141,6 +172,8 @@ def test_full_report(make_ctx, monkeypatch):
     assert summary["dataset"]["dataset_sha256"] == "f00d"
     assert summary["promotion"]["promoted"] is True and summary["ensembles"]["best"]
     assert summary["versions"]["numpy"] == np.__version__
+    names = {"python"} | {n if isinstance(n, str) else n[0] for n in runtime.VERSION_PACKAGES}
+    assert set(summary["versions"]) == names
     assert summary["config"]["experiments"][0]["name"] == "baseline"
 
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from cnn_tasks import models, train
+from cnn_tasks import models, runtime, train
 from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConvBlock, ExperimentSpec
 from tests.fixtures_training import write_training_dataset
 
@@ -64,7 +64,13 @@ def test_training_writes_model_history_curves_meta_and_tensorboard(tiny_ctx, mon
                   "best_val_accuracy", "best_val_loss", "wall_time_s", "images_per_s", "figures",
                   "dataset_sha256", "config", "git_commit"):
         assert field in meta, field
-    assert set(meta["versions"]) == {"tensorflow", "keras", "numpy", "python"}
+    import tensorflow as tf
+
+    assert meta["versions"] == runtime.package_versions()  # the provenance the report shows too
+    assert {"tensorflow", "keras", "numpy", "python"} <= set(meta["versions"])
+    assert (meta["versions"]["tensorflow"], meta["versions"]["keras"], meta["versions"]["numpy"]) == (
+        tf.__version__, keras.__version__, np.__version__)  # tensorflow-cpu counts as tensorflow
+    assert meta["git_commit"] == runtime.git_commit()
     assert meta["class_weight"] and meta["variant"] == "balanced" and meta["git_commit"]
     history = ctx.store.get_json(ctx.model_key(mid, "history.json"))
     assert [h["epoch"] for h in history] == [1, 2, 3, 4] and "val_accuracy" in history[0]
