@@ -110,3 +110,29 @@ def test_whole_dag_with_s3_store_on_moto(airflow_env, served_dataset, tmp_path):
         env = airflow_env | {"AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint)}
         run_dag(env, tiny_conf(url, checksum, "s3://cnn-artifacts/e2e"), tmp_path / "dags_test.log")
         assert_complete_run(open_store("s3://cnn-artifacts/e2e", endpoint_url=endpoint))
+
+
+def run_dag_expecting_failure(env: dict, conf: dict, log: Path) -> str:
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    with open(log, "w") as out:
+        proc = subprocess.run([airflow, "dags", "test", "cnn_image_classification", "--conf", json.dumps(conf)],
+                              env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600)
+    text = log.read_text()
+    assert proc.returncode != 0, text[-3000:]
+    return text
+
+
+def test_value_refused_by_the_param_schema_writes_nothing(airflow_env, tmp_path):
+    store = tmp_path / "store"
+    text = run_dag_expecting_failure(airflow_env, {"image_size": 8, "store_uri": f"file://{store}"},
+                                     tmp_path / "refused.log")
+    assert "image_size" in text and "8 is less than the minimum of 16" in text, text[-3000:]
+    assert not (store / "runs").exists()
+
+
+def test_invalid_config_fails_the_first_task_naming_the_field_and_writes_nothing(airflow_env, tmp_path):
+    store = tmp_path / "store"
+    conf = {"split": [0.6, 0.2, 0.1], "store_uri": f"file://{store}"}
+    text = run_dag_expecting_failure(airflow_env, conf, tmp_path / "invalid.log")
+    assert "split: [0.6, 0.2, 0.1] sums to 0.9000; the ratios must sum to 1" in text, text[-3000:]
+    assert not (store / "runs").exists()
