@@ -42,7 +42,7 @@ test: setup
 airflow: setup
 	bash scripts/airflow_standalone.sh
 
-## make bench: every benchmark, one after the other (long: see README)
+## make bench: the data, input-pipeline and filter-pattern benchmarks (bench_quality.py takes hours: see README)
 bench: setup
 	$(PY) bench/bench_prepare.py && $(PY) bench/bench_train.py && $(PY) bench/bench_filters.py
 

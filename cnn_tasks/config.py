@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cnn_tasks.errors import PipelineError
+
 # The public EuroSAT RGB archive (wrapper folder `2750/` above the class folders).
 EUROSAT_URL = (
     "https://huggingface.co/datasets/torchgeo/eurosat/resolve/"
@@ -30,7 +32,7 @@ HEADS = ("flatten", "global_average", "global_max")
 PROMOTION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """An invalid configuration value; the message starts with the field's name."""
 
     def __init__(self, field_name: str, message: str):
@@ -190,6 +192,8 @@ class PipelineConfig:
                 if name not in merged or merged[name] == _STANDARD_DEFAULTS[name]:
                     merged[name] = quick_value
         merged["profile"] = profile
+        if merged.get("dataset_url", EUROSAT_URL) != EUROSAT_URL and merged.get("dataset_checksum") == EUROSAT_CHECKSUM:
+            merged["dataset_checksum"] = None  # the pinned checksum belongs to the EuroSAT archive only
         return cls(**_coerce(merged)).validated()
 
     @classmethod
@@ -236,7 +240,9 @@ class PipelineConfig:
         _check(self.rebalance in REBALANCE_STRATEGIES, "rebalance",
                f"{self.rebalance!r} is not one of {REBALANCE_STRATEGIES}")
         _check(1 <= self.epochs <= 1000, "epochs", f"{self.epochs} is outside 1..1000")
-        _check(self.early_stopping_patience >= 1, "early_stopping_patience", "must be >= 1")
+        _check(1 <= self.early_stopping_patience <= 100, "early_stopping_patience", "must be in 1..100")
+        _check(self.seed >= 0, "seed", "must be >= 0")
+        _check(0 <= self.promotion_margin <= 1, "promotion_margin", "must be in 0..1")
         _check(10 <= self.single_batch_steps <= 5000, "single_batch_steps", "must be in 10..5000")
         _check(1 <= self.filter_pattern_steps <= 500, "filter_pattern_steps", "must be in 1..500")
         _check(self.promotion_metric in PROMOTION_METRICS, "promotion_metric",

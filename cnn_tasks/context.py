@@ -88,11 +88,11 @@ class RunContext:
     def cached(self, key: str) -> Path:
         """Fetch `key` from the store into the worker-local cache once; later calls reuse it.
 
-        Cache entries are keyed by the store URL, and run keys never change once written
-        (a run's prefix is write-once), so a cached copy is never stale.
+        Entries are keyed by the store URL and the object's version, so an object rewritten by a
+        re-run task (e.g. a cleared `train`) is fetched again, never served stale.
         """
-        url = self.store.url(key)
-        digest = hashlib.sha256(url.encode()).hexdigest()[:24]
+        token = f"{self.store.url(key)}@{self.store.version(key)}"
+        digest = hashlib.sha256(token.encode()).hexdigest()[:24]
         path = cache_root() / "objects" / digest / Path(key).name
         if not path.is_file():
             self.store.get_file(key, path)

@@ -40,6 +40,7 @@ from urllib.parse import unquote, urlparse
 
 from cnn_tasks import images
 from cnn_tasks.context import cache_root
+from cnn_tasks.errors import PipelineError
 from cnn_tasks.shards import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,11 @@ LOCAL_COPY_HINT = ("Without network access, point at a local copy: DATASET_URL=/
                    "(or the dataset_url param), and clear dataset_checksum or set it to that copy's hash.")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(PipelineError, RuntimeError):
     """The source could not be fetched, verified or extracted."""
 
 
-class DatasetError(ValueError):
+class DatasetError(PipelineError, ValueError):
     """The fetched data does not form a usable labelled dataset (layout, classes, counts)."""
 
 
@@ -224,17 +225,11 @@ def _transient(reason) -> bool:
     return isinstance(reason, (TimeoutError, ConnectionResetError, ConnectionAbortedError, socket.timeout))
 
 
-def _s3_client(ctx):
-    from cnn_tasks.storage import S3Store, make_s3_client
-
-    return ctx.store.client if isinstance(ctx.store, S3Store) else make_s3_client(ctx.config.s3_endpoint_url)
-
-
 def _download_s3(ctx, bucket: str, key: str, target: Path, checksum: str | None) -> Path:
     """Stream s3://bucket/key to `target`; a key ending in '/' (or empty) fetches the whole prefix."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client, url = _s3_client(ctx), f"s3://{bucket}/{key}"
+    client, url = ctx.s3(), f"s3://{bucket}/{key}"
     try:
         if not key or key.endswith("/"):
             return _download_s3_prefix(client, bucket, key, target.parent / "prefix")

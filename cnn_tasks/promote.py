@@ -134,6 +134,8 @@ def run(ctx) -> dict:
     """Compare, decide, record promotion.json, and install the new champion when it wins."""
     cfg, store = ctx.config, ctx.store
     metric = cfg.promotion_metric
+    if store.exists(ctx.key("promotion.json")):  # a retried or cleared task: the decision stands
+        return _result(ctx, store.get_json(ctx.key("promotion.json")))
     info = data.load_dataset_info(ctx)
     classes = list(info["classes"])
     rows = candidate_rows(ctx)
@@ -141,6 +143,12 @@ def run(ctx) -> dict:
         raise RuntimeError(f"no evaluated models under {ctx.key('eval')}: run the evaluate stage first")
     best, deployable = pick_candidate(rows, metric)
     previous = store.get_json(CHAMPION_KEY) if store.exists(CHAMPION_KEY) else None
+    if previous and previous.get("run_id") == ctx.run_id:  # installed by an earlier try, then interrupted
+        record = {"run_id": ctx.run_id, "metric": metric, "promoted": True, "decision": "promoted",
+                  "reason": "promoted by an earlier try of this task", "candidate": {"name": previous["model_id"],
+                  metric: previous["value"]}, "new_champion": previous, "champion_on_this_test": None}
+        store.put_json(ctx.key("promotion.json"), record)
+        return _result(ctx, record)
     champion = _champion_on_this_test(ctx, previous, classes) if previous else None
     champion_value = champion["metrics"][metric] if champion and champion["metrics"] else None
     value, accuracy = deployable[metric], deployable["accuracy"]
@@ -171,6 +179,13 @@ def run(ctx) -> dict:
         record["new_champion"] = new
     store.put_json(ctx.key("promotion.json"), record)
     log.info("promotion: %s (%s)", record["decision"], reason)
-    return {"promoted": promoted, "decision": record["decision"], "reason": reason, "metric": metric,
-            "candidate": deployable["name"], "value": value, "champion_value": champion_value,
+    return _result(ctx, record)
+
+
+def _result(ctx, record: dict) -> dict:
+    """The small XCom summary of a promotion record."""
+    metric, champion = record["metric"], record.get("champion_on_this_test") or {}
+    return {"promoted": record["promoted"], "decision": record["decision"], "reason": record["reason"],
+            "metric": metric, "candidate": record["candidate"]["name"], "value": record["candidate"][metric],
+            "champion_value": (champion.get("metrics") or {}).get(metric),
             "promotion_key": ctx.key("promotion.json")}

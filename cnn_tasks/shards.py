@@ -1,7 +1,7 @@
 """Packed image shards: a few TFRecord files per split instead of thousands of small objects.
 
 Each record is a `tf.train.Example` with
-  image: the encoded image (JPEG or PNG) that decodes to the validated 8-bit RGB pixels
+  image: a PNG that decodes to exactly the validated 8-bit RGB pixels
   label: the class index (int64) into the dataset's class list
   key:   the image's id (content sha256, plus '#aug<n>' for augmented copies)
 """

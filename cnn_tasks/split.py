@@ -20,6 +20,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from cnn_tasks import plots
+from cnn_tasks.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ _STRATEGY_TEXT = {
 }
 
 
-class SplitError(ValueError):
+class SplitError(PipelineError, ValueError):
     """The data cannot be split as configured (a class too small, or leakage between splits)."""
 
 

@@ -15,9 +15,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
+from cnn_tasks.errors import PipelineError
 
-class StoreError(RuntimeError):
+
+class StoreError(PipelineError, RuntimeError):
     """A store operation failed in a way the user must fix (bucket, credentials, missing key)."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store could not be reached or answered with a server error: a retry may succeed."""
 
 
 def _clean_key(key: str) -> str:
@@ -58,6 +64,10 @@ class ArtifactStore:
         """Where a person or tool finds the object (file path URI or s3:// URI)."""
         raise NotImplementedError
 
+    def version(self, key: str) -> str:
+        """A token that changes whenever the object is rewritten (for worker caches)."""
+        raise NotImplementedError
+
     # -- conveniences built on the above
     def put_json(self, key: str, value: Any) -> str:
         data = json.dumps(value, indent=2, sort_keys=True, default=_json_default).encode()
@@ -88,6 +98,22 @@ _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".js
 
 def content_type_for(key: str) -> str:
     return _CONTENT_TYPES.get(PurePosixPath(key).suffix.lower(), "application/octet-stream")
+
+
+def _atomic_download(path: str | Path, fetch) -> Path:
+    """Run `fetch(tmp)` into a unique temporary file beside `path`, then rename it into place,
+    so concurrent readers of a shared cache never see a partly written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        fetch(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 class LocalStore(ArtifactStore):
@@ -130,12 +156,10 @@ class LocalStore(ArtifactStore):
             raise StoreError(f"{self.url(key)} does not exist: did the stage that writes it run?") from None
 
     def get_file(self, key, path):
-        source, path = self.path(key), Path(path)
+        source = self.path(key)
         if not source.is_file():
             raise StoreError(f"{self.url(key)} does not exist: did the stage that writes it run?")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, path)
-        return path
+        return _atomic_download(path, lambda tmp: shutil.copyfile(source, tmp))
 
     def exists(self, key):
         return self.path(key).is_file()
@@ -150,6 +174,13 @@ class LocalStore(ArtifactStore):
 
     def url(self, key):
         return f"file://{self.path(key)}"
+
+    def version(self, key):
+        try:
+            stat = self.path(key).stat()
+        except FileNotFoundError:
+            raise StoreError(f"{self.url(key)} does not exist: did the stage that writes it run?") from None
+        return f"{stat.st_mtime_ns}-{stat.st_size}"
 
 
 class S3Store(ArtifactStore):
@@ -181,7 +212,7 @@ class S3Store(ArtifactStore):
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"):
                 raise StoreError(f"access to bucket {self.bucket!r} at {self._endpoint()} was refused "
                                  f"({code}): check the access key and secret") from None
-            raise StoreError(f"cannot reach bucket {self.bucket!r} at {self._endpoint()}: {exc}") from None
+            raise StoreUnavailable(f"cannot reach bucket {self.bucket!r} at {self._endpoint()}: {exc}") from None
 
     def _endpoint(self) -> str:
         return self.client.meta.endpoint_url
@@ -217,22 +248,19 @@ class S3Store(ArtifactStore):
     def get_file(self, key, path):
         from botocore.exceptions import ClientError
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        try:
-            self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self._transfer_config())
-        except ClientError as exc:
-            tmp.unlink(missing_ok=True)
-            raise self._missing(key, exc) from None
-        os.replace(tmp, path)
-        return path
+        def download(tmp: str) -> None:
+            try:
+                self.client.download_file(self.bucket, self._key(key), tmp, Config=self._transfer_config())
+            except ClientError as exc:
+                raise self._missing(key, exc) from None
+
+        return _atomic_download(path, download)
 
     def _missing(self, key: str, exc: Exception) -> Exception:
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchKey", "NotFound"):
             return StoreError(f"{self.url(key)} does not exist: did the stage that writes it run?")
-        return StoreError(f"reading {self.url(key)} failed: {exc}")
+        return StoreUnavailable(f"reading {self.url(key)} failed: {exc}")
 
     def exists(self, key):
         from botocore.exceptions import ClientError
@@ -259,6 +287,14 @@ class S3Store(ArtifactStore):
 
     def url(self, key):
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def version(self, key):
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"].strip('"')
+        except ClientError as exc:
+            raise self._missing(key, exc) from None
 
 
 def make_s3_client(endpoint_url: str | None = None, session=None):

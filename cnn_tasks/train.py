@@ -25,6 +25,7 @@ import numpy as np
 
 from cnn_tasks import data, models, plots, runtime
 from cnn_tasks.context import RunContext, model_id as make_model_id
+from cnn_tasks.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,11 @@ SINGLE_BATCH_POOL = 1024  # the check's batch is drawn (seeded) from the first N
 STATE_DIRS = ("checkpoint", "tensorboard", "backup")  # upload order: backup last, never ahead of history
 
 
-class SingleBatchCheckError(RuntimeError):
+class SingleBatchCheckError(PipelineError, RuntimeError):
     """An architecture could not overfit one batch: it is too weak (or broken) to train."""
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(PipelineError, RuntimeError):
     """The loss became NaN or infinite during training."""
 
 

@@ -53,15 +53,15 @@ def _schedule():
 
 
 def _stage(fn, *args):
-    """Run a stage with this task's context. Errors a retry cannot fix (bad config, bad data,
-    missing bucket: ValueError, KeyError, StoreError) fail the task at once instead of retrying."""
+    """Run a stage with this task's context. Errors a retry cannot fix (PipelineError: bad config,
+    bad data, missing bucket, a model that diverges) fail the task at once; others are retried."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from cnn_tasks.storage import StoreError
+    from cnn_tasks.errors import PipelineError
 
     try:
         return fn(_ctx(), *args)
-    except (ValueError, KeyError, StoreError) as exc:
+    except PipelineError as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -73,7 +73,7 @@ def _ctx():
     context = get_current_context()
     config = PipelineConfig.from_dict(dict(context["params"]))
     s3_client = None
-    if config.store_uri.startswith("s3://") or config.dataset_url.startswith("s3://"):
+    if any((uri or "").startswith("s3://") for uri in (config.store_uri, config.dataset_url, config.unlabelled_url)):
         # Inside Airflow the S3 credentials come from the Airflow connection (amazon provider).
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -171,8 +171,10 @@ def cnn_image_classification():
 
         return _stage(predict.run)
 
-    @task
-    def report(predictions: dict, visualisations: list[dict]) -> dict:
+    # The report runs even when a stage failed: its sections say what did not run and why
+    # (the DAG run still fails, so a partial report never passes for a complete one).
+    @task(trigger_rule="all_done")
+    def report() -> dict:
         from cnn_tasks import report
 
         return _stage(report.run)
@@ -186,6 +188,6 @@ def cnn_image_classification():
     checks >> trained
     visualisations = visualize.expand(trained=trained)
     evaluations = evaluate.expand(trained=trained)
-    report(predict(promote(ensemble(evaluations))), visualisations)
+    [predict(promote(ensemble(evaluations))), visualisations] >> report()
 
 cnn_image_classification()

@@ -11,7 +11,7 @@ export AIRFLOW__API__HOST=${AIRFLOW__API__HOST:-127.0.0.1}
 airflow=.venv/bin/airflow
 
 $airflow db migrate >/dev/null
-$airflow pools set training "$AIRFLOW__CORE__PARALLELISM" "CNN training tasks" >/dev/null
+$airflow pools set "${CNN_TRAINING_POOL:-training}" "$AIRFLOW__CORE__PARALLELISM" "CNN training tasks" >/dev/null
 
 # Run standalone in its own process group so Ctrl-C stops it and every worker it started.
 setsid "$airflow" standalone &

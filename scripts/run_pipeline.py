@@ -32,7 +32,8 @@ def build_conf() -> dict:
         url = env("DATASET_URL")
         # A local path becomes absolute so Airflow's working directory does not matter.
         conf["dataset_url"] = url if "://" in url else str(Path(url).expanduser().resolve())
-        conf["dataset_checksum"] = env("DATASET_CHECKSUM") or None  # the pinned one is EuroSAT's
+    if env("DATASET_CHECKSUM"):
+        conf["dataset_checksum"] = env("DATASET_CHECKSUM")
     if env("UNLABELLED_URL"):
         conf["unlabelled_url"] = env("UNLABELLED_URL")
     return conf
@@ -57,8 +58,9 @@ def airflow(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 def latest_report(store_uri: str) -> str | None:
+    """The newest manual run's report (`dags test` runs are manual; run ids sort by time)."""
     store = open_store(store_uri)
-    reports = [k for k in store.list("runs/") if k.endswith("/report/index.html")]
+    reports = [k for k in store.list("runs/manual__") if k.endswith("/report/index.html")]
     return store.url(max(reports)) if reports else None
 
 
@@ -74,9 +76,13 @@ def main() -> None:
     airflow("db", "migrate", stdout=subprocess.DEVNULL)
     airflow("pools", "set", os.environ.get("CNN_TRAINING_POOL", "training"), "2", "CNN training tasks",
             stdout=subprocess.DEVNULL)
-    airflow("dags", "test", DAG_ID, "--conf", json.dumps(conf))
-    report = latest_report(config.store_uri)
-    print(f"\nReport: {report}" if report else "\nNo report was written: see the task logs above.")
+    try:
+        airflow("dags", "test", DAG_ID, "--conf", json.dumps(conf))
+    except subprocess.CalledProcessError:
+        report = latest_report(config.store_uri)
+        sys.exit("\nThe run failed: the first failed task's log above says why."
+                 + (f"\nPartial report (sections that did not run say so): {report}" if report else ""))
+    print(f"\nReport: {latest_report(config.store_uri)}")
 
 
 if __name__ == "__main__":

@@ -77,3 +77,13 @@ def test_field_schemas_describe_every_field_for_the_trigger_form():
     assert schemas["rebalance"]["enum"] == ["none", "class_weight", "oversample", "undersample", "augment"]
     assert (schemas["image_size"]["minimum"], schemas["image_size"]["maximum"]) == (16, 512)
     assert schemas["classes"]["type"] == ["null", "array"]
+
+
+def test_the_pinned_eurosat_checksum_is_dropped_for_another_dataset():
+    from cnn_tasks.config import EUROSAT_CHECKSUM
+
+    form = PipelineConfig().to_dict() | {"dataset_url": "/data/my_images.zip"}
+    assert PipelineConfig.from_dict(form).dataset_checksum is None
+    assert PipelineConfig.from_dict({}).dataset_checksum == EUROSAT_CHECKSUM
+    mine = "sha256:" + "a" * 64
+    assert PipelineConfig.from_dict(form | {"dataset_checksum": mine}).dataset_checksum == mine

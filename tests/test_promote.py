@@ -86,6 +86,11 @@ def test_promotion_history(pipeline):
     out = promote.run(second)
     assert out["promoted"] and out["champion_value"] == 0.0
     assert store.get_json("champion.json")["run_id"] == "run3"
+    assert promote.run(second) == out  # a retried task keeps its decision, it does not compare with itself
+    store.path(second.key("promotion.json")).unlink()  # as if interrupted after installing the champion
+    recovered = promote.run(second)
+    assert recovered["promoted"] and recovered["decision"] == "promoted"
+    assert store.get_json("champion.json")["run_id"] == "run3"
     assert store.get_json(promote.history_key(first_champion)) == first_champion  # old one kept
     assert store.exists("champions/run1/model.keras") and store.exists("champions/run3/model.keras")
     assert len(store.list("champions/history/")) == 2

@@ -117,3 +117,19 @@ def test_unknown_scheme_and_missing_bucket_name():
 def test_relative_file_uri_resolves_against_base_dir(tmp_path):
     store = open_store("file://artifacts", base_dir=tmp_path)
     assert isinstance(store, LocalStore) and store.root == tmp_path / "artifacts"
+
+
+def test_version_changes_when_an_object_is_rewritten(store):
+    store.put_bytes("runs/v/model.keras", b"first")
+    before = store.version("runs/v/model.keras")
+    store.put_bytes("runs/v/model.keras", b"second, longer")
+    assert store.version("runs/v/model.keras") != before
+
+
+def test_worker_cache_refetches_a_rewritten_object(make_ctx):
+    ctx = make_ctx()
+    key = ctx.model_key("m", "model.keras")
+    ctx.store.put_bytes(key, b"first")
+    assert ctx.cached(key).read_bytes() == b"first"
+    ctx.store.put_bytes(key, b"second, longer")
+    assert ctx.cached(key).read_bytes() == b"second, longer"
