@@ -255,6 +255,7 @@ class PipelineConfig:
         _check(len(set(names)) == len(names), "experiments", f"duplicate experiment names in {names}")
         for i, spec in enumerate(self.experiments):
             _validate_experiment(spec, f"experiments[{i}]")
+            check_downsampling(spec, self.image_size, f"experiments[{i}]")
         return self
 
 
@@ -293,6 +294,23 @@ def _validate_experiment(spec: ExperimentSpec, where: str) -> None:
     _check(1 <= spec.dense_units <= 8192, f"{where}.dense_units", f"{spec.dense_units} is outside 1..8192")
     _check(0 < spec.learning_rate <= 10, f"{where}.learning_rate", f"{spec.learning_rate} is outside (0, 10]")
     _check(1 <= spec.batch_size <= 4096, f"{where}.batch_size", f"{spec.batch_size} is outside 1..4096")
+
+
+def check_downsampling(spec: ExperimentSpec, image_size: int, where: str) -> None:
+    """Reject specs that downsample the feature map below 1x1 at `image_size`, naming the field."""
+    size = image_size
+    for j, block in enumerate(spec.conv):
+        field_name, layer = f"{where}.conv[{j}]", j + 1
+        if block.strides > 1 and size < 2:
+            raise ConfigError(f"{field_name}.strides", f"conv{layer} cannot downsample a {size}x{size} feature "
+                              f"map (image_size {image_size}): too many downsamplings for this image size")
+        size = math.ceil(size / block.strides)  # 'same' padding
+        if block.pool != "none":
+            if size < 2:
+                raise ConfigError(f"{field_name}.pool", f"pool{layer} needs a feature map of at least 2x2 but "
+                                  f"conv{layer} outputs {size}x{size} at image_size {image_size}: too many "
+                                  "downsamplings for this image size")
+            size //= 2
 
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:

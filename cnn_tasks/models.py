@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from cnn_tasks.config import ConfigError, ExperimentSpec
+from cnn_tasks.config import ConfigError, ExperimentSpec, check_downsampling
 
 
 def _keras():
@@ -27,7 +27,7 @@ def build_model(spec: ExperimentSpec, num_classes: int, image_size: int, mean, s
     keras = _keras()
     if num_classes < 2:
         raise ConfigError("classes", f"{num_classes} class(es); at least 2 are needed")
-    _check_feature_map(spec, image_size)
+    check_downsampling(spec, image_size, spec.name)
     variance = [float(s) ** 2 for s in std]
     layers = [keras.Input((image_size, image_size, 3), name="pixels"),
               keras.layers.Normalization(mean=list(map(float, mean)), variance=variance, name="standardize")]
@@ -72,22 +72,6 @@ def _head(spec: ExperimentSpec, num_classes: int) -> list:
     layers += [keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="logits"),
                keras.layers.Activation("softmax", dtype="float32", name="softmax")]
     return layers
-
-
-def _check_feature_map(spec: ExperimentSpec, image_size: int) -> None:
-    """Reject specs that downsample the feature map below 1x1, naming the layer and field."""
-    size = image_size
-    for i, block in enumerate(spec.conv, start=1):
-        field = f"{spec.name}.conv[{i - 1}]"
-        if block.strides > 1 and size < 2:
-            raise ConfigError(f"{field}.strides", f"conv{i} cannot downsample a {size}x{size} feature map "
-                              f"(image_size {image_size}): too many downsamplings")
-        size = math.ceil(size / block.strides)  # 'same' padding
-        if block.pool != "none":
-            if size < 2:
-                raise ConfigError(f"{field}.pool", f"pool{i} needs a feature map of at least 2x2 but conv{i} "
-                                  f"outputs {size}x{size} at image_size {image_size}: too many downsamplings")
-            size //= 2
 
 
 def load_model(path):

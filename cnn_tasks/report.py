@@ -290,9 +290,10 @@ def section_models(page: Page, model_ids: list[str], metas: dict) -> None:
         if mid not in metas:
             body += not_run(f"{ctx.model_key(mid, 'meta.json')} missing: this model was not trained")
             continue
-        body += render_fields(metas[mid], skip=("figures", "classes", "config", "description"))  # shown elsewhere
-        layers = render_fields(models.describe(models.load_model(ctx.cached(ctx.model_key(mid, "model.keras")))))
-        body += f"<details open><summary>Layer table of {esc(mid)}</summary>{layers}</details>"
+        meta = metas[mid]  # classes, config and versions are shown once, in the overview
+        body += render_fields(meta, skip=("figures", "classes", "config", "description", "layers", "versions"))
+        body += (f"<details open><summary>Layer table of {esc(mid)} ({fmt(meta.get('params'))} parameters)"
+                 f"</summary>{table(meta.get('layers', []), ['name', 'type', 'output_shape', 'params'])}</details>")
     page.add("models", "Models", body)
 
 

@@ -87,3 +87,11 @@ def test_the_pinned_eurosat_checksum_is_dropped_for_another_dataset():
     assert PipelineConfig.from_dict({}).dataset_checksum == EUROSAT_CHECKSUM
     mine = "sha256:" + "a" * 64
     assert PipelineConfig.from_dict(form | {"dataset_checksum": mine}).dataset_checksum == mine
+
+
+def test_too_many_downsamplings_for_the_image_size_fail_before_any_work():
+    five_pools = [{"filters": 8, "pool": "max"}] * 5
+    with pytest.raises(ConfigError, match="pool5 needs a feature map of at least 2x2") as err:
+        PipelineConfig.from_dict({"image_size": 16, "experiments": [{"name": "tiny", "conv": five_pools}]})
+    assert err.value.field == "experiments[0].conv[4].pool"
+    assert PipelineConfig.from_dict({"image_size": 32, "experiments": [{"name": "tiny", "conv": five_pools}]})

@@ -76,7 +76,8 @@ def write_models(ctx, tmp_path) -> None:
         s.put_file(ctx.model_key(mid, "model.keras"), tmp_path / f"{mid}.keras")
         s.put_json(ctx.model_key(mid, "history.json"), history(mid))
         s.put_json(ctx.model_key(mid, "meta.json"), {
-            "classes": CLASSES, "image_size": 16, "params": int(model.count_params()), "best_epoch": 3,
+            "classes": CLASSES, "image_size": 16, "params": int(model.count_params()),
+            "layers": models.describe(model)["layers"], "best_epoch": 3,
             "epochs_run": 5, "figures": [png(s, ctx.model_key(mid, "curves.png"), f"Curves of {mid}.")]})
 
 
@@ -152,10 +153,10 @@ def test_full_report(make_ctx, tmp_path):
     params = {}
     for mid in TRAINED:
         described = models.describe(models.load_model(ctx.cached(ctx.model_key(mid, "model.keras"))))
-        layers = page.split(f"<summary>Layer table of {mid}</summary>")[1].split("</details>")[0]
+        summary, layers = page.split(f"<summary>Layer table of {mid} (")[1].split("</details>")[0].split("</summary>")
         for row in described["layers"]:
             assert f"<td>{row['name']}</td><td>{row['type']}</td>" in layers, (mid, row)
-        assert f'<td class="num">{described["total_params"]}</td>' in layers
+        assert summary == f"{described['total_params']} parameters)"
         params[mid] = described["total_params"]
     assert params["wide__unbalanced"] > params["baseline__unbalanced"] == params["baseline__balanced"]
     # the validation curves of every model, drawn by train.compare_runs from their history.json
