@@ -14,7 +14,7 @@ import logging
 import posixpath
 from datetime import datetime, timezone
 
-from cnn_tasks import models, runtime
+from cnn_tasks import runtime
 
 log = logging.getLogger(__name__)
 
