@@ -147,5 +147,63 @@ def load_split_arrays(ctx: RunContext, split: str, variant: str = "unbalanced", 
     return np.concatenate(xs), np.concatenate(ys), keys
 
 
+def sample_quota(class_counts, max_images: int) -> list[int]:
+    """Images per class in a stratified sample of about `max_images`: every class that has images
+    gets at least one, the rest is shared in proportion to the class sizes (largest remainder,
+    ties to the lower class index); every image when the split has no more than `max_images`."""
+    counts = np.asarray(class_counts, dtype=np.int64)
+    if int(counts.sum()) <= max_images:
+        return counts.tolist()
+    floor = np.minimum(counts, 1)
+    spare, rest = max_images - int(floor.sum()), counts - floor
+    if spare <= 0:  # more classes than max_images: one image of each
+        return floor.tolist()
+    quota, remainder = np.divmod(rest * spare, int(rest.sum()))
+    quota[np.argsort(-remainder, kind="stable")[: spare - int(quota.sum())]] += 1
+    return (floor + quota).tolist()
+
+
+def load_split_sample(ctx: RunContext, split: str, max_images: int, variant: str = "unbalanced"):
+    """A bounded, stratified, seeded sample of a split: (x, y, keys, sample) like load_split_arrays.
+
+    Per class, the first `sample_quota` images in shard order. The shards hold the images in a
+    seeded random order (download._pack shuffles every accepted image with config.seed; rebalance
+    and ShardWriter keep that order), so the first images of a class in shard order are a seeded
+    random sample of that class; `limit` (first N overall) alone would not guarantee every class
+    is present. Streams batch by batch and stops once every quota is filled, so memory holds the
+    sample plus one batch. `sample` = {"images", "split_images", "max_images", "full_split", "seed",
+    "description"}.
+    """
+    info = load_dataset_info(ctx)
+    part = split_info(info, split, variant)
+    size, counts = int(info["image_size"]), [int(c) for c in part["class_counts"]]
+    quota = np.asarray(sample_quota(counts, max_images), dtype=np.int64)
+    taken = np.zeros(len(counts), dtype=np.int64)
+    xs, ys, keys = [], [], []
+    for x, y, k in _decoded(ctx, part["shards"], size).batch(256).with_options(_options()):
+        y = y.numpy()
+        keep = np.zeros(len(y), dtype=bool)
+        for c in np.unique(y):
+            rows = np.flatnonzero(y == c)[: max(int(quota[c] - taken[c]), 0)]
+            keep[rows] = True
+            taken[c] += len(rows)
+        if keep.any():
+            xs.append(x.numpy()[keep])
+            ys.append(y[keep])
+            keys.extend(v.decode() for v in k.numpy()[keep])
+        if (taken >= quota).all():
+            break
+    n, total, seed = int(taken.sum()), int(sum(counts)), ctx.config.seed
+    full = n == total
+    sample = {"images": n, "split_images": total, "max_images": max_images, "full_split": full,
+              "seed": None if full else seed,
+              "description": f"full {split} split, {n} images" if full else
+              f"seeded stratified sample of {n} of {total} {split} images (seed {seed}, at most "
+              f"{max_images}, every class present)"}
+    if not xs:
+        return np.zeros((0, size, size, 3), np.float32), np.zeros((0,), np.int32), [], sample
+    return np.concatenate(xs), np.concatenate(ys), keys, sample
+
+
 def steps_per_epoch(count: int, batch_size: int) -> int:
     return max(1, math.ceil(count / batch_size))

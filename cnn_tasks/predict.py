@@ -8,7 +8,9 @@ the report reads; it also records why the stage did nothing when no URL is confi
 CLI:  python -m cnn_tasks.predict MODEL.keras FOLDER [--out predictions.csv]
 Class names come from meta.json beside the model (else class_<i>); the image size from the model input.
 Images go through the same path as training: validated RGB (images.load_rgb), then
-data.decode_and_resize, then the model (which standardises internally).
+data.decode_and_resize, then the model (which standardises internally). The folder is streamed
+BATCH images at a time; hidden/system files are skipped as the dataset download skips them.
+The visualise CLI reads its image folder with the same functions (`read_images`, `classes_beside`).
 """
 
 from __future__ import annotations
@@ -31,28 +33,61 @@ BATCH = 64
 
 
 # ----------------------------------------------------------------------------- core
-def list_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file())
+def list_files(folder: Path) -> tuple[list[Path], int]:
+    """(every candidate file under `folder`, sorted; the number of hidden/system files skipped).
+
+    Hidden and system files and folders (`.DS_Store`, `__MACOSX/`, `Thumbs.db`, ...) are skipped
+    exactly as the dataset download skips them (download.list_class_files / download.is_ignored):
+    they are never images, so they are not listed as rejected either.
+    """
+    files, ignored = download.list_class_files(Path(folder))
+    return sorted(p for p in files if p.is_file()), ignored
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """One file as float32 [S, S, 3] pixels in 0..255, exactly as training saw it: the validated
+    RGB image (images.load_rgb) encoded losslessly, then data.decode_and_resize. Raises
+    images.ImageRejected (or any decoding error) for a file that is not a usable image."""
+    image = images.load_rgb(path)
+    return np.asarray(data.decode_and_resize(images.encode_png(image), size), dtype=np.float32)
+
+
+def _rejection(name: str, exc: Exception) -> dict:
+    if isinstance(exc, images.ImageRejected):
+        return {"image": name, "reason": str(exc)}  # "<reason>: <detail>", as ingest words it
+    return {"image": name, "reason": str(exc) or type(exc).__name__}  # anything unreadable is listed too
+
+
+def iter_image_batches(folder: Path, size: int, batch_size: int | None = None):
+    """Yield (names, pixels [B,S,S,3], rejected [{"image", "reason"}]) for the files under `folder`
+    (`list_files`), in file order, `batch_size` (default BATCH) usable images at a time: memory
+    holds one batch whatever the folder size. `rejected` lists the unusable files met since the
+    previous batch; the last yield may hold rejected files only (and no pixels)."""
+    folder, batch_size = Path(folder), batch_size or BATCH
+    names, pixels, rejected = [], [], []
+    for path in list_files(folder)[0]:
+        name = path.relative_to(folder).as_posix()
+        try:
+            pixels.append(read_image(path, size))
+            names.append(name)
+        except Exception as exc:  # every unusable file is listed, never dropped
+            rejected.append(_rejection(name, exc))
+        if len(pixels) == batch_size:
+            yield names, np.stack(pixels), rejected
+            names, pixels, rejected = [], [], []
+    if names or rejected:
+        yield names, np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.float32), rejected
 
 
 def read_images(folder: Path, size: int) -> tuple[list[str], np.ndarray, list[dict]]:
-    """(names, pixels [N,S,S,3], rejected [{"image", "reason"}]) for every file under `folder`.
-
-    Pixels are float32 0..255 at `size`, exactly as training saw them: the validated RGB image
-    (images.load_rgb) encoded losslessly, then data.decode_and_resize.
-    """
-    names, pixels, rejected = [], [], []
-    for path in list_files(folder):
-        name = path.relative_to(folder).as_posix()
-        try:
-            image = images.load_rgb(path)
-            pixels.append(np.asarray(data.decode_and_resize(images.encode_png(image), size), dtype=np.float32))
-            names.append(name)
-        except images.ImageRejected as exc:
-            rejected.append({"image": name, "reason": str(exc)})  # "<reason>: <detail>"
-        except Exception as exc:  # anything else unreadable is listed too, never dropped
-            rejected.append({"image": name, "reason": str(exc) or type(exc).__name__})
-    array = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.float32)
+    """(names, pixels [N,S,S,3], rejected) for every file under `folder`, all in memory at once:
+    for small folders (the visualise CLI); prediction streams with `iter_image_batches`."""
+    names, batches, rejected = [], [], []
+    for batch_names, x, batch_rejected in iter_image_batches(folder, size):
+        names += batch_names
+        batches.append(x)
+        rejected += batch_rejected
+    array = np.concatenate(batches) if batches else np.zeros((0, size, size, 3), np.float32)
     return names, array, rejected
 
 
@@ -70,11 +105,19 @@ def prediction_rows(names: list[str], proba: np.ndarray, classes: list[str]) -> 
 
 
 def predict_folder(model, folder: Path, classes: list[str]) -> tuple[list[dict], list[dict]]:
-    """(prediction rows, rejected rows) for every file under `folder`."""
+    """(prediction rows, rejected rows) for every file under `folder`.
+
+    Streams: each batch of BATCH images is read, preprocessed and predicted before the next is
+    read, and only its small per-image rows are kept, so memory does not grow with the folder.
+    """
     size = int(model.input_shape[1])
-    names, x, rejected = read_images(folder, size)
-    proba = model.predict(x, batch_size=BATCH, verbose=0) if len(x) else np.zeros((0, len(classes)))
-    return prediction_rows(names, np.asarray(proba, dtype=np.float64), classes), rejected
+    rows, rejected = [], []
+    for names, x, batch_rejected in iter_image_batches(folder, size):
+        rejected += batch_rejected
+        if names:
+            proba = np.asarray(model.predict_on_batch(x), dtype=np.float64)
+            rows += prediction_rows(names, proba, classes)
+    return rows, rejected
 
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:
@@ -135,15 +178,17 @@ def run(ctx) -> dict:
     folder = download.fetch(ctx, url)
     model = models.load_model(ctx.cached(chosen["model_key"]))
     rows, rejected = predict_folder(model, folder, classes)
+    ignored = list_files(folder)[1]
     csv_key, rejected_key = ctx.report_key("predictions.csv"), ctx.report_key("predictions_rejected.csv")
     ctx.store.put_text(csv_key, csv_text(rows, PREDICTION_COLUMNS), "text/csv")
     ctx.store.put_text(rejected_key, csv_text(rejected, REJECTED_COLUMNS), "text/csv")
     counts = {c: sum(r["predicted_class"] == c for r in rows) for c in classes}
     record = {"status": "done", "url": url, "model": chosen, "predicted": len(rows), "rejected": len(rejected),
-              "class_counts": counts, "predictions_key": csv_key, "rejected_key": rejected_key}
+              "ignored_hidden_files": ignored, "class_counts": counts, "predictions_key": csv_key,
+              "rejected_key": rejected_key}
     ctx.store.put_json(record_key, record)
-    log.info("predict: %d images predicted with %s (%s), %d rejected", len(rows), chosen["model_id"],
-             chosen["source"], len(rejected))
+    log.info("predict: %d images predicted with %s (%s), %d rejected, %d hidden/system files skipped", len(rows),
+             chosen["model_id"], chosen["source"], len(rejected), ignored)
     return {"status": "done", "predicted": len(rows), "rejected": len(rejected), "record_key": record_key,
             "predictions_key": csv_key}
 

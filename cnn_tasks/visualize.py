@@ -3,7 +3,8 @@
 Follows the keras.io examples "Visualizing what convnets learn" and "Grad-CAM class activation
 visualization". `visualize_model` works on any Keras classifier with Conv2D layers that takes
 0..255 RGB pixels; `run` is the pipeline stage (one trained model of this run); the CLI is
-`python -m cnn_tasks.visualize MODEL.keras IMAGE_FOLDER OUT_DIR`.
+`python -m cnn_tasks.visualize MODEL.keras IMAGE_FOLDER OUT_DIR` (it reads the folder and the class
+names exactly as `python -m cnn_tasks.predict` does, with the training preprocessing).
 
 The model is only ever called in inference mode: nothing here trains or changes it.
 """
@@ -11,8 +12,8 @@ The model is only ever called in inference mode: nothing here trains or changes 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -24,20 +25,26 @@ CHANNELS_PER_LAYER = 16  # feature maps shown per layer
 MAX_FILTERS = 64  # filter patterns per layer (an 8x8 grid)
 DEAD_EPSILON = 1e-6  # a channel whose maximum never exceeds this on the sample is "dead"
 HEATMAP_EXAMPLES = 4  # correct and wrong Grad-CAM examples each
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+TEST_IMAGES_MAX = 2000  # test images the stage predicts to pick its samples (seeded, stratified)
 
 
 # --------------------------------------------------------------------------- pipeline stage
 def run(ctx, model_id: str) -> dict:
-    """Visualise one trained model of this run on its test images; writes viz/<model_id>/."""
+    """Visualise one trained model of this run on its test images; writes viz/<model_id>/.
+
+    Only a bounded sample is loaded and predicted (the figures need a few images per class): at
+    most TEST_IMAGES_MAX test images, stratified so every class is present and chosen with the
+    config seed (data.load_split_sample); viz.json's `images_considered` says how many.
+    """
     from cnn_tasks import data, models
 
     model = models.load_model(ctx.cached(ctx.model_key(model_id, "model.keras")))
-    images, labels, _ = data.load_split_arrays(ctx, "test")
+    images, labels, _, sample = data.load_split_sample(ctx, "test", TEST_IMAGES_MAX)
     classes = data.load_dataset_info(ctx)["classes"]
     summary = visualize_model(
         model, images, labels, classes, ctx.store, prefix=ctx.viz_key(model_id),
         seed=ctx.config.seed, model_id=model_id, filter_steps=ctx.config.filter_pattern_steps,
+        images_considered=sample,
     )
     dead = sum(d["dead"] for d in summary["dead_channels"].values())
     return {"model_id": model_id, "viz_json": ctx.viz_key(model_id, "viz.json"),
@@ -48,13 +55,15 @@ def run(ctx, model_id: str) -> dict:
 def visualize_model(model, images, labels, class_names, out, seed: int = 42, *, prefix: str = "",
                     model_id: str | None = None, filter_layers: list[str] | None = None,
                     filter_steps: int = 30, max_filters: int = MAX_FILTERS,
-                    channels_per_layer: int = CHANNELS_PER_LAYER) -> dict:
+                    channels_per_layer: int = CHANNELS_PER_LAYER, images_considered: dict | None = None) -> dict:
     """Draw every figure for `model` and write them plus `viz.json` to `out`; return viz.json.
 
     images: float32 [N, S, S, 3] pixels in 0..255 at the model's input size.
     labels: int class indices, or None when unknown (predicted classes then pick the sample).
     out: an ArtifactStore (keys go under `prefix`) or a local folder.
     filter_layers: conv layers for filter patterns (default: first, middle and last).
+    images_considered: where `images` came from (e.g. data.load_split_sample's `sample`); viz.json's
+    `images_considered` is it with "images" set to len(images).
     """
     model_id = model_id or model.name
     require_conv_layers(model, model_id)
@@ -82,7 +91,8 @@ def visualize_model(model, images, labels, class_names, out, seed: int = 42, *, 
     summary = {"model_id": model_id,
                "figures": [*activation_entries, *filter_entries, kernel_entry, grad_cam_entry],
                "activations": activations, "dead_channels": dead, "filter_patterns": patterns,
-               "explanation": explanation(dead)}
+               "explanation": explanation(dead),
+               "images_considered": {**(images_considered or {}), "images": len(images)}}
     store.put_json(f"{prefix.rstrip('/')}/viz.json" if prefix else "viz.json", summary)
     return summary
 
@@ -498,25 +508,23 @@ def _as_store(out):
 
 
 # --------------------------------------------------------------------------- command line
-def class_names_for(model_path: Path, num_classes: int) -> list[str]:
-    """Class names from a meta.json beside the model, else class_<i>."""
-    meta = model_path.parent / "meta.json"
-    if meta.is_file():
-        return list(json.loads(meta.read_text())["classes"])
-    return [f"class_{i}" for i in range(num_classes)]
-
-
 def load_image_folder(folder: Path, size: tuple[int, int], class_names: list[str]):
-    """All images under `folder`, resized to `size` as float32 0..255, with labels when every
-    image sits in a sub-folder named after a class (else labels are None)."""
-    from PIL import Image
+    """All usable images under `folder` as float32 0..255 at `size`, read exactly as prediction
+    reads them (predict.read_images: validated RGB, then training's data.decode_and_resize; hidden
+    files skipped), with labels when every image sits in a sub-folder named after a class (else
+    labels are None). Unusable files are reported on stderr and left out."""
+    from cnn_tasks import predict
 
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {folder}")
-    images = np.stack([
-        np.asarray(Image.open(p).convert("RGB").resize(size[::-1], Image.BILINEAR), np.float32) for p in paths])
-    parents = [p.parent.name for p in paths]
+    height, width = size
+    if height != width:
+        raise ValueError(f"the model takes {height}x{width} images; only square inputs are supported "
+                         "(the training preprocessing, data.decode_and_resize, makes square images)")
+    names, images, rejected = predict.read_images(Path(folder), int(height))
+    for row in rejected:
+        print(f"skipped {row['image']}: {row['reason']}", file=sys.stderr)
+    if not names:
+        raise ValueError(f"no usable images found under {folder} ({len(rejected)} files rejected)")
+    parents = [(Path(folder) / name).parent.name for name in names]
     labels = np.array([class_names.index(n) for n in parents]) if set(parents) <= set(class_names) else None
     return images, labels
 
@@ -530,13 +538,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=30, help="gradient-ascent steps per filter pattern")
     parser.add_argument("--layers", nargs="*", help="conv layers for filter patterns (default: first, middle, last)")
     args = parser.parse_args(argv)
-    from cnn_tasks import models
+    from cnn_tasks import models, predict
 
     model = models.load_model(args.model)  # safe_mode: no arbitrary code from the file
-    class_names = class_names_for(args.model, int(model.outputs[0].shape[-1]))
+    class_names = predict.classes_beside(args.model, int(model.outputs[0].shape[-1]))
     images, labels = load_image_folder(args.images, input_size(model), class_names)
     summary = visualize_model(model, images, labels, class_names, args.out_dir, seed=args.seed,
-                              model_id=args.model.stem, filter_layers=args.layers, filter_steps=args.steps)
+                              model_id=args.model.stem, filter_layers=args.layers, filter_steps=args.steps,
+                              images_considered={"source": str(args.images)})
     for entry in summary["figures"]:
         print(args.out_dir / entry["key"])
     return summary

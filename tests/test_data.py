@@ -95,3 +95,23 @@ def test_unknown_split_or_variant_names_the_argument(ctx):
         data.dataset(ctx, "training")
     with pytest.raises(ValueError, match="variant"):
         data.load_split_arrays(ctx, "test", "balanced")
+
+
+def test_sample_quota_keeps_every_class_and_the_cap():
+    assert data.sample_quota([8, 6, 4], 18) == [8, 6, 4] == data.sample_quota([8, 6, 4], 100)
+    assert data.sample_quota([8, 6, 4], 9) == [4, 3, 2]
+    assert data.sample_quota([1000, 1000, 2], 10) == [5, 4, 1]  # the rare class is still present
+    assert data.sample_quota([5, 0, 3], 4) == [2, 0, 2]  # no images, no quota
+    assert sum(data.sample_quota([997, 13, 400, 1], 50)) == 50
+
+
+def test_load_split_sample_is_stratified_first_in_shard_order_and_bounded(ctx):
+    x_all, y_all, keys_all = data.load_split_arrays(ctx, "train")  # [8, 6, 4] images per class
+    x, y, keys, sample = data.load_split_sample(ctx, "train", 9)
+    assert np.bincount(y).tolist() == [4, 3, 2] and len(x) == 9
+    expected = [i for c in range(3) for i in np.flatnonzero(y_all == c)[: [4, 3, 2][c]]]
+    assert keys == [keys_all[i] for i in sorted(expected)]  # per class, the first in (seeded) shard order
+    np.testing.assert_array_equal(x, x_all[sorted(expected)])
+    assert sample == {"images": 9, "split_images": 18, "max_images": 9, "full_split": False,
+                      "seed": ctx.config.seed, "description": sample["description"]}
+    assert data.load_split_sample(ctx, "train", 100)[3]["full_split"] is True

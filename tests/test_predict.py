@@ -75,6 +75,46 @@ def test_predict_folder_top1_is_argmax_and_lists_rejects(folder):
     assert sum(r["predicted_class"] == truth[r["image"].split("/")[0]] for r in rows) >= 5  # it learned
 
 
+def add_hidden_files(root) -> list[str]:
+    """macOS/Windows metadata and hidden files, as the dataset download meets them."""
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "class_a" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (root / "__MACOSX" / "class_a").mkdir(parents=True)
+    (root / "__MACOSX" / "class_a" / "._class_a_0.png").write_bytes(b"\x00\x05\x16\x07")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "copy.png").write_bytes((root / "class_a" / "class_a_0.png").read_bytes())
+    return [".DS_Store", "class_a/Thumbs.db", "__MACOSX/class_a/._class_a_0.png", ".hidden/copy.png"]
+
+
+def test_hidden_and_system_files_are_skipped_like_the_download_skips_them(folder):
+    hidden = add_hidden_files(folder)
+    files, ignored = predict.list_files(folder)
+    listed = [p.relative_to(folder).as_posix() for p in files]
+    assert not set(hidden) & set(listed) and ignored == 2  # .DS_Store, Thumbs.db (+ two skipped folders)
+    assert len(listed) == 6 + len(REJECTED)
+    rows, rejected = predict.predict_folder(tiny_model(trained=False), folder, CLASSES)
+    assert len(rows) == 6
+    assert_rejected_with_exact_reasons(rejected, folder)  # exactly the four unusable files, no hidden ones
+
+
+def test_prediction_streams_in_batches_with_the_same_rows(folder, monkeypatch):
+    model = tiny_model(trained=False)
+    whole_rows, whole_rejected = predict.predict_folder(model, folder, CLASSES)
+    monkeypatch.setattr(predict, "BATCH", 4)
+    batches = list(predict.iter_image_batches(folder, 16))
+    assert [len(names) for names, _, _ in batches] == [4, 2] and all(len(x) <= 4 for _, x, _ in batches)
+    calls = []
+    predict_on_batch = model.predict_on_batch
+    monkeypatch.setattr(model, "predict_on_batch", lambda x: calls.append(len(x)) or predict_on_batch(x))
+    rows, rejected = predict.predict_folder(model, folder, CLASSES)
+    assert calls == [4, 2]  # never more than one batch of images at a time
+    assert rejected == whole_rejected
+    assert [r["image"] for r in rows] == [r["image"] for r in whole_rows]
+    for row, whole in zip(rows, whole_rows):
+        assert row["predicted_class"] == whole["predicted_class"]
+        assert row["confidence"] == pytest.approx(whole["confidence"], abs=1e-6)
+
+
 def test_run_without_url_is_a_recorded_no_op(make_ctx):
     ctx = make_ctx()
     out = predict.run(ctx)
@@ -103,6 +143,7 @@ def test_run_uses_this_runs_best_model_without_a_champion(make_ctx, folder, tmp_
                                classes)
     assert sum(r["predicted_class"] == r["image"].split("/")[0] for r in predictions) >= 5
     assert record["class_counts"] == {c: sum(r["predicted_class"] == c for r in predictions) for c in classes}
+    assert record["ignored_hidden_files"] == 0
     assert_rejected_with_exact_reasons(read_csv(ctx.store.get_text(ctx.report_key("predictions_rejected.csv"))),
                                        folder)
 

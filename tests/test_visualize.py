@@ -139,7 +139,10 @@ def test_run_writes_every_png_and_lists_them_in_viz_json(model, data, make_ctx, 
     path = ctx.scratch("model") / "model.keras"
     model.save(path)
     ctx.store.put_file(ctx.model_key("tiny__unbalanced", "model.keras"), path)
-    fake_data = types.SimpleNamespace(load_split_arrays=lambda ctx, split: (*data, None),
+    sample = {"split_images": 5000, "max_images": visualize.TEST_IMAGES_MAX, "full_split": False, "seed": 42}
+    requested = []
+    fake_data = types.SimpleNamespace(load_split_sample=lambda ctx, split, max_images: (
+                                          requested.append((split, max_images)) or (*data, None, sample)),
                                       load_dataset_info=lambda ctx: {"classes": ["red", "green", "blue"]})
     fake_models = types.SimpleNamespace(load_model=lambda p: keras.saving.load_model(p, safe_mode=True))
     for name, module in (("data", fake_data), ("models", fake_models)):
@@ -160,6 +163,8 @@ def test_run_writes_every_png_and_lists_them_in_viz_json(model, data, make_ctx, 
     assert viz["activations"]["act2"]["channels"] and len(viz["activations"]["act2"]["channels"]) == 16
     assert all(p["mean_activation_after"] > p["mean_activation_before"] for p in viz["filter_patterns"].values())
     assert viz["explanation"]
+    assert requested == [("test", visualize.TEST_IMAGES_MAX)]  # a bounded sample, not the whole split
+    assert viz["images_considered"] == {**sample, "images": len(data[0])}
 
 
 def test_cli_on_saved_model_and_image_folder(model, tmp_path, capsys):
@@ -176,13 +181,32 @@ def test_cli_on_saved_model_and_image_folder(model, tmp_path, capsys):
         assert (tmp_path / "out" / entry["key"]).is_file()
     assert "labels unknown" in viz["figures"][-1]["caption"]
     assert "grad_cam.png" in capsys.readouterr().out
+    assert viz["images_considered"]["images"] == CLASSES * 3
+
+
+def test_cli_reads_images_as_prediction_does(tmp_path, capsys):
+    """The CLI's images are predict.read_images' pixels (training preprocessing); hidden and
+    unusable files are left out, not fatal."""
+    from cnn_tasks import predict
+
+    folder = make_dataset(tmp_path / "images", classes=CLASSES, per_class=2, size=32)
+    (folder / "class_a" / ".DS_Store").write_bytes(b"\x00\x01")
+    (folder / "notes.txt").write_text("not an image")
+    images, labels = visualize.load_image_folder(folder, (SIZE, SIZE), ["class_a", "class_b", "class_c"])
+    names, expected, rejected = predict.read_images(folder, SIZE)
+    np.testing.assert_array_equal(images, expected)
+    assert [r["image"] for r in rejected] == ["notes.txt"]
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]  # from the class folders of the usable images
+    assert "skipped notes.txt" in capsys.readouterr().err
 
 
 def test_cli_class_names_and_labels_from_meta_json(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"classes": ["class_a", "class_b", "class_c"]}))
-    names = visualize.class_names_for(tmp_path / "m.keras", CLASSES)
+    from cnn_tasks import predict  # the CLI reads class names as prediction does
+
+    names = predict.classes_beside(tmp_path / "m.keras", CLASSES)
     assert names == ["class_a", "class_b", "class_c"]
-    assert visualize.class_names_for(tmp_path / "other" / "m.keras", 2) == ["class_0", "class_1"]
+    assert predict.classes_beside(tmp_path / "other" / "m.keras", 2) == ["class_0", "class_1"]
     folder = make_dataset(tmp_path / "images", classes=CLASSES, per_class=2, size=32)
     images, labels = visualize.load_image_folder(folder, (SIZE, SIZE), names)
     assert images.shape == (6, SIZE, SIZE, 3) and images.dtype == np.float32
