@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnn_tasks.config import PipelineConfig
-from cnn_tasks.storage import ArtifactStore, open_store
+from cnn_tasks.storage import ArtifactStore, StoreError, open_store
 
 
 def safe_run_id(run_id: str) -> str:
@@ -18,6 +18,14 @@ def safe_run_id(run_id: str) -> str:
     if not cleaned:
         raise ValueError(f"run id {run_id!r} has no usable characters")
     return cleaned
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cache_root() -> Path:
@@ -85,17 +93,25 @@ class RunContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def cached(self, key: str) -> Path:
+    def cached(self, key: str, sha256: str | None = None) -> Path:
         """Fetch `key` from the store into the worker-local cache once; later calls reuse it.
 
-        Entries are keyed by the store URL and the object's version, so an object rewritten by a
-        re-run task (e.g. a cleared `train`) is fetched again, never served stale.
+        With the object's `sha256` (shards: recorded in dataset.json) the entry is keyed by that
+        content hash and the download is verified against it. Otherwise it is keyed by the store URL
+        and the object's version, so an object rewritten by a re-run task is fetched again.
         """
-        token = f"{self.store.url(key)}@{self.store.version(key)}"
-        digest = hashlib.sha256(token.encode()).hexdigest()[:24]
-        path = cache_root() / "objects" / digest / Path(key).name
+        if sha256 is None:
+            token = f"{self.store.url(key)}@{self.store.version(key)}"
+            sha256_of_key = hashlib.sha256(token.encode()).hexdigest()[:24]
+            path = cache_root() / "objects" / sha256_of_key / Path(key).name
+        else:
+            path = cache_root() / "content" / sha256 / Path(key).name
         if not path.is_file():
             self.store.get_file(key, path)
+            if sha256 is not None and file_sha256(path) != sha256:
+                path.unlink()
+                raise StoreError(f"{self.store.url(key)} does not match the sha256 recorded for it in "
+                                 "dataset.json: it changed after the rebalance stage wrote it; re-run rebalance")
         return path
 
 

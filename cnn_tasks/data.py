@@ -70,7 +70,7 @@ def dataset(ctx: RunContext, split: str, variant: str = "unbalanced", batch_size
     info = load_dataset_info(ctx)
     part = split_info(info, split, variant)
     size = int(info["image_size"])
-    ds = _decoded(ctx, part["shards"], size).map(lambda x, y, key: (x, y))
+    ds = _decoded(ctx, part, size).map(lambda x, y, key: (x, y))
     ds = ds.apply(tf.data.experimental.assert_cardinality(part["count"]))  # keras then knows the epoch length
     if cache and part["count"] * size * size * 3 * 4 <= CACHE_LIMIT_BYTES:
         ds = ds.cache()
@@ -86,10 +86,12 @@ def dataset(ctx: RunContext, split: str, variant: str = "unbalanced", batch_size
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def _decoded(ctx: RunContext, shard_keys: list[str], image_size: int, limit: int | None = None):
-    """(image, label, key) in shard order, decoded in parallel with the order kept (deterministic)."""
+def _decoded(ctx: RunContext, part: dict, image_size: int, limit: int | None = None):
+    """(image, label, key) of a split variant's shards in order, decoded in parallel with the order
+    kept (deterministic). Shards are cached by the content hash dataset.json records for them."""
     tf = _tf()
-    paths = [str(ctx.cached(key)) for key in shard_keys]
+    hashes = part.get("sha256") or [None] * len(part["shards"])
+    paths = [str(ctx.cached(key, sha256)) for key, sha256 in zip(part["shards"], hashes)]
     if not paths:
         raise ValueError("dataset.json lists no shards for this split; did the rebalance stage run?")
 
@@ -136,7 +138,7 @@ def load_split_arrays(ctx: RunContext, split: str, variant: str = "unbalanced", 
     info = load_dataset_info(ctx)
     part = split_info(info, split, variant)
     size = int(info["image_size"])
-    ds = _decoded(ctx, part["shards"], size, limit).batch(256)
+    ds = _decoded(ctx, part, size, limit).batch(256)
     xs, ys, keys = [], [], []
     for x, y, k in ds.with_options(_options()):
         xs.append(x.numpy())
@@ -180,7 +182,7 @@ def load_split_sample(ctx: RunContext, split: str, max_images: int, variant: str
     quota = np.asarray(sample_quota(counts, max_images), dtype=np.int64)
     taken = np.zeros(len(counts), dtype=np.int64)
     xs, ys, keys = [], [], []
-    for x, y, k in _decoded(ctx, part["shards"], size).batch(256).with_options(_options()):
+    for x, y, k in _decoded(ctx, part, size).batch(256).with_options(_options()):
         y = y.numpy()
         keep = np.zeros(len(y), dtype=bool)
         for c in np.unique(y):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnn_tasks import plots
+from cnn_tasks.context import file_sha256
 from cnn_tasks.shards import ShardWriter
 from cnn_tasks.split import SPLIT_NAMES, read_csv
 
@@ -82,7 +83,8 @@ def run(ctx) -> dict:
         for key, path in zip(keys, writer.paths):
             ctx.store.put_file(key, path)
         class_counts = [counts[(split, variant)][i] for i in range(len(classes))]
-        variants[(split, variant)] = {"shards": keys, "count": sum(class_counts), "class_counts": class_counts,
+        variants[(split, variant)] = {"shards": keys, "sha256": [file_sha256(p) for p in writer.paths],
+                                      "count": sum(class_counts), "class_counts": class_counts,
                                       "class_weight": None}
     shutil.rmtree(scratch, ignore_errors=True)
 

@@ -72,8 +72,9 @@ def test_dataset_json_matches_the_contract(outputs, strategy):
         "train": {"unbalanced", "balanced"}, "val": {"unbalanced", "balanced"}, "test": {"unbalanced"}}
     for name, variants in ds["splits"].items():
         for variant in variants.values():
-            assert set(variant) == {"shards", "count", "class_counts", "class_weight"}
+            assert set(variant) == {"shards", "sha256", "count", "class_counts", "class_weight"}
             assert all(k.startswith(ctx.data_key("shards", name)) and ctx.store.exists(k) for k in variant["shards"])
+            assert variant["sha256"] == [hashlib.sha256(ctx.store.get_bytes(k)).hexdigest() for k in variant["shards"]]
             labels = Counter(label for _, label, _ in _records(ctx, variant))
             assert [labels[i] for i in range(3)] == variant["class_counts"]
             assert sum(variant["class_counts"]) == variant["count"]

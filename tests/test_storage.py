@@ -133,3 +133,20 @@ def test_worker_cache_refetches_a_rewritten_object(make_ctx):
     assert ctx.cached(key).read_bytes() == b"first"
     ctx.store.put_bytes(key, b"second, longer")
     assert ctx.cached(key).read_bytes() == b"second, longer"
+
+
+def test_content_addressed_cache_refuses_an_object_that_changed(make_ctx):
+    import hashlib
+
+    from cnn_tasks.context import cache_root
+
+    ctx = make_ctx()
+    key = ctx.data_key("shards", "train", "unbalanced", "train-00000.tfrecord")
+    ctx.store.put_bytes(key, b"recorded content")
+    recorded = hashlib.sha256(b"recorded content").hexdigest()
+    assert ctx.cached(key, recorded).read_bytes() == b"recorded content"
+    ctx.store.put_bytes(key, b"changed after dataset.json was written")
+    stale = hashlib.sha256(b"what dataset.json recorded for another version").hexdigest()
+    with pytest.raises(StoreError, match="does not match the sha256 recorded for it"):
+        ctx.cached(key, stale)
+    assert not (cache_root() / "content" / stale / "train-00000.tfrecord").exists()  # nothing bad is cached
