@@ -15,6 +15,7 @@ import posixpath
 from datetime import datetime, timezone
 
 from cnn_tasks import runtime
+from cnn_tasks.split import SPLIT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +227,6 @@ def section_data(page: Page, analysis: dict | None, dataset: dict | None) -> Non
                 for s, variants in dataset.get("splits", {}).items() for v, d in variants.items()]
         body += table(rows) + page.figures(dataset.get("figures"))
     page.add("data", "Dataset analysis and imbalance", body, "ok" if analysis and dataset else "partial")
-
-
-SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
 def analysis_tables(analysis: dict) -> str:

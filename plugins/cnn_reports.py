@@ -140,7 +140,7 @@ def run_row(run_id: str, modified: datetime, summary: dict) -> dict:
     """The index-page facts of one run: best model by test macro-F1, and the champion decision."""
     tests = {m: (v or {}).get("test") or {} for m, v in (summary.get("models") or {}).items()}
     best = max(tests, key=lambda m: (tests[m].get("macro_f1") or 0, tests[m].get("accuracy") or 0), default=None)
-    champion = summary.get("promotion") or summary.get("champion") or {}  # report.py writes "promotion"
+    champion = summary.get("promotion") or {}
     return {
         "run_id": run_id,
         "modified": modified.isoformat(timespec="seconds"),

@@ -32,7 +32,7 @@ PNG = base64.b64decode(
 OLD, NEW = "manual__2025-01-01T00_00_00_00_00", "scheduled__2025-02-01T00_00_00_00_00"
 
 
-def summary(run_id: str, acc: float, f1: float, promoted: bool, decision_key: str = "promotion") -> dict:
+def summary(run_id: str, acc: float, f1: float, promoted: bool) -> dict:
     return {
         "run_id": run_id,
         "models": {
@@ -41,13 +41,13 @@ def summary(run_id: str, acc: float, f1: float, promoted: bool, decision_key: st
             "deep_swish__balanced": {"test": None, "status": "not evaluated"},
         },
         "ensembles": None,
-        decision_key: {"promoted": promoted, "reason": "beats the champion" if promoted else "below margin"},
+        "promotion": {"promoted": promoted, "reason": "beats the champion" if promoted else "below margin"},
     }
 
 
 def write_runs(put) -> None:
     """Two fake runs through `put(key, bytes)`: OLD first, then NEW."""
-    put(f"runs/{OLD}/report/summary.json", json.dumps(summary(OLD, 0.81, 0.79, True, "champion")).encode())
+    put(f"runs/{OLD}/report/summary.json", json.dumps(summary(OLD, 0.81, 0.79, True)).encode())
     put(f"runs/{NEW}/report/summary.json", json.dumps(summary(NEW, 0.93, 0.92, False)).encode())
     put(f"runs/{NEW}/report/index.html", b"<html><img src='../models/baseline__balanced/curves.png'></html>")
     put(f"runs/{NEW}/models/baseline__balanced/curves.png", PNG)
