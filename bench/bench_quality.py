@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--max-per-class", type=int, default=None, help="cap images per class (default: all)")
     parser.add_argument("--experiments", default=",".join(names), help=f"comma-separated subset of {names}")
     parser.add_argument("--imbalanced-experiment", default=names[0], help="experiment for the imbalance study")
+    parser.add_argument("--imbalanced-max-per-class", type=int, default=None,
+                        help="cap per class before the minority cut (default: --max-per-class)")
     parser.add_argument("--minority", default=",".join(MINORITY), help="classes cut to a third")
     parser.add_argument("--rebalance", default="augment", help="strategy for the balanced variant")
     parser.add_argument("--image-size", type=int, default=64)
@@ -111,10 +113,10 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         os.environ.setdefault("CNN_CACHE_DIR", str(work / "cache"))
 
-        def context(run_id: str, url: Path) -> RunContext:
+        def context(run_id: str, url: Path, cap: int | None = args.max_per_class) -> RunContext:
             config = PipelineConfig.from_dict({
                 "store_uri": f"file://{work / 'store'}", "dataset_url": str(url), "dataset_checksum": None,
-                "max_images_per_class": args.max_per_class, "image_size": args.image_size,
+                "max_images_per_class": cap, "image_size": args.image_size,
                 "epochs": args.epochs, "rebalance": args.rebalance, "min_images_per_class": 5})
             return RunContext.create(config, run_id)
 
@@ -122,8 +124,9 @@ def main() -> None:
         ctx = context("quality", args.zip)
         rows = run_experiments(ctx, prepare(ctx), [(e, "unbalanced") for e in experiments], minority, "eurosat")
         if not args.skip_imbalanced:
-            url = imbalanced_zip(args.zip, work / "eurosat_imbalanced.zip", minority, args.max_per_class, 0)
-            ctx = context("quality_imbalanced", url)
+            cap = args.imbalanced_max_per_class or args.max_per_class
+            url = imbalanced_zip(args.zip, work / "eurosat_imbalanced.zip", minority, cap, 0)
+            ctx = context("quality_imbalanced", url, cap)
             runs = [(args.imbalanced_experiment, v) for v in ("unbalanced", "balanced")]
             rows += run_experiments(ctx, prepare(ctx), runs, minority, "imbalanced")
         print_rows(rows, header=True)
