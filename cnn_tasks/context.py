@@ -21,11 +21,8 @@ def safe_run_id(run_id: str) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def cache_root() -> Path:
@@ -102,10 +99,10 @@ class RunContext:
         """
         if sha256 is None:
             token = f"{self.store.url(key)}@{self.store.version(key)}"
-            sha256_of_key = hashlib.sha256(token.encode()).hexdigest()[:24]
-            path = cache_root() / "objects" / sha256_of_key / Path(key).name
+            folder = cache_root() / "objects" / hashlib.sha256(token.encode()).hexdigest()[:24]
         else:
-            path = cache_root() / "content" / sha256 / Path(key).name
+            folder = cache_root() / "content" / sha256
+        path = folder / Path(key).name
         if not path.is_file():
             self.store.get_file(key, path)
             if sha256 is not None and file_sha256(path) != sha256:

@@ -17,6 +17,7 @@ from cnn_tasks.context import VARIANTS, RunContext
 
 CACHE_LIMIT_BYTES = 1 << 30  # cache decoded images in memory when a split fits in this budget
 SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}  # for prose
 
 
 def _tf():

@@ -116,10 +116,8 @@ def _file_name(url_path: str) -> str:
 def verify_checksum(path: Path, checksum: str) -> None:
     """Raise DownloadError when `path` does not hash to `checksum` ('sha256:<hex>' or 'md5:<hex>')."""
     algorithm, expected = _parse_checksum(checksum)
-    hasher = hashlib.new(algorithm)
     with open(path, "rb") as src:
-        for chunk in iter(lambda: src.read(CHUNK_BYTES), b""):
-            hasher.update(chunk)
+        hasher = hashlib.file_digest(src, algorithm)
     _compare(hasher, expected, algorithm, str(path))
 
 

@@ -27,7 +27,8 @@ import numpy as np
 from cnn_tasks import plots
 from cnn_tasks.context import file_sha256
 from cnn_tasks.shards import ShardWriter
-from cnn_tasks.split import SPLIT_NAMES, read_csv
+from cnn_tasks.data import SPLIT_NAMES
+from cnn_tasks.split import read_csv
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import posixpath
 from datetime import datetime, timezone
 
 from cnn_tasks import runtime
-from cnn_tasks.split import SPLIT_NAMES
+from cnn_tasks.data import SPLIT_NAMES, SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def section_data(page: Page, analysis: dict | None, dataset: dict | None) -> Non
 
 def analysis_tables(analysis: dict) -> str:
     """The split stage's numbers as tables a person reads: counts, imbalance, sizes, channels."""
-    splits = [s for s in ("train", "val", "test") if s in analysis["counts"]]
+    splits = [s for s in SPLITS if s in analysis["counts"]]
     short = {(row["class"], row["split"]) for row in analysis.get("shortfalls", [])}
     counts = [{"class": c, **{SPLIT_NAMES[s]: f"{analysis['counts'][s][c]}{' *' if (c, s) in short else ''}"
                               for s in splits},

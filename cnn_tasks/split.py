@@ -20,12 +20,11 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from cnn_tasks import plots
-from cnn_tasks.data import SPLITS
+from cnn_tasks.data import SPLIT_NAMES, SPLITS
 from cnn_tasks.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 # Per-class minimums of the reference setup; shortfalls are reported, not fatal.
 REFERENCE_MINIMUMS = {"train": 1000, "val": 300, "test": 60}
 SAMPLES_PER_CLASS = 4
