@@ -174,7 +174,7 @@ def _callbacks(ctx, spec, mid: str, work: Path, history: list[dict], train_count
     """Order matters: the NaN guard runs before anything saves; the lr change before the backup."""
     patience = ctx.config.early_stopping_patience
     best = min((h["val_loss"] for h in history), default=None)
-    callbacks = [NanGuard(spec.name, mid)]
+    callbacks = [NanGuard(spec.name, mid), EpochLearningRate()]
     if spec.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=0.5, patience=max(1, patience // 2), min_lr=spec.learning_rate / 100))
@@ -205,6 +205,17 @@ class NanGuard(keras.callbacks.Callback):
                     f"experiment {self.experiment!r} ({self.mid}): {name} became {float(value)} at epoch "
                     f"{epoch + 1}; training diverged. Lower the learning rate, add batch norm or check "
                     "the input data for NaN values.")
+
+
+class EpochLearningRate(keras.callbacks.Callback):
+    """Puts the learning rate the epoch started with into its logs (not the one a schedule set after it)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.learning_rate = _current_lr(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = self.learning_rate
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -247,8 +258,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
 
         metadata = summary_pb2.SummaryMetadata(
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-        values = {**(logs or {}), "learning_rate": _current_lr(self.model)}
-        for name, value in values.items():
+        for name, value in (logs or {}).items():
             folder = "validation" if name.startswith("val_") else "train"
             with self._writer(folder).as_default():
                 tf.summary.write(f"epoch_{name.removeprefix('val_')}", tf.constant(float(value)), step=epoch,
@@ -276,8 +286,7 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.time() - self.epoch_start
-        entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
-                 "learning_rate": _current_lr(self.model), "seconds": seconds,
+        entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}, "seconds": seconds,
                  "images_per_s": self.train_count / (self.train_seconds or seconds)}
         self.history.append(entry)
         (self.work / "checkpoint" / "history.json").write_text(json.dumps(self.history, indent=1))

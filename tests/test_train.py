@@ -100,10 +100,11 @@ class Interrupt(keras.callbacks.Callback):
 class EpochLog(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
-        self.epochs = []
+        self.epochs, self.learning_rates = [], []
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epochs.append(epoch)
+        self.learning_rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
 
 
 def test_killed_training_resumes_from_its_last_completed_epoch(tiny_ctx):
@@ -120,6 +121,7 @@ def test_killed_training_resumes_from_its_last_completed_epoch(tiny_ctx):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     lrs = [h["learning_rate"] for h in history]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]  # cosine schedule state survived
+    assert lrs[2:] == pytest.approx(seen.learning_rates)  # each epoch records the rate it trained with
 
 
 class PoisonWeights(keras.callbacks.Callback):
