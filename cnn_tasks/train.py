@@ -171,7 +171,8 @@ def make_optimizer(spec, total_steps: int):
 
 
 def _callbacks(ctx, spec, mid: str, work: Path, history: list[dict], train_count: int) -> list:
-    """Order matters: the NaN guard runs before anything saves; the lr change before the backup."""
+    """Order matters: the NaN guard runs before anything saves; the epoch's learning rate is put in the
+    logs before anything records them; the lr change runs before the backup."""
     patience = ctx.config.early_stopping_patience
     best = min((h["val_loss"] for h in history), default=None)
     callbacks = [NanGuard(spec.name, mid), EpochLearningRate()]
@@ -213,9 +214,8 @@ class EpochLearningRate(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.learning_rate = _current_lr(self.model)
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = self.learning_rate
+    def on_epoch_end(self, epoch, logs=None):  # keras hands every callback the same logs dict
+        logs["learning_rate"] = self.learning_rate
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

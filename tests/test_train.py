@@ -104,7 +104,7 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epochs.append(epoch)
-        self.learning_rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        self.learning_rates.append(train._current_lr(self.model))
 
 
 def test_killed_training_resumes_from_its_last_completed_epoch(tiny_ctx):
