@@ -30,6 +30,8 @@ POOLINGS = ("max", "average", "none")
 LR_SCHEDULES = ("none", "plateau", "cosine")
 HEADS = ("flatten", "global_average", "global_max")
 PROMOTION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+PREDEFINED_SPLITS = ("auto", "ignore", "require")
+IMAGE_FITS = ("squash", "pad", "center_crop")
 
 
 class ConfigError(PipelineError, ValueError):
@@ -144,12 +146,16 @@ class PipelineConfig:
     dataset_url: str = EUROSAT_URL
     dataset_checksum: str | None = EUROSAT_CHECKSUM
     dataset_subdir: str | None = None  # e.g. "train_set" inside the archive
+    predefined_split: str = "auto"  # auto | ignore | require: what to do with train/val/test folders
     unlabelled_url: str | None = None  # images to predict after training
     classes: tuple[str, ...] | None = None  # subset of classes; None = all
     classes_limit: int | None = None  # keep the first N classes (sorted) when classes is None
     max_images_per_class: int | None = None  # cap per class (seeded sample); None = all
     min_images_per_class: int = 50
     image_size: int = 64
+    image_fit: str = "squash"  # squash | pad | center_crop: how a non-square image becomes square
+    min_image_side: int = 8  # images with a shorter side are rejected (too_small)
+    max_aspect_ratio: float = 10.0  # images longer/shorter than this are rejected (extreme_aspect_ratio)
     split: tuple[float, float, float] = (0.7, 0.2, 0.1)
     seed: int = 42
     rebalance: str = "augment"
@@ -175,9 +181,18 @@ class PipelineConfig:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None = None) -> "PipelineConfig":
-        """Build and validate a config; `profile` overrides apply under explicit values."""
+    def from_dict(cls, values: dict[str, Any] | None = None, given: set[str] | None = None) -> "PipelineConfig":
+        """Build and validate a config; `profile` overrides apply under explicit values.
+
+        `given` names the fields the user set (default: every key of `values`). The profile fills
+        a field the user did not set or left at its standard default; an optional field the user
+        set to empty (None, e.g. classes_limit: all classes) is an explicit choice and wins. A
+        trigger form gives every field, so there only values that differ from the defaults count.
+        """
         values = dict(values or {})
+        given = set(values) if given is None else set(given)
+        if given >= set(_STANDARD_DEFAULTS):  # a form: every field is given
+            given = {k for k in given if values.get(k) != _STANDARD_DEFAULTS[k]}
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(unknown[0], f"unknown setting; known: {', '.join(_field_names())}")
@@ -189,7 +204,8 @@ class PipelineConfig:
             # A form submits every field, so the profile wins wherever a field still holds
             # its standard default; a value the user changed is kept.
             for name, quick_value in QUICK_PROFILE.items():
-                if name not in merged or merged[name] == _STANDARD_DEFAULTS[name]:
+                explicit_empty = name in given and name in values and values[name] is None
+                if not explicit_empty and (name not in merged or merged[name] == _STANDARD_DEFAULTS[name]):
                     merged[name] = quick_value
         merged["profile"] = profile
         if merged.get("dataset_url", EUROSAT_URL) != EUROSAT_URL and merged.get("dataset_checksum") == EUROSAT_CHECKSUM:
@@ -237,6 +253,12 @@ class PipelineConfig:
             math.isclose(sum(self.split), 1.0, abs_tol=1e-6), "split",
             f"{list(self.split)} sums to {sum(self.split):.4f}; the ratios must sum to 1",
         )
+        _check(self.predefined_split in PREDEFINED_SPLITS, "predefined_split",
+               f"{self.predefined_split!r} is not one of {PREDEFINED_SPLITS}")
+        _check(self.image_fit in IMAGE_FITS, "image_fit", f"{self.image_fit!r} is not one of {IMAGE_FITS}")
+        _check(1 <= self.min_image_side <= 4096, "min_image_side", f"{self.min_image_side} is outside 1..4096")
+        _check(1 <= self.max_aspect_ratio <= 1000, "max_aspect_ratio",
+               f"{self.max_aspect_ratio} is outside 1..1000")
         _check(self.rebalance in REBALANCE_STRATEGIES, "rebalance",
                f"{self.rebalance!r} is not one of {REBALANCE_STRATEGIES}")
         _check(1 <= self.epochs <= 1000, "epochs", f"{self.epochs} is outside 1..1000")
@@ -318,7 +340,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
     types = {"image_size": int, "seed": int, "epochs": int, "min_images_per_class": int,
              "early_stopping_patience": int, "single_batch_steps": int, "filter_pattern_steps": int,
-             "promotion_margin": float, "promotion_min_accuracy": float}
+             "promotion_margin": float, "promotion_min_accuracy": float, "min_image_side": int,
+             "max_aspect_ratio": float}
     for name, kind in types.items():
         if name in out:
             out[name] = _as(kind, out[name], name)
@@ -407,13 +430,25 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
     "dataset_checksum": ("Dataset checksum", "Optional 'sha256:<hex>' or 'md5:<hex>' of the archive; a mismatch "
                          "stops the run. Leave empty when pointing at your own data."),
     "dataset_subdir": ("Sub-folder", "Folder inside the archive that holds the class folders (e.g. train_set)."),
+    "predefined_split": ("Predefined split", "What to do with train/val/test folders found in the dataset: "
+                         "'auto' keeps a given test and validation split and carves what is missing from the "
+                         "training split; 'ignore' pools every labelled image and splits it by the split "
+                         "ratios; 'require' fails unless the dataset ships its own split."),
     "unlabelled_url": ("Unlabelled images", "Optional folder, archive or URL of images to classify with the "
                        "champion model after training (writes predictions.csv)."),
     "classes": ("Classes", "Subset of class-folder names to use; empty means all classes."),
-    "classes_limit": ("Number of classes", "Keep only the first N classes (alphabetical) when no subset is given."),
+    "classes_limit": ("Number of classes", "Keep only the first N classes (alphabetical) when no subset is given; "
+                      "empty means all classes."),
     "max_images_per_class": ("Images per class (cap)", "Seeded random sample per class; empty means all images."),
     "min_images_per_class": ("Minimum images per class", "A class with fewer valid images stops the run."),
     "image_size": ("Image size (px)", "Images are resized to this square size before training."),
+    "image_fit": ("Image fit", "How a non-square image becomes a square of image_size: 'squash' resizes it "
+                  "(distorting the aspect ratio), 'pad' letterboxes it with black borders, 'center_crop' "
+                  "keeps the central square."),
+    "min_image_side": ("Minimum image side (px)", "Images whose shorter side is below this are rejected "
+                       "(reason too_small)."),
+    "max_aspect_ratio": ("Maximum aspect ratio", "Images whose longer side exceeds the shorter side this many "
+                         "times are rejected (reason extreme_aspect_ratio)."),
     "split": ("Split ratios", "Train, validation and test fractions; must sum to 1."),
     "seed": ("Seed", "Every random choice (split, shuffling, augmentation, initialisation) uses this seed."),
     "rebalance": ("Rebalance strategy", "How training and validation data are balanced for the 'balanced' "
@@ -439,11 +474,12 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
                 "'standard' is the real job. Quick settings apply to fields left at their defaults."),
 }
 
-_CHOICES = {"rebalance": REBALANCE_STRATEGIES, "promotion_metric": PROMOTION_METRICS, "profile": PROFILES}
+_CHOICES = {"predefined_split": PREDEFINED_SPLITS, "image_fit": IMAGE_FITS, "rebalance": REBALANCE_STRATEGIES, "promotion_metric": PROMOTION_METRICS, "profile": PROFILES}
 _BOUNDS = {"image_size": (16, 512), "epochs": (1, 1000), "early_stopping_patience": (1, 100),
            "single_batch_steps": (10, 5000), "filter_pattern_steps": (1, 500), "min_images_per_class": (1, None),
            "classes_limit": (2, None), "max_images_per_class": (10, None), "promotion_min_accuracy": (0, 1),
-           "promotion_margin": (0, 1), "seed": (0, None)}
+           "promotion_margin": (0, 1), "seed": (0, None),
+           "min_image_side": (1, 4096), "max_aspect_ratio": (1, 1000)}
 
 
 def field_schemas(defaults: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Predictions for unlabelled images, with the champion (when it fits this run's classes) or this
 run's best single model.
 
-Stage: `run(ctx)` fetches `config.unlabelled_url` with `download.fetch` and writes
+Stage: `run(ctx)` fetches `config.unlabelled_url` with `sources.fetch` and writes
 report/predictions.csv, report/predictions_rejected.csv and report/predictions.json (the record
 the report reads; it also records why the stage did nothing when no URL is configured).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnn_tasks import data, download, images, models
+from cnn_tasks import data, images, layout, models, sources
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ def list_files(folder: Path) -> tuple[list[Path], int]:
     """(every candidate file under `folder`, sorted; the number of hidden/system files skipped).
 
     Hidden and system files and folders (`.DS_Store`, `__MACOSX/`, `Thumbs.db`, ...) are skipped
-    exactly as the dataset download skips them (download.list_class_files / download.is_ignored):
+    exactly as the dataset download skips them (layout.list_class_files / layout.is_ignored):
     they are never images, so they are not listed as rejected either.
     """
-    files, ignored = download.list_class_files(Path(folder))
+    files, ignored = layout.list_class_files(Path(folder))
     return sorted(p for p in files if p.is_file()), ignored
 
 
@@ -175,7 +175,7 @@ def run(ctx) -> dict:
         return {"status": "skipped", "reason": reason, "record_key": record_key}
     classes = list(data.load_dataset_info(ctx)["classes"])
     chosen = choose_model(ctx, classes)
-    folder = download.fetch(ctx, url)
+    folder = sources.fetch(ctx, url)
     model = models.load_model(ctx.cached(chosen["model_key"]))
     rows, rejected = predict_folder(model, folder, classes)
     ignored = list_files(folder)[1]

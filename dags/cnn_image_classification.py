@@ -71,7 +71,9 @@ def _ctx():
     from cnn_tasks.context import RunContext
 
     context = get_current_context()
-    config = PipelineConfig.from_dict(dict(context["params"]))
+    # The profile fills only what the run's conf did not set (an explicit empty value wins).
+    given = set((context["dag_run"].conf or {}) if context.get("dag_run") else context["params"])
+    config = PipelineConfig.from_dict(dict(context["params"]), given=given)
     s3_client = None
     if any((uri or "").startswith("s3://") for uri in (config.store_uri, config.dataset_url, config.unlabelled_url)):
         # Inside Airflow the S3 credentials come from the Airflow connection (amazon provider).

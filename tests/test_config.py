@@ -24,6 +24,17 @@ def test_quick_profile_fills_fields_left_at_defaults_but_keeps_user_values():
     assert config.image_size == 32 and config.max_images_per_class == 300 and config.classes_limit == 4
 
 
+def test_an_explicit_empty_value_wins_over_the_quick_profile():
+    config = PipelineConfig.from_dict({"profile": "quick", "classes_limit": None})
+    assert config.classes_limit is None  # "all classes", said explicitly
+    assert config.max_images_per_class == 300  # not given: the profile fills it
+    assert PipelineConfig.from_dict({"profile": "quick"}).classes_limit == 4
+    # Airflow passes every Param; the run's conf says which of them the user gave.
+    params = PipelineConfig().to_dict() | {"profile": "quick"}
+    assert PipelineConfig.from_dict(params, given={"profile", "classes_limit"}).classes_limit is None
+    assert PipelineConfig.from_dict(params, given={"profile"}).classes_limit == 4
+
+
 def test_json_round_trip_and_form_strings():
     config = PipelineConfig.from_dict({"classes": "Forest, River", "dataset_subdir": "  ", "image_size": "48"})
     assert config.classes == ("Forest", "River") and config.dataset_subdir is None and config.image_size == 48
