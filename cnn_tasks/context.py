@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class RunContext:
     run_id: str
     scratch_root: Path | None = field(default=None)
     s3_client: object | None = field(default=None, repr=False)
+    _scratch_used: set = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self):
         self.run_id = safe_run_id(self.run_id)
@@ -84,11 +86,24 @@ class RunContext:
 
     # ---- local disk
     def scratch(self, *parts: str) -> Path:
-        """A per-run working folder on this worker (not shared between workers)."""
-        root = self.scratch_root or cache_root() / "scratch" / self.run_id
-        path = Path(root, *parts)
+        """A per-run working folder on this worker (not shared between workers); `close()` removes it."""
+        path = Path(self._scratch_run_root(), *parts)
         path.mkdir(parents=True, exist_ok=True)
+        self._scratch_used.add(path)
         return path
+
+    def _scratch_run_root(self) -> Path:
+        return self.scratch_root or cache_root() / "scratch" / self.run_id
+
+    def close(self) -> None:
+        """The task is over: remove the scratch folders it used, and the run's folder once empty."""
+        for path in sorted(self._scratch_used, key=lambda p: len(p.parts), reverse=True):
+            shutil.rmtree(path, ignore_errors=True)
+        self._scratch_used.clear()
+        root = self._scratch_run_root()
+        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            _rmdir_if_empty(folder)
+        _rmdir_if_empty(root)
 
     def cached(self, key: str, sha256: str | None = None) -> Path:
         """Fetch `key` from the store into the worker-local cache once; later calls reuse it.
@@ -110,6 +125,13 @@ class RunContext:
                 raise StoreError(f"{self.store.url(key)} does not match the sha256 recorded for it in "
                                  "dataset.json: it changed after the rebalance stage wrote it; re-run rebalance")
         return path
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (a sibling task still uses it) or already gone
+        pass
 
 
 def model_id(experiment: str, variant: str) -> str:
