@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnn_tasks import cache
 from cnn_tasks.config import PipelineConfig
 from cnn_tasks.storage import ArtifactStore, StoreError, open_store
+
+log = logging.getLogger(__name__)
 
 
 def safe_run_id(run_id: str) -> str:
@@ -27,7 +31,10 @@ def file_sha256(path: str | Path) -> str:
 
 
 def cache_root() -> Path:
-    """A worker-local cache (downloads, shards) shared by runs; CNN_CACHE_DIR overrides it."""
+    """A worker-local cache (downloads, shards) shared by runs; CNN_CACHE_DIR overrides it.
+
+    Bounded by CNN_CACHE_MAX_GB (see cnn_tasks/cache.py); run scratch lives in its scratch/ folder.
+    """
     root = Path(os.environ.get("CNN_CACHE_DIR") or Path.home() / ".cache" / "cnn_tasks")
     root.mkdir(parents=True, exist_ok=True)
     return root
@@ -41,9 +48,11 @@ class RunContext:
     scratch_root: Path | None = field(default=None)
     s3_client: object | None = field(default=None, repr=False)
     _scratch_used: set = field(default_factory=set, init=False, repr=False)
+    _leases: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         self.run_id = safe_run_id(self.run_id)
+        cache.max_bytes()  # a bad CNN_CACHE_MAX_GB fails the task at its start, not in its cleanup
 
     @classmethod
     def create(cls, config: PipelineConfig, run_id: str, s3_client=None) -> "RunContext":
@@ -86,7 +95,13 @@ class RunContext:
 
     # ---- local disk
     def scratch(self, *parts: str) -> Path:
-        """A per-run working folder on this worker (not shared between workers); `close()` removes it."""
+        """This task's working folder `<run scratch>/<parts>` on this worker; `close()` removes it.
+
+        Name a folder of the task's own (e.g. ("train", model_id)): sibling tasks of the run share
+        the run's scratch folder on a worker.
+        """
+        if not parts:
+            raise ValueError("ctx.scratch() needs the task's own folder name, e.g. ctx.scratch('train', model_id)")
         path = Path(self._scratch_run_root(), *parts)
         path.mkdir(parents=True, exist_ok=True)
         self._scratch_used.add(path)
@@ -95,15 +110,36 @@ class RunContext:
     def _scratch_run_root(self) -> Path:
         return self.scratch_root or cache_root() / "scratch" / self.run_id
 
+    def hold_cache_entry(self, entry: Path) -> Path:
+        """Use the cache entry folder `entry` until `close()`: it is marked used now and no eviction
+        removes it meanwhile. Hold an entry before creating or reading it."""
+        if entry not in self._leases:
+            self._leases[entry] = cache.Lease(entry)
+        else:
+            cache.touch(entry)
+        return entry
+
     def close(self) -> None:
-        """The task is over: remove the scratch folders it used, and the run's folder once empty."""
+        """The task is over: remove the scratch folders it used (and the run's folder once empty),
+        release its cache entries, prune scratch that killed tasks left, and keep the cache within
+        CNN_CACHE_MAX_GB."""
+        root = self._scratch_run_root()
         for path in sorted(self._scratch_used, key=lambda p: len(p.parts), reverse=True):
             shutil.rmtree(path, ignore_errors=True)
+            # Only this task's own ancestors: a sibling's empty folders may be in use.
+            for folder in path.parents:
+                if not folder.is_relative_to(root):
+                    break
+                _rmdir_if_empty(folder)
         self._scratch_used.clear()
-        root = self._scratch_run_root()
-        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            _rmdir_if_empty(folder)
-        _rmdir_if_empty(root)
+        for lease in self._leases.values():
+            lease.release()
+        self._leases.clear()
+        try:
+            cache.prune_stale_scratch(cache_root() / "scratch", self.run_id)
+            cache.enforce_limit(cache_root())
+        except OSError as exc:  # housekeeping must not fail a finished task
+            log.warning("worker cache housekeeping failed, retried at the next task's end: %s", exc)
 
     def cached(self, key: str, sha256: str | None = None) -> Path:
         """Fetch `key` from the store into the worker-local cache once; later calls reuse it.
@@ -117,7 +153,7 @@ class RunContext:
             folder = cache_root() / "objects" / hashlib.sha256(token.encode()).hexdigest()[:24]
         else:
             folder = cache_root() / "content" / sha256
-        path = folder / Path(key).name
+        path = self.hold_cache_entry(folder) / Path(key).name
         if not path.is_file():
             self.store.get_file(key, path)
             if sha256 is not None and file_sha256(path) != sha256:

@@ -53,7 +53,7 @@ def fetch(ctx, url: str, checksum: str | None = None, *, max_bytes: int = MAX_EX
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https", "s3"):
         digest = _digest(f"{url}|{checksum or ''}")
-        target = cache_root() / "downloads" / digest / _file_name(parsed.path)
+        target = ctx.hold_cache_entry(cache_root() / "downloads" / digest) / _file_name(parsed.path)
         if target.is_file():
             log.info("using the cached download of %s (%s)", url, target)
             source = target
@@ -77,7 +77,7 @@ def fetch(ctx, url: str, checksum: str | None = None, *, max_bytes: int = MAX_EX
         digest = _digest(f"{source}|{info.st_size}|{info.st_mtime_ns}|{checksum or ''}")
     if source.is_dir():  # an s3:// prefix downloads straight into a folder
         return source
-    return _extract_cached(source, cache_root() / "extracted" / digest, max_bytes, max_files)
+    return _extract_cached(source, ctx.hold_cache_entry(cache_root() / "extracted" / digest), max_bytes, max_files)
 
 
 def _digest(text: str) -> str:
