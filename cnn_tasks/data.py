@@ -1,7 +1,8 @@
 """The input pipeline: tf.data from the packed shards listed in data/dataset.json.
 
-The pipeline yields float32 pixels in 0..255, resized to `image_size` by `decode_and_resize`,
-the one preprocessing function (prediction uses it too). Standardisation with the training
+The pipeline yields float32 pixels in 0..255, made square at `image_size` by `decode_and_resize`
+with the dataset's `image_fit`, the one preprocessing function (prediction uses it too, with the
+fit recorded in the model's meta.json). Standardisation with the training
 split's channel mean/std is NOT done here: it is the model's first layer (`standardize`, see
 models.py), so training, evaluation and prediction can never preprocess differently.
 """
@@ -13,6 +14,7 @@ import math
 import numpy as np
 
 from cnn_tasks import runtime, shards
+from cnn_tasks.config import IMAGE_FITS
 from cnn_tasks.context import VARIANTS, RunContext
 
 CACHE_LIMIT_BYTES = 1 << 30  # cache decoded images in memory when a split fits in this budget
@@ -43,16 +45,37 @@ def split_info(info: dict, split: str, variant: str = "unbalanced") -> dict:
     return variants[variant]
 
 
-def decode_and_resize(image_bytes, image_size: int):
-    """Encoded JPEG/PNG bytes -> float32 [S, S, 3] in 0..255 (bilinear, antialiased when shrinking)."""
+def decode_and_resize(image_bytes, image_size: int, fit: str = "squash"):
+    """Encoded JPEG/PNG bytes -> float32 [S, S, 3] in 0..255 (bilinear, antialiased when shrinking).
+
+    `fit` (config.image_fit) says how a non-square image becomes square: "squash" resizes it to
+    S x S (distorting its aspect ratio), "pad" resizes it to fit inside S x S keeping its aspect
+    ratio and centres it on black, "center_crop" keeps the central square and resizes that.
+    A square image is the same in every mode.
+    """
     tf = _tf()
+    if fit not in IMAGE_FITS:
+        raise ValueError(f"image_fit: {fit!r} is not one of {IMAGE_FITS}")
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     image = tf.cast(image, tf.float32)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    if fit == "center_crop":
+        side = tf.minimum(height, width)
+        image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
+    elif fit == "pad":
+        # Resize first, then pad: the black bars never blur into the picture.
+        image = tf.cond(height == width, lambda: image,
+                        lambda: tf.image.resize_with_pad(image, image_size, image_size, antialias=True))
     same_size = tf.logical_and(tf.shape(image)[0] == image_size, tf.shape(image)[1] == image_size)
     image = tf.cond(same_size, lambda: image,
                     lambda: tf.image.resize(image, [image_size, image_size], antialias=True))
     return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def image_fit(info: dict) -> str:
+    """The fit a dataset.json or meta.json records (files written before the setting: squash)."""
+    return info.get("image_fit") or "squash"
 
 
 def dataset(ctx: RunContext, split: str, variant: str = "unbalanced", batch_size: int = 32,
@@ -71,7 +94,7 @@ def dataset(ctx: RunContext, split: str, variant: str = "unbalanced", batch_size
     info = load_dataset_info(ctx)
     part = split_info(info, split, variant)
     size = int(info["image_size"])
-    ds = _decoded(ctx, part, size).map(lambda x, y, key: (x, y))
+    ds = _decoded(ctx, part, size, fit=image_fit(info)).map(lambda x, y, key: (x, y))
     ds = ds.apply(tf.data.experimental.assert_cardinality(part["count"]))  # keras then knows the epoch length
     if cache and part["count"] * size * size * 3 * 4 <= CACHE_LIMIT_BYTES:
         ds = ds.cache()
@@ -87,9 +110,10 @@ def dataset(ctx: RunContext, split: str, variant: str = "unbalanced", batch_size
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def _decoded(ctx: RunContext, part: dict, image_size: int, limit: int | None = None):
+def _decoded(ctx: RunContext, part: dict, image_size: int, limit: int | None = None, fit: str = "squash"):
     """(image, label, key) of a split variant's shards in order, decoded in parallel with the order
-    kept (deterministic). Shards are cached by the content hash dataset.json records for them."""
+    kept (deterministic) and fitted to `image_size` with `fit`. Shards are cached by the content
+    hash dataset.json records for them."""
     tf = _tf()
     hashes = part.get("sha256") or [None] * len(part["shards"])
     paths = [str(ctx.cached(key, sha256)) for key, sha256 in zip(part["shards"], hashes)]
@@ -98,7 +122,7 @@ def _decoded(ctx: RunContext, part: dict, image_size: int, limit: int | None = N
 
     def parse(serialized):
         record = shards.parse_example(serialized)
-        image = decode_and_resize(record["image"], image_size)
+        image = decode_and_resize(record["image"], image_size, fit)
         return image, tf.cast(record["label"], tf.int32), record["key"]
 
     ds = tf.data.TFRecordDataset(paths)
@@ -139,7 +163,7 @@ def load_split_arrays(ctx: RunContext, split: str, variant: str = "unbalanced", 
     info = load_dataset_info(ctx)
     part = split_info(info, split, variant)
     size = int(info["image_size"])
-    ds = _decoded(ctx, part, size, limit).batch(256)
+    ds = _decoded(ctx, part, size, limit, fit=image_fit(info)).batch(256)
     xs, ys, keys = [], [], []
     for x, y, k in ds.with_options(_options()):
         xs.append(x.numpy())
@@ -183,7 +207,7 @@ def load_split_sample(ctx: RunContext, split: str, max_images: int, variant: str
     quota = np.asarray(sample_quota(counts, max_images), dtype=np.int64)
     taken = np.zeros(len(counts), dtype=np.int64)
     xs, ys, keys = [], [], []
-    for x, y, k in _decoded(ctx, part, size).batch(256).with_options(_options()):
+    for x, y, k in _decoded(ctx, part, size, fit=image_fit(info)).batch(256).with_options(_options()):
         y = y.numpy()
         keep = np.zeros(len(y), dtype=bool)
         for c in np.unique(y):

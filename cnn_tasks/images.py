@@ -1,27 +1,35 @@
 """Image validation: decode a file once with Pillow, reject bad files, normalise to 8-bit RGB.
 
 `load_rgb(path)` is the one way the pipeline reads an image (ingest and prediction alike):
-- zero-byte, non-image, truncated and corrupt files raise `ImageRejected(reason)`;
-- images over `MAX_PIXELS` (or that Pillow flags as decompression bombs) are rejected;
+- zero-byte, non-image, truncated and corrupt files raise `ImageRejected(reason)`; a PNG whose
+  chunk CRCs do not match is corrupt (libpng, TensorFlow's decoder, refuses it; Pillow does not);
+- images over `MAX_PIXELS` (or that Pillow flags as decompression bombs) are rejected, and so are
+  images whose shorter side is below `min_side` or whose sides differ more than
+  `max_aspect_ratio` times (checked from the header, before the pixels are decoded);
 - EXIF orientation is applied;
 - every colour mode becomes 8-bit RGB: greyscale and CMYK are converted, 16-bit values are
   scaled (v >> 8), transparency (RGBA, LA, palette or RGB with a transparent colour) is
   composited onto white.
 
 `validate(path)` adds what ingest needs: the content key (sha256 of the decoded pixels), the
-per-channel sums for normalisation statistics, and the bytes to pack into shards. Those bytes
-are the original file when it is an 8-bit RGB PNG without transparency or rotation; everything
-else is re-encoded as lossless PNG. JPEG files are re-encoded too: `tf.io.decode_image` decodes
-JPEG with libjpeg's fast integer IDCT, which differs from Pillow's accurate IDCT by up to ~10
-levels per pixel, so keeping JPEG bytes would break "shards decode to the validated pixels"
-(and make training pixels differ from the pixels prediction sees through `load_rgb`).
+per-channel sums for normalisation statistics, and the bytes to pack into shards. Those bytes are
+always the validated pixels re-encoded as lossless PNG by Pillow, never the original file, so
+every accepted image decodes in training (`tf.io.decode_image`) to exactly the validated pixels:
+- Pillow accepts PNG files that libpng refuses (no IEND, a zlib stream without its checksum, an
+  unknown critical chunk), so keeping original PNG bytes let damaged files reach training;
+- `tf.io.decode_image` decodes JPEG with libjpeg's fast integer IDCT, which differs from Pillow's
+  accurate IDCT by up to ~10 levels per pixel, so keeping JPEG bytes would make training pixels
+  differ from the pixels prediction sees through `load_rgb`.
+The cost is one PNG encode per image (compress level 1): see README, "Ingest cost".
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +48,10 @@ CORRUPT = "corrupt"
 TOO_MANY_PIXELS = "too_many_pixels"
 UNSUPPORTED_MODE = "unsupported_mode"
 UNREADABLE = "unreadable"
+TOO_SMALL = "too_small"
+EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 _EXIF_ORIENTATION = 0x0112
 _LEVELS = np.arange(256, dtype=np.int64)
@@ -63,7 +75,6 @@ class Decoded:
     original_mode: str
     original_format: str
     rotated: bool  # EXIF orientation changed the pixels
-    source_is_rgb8: bool  # the file already held 8-bit RGB without transparency
 
 
 @dataclass
@@ -75,25 +86,26 @@ class ValidatedImage:
     height: int
     original_mode: str
     original_format: str
-    encoded: bytes  # PNG bytes (original or re-encoded) that decode to exactly these pixels
-    reencoded: bool
+    encoded: bytes  # PNG bytes written by Pillow that decode to exactly these pixels
+    reencoded: bool  # the shard bytes differ from the file's (always, unless the file was Pillow's own PNG)
     channel_sum: tuple[int, int, int]
     channel_sumsq: tuple[int, int, int]
 
 
-def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS, *, min_side: int = 1,
+             max_aspect_ratio: float | None = None) -> Image.Image:
     """Decode `path` once and return an 8-bit RGB image; raise ImageRejected for bad files."""
-    return decode_bytes(_read(path), max_pixels).image
+    return decode_bytes(_read(path), max_pixels, min_side=min_side, max_aspect_ratio=max_aspect_ratio).image
 
 
-def validate(path: str | Path, max_pixels: int = MAX_PIXELS) -> ValidatedImage:
-    """Decode and check one file; return its key, statistics and shard bytes."""
+def validate(path: str | Path, max_pixels: int = MAX_PIXELS, *, min_side: int = 1,
+             max_aspect_ratio: float | None = None) -> ValidatedImage:
+    """Decode and check one file; return its key, statistics and shard bytes (re-encoded PNG)."""
     data = _read(path)
-    decoded = decode_bytes(data, max_pixels)
+    decoded = decode_bytes(data, max_pixels, min_side=min_side, max_aspect_ratio=max_aspect_ratio)
     pixels = np.asarray(decoded.image, dtype=np.uint8)
     height, width = pixels.shape[:2]
-    keep = decoded.original_format == "PNG" and decoded.source_is_rgb8 and not decoded.rotated
-    encoded = data if keep else encode_png(decoded.image)
+    encoded = encode_png(decoded.image)
     histogram = np.asarray(decoded.image.histogram(), dtype=np.int64).reshape(3, 256)  # fast, exact sums
     return ValidatedImage(
         key=pixel_key(pixels),
@@ -102,7 +114,7 @@ def validate(path: str | Path, max_pixels: int = MAX_PIXELS) -> ValidatedImage:
         original_mode=decoded.original_mode,
         original_format=decoded.original_format,
         encoded=encoded,
-        reencoded=not keep,
+        reencoded=encoded != data,
         channel_sum=tuple(int(v) for v in histogram @ _LEVELS),
         channel_sumsq=tuple(int(v) for v in histogram @ _LEVELS**2),
     )
@@ -129,10 +141,51 @@ def _read(path: str | Path) -> bytes:
         raise ImageRejected(UNREADABLE, f"cannot read the file: {exc.strerror or exc}") from None
 
 
-def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> Decoded:
+def check_png_crcs(data: bytes) -> None:
+    """Raise ImageRejected(CORRUPT) when a chunk of a PNG file fails its CRC check.
+
+    A CRC mismatch means the bytes were damaged. libpng (what `tf.io.decode_image` uses) refuses a
+    PNG whose IHDR, IDAT or IEND fails its CRC, but Pillow ignores the CRCs of the pixel data, so
+    without this check such a file passed validation and failed in training. Every chunk is
+    checked, up to IEND (trailing bytes are ignored, as decoders do); a chunk cut short is left to
+    the decoder, which calls the file truncated.
+    """
+    pos = len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return
+        (stored,) = struct.unpack(">I", data[end:end + 4])
+        if zlib.crc32(data[pos + 4:end]) != stored:
+            name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+            raise ImageRejected(CORRUPT, f"PNG chunk {name} at byte {pos} fails its CRC check: the file is damaged")
+        if kind == b"IEND":
+            return
+        pos = end + 4
+
+
+def check_shape(width: int, height: int, min_side: int = 1, max_aspect_ratio: float | None = None) -> None:
+    """Raise ImageRejected for an image too small (TOO_SMALL) or too elongated (EXTREME_ASPECT_RATIO)."""
+    short, long = min(width, height), max(width, height)
+    if short < min_side:
+        raise ImageRejected(TOO_SMALL, f"the shorter side is {short} px, below min_image_side={min_side}")
+    if max_aspect_ratio is not None and long > max_aspect_ratio * short:
+        raise ImageRejected(EXTREME_ASPECT_RATIO, f"{width}x{height} has aspect ratio {_number(long / short)}, "
+                                                  f"above max_aspect_ratio={_number(max_aspect_ratio)}")
+
+
+def _number(value: float) -> str:
+    return f"{round(value, 2):g}"  # 500.0 -> "500", 33.333 -> "33.33"
+
+
+def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, *, min_side: int = 1,
+                 max_aspect_ratio: float | None = None) -> Decoded:
     """Decode encoded image bytes to RGB (see the module docstring for the rules)."""
     if not data:
         raise ImageRejected(EMPTY, "the file has 0 bytes")
+    if data.startswith(PNG_SIGNATURE):
+        check_png_crcs(data)
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that: make it a rejection too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -148,10 +201,8 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> Decoded:
         if width * height > max_pixels:
             raise ImageRejected(TOO_MANY_PIXELS, f"{width}x{height} = {width * height} pixels is over the "
                                                  f"limit of {max_pixels}")
+        check_shape(width, height, min_side, max_aspect_ratio)
         original_mode, original_format = image.mode, image.format or "unknown"
-        # 8-bit RGB on disk (not 16-bit RGB that Pillow silently narrows): read before load().
-        rawmode = image.tile[0].args if image.tile else None
-        rawmode = rawmode[0] if isinstance(rawmode, tuple) else rawmode
         try:
             image.load()
         except Exception as exc:
@@ -161,8 +212,7 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> Decoded:
     rgb = to_rgb(image)
     if orientation in range(2, 9):
         rgb = _apply_orientation(rgb, orientation)
-    rgb8 = original_mode == "RGB" and rawmode == "RGB" and "transparency" not in image.info
-    return Decoded(rgb, original_mode, original_format, rotated=orientation in range(2, 9), source_is_rgb8=rgb8)
+    return Decoded(rgb, original_mode, original_format, rotated=orientation in range(2, 9))
 
 
 def _orientation(image: Image.Image) -> int:

@@ -6,9 +6,12 @@ report/predictions.csv, report/predictions_rejected.csv and report/predictions.j
 the report reads; it also records why the stage did nothing when no URL is configured).
 
 CLI:  python -m cnn_tasks.predict MODEL.keras FOLDER [--out predictions.csv]
-Class names come from meta.json beside the model (else class_<i>); the image size from the model input.
-Images go through the same path as training: validated RGB (images.load_rgb), then
-data.decode_and_resize, then the model (which standardises internally). The folder is streamed
+Class names come from meta.json beside the model (else class_<i>); the image size from the model input;
+the image fit (`image_fit`) and size limits (`min_image_side`, `max_aspect_ratio`) the model was
+trained with from meta.json too (a model without them: squash, no limits).
+Images go through the same path as training: validated RGB (images.load_rgb, with the same size
+limits as ingest, rejected for the same reasons), then data.decode_and_resize with the model's fit,
+then the model (which standardises internally). The folder is streamed
 BATCH images at a time; hidden/system files are skipped as the dataset download skips them.
 The visualise CLI reads its image folder with the same functions (`read_images`, `classes_beside`).
 """
@@ -20,6 +23,7 @@ import csv
 import io
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,26 @@ BATCH = 64
 
 
 # ----------------------------------------------------------------------------- core
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image is read for a model: the fit and the size limits its training data had."""
+
+    fit: str = "squash"
+    min_side: int = 1
+    max_aspect_ratio: float | None = None
+
+    @classmethod
+    def from_config(cls, config, fit: str | None = None) -> "Preprocessing":
+        """This run's limits (as ingest applied them), with `fit` (default: the config's)."""
+        return cls(fit or config.image_fit, config.min_image_side, config.max_aspect_ratio)
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "Preprocessing":
+        """What a model's meta.json records; older files without the fields mean squash, no limits."""
+        config = meta.get("config") or {}
+        return cls(data.image_fit(meta), int(config.get("min_image_side") or 1), config.get("max_aspect_ratio"))
+
+
 def list_files(folder: Path) -> tuple[list[Path], int]:
     """(every candidate file under `folder`, sorted; the number of hidden/system files skipped).
 
@@ -44,12 +68,13 @@ def list_files(folder: Path) -> tuple[list[Path], int]:
     return sorted(p for p in files if p.is_file()), ignored
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
+def read_image(path: Path, size: int, prep: Preprocessing = Preprocessing()) -> np.ndarray:
     """One file as float32 [S, S, 3] pixels in 0..255, exactly as training saw it: the validated
-    RGB image (images.load_rgb) encoded losslessly, then data.decode_and_resize. Raises
-    images.ImageRejected (or any decoding error) for a file that is not a usable image."""
-    image = images.load_rgb(path)
-    return np.asarray(data.decode_and_resize(images.encode_png(image), size), dtype=np.float32)
+    RGB image (images.load_rgb, with the size limits of `prep`) encoded losslessly, then
+    data.decode_and_resize with the fit of `prep`. Raises images.ImageRejected (or any decoding
+    error) for a file that is not a usable image."""
+    image = images.load_rgb(path, min_side=prep.min_side, max_aspect_ratio=prep.max_aspect_ratio)
+    return np.asarray(data.decode_and_resize(images.encode_png(image), size, prep.fit), dtype=np.float32)
 
 
 def _rejection(name: str, exc: Exception) -> dict:
@@ -58,7 +83,8 @@ def _rejection(name: str, exc: Exception) -> dict:
     return {"image": name, "reason": str(exc) or type(exc).__name__}  # anything unreadable is listed too
 
 
-def iter_image_batches(folder: Path, size: int, batch_size: int | None = None):
+def iter_image_batches(folder: Path, size: int, batch_size: int | None = None,
+                       prep: Preprocessing = Preprocessing()):
     """Yield (names, pixels [B,S,S,3], rejected [{"image", "reason"}]) for the files under `folder`
     (`list_files`), in file order, `batch_size` (default BATCH) usable images at a time: memory
     holds one batch whatever the folder size. `rejected` lists the unusable files met since the
@@ -68,7 +94,7 @@ def iter_image_batches(folder: Path, size: int, batch_size: int | None = None):
     for path in list_files(folder)[0]:
         name = path.relative_to(folder).as_posix()
         try:
-            pixels.append(read_image(path, size))
+            pixels.append(read_image(path, size, prep))
             names.append(name)
         except Exception as exc:  # every unusable file is listed, never dropped
             rejected.append(_rejection(name, exc))
@@ -79,11 +105,12 @@ def iter_image_batches(folder: Path, size: int, batch_size: int | None = None):
         yield names, np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.float32), rejected
 
 
-def read_images(folder: Path, size: int) -> tuple[list[str], np.ndarray, list[dict]]:
+def read_images(folder: Path, size: int, prep: Preprocessing = Preprocessing()
+                ) -> tuple[list[str], np.ndarray, list[dict]]:
     """(names, pixels [N,S,S,3], rejected) for every file under `folder`, all in memory at once:
     for small folders (the visualise CLI); prediction streams with `iter_image_batches`."""
     names, batches, rejected = [], [], []
-    for batch_names, x, batch_rejected in iter_image_batches(folder, size):
+    for batch_names, x, batch_rejected in iter_image_batches(folder, size, prep=prep):
         names += batch_names
         batches.append(x)
         rejected += batch_rejected
@@ -104,15 +131,16 @@ def prediction_rows(names: list[str], proba: np.ndarray, classes: list[str]) -> 
     return rows
 
 
-def predict_folder(model, folder: Path, classes: list[str]) -> tuple[list[dict], list[dict]]:
-    """(prediction rows, rejected rows) for every file under `folder`.
+def predict_folder(model, folder: Path, classes: list[str], prep: Preprocessing = Preprocessing()
+                   ) -> tuple[list[dict], list[dict]]:
+    """(prediction rows, rejected rows) for every file under `folder`, read with `prep`.
 
     Streams: each batch of BATCH images is read, preprocessed and predicted before the next is
     read, and only its small per-image rows are kept, so memory does not grow with the folder.
     """
     size = int(model.input_shape[1])
     rows, rejected = [], []
-    for names, x, batch_rejected in iter_image_batches(folder, size):
+    for names, x, batch_rejected in iter_image_batches(folder, size, prep=prep):
         rejected += batch_rejected
         if names:
             proba = np.asarray(model.predict_on_batch(x), dtype=np.float64)
@@ -133,14 +161,31 @@ PREDICTION_COLUMNS = ["image", "predicted_class", "confidence"] + [
 REJECTED_COLUMNS = ["image", "reason"]
 
 
+def meta_beside(model_path: Path) -> dict:
+    """meta.json next to a model file, or {} when there is none."""
+    meta = Path(model_path).with_name("meta.json")
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
 def classes_beside(model_path: Path, n_classes: int) -> list[str]:
     """Class names from meta.json next to the model, else class_<i>."""
-    meta = Path(model_path).with_name("meta.json")
-    if meta.is_file():
-        classes = json.loads(meta.read_text()).get("classes")
-        if classes and len(classes) == n_classes:
-            return list(classes)
+    classes = meta_beside(model_path).get("classes")
+    if classes and len(classes) == n_classes:
+        return list(classes)
     return [f"class_{i}" for i in range(n_classes)]
+
+
+def preprocessing_beside(model_path: Path) -> Preprocessing:
+    """The fit and size limits recorded in meta.json next to the model (squash, no limits without)."""
+    return Preprocessing.from_meta(meta_beside(model_path))
+
+
+def stage_preprocessing(ctx, chosen: dict) -> Preprocessing:
+    """This run's size limits, and the fit the chosen model was trained with (its meta.json,
+    `chosen["meta_key"]`; a model recorded before image_fit existed was trained with squash)."""
+    meta_key = chosen.get("meta_key")
+    meta = ctx.store.get_json(meta_key) if meta_key and ctx.store.exists(meta_key) else {}
+    return Preprocessing.from_config(ctx.config, fit=data.image_fit(meta))
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -153,7 +198,7 @@ def choose_model(ctx, classes: list[str]) -> dict:
         champion = store.get_json(promote.CHAMPION_KEY)
         if list(champion.get("classes") or []) == classes and store.exists(champion["model_key"]):
             return {"source": "champion", "model_id": champion["model_id"], "model_key": champion["model_key"],
-                    "run_id": champion["run_id"]}
+                    "run_id": champion["run_id"], "meta_key": _meta_key(champion.get("source_model_key"))}
         why = "champion classes differ from this run's" if champion.get("classes") != classes else "model missing"
         log.info("not using the champion (%s); using this run's best model", why)
     rows = promote.candidate_rows(ctx)
@@ -161,7 +206,13 @@ def choose_model(ctx, classes: list[str]) -> dict:
         raise RuntimeError("no champion and no evaluated model in this run: nothing to predict with")
     _, deployable = promote.pick_candidate(rows, ctx.config.promotion_metric)
     return {"source": "this run's best model", "model_id": deployable["name"],
-            "model_key": ctx.model_key(deployable["name"], "model.keras"), "run_id": ctx.run_id}
+            "model_key": ctx.model_key(deployable["name"], "model.keras"), "run_id": ctx.run_id,
+            "meta_key": ctx.model_key(deployable["name"], "meta.json")}
+
+
+def _meta_key(model_key: str | None) -> str | None:
+    """runs/<run>/models/<id>/model.keras -> the meta.json beside it."""
+    return model_key.rsplit("/", 1)[0] + "/meta.json" if model_key else None
 
 
 def run(ctx) -> dict:
@@ -177,7 +228,7 @@ def run(ctx) -> dict:
     chosen = choose_model(ctx, classes)
     folder = sources.fetch(ctx, url)
     model = models.load_model(ctx.cached(chosen["model_key"]))
-    rows, rejected = predict_folder(model, folder, classes)
+    rows, rejected = predict_folder(model, folder, classes, stage_preprocessing(ctx, chosen))
     ignored = list_files(folder)[1]
     csv_key, rejected_key = ctx.report_key("predictions.csv"), ctx.report_key("predictions_rejected.csv")
     ctx.store.put_text(csv_key, csv_text(rows, PREDICTION_COLUMNS), "text/csv")
@@ -203,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = models.load_model(args.model)
     classes = classes_beside(args.model, int(model.output_shape[-1]))
-    rows, rejected = predict_folder(model, args.folder, classes)
+    rows, rejected = predict_folder(model, args.folder, classes, preprocessing_beside(args.model))
     args.out.write_text(csv_text(rows, PREDICTION_COLUMNS))
     rejected_path = args.out.with_name(f"{args.out.stem}_rejected.csv")
     rejected_path.write_text(csv_text(rejected, REJECTED_COLUMNS))

@@ -95,6 +95,7 @@ def run(ctx) -> dict:
     dataset = {
         "classes": classes,
         "image_size": cfg.image_size,
+        "image_fit": cfg.image_fit,  # how data.decode_and_resize makes each image square
         "mean": analysis["mean"],
         "std": analysis["std"],
         "dataset_sha256": dataset_sha256(manifest),

@@ -354,7 +354,8 @@ def _save_outputs(ctx, spec, variant, model, info, history, settings, initial_ep
     train_seconds = sum(h["seconds"] for h in history)
     meta = {
         "model_id": mid, "experiment": spec.name, "variant": variant, "description": spec.description,
-        "classes": info["classes"], "image_size": info["image_size"], "spec": dataclasses.asdict(spec),
+        "classes": info["classes"], "image_size": info["image_size"], "image_fit": data.image_fit(info),
+        "spec": dataclasses.asdict(spec),
         "params": int(model.count_params()), "layers": models.describe(model)["layers"],
         "best_epoch": best["epoch"], "epochs_run": len(history), "resumed_from_epoch": initial_epoch,
         "best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"],

@@ -508,18 +508,19 @@ def _as_store(out):
 
 
 # --------------------------------------------------------------------------- command line
-def load_image_folder(folder: Path, size: tuple[int, int], class_names: list[str]):
+def load_image_folder(folder: Path, size: tuple[int, int], class_names: list[str], prep=None):
     """All usable images under `folder` as float32 0..255 at `size`, read exactly as prediction
-    reads them (predict.read_images: validated RGB, then training's data.decode_and_resize; hidden
-    files skipped), with labels when every image sits in a sub-folder named after a class (else
-    labels are None). Unusable files are reported on stderr and left out."""
+    reads them (predict.read_images: validated RGB, then training's data.decode_and_resize with the
+    model's fit and size limits, `prep`, default squash; hidden files skipped), with labels when
+    every image sits in a sub-folder named after a class (else labels are None). Unusable files
+    are reported on stderr and left out."""
     from cnn_tasks import predict
 
     height, width = size
     if height != width:
         raise ValueError(f"the model takes {height}x{width} images; only square inputs are supported "
                          "(the training preprocessing, data.decode_and_resize, makes square images)")
-    names, images, rejected = predict.read_images(Path(folder), int(height))
+    names, images, rejected = predict.read_images(Path(folder), int(height), prep or predict.Preprocessing())
     for row in rejected:
         print(f"skipped {row['image']}: {row['reason']}", file=sys.stderr)
     if not names:
@@ -542,7 +543,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = models.load_model(args.model)  # safe_mode: no arbitrary code from the file
     class_names = predict.classes_beside(args.model, int(model.outputs[0].shape[-1]))
-    images, labels = load_image_folder(args.images, input_size(model), class_names)
+    images, labels = load_image_folder(args.images, input_size(model), class_names,
+                                       predict.preprocessing_beside(args.model))
     summary = visualize_model(model, images, labels, class_names, args.out_dir, seed=args.seed,
                               model_id=args.model.stem, filter_layers=args.layers, filter_steps=args.steps,
                               images_considered={"source": str(args.images)})

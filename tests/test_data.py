@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 
 import numpy as np
 import pytest
@@ -115,3 +117,133 @@ def test_load_split_sample_is_stratified_first_in_shard_order_and_bounded(ctx):
     assert sample == {"images": 9, "split_images": 18, "max_images": 9, "full_split": False,
                       "seed": ctx.config.seed, "description": sample["description"]}
     assert data.load_split_sample(ctx, "train", 100)[3]["full_split"] is True
+
+
+# ------------------------------------------------------------------ image_fit: squash | pad | center_crop
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def banded(colours, band: int = 10, height: int = 10) -> np.ndarray:
+    """A (height, band * len(colours)) RGB image of vertical colour bands, left to right."""
+    return np.concatenate([np.full((height, band, 3), c, np.uint8) for c in colours], axis=1)
+
+
+def fitted(pixels: np.ndarray, size: int, fit: str) -> np.ndarray:
+    """decode_and_resize's output rounded to whole levels (resizing leaves 254.99998 for 255)."""
+    return np.round(data.decode_and_resize(png_bytes(Image.fromarray(pixels)), size, fit).numpy())
+
+
+def test_squash_keeps_every_band_and_the_full_height():
+    out = fitted(banded([RED, GREEN, BLUE, WHITE]), 8, "squash")  # 40x10 -> 8x8: 2 columns per band
+    assert out.shape == (8, 8, 3)
+    assert out[:, 0].tolist() == [list(RED)] * 8 and out[:, 7].tolist() == [list(WHITE)] * 8
+    assert (out[:, 2:4, 1] > 200).all() and (out[:, 4:6, 2] > 200).all()  # green, then blue, in between
+    assert (out == out[:1]).all()  # every row alike: no bars
+
+
+def test_center_crop_keeps_only_the_central_square():
+    out = fitted(banded([RED, GREEN, BLUE, WHITE]), 8, "center_crop")  # the middle 10x10: green | blue
+    assert out[:, :3].tolist() == [[list(GREEN)] * 3] * 8 and out[:, 5:].tolist() == [[list(BLUE)] * 3] * 8
+    assert out[..., 0].max() == 0  # no red or white at all
+
+
+def test_pad_keeps_the_aspect_ratio_between_black_bars():
+    wide = fitted(banded([RED, GREEN, BLUE, WHITE]), 8, "pad")  # 40x10 -> 8x2, centred
+    assert (wide[:3] == 0).all() and (wide[5:] == 0).all()
+    assert wide[3:5, 0].tolist() == [list(RED)] * 2 and wide[3:5, 7].tolist() == [list(WHITE)] * 2
+    tall = fitted(np.transpose(banded([RED, GREEN, BLUE, WHITE]), (1, 0, 2)).copy(), 8, "pad")
+    assert (tall[:, :3] == 0).all() and (tall[:, 5:] == 0).all()
+    assert tall[0, 3:5].tolist() == [list(RED)] * 2 and tall[7, 3:5].tolist() == [list(WHITE)] * 2
+
+
+def test_a_square_image_is_the_same_in_every_fit():
+    image = np.asarray(class_image(2, np.random.default_rng(1), size=20))
+    outs = [fitted(image, size, fit) for size in (20, 12) for fit in ("squash", "pad", "center_crop")]
+    np.testing.assert_array_equal(outs[0], image.astype(np.float32))
+    for out in outs[1:3]:
+        np.testing.assert_array_equal(out, outs[0])
+    for out in outs[4:]:
+        np.testing.assert_allclose(out, outs[3], atol=1e-3)
+
+
+def test_unknown_fit_is_refused():
+    with pytest.raises(ValueError, match="image_fit: 'stretch' is not one of"):
+        fitted(banded([RED]), 8, "stretch")
+
+
+def _banded_dataset(ctx, fit: str | None):
+    """dataset.json (with `fit`, or none as before the setting) whose every split is one 40x10 image."""
+    from cnn_tasks.shards import ShardWriter
+
+    encoded = png_bytes(Image.fromarray(banded([RED, GREEN, BLUE, WHITE])))
+    with ShardWriter(ctx.scratch("banded"), "images") as writer:
+        writer.write(encoded, 0, "banded")
+    key = ctx.data_key("shards", "banded.tfrecord")
+    ctx.store.put_file(key, writer.paths[0])
+    part = {"shards": [key], "count": 1, "class_counts": [1], "class_weight": None}
+    info = {"classes": ["a"], "image_size": 8, "mean": [0, 0, 0], "std": [1, 1, 1], "rebalance": "none",
+            "splits": {s: {"unbalanced": part, "balanced": part} for s in data.SPLITS}}
+    if fit:
+        info["image_fit"] = fit
+    ctx.store.put_json(ctx.data_key("dataset.json"), info)
+    return encoded
+
+
+@pytest.mark.parametrize("fit", [None, "pad", "center_crop"])
+def test_every_reader_of_the_split_uses_the_fit_dataset_json_records(make_ctx, fit):
+    ctx = make_ctx(augment=False)
+    encoded = _banded_dataset(ctx, fit)
+    expected = data.decode_and_resize(encoded, 8, fit or "squash").numpy()  # no field: squash, as before
+    arrays = data.load_split_arrays(ctx, "test")[0][0]
+    sample = data.load_split_sample(ctx, "val", 5)[0][0]
+    batch = next(iter(data.dataset(ctx, "train", batch_size=1, training=True)))[0][0].numpy()
+    for got in (arrays, sample, batch):
+        np.testing.assert_array_equal(got, expected)
+
+
+# ------------------------------------------------------------------ prediction reads images as training did
+def _colour_model(path):
+    """A saved 8x8 model: class "reddish" when mean red beats mean (green + blue) / 2, else "not"."""
+    import keras
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.layers[-1].set_weights([np.array([[1, -1], [-0.5, 0.5], [-0.5, 0.5]], np.float32),
+                                  np.zeros(2, np.float32)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
+
+
+def test_predict_cli_applies_the_fit_and_limits_its_model_was_trained_with(tmp_path, capsys):
+    from cnn_tasks import images, predict
+
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    # Red at both ends, green and blue in the middle: squashed it is mostly red, centre-cropped not red.
+    Image.fromarray(banded([RED, GREEN, BLUE, RED])).save(folder / "wide.png")
+    Image.new("RGB", (1, 1), RED).save(folder / "dot.png")
+    Image.new("RGB", (200, 10), RED).save(folder / "strip.png")
+    model = _colour_model(tmp_path / "model" / "model.keras")
+
+    def predict_cli(meta: dict | None) -> tuple[dict, dict]:
+        meta_path = model.with_name("meta.json")
+        meta_path.unlink(missing_ok=True)
+        if meta is not None:
+            meta_path.write_text(json.dumps({"classes": ["reddish", "not"], **meta}))
+        out = tmp_path / "predictions.csv"
+        assert predict.main([str(model), str(folder), "--out", str(out)]) == 0
+        rows = {r["image"]: r["predicted_class"] for r in csv.DictReader(out.open())}
+        rejected = {r["image"]: r["reason"] for r in csv.DictReader(out.with_name("predictions_rejected.csv").open())}
+        return rows, rejected
+
+    trained = {"image_fit": "center_crop", "config": {"min_image_side": 8, "max_aspect_ratio": 10.0}}
+    rows, rejected = predict_cli(trained)
+    assert rows == {"wide.png": "not"}
+    assert rejected == {"dot.png": f"{images.TOO_SMALL}: the shorter side is 1 px, below min_image_side=8",
+                        "strip.png": f"{images.EXTREME_ASPECT_RATIO}: 200x10 has aspect ratio 20, "
+                                     "above max_aspect_ratio=10"}
+    # A model saved before image_fit existed: squash and no limits, exactly as it was trained.
+    rows, rejected = predict_cli({})
+    assert rows == {"wide.png": "reddish", "dot.png": "reddish", "strip.png": "reddish"} and not rejected
+    assert predict.preprocessing_beside(model) == predict.Preprocessing("squash", 1, None)

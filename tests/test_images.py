@@ -63,6 +63,46 @@ def corrupt_png() -> bytes:
     return bytes(data)
 
 
+def png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(kind, offset, data length) of every chunk of a well-formed PNG, in file order."""
+    chunks, pos = [], 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunks.append((kind, pos, length))
+        pos += 12 + length
+    return chunks
+
+
+def break_crc(data: bytes, kind: bytes) -> tuple[bytes, int]:
+    """`data` with the CRC of its first `kind` chunk flipped (the chunk's bytes intact); the chunk offset."""
+    _, pos, length = next(c for c in png_chunks(data) if c[0] == kind)
+    damaged = bytearray(data)
+    damaged[pos + 8 + length] ^= 0xFF
+    return bytes(damaged), pos
+
+
+def png_with_text(pixels: np.ndarray, after_pixels: bool = False) -> bytes:
+    """An RGB PNG with a tEXt chunk before (default) or after the IDAT chunk."""
+    plain = encoded(Image.fromarray(pixels), "PNG")
+    chunks = png_chunks(plain)
+    text = _png_chunk(b"tEXt", b"Comment\0hello")
+    cut = next(pos for kind, pos, _ in chunks if kind == (b"IEND" if after_pixels else b"IDAT"))
+    return plain[:cut] + text + plain[cut:]
+
+
+def png_rows(pixels: np.ndarray) -> bytes:
+    """The filtered scanlines (filter type 0) of an 8-bit RGB image, ready for zlib."""
+    return b"".join(b"\0" + row.tobytes() for row in pixels)
+
+
+def png_without_adler(pixels: np.ndarray) -> bytes:
+    """A PNG whose zlib stream lacks its Adler-32 trailer: Pillow decodes it, libpng refuses it."""
+    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 2, 0, 0, 0)
+    stream = zlib.compress(png_rows(pixels))[:-4]
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", stream)
+            + _png_chunk(b"IEND", b""))
+
+
 GREY16 = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
 RGBA_PIXEL = (255, 0, 0, 128)  # half-transparent red: over white -> (255, 127, 127)
 
@@ -179,10 +219,13 @@ def test_exif_orientation_is_applied(tmp_path):
     assert result.reencoded and (result.width, result.height) == (8, 16)
 
 
-def test_plain_rgb_png_keeps_its_bytes(tmp_path):
-    data = encoded(Image.fromarray(noise()), "PNG")
+def test_plain_rgb_png_is_reencoded_too(tmp_path):
+    # Original PNG bytes are never packed: Pillow reads PNGs that libpng (training) refuses.
+    pixels = noise(seed=11)
+    data = encoded(Image.fromarray(pixels), "PNG", compress_level=9)
     result = images.validate(write(tmp_path, "plain.png", data))
-    assert result.encoded == data and not result.reencoded
+    assert result.encoded != data and result.reencoded
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(result.encoded))), pixels)
 
 
 def test_key_and_channel_sums_come_from_the_pixels(tmp_path):
@@ -205,3 +248,94 @@ def test_shard_bytes_decode_with_tensorflow_to_the_validated_pixels(tmp_path):
         result = images.validate(path)
         decoded = tf.io.decode_image(result.encoded, channels=3, expand_animations=False).numpy()
         assert np.array_equal(decoded, np.asarray(images.load_rgb(path))), name
+
+
+# ------------------------------------------------------------------ what training's decoder accepts
+@pytest.mark.parametrize("kind", [b"IHDR", b"IDAT", b"IEND", b"tEXt"])
+def test_png_with_a_bad_chunk_crc_is_corrupt(tmp_path, kind):
+    # Pillow decodes a PNG whose IDAT/IEND CRC is wrong; TensorFlow's decoder (libpng) refuses it
+    # with "Invalid PNG data", so it must not pass validation.
+    damaged, pos = break_crc(png_with_text(noise(12, 20)), kind)
+    path = write(tmp_path, "crc.png", damaged)
+    for read in (images.load_rgb, images.validate):
+        with pytest.raises(images.ImageRejected) as info:
+            read(path)
+        assert info.value.reason == images.CORRUPT
+        assert info.value.detail == (f"PNG chunk {kind.decode()} at byte {pos} fails its CRC check: "
+                                     "the file is damaged")
+
+
+def test_tensorflow_refuses_the_crc_damaged_png_that_pillow_reads():
+    # The bug this guards against: Pillow alone does not notice the damage.
+    import tensorflow as tf
+
+    damaged, _ = break_crc(encoded(Image.fromarray(noise()), "PNG"), b"IDAT")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(damaged))), noise())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Invalid PNG data"):
+        tf.io.decode_image(damaged, channels=3)
+
+
+# name -> bytes Pillow decodes to noise(10, 14) but libpng (tf.io.decode_image) refuses as they are
+PILLOW_ONLY_PNGS = {
+    "no_iend.png": lambda: encoded(Image.fromarray(noise(10, 14)), "PNG")[:-12],
+    "no_adler32.png": lambda: png_without_adler(noise(10, 14)),
+    "unknown_critical_chunk.png": lambda: (lambda p: p[:-12] + _png_chunk(b"ABCD", b"xx") + p[-12:])(
+        encoded(Image.fromarray(noise(10, 14)), "PNG")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PILLOW_ONLY_PNGS))
+def test_accepted_png_decodes_in_training_even_when_its_original_bytes_would_not(tmp_path, name):
+    import tensorflow as tf
+
+    data = PILLOW_ONLY_PNGS[name]()
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_image(data, channels=3)  # the original bytes: training would fail
+    result = images.validate(write(tmp_path, name, data))
+    decoded = tf.io.decode_image(result.encoded, channels=3, expand_animations=False).numpy()
+    assert np.array_equal(decoded, noise(10, 14)) and result.reencoded
+
+
+def test_bytes_after_iend_and_text_after_the_pixels_are_harmless(tmp_path):
+    import tensorflow as tf
+
+    for name, data in {"trailing.png": encoded(Image.fromarray(noise()), "PNG") + b"garbage" * 8,
+                       "late_text.png": png_with_text(noise(), after_pixels=True)}.items():
+        result = images.validate(write(tmp_path, name, data))
+        assert np.array_equal(tf.io.decode_image(result.encoded, channels=3).numpy(), noise()), name
+
+
+# ------------------------------------------------------------------ size and aspect-ratio limits
+LIMITS = {"min_side": 8, "max_aspect_ratio": 10.0}
+
+
+@pytest.mark.parametrize("width, height, reason, detail", [
+    (1, 1, images.TOO_SMALL, "the shorter side is 1 px, below min_image_side=8"),
+    (40, 3, images.TOO_SMALL, "the shorter side is 3 px, below min_image_side=8"),
+    (10000, 20, images.EXTREME_ASPECT_RATIO, "10000x20 has aspect ratio 500, above max_aspect_ratio=10"),
+    (9, 100, images.EXTREME_ASPECT_RATIO, "9x100 has aspect ratio 11.11, above max_aspect_ratio=10"),
+])
+def test_too_small_and_too_elongated_images_are_rejected(tmp_path, width, height, reason, detail):
+    path = write(tmp_path, "odd.png", encoded(Image.new("RGB", (width, height), (9, 99, 199)), "PNG"))
+    for read in (images.load_rgb, images.validate):
+        with pytest.raises(images.ImageRejected) as info:
+            read(path, **LIMITS)
+        assert (info.value.reason, info.value.detail) == (reason, detail)
+        assert str(info.value) == f"{reason}: {detail}"  # as predictions_rejected.csv words it
+
+
+def test_limits_are_inclusive_and_off_by_default(tmp_path):
+    for width, height in [(8, 8), (80, 8), (8, 80)]:  # exactly min_side and exactly max_aspect_ratio
+        path = write(tmp_path, f"{width}x{height}.png", encoded(Image.new("RGB", (width, height)), "PNG"))
+        assert images.validate(path, **LIMITS).width == width
+    tiny = write(tmp_path, "tiny.png", encoded(Image.new("RGB", (1, 1)), "PNG"))
+    long = write(tmp_path, "long.png", encoded(Image.new("RGB", (1000, 2)), "PNG"))
+    assert images.load_rgb(tiny).size == (1, 1) and images.load_rgb(long).size == (1000, 2)
+
+
+def test_limits_are_checked_from_the_header_before_decoding(tmp_path):
+    # A 10000x20 header with no pixel data at all: rejected for its shape, not as truncated.
+    path = write(tmp_path, "header_only.png", png_raw(10000, 20, 8, 2, None))
+    with pytest.raises(images.ImageRejected) as info:
+        images.validate(path, **LIMITS)
+    assert info.value.reason == images.EXTREME_ASPECT_RATIO
