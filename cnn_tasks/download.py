@@ -1,24 +1,40 @@
 """Download + validate: fetch the labelled dataset, clean it, and pack it into shards.
 
-`run(ctx)` fetches the source (`cnn_tasks.sources`), finds the class folders, validates every image once
-(`cnn_tasks.images`), removes duplicates and writes
+`run(ctx)` fetches the source (`cnn_tasks.sources`), reads its layout (`layout.detect_layout`:
+class folders, given train/val/test splits, unlabelled folders, metadata), validates every image
+once (`cnn_tasks.images`), removes duplicates and writes
 
-  data/manifest.csv        one row per accepted image (key, class, size, mode, channel sums, shard)
+  data/manifest.csv        one row per accepted image (key, class, given_split, size, mode, channel sums, shard)
   data/rejected.csv        every rejected or dropped file with its reason
-  data/ingest.json         counts (by class, by reason), classes, shard keys
+  data/ingest.json         counts (by class, by reason), classes, the layout found, shard keys
   data/clean/images-*.tfrecord   the accepted images, in a seeded random order
 
-Duplicates: identical pixels within one class keep the first file (sorted by path) and list the
-others as `duplicate`; identical pixels in two classes have no trustworthy label, so every copy
-is dropped as `duplicate_across_classes`. Files skipped by `max_images_per_class` sampling are
-counted in ingest.json (`not_sampled`), not listed one by one.
+Every output is built and checked to serialise before the first shard is uploaded, so a failure
+never leaves shards without a manifest. File and class names are stored readably (a non-UTF-8
+name is decoded as Windows-1252/Latin-1; `layout.readable`); files are opened by their real path.
+
+Rejections besides bad images: files lying beside the class (or split) folders are listed as
+`not_in_a_class_folder`; archive members the extraction skipped (links, oversized, special files)
+keep the reason the extraction gave. README, mapping and other metadata files are not images and
+are listed in ingest.json (`layout.metadata_files`), never rejected.
+
+Duplicates: identical pixels within one class (and one given split) keep the first file (sorted by
+path) and list the others as `duplicate`; identical pixels in two classes have no trustworthy label,
+so every copy is dropped as `duplicate_across_classes`; identical pixels of one class in two given
+splits (e.g. train_set and test_set) would leak test images into training, so only the copy in the
+most held-out split is kept (test, then val, then train) and the others are listed as
+`duplicate_across_splits` (with predefined_split=ignore the splits are pooled and such copies are
+plain `duplicate`s). Files skipped by `max_images_per_class` sampling are counted in ingest.json
+(`not_sampled`), not listed one by one; with given splits the sample keeps each split's share.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
+import os
 import random
 import shutil
 import time
@@ -26,19 +42,22 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnn_tasks import images
-from cnn_tasks.layout import DatasetError, find_class_root, list_class_files, sample_files, select_classes, visible_dirs
+from cnn_tasks import images, sources
+from cnn_tasks.layout import SPLIT_ROLES, DatasetError, Layout, detect_layout, list_class_files, sample_files, select_classes
 from cnn_tasks.shards import ShardWriter
-from cnn_tasks.sources import PROGRESS_EVERY_S, fetch
+from cnn_tasks.sources import PROGRESS_EVERY_S
 
 log = logging.getLogger(__name__)
 
 DUPLICATE = "duplicate"
 DUPLICATE_ACROSS_CLASSES = "duplicate_across_classes"
+DUPLICATE_ACROSS_SPLITS = "duplicate_across_splits"
+NOT_IN_A_CLASS_FOLDER = "not_in_a_class_folder"
+HELD_OUT_FIRST = ("test", "val", "train", "")  # which copy of a cross-split duplicate is kept
 
 
 # ================================================================== run
-MANIFEST_FIELDS = ["key", "class", "label", "source", "width", "height", "mode", "format", "pixels",
+MANIFEST_FIELDS = ["key", "class", "label", "given_split", "source", "width", "height", "mode", "format", "pixels",
                    "sum_r", "sum_g", "sum_b", "sumsq_r", "sumsq_g", "sumsq_b", "shard", "index"]
 REJECTED_FIELDS = ["source", "class", "reason", "detail", "duplicate_of"]
 
@@ -52,47 +71,59 @@ class _Candidate:
     length: int
 
 
+@dataclass
+class _Planned:
+    """A file chosen for validation: its label, class, given split, real path and readable name."""
+
+    label: int
+    name: str
+    split: str
+    path: Path
+    source: str
+
+
 def run(ctx) -> dict:
     """Fetch, validate, dedupe and pack the dataset; write manifest, rejected list and ingest.json."""
     cfg = ctx.config
     started = time.monotonic()
-    folder = fetch(ctx, cfg.dataset_url, cfg.dataset_checksum)
-    class_root = find_class_root(folder, cfg.dataset_subdir)
-    available = [d.name for d in visible_dirs(class_root)]
-    classes = select_classes(available, cfg.classes, cfg.classes_limit)
-    log.info("dataset at %s: %d classes available, using %d: %s", class_root, len(available), len(classes),
-             ", ".join(classes))
+    folder, skipped = _fetch(ctx)
+    found = detect_layout(folder, subdir=cfg.dataset_subdir, predefined_split=cfg.predefined_split)
+    classes = select_classes(found.classes, cfg.classes, cfg.classes_limit)
+    log.info("dataset at %s: layout %s%s; %d classes available, using %d: %s", folder, found.kind,
+             f" below {found.wrapper}/" if found.wrapper else "", len(found.classes), len(classes), ", ".join(classes))
+    for warning in found.warnings:
+        log.warning("dataset layout: %s", warning)
 
     per_class = {c: Counter() for c in classes}
-    plan: list[tuple[int, str, Path]] = []
-    ignored = 0
-    for label, name in enumerate(classes):
-        files, hidden = list_class_files(class_root / name)
-        chosen = sample_files(files, cfg.max_images_per_class, cfg.seed, name)
-        ignored += hidden
-        per_class[name].update(found=len(files), considered=len(chosen), not_sampled=len(files) - len(chosen))
-        plan += [(label, name, path) for path in chosen]
+    metadata: list[Path] = []
+    plan, ignored = _plan(found, classes, cfg, per_class, metadata)
 
+    rejected = _skipped_rows(found, skipped) + [_loose_row(found, p) for p in found.loose]
     scratch = ctx.scratch("download")
     spool_path = scratch / "validated.bin"
-    rejected: list[dict] = []
     stats = Counter()
     with open(spool_path, "wb") as spool:
-        candidates = _validate_all(plan, class_root, spool, rejected, stats)
-    kept = _drop_duplicates(candidates, rejected)
+        candidates = _validate_all(plan, spool, rejected, stats, cfg)
+    kept = _drop_duplicates(candidates, rejected, by_split=cfg.predefined_split != "ignore")
+    given = defaultdict(Counter)
     for cand in kept:
         per_class[cand.row["class"]]["accepted"] += 1
+        given[cand.row["given_split"]][cand.row["class"]] += 1
     for row in rejected:
-        per_class[row["class"]]["rejected"] += 1
+        if row["class"] in per_class:
+            per_class[row["class"]]["rejected"] += 1
 
     rejected.sort(key=lambda r: (r["class"], r["source"]))
-    ctx.store.put_text(ctx.data_key("rejected.csv"), _csv(REJECTED_FIELDS, rejected))
     by_reason = dict(sorted(Counter(r["reason"] for r in rejected).items()))
+    described = found.describe()
+    described["metadata_files"] += [found.rel(p) for p in metadata]
     ingest = {
         "source": cfg.dataset_url,
         "local_folder": str(folder),
-        "class_root": str(class_root.relative_to(folder)) if class_root != folder else ".",
-        "available_classes": available,
+        "class_root": found.wrapper or ".",
+        "layout": {**described, "predefined_split": cfg.predefined_split,
+                   "given_counts": {s: {c: given[s][c] for c in classes} for s in SPLIT_ROLES if s in found.splits}},
+        "available_classes": found.classes,
         "classes": classes,
         "files_found": sum(c["found"] for c in per_class.values()),
         "not_sampled": sum(c["not_sampled"] for c in per_class.values()),
@@ -110,9 +141,12 @@ def run(ctx) -> dict:
         "manifest": ctx.data_key("manifest.csv"),
         "rejected_list": ctx.data_key("rejected.csv"),
     }
+    rejected_text = _csv(REJECTED_FIELDS, rejected)
     short = {c: per_class[c]["accepted"] for c in classes if per_class[c]["accepted"] < cfg.min_images_per_class}
     if short:
         ingest["error"] = "; ".join(f"class {c!r} has {n} valid images" for c, n in short.items())
+        _check_serialisable(rejected_text, ingest)
+        ctx.store.put_text(ctx.data_key("rejected.csv"), rejected_text)
         ctx.store.put_json(ctx.data_key("ingest.json"), ingest)
         spool_path.unlink(missing_ok=True)
         raise DatasetError(
@@ -120,38 +154,121 @@ def run(ctx) -> dict:
             f"{cfg.min_images_per_class}; see {ctx.data_key('rejected.csv')} for what was rejected, or "
             "lower min_images_per_class / drop the class with the classes setting")
 
-    manifest, shard_keys = _pack(ctx, kept, spool_path, scratch)
+    manifest, shards = _write_shards(ctx, kept, spool_path, scratch)
     spool_path.unlink(missing_ok=True)
-    ctx.store.put_text(ctx.data_key("manifest.csv"), _csv(MANIFEST_FIELDS, manifest))
-    ingest["clean_shards"] = shard_keys
+    manifest_text = _csv(MANIFEST_FIELDS, manifest)
+    ingest["clean_shards"] = [key for key, _ in shards]
     ingest["seconds"] = round(time.monotonic() - started, 2)
+    _check_serialisable(rejected_text, ingest, manifest_text)  # before anything is uploaded
+    for key, path in shards:
+        ctx.store.put_file(key, path)
+    shutil.rmtree(scratch / "clean", ignore_errors=True)
+    ctx.store.put_text(ctx.data_key("rejected.csv"), rejected_text)
+    ctx.store.put_text(ctx.data_key("manifest.csv"), manifest_text)
     ctx.store.put_json(ctx.data_key("ingest.json"), ingest)
     log.info("ingest done: %d accepted, %d rejected %s, %.1f s", len(kept), len(rejected), by_reason,
              ingest["seconds"])
     return {"accepted": len(kept), "rejected": len(rejected), "rejected_by_reason": by_reason,
-            "classes": classes, "manifest": ingest["manifest"], "ingest": ctx.data_key("ingest.json"),
-            "clean_shards": len(shard_keys)}
+            "classes": classes, "layout": found.kind, "manifest": ingest["manifest"],
+            "ingest": ctx.data_key("ingest.json"), "clean_shards": len(shards)}
 
 
-def _validate_all(plan, class_root: Path, spool, rejected: list[dict], stats: Counter) -> list[_Candidate]:
+def _fetch(ctx) -> tuple[Path, list[dict]]:
+    """The dataset's local folder and the archive members its extraction skipped."""
+    cfg = ctx.config
+    fetch_source = getattr(sources, "fetch_source", None)
+    if fetch_source is None:  # a sources module without skipped-member reporting
+        return sources.fetch(ctx, cfg.dataset_url, cfg.dataset_checksum), []
+    fetched = fetch_source(ctx, cfg.dataset_url, cfg.dataset_checksum)
+    return Path(fetched.folder), list(fetched.skipped)
+
+
+def _plan(found: Layout, classes: list[str], cfg, per_class: dict, metadata: list[Path]) -> tuple[list, int]:
+    """The files to validate, class by class and split by split, sampled per max_images_per_class."""
+    plan: list[_Planned] = []
+    seen: set[str] = set()
+    ignored = 0
+    for label, name in enumerate(classes):
+        by_split = {}
+        for group in found.groups:
+            if name in group.classes:
+                files, hidden = list_class_files(group.classes[name], metadata)
+                by_split[group.split] = files
+                ignored += hidden
+        chosen = _sample(by_split, cfg.max_images_per_class, cfg.seed, name)
+        found_n, considered = sum(map(len, by_split.values())), sum(map(len, chosen.values()))
+        per_class[name].update(found=found_n, considered=considered, not_sampled=found_n - considered)
+        for split, files in chosen.items():
+            for path in files:
+                source = found.source(path)
+                if source in seen:  # two on-disk names read alike: show the undecodable bytes
+                    source = os.fsencode(path.relative_to(found.base).as_posix()).decode("utf-8", "backslashreplace")
+                seen.add(source)
+                plan.append(_Planned(label, name, split, path, source))
+    return plan, ignored
+
+
+def _sample(by_split: dict[str, list[Path]], limit: int | None, seed: int, name: str) -> dict[str, list[Path]]:
+    """At most `limit` files of one class, each given split keeping its share (at least one file)."""
+    total = sum(map(len, by_split.values()))
+    if not limit or total <= limit:
+        return by_split
+    if list(by_split) == [""]:
+        return {"": sample_files(by_split[""], limit, seed, name)}
+    quota = {s: min(len(f), max(1, round(limit * len(f) / total))) for s, f in by_split.items()}
+    while sum(quota.values()) > limit:
+        quota[max(quota, key=lambda s: quota[s])] -= 1
+    while sum(quota.values()) < limit:
+        quota[max(quota, key=lambda s: len(by_split[s]) - quota[s])] += 1
+    return {s: sample_files(f, quota[s], seed, f"{name}:{s}") for s, f in by_split.items()}
+
+
+def _loose_row(found: Layout, path: Path) -> dict:
+    where = found.rel(path.parent)
+    return {"source": found.source(path), "class": "", "reason": NOT_IN_A_CLASS_FOLDER,
+            "detail": f"lies in {where!r} beside the class folders, not inside one, so it has no label; move it "
+                      "into its class folder", "duplicate_of": ""}
+
+
+def _skipped_rows(found: Layout, skipped: list[dict]) -> list[dict]:
+    """rejected.csv rows for archive members the extraction skipped, with the class they would have had."""
+    folders = {f"{found.rel(folder)}/": name for g in found.groups for name, folder in g.classes.items()}
+    rows = []
+    for item in skipped:
+        source = str(item.get("source", ""))
+        name = next((n for prefix, n in folders.items() if source.startswith(prefix)), "")
+        rows.append({"source": source, "class": name, "reason": str(item.get("reason", "")),
+                     "detail": str(item.get("detail", "")), "duplicate_of": ""})
+    return rows
+
+
+def _check_serialisable(*outputs) -> None:
+    """Every output encodes (UTF-8 text, JSON) before anything is written to the store."""
+    for output in outputs:
+        if isinstance(output, str):
+            output.encode("utf-8")
+        else:
+            json.dumps(output, ensure_ascii=False).encode("utf-8")
+
+
+def _validate_all(plan: list[_Planned], spool, rejected: list[dict], stats: Counter, cfg) -> list[_Candidate]:
     """Decode every planned file once; accepted encodings go to `spool`, failures to `rejected`."""
     candidates: list[_Candidate] = []
     started = last = time.monotonic()
-    for done, (label, name, path) in enumerate(plan, 1):
-        source = f"{name}/{path.relative_to(class_root / name).as_posix()}"
+    for done, item in enumerate(plan, 1):
         try:
-            img = images.validate(path)
+            img = images.validate(item.path, min_side=cfg.min_image_side, max_aspect_ratio=cfg.max_aspect_ratio)
         except images.ImageRejected as exc:
-            rejected.append({"source": source, "class": name, "reason": exc.reason, "detail": exc.detail,
+            rejected.append({"source": item.source, "class": item.name, "reason": exc.reason, "detail": exc.detail,
                              "duplicate_of": ""})
             continue
         if img.original_mode != "RGB":
             stats[img.original_mode] += 1
         offset = spool.tell()
         spool.write(img.encoded)
-        row = {"key": img.key, "class": name, "label": label, "source": source, "width": img.width,
-               "height": img.height, "mode": img.original_mode, "format": img.original_format,
-               "pixels": img.width * img.height, "reencoded": img.reencoded,
+        row = {"key": img.key, "class": item.name, "label": item.label, "given_split": item.split,
+               "source": item.source, "width": img.width, "height": img.height, "mode": img.original_mode,
+               "format": img.original_format, "pixels": img.width * img.height, "reencoded": img.reencoded,
                **{f"sum_{c}": v for c, v in zip("rgb", img.channel_sum)},
                **{f"sumsq_{c}": v for c, v in zip("rgb", img.channel_sumsq)}}
         candidates.append(_Candidate(row, offset, len(img.encoded)))
@@ -162,8 +279,9 @@ def _validate_all(plan, class_root: Path, spool, rejected: list[dict], stats: Co
     return candidates
 
 
-def _drop_duplicates(candidates: list[_Candidate], rejected: list[dict]) -> list[_Candidate]:
-    """Keep the first copy of identical images in one class; drop every copy across classes."""
+def _drop_duplicates(candidates: list[_Candidate], rejected: list[dict], by_split: bool = True) -> list[_Candidate]:
+    """Keep the first copy of identical images in one class (and split); drop every copy across
+    classes; across given splits keep only the most held-out copy (`by_split`)."""
     groups: dict[str, list[_Candidate]] = defaultdict(list)
     for cand in candidates:
         groups[cand.row["key"]].append(cand)
@@ -180,16 +298,29 @@ def _drop_duplicates(candidates: list[_Candidate], rejected: list[dict]) -> list
                                      sorted({c.row["class"] for c in copies})) + ": the label is ambiguous",
                                  "duplicate_of": ";".join(others)})
                 drop.add(id(cand))
-        else:
-            for cand in copies[1:]:
-                rejected.append({"source": cand.row["source"], "class": cand.row["class"], "reason": DUPLICATE,
-                                 "detail": "identical pixels", "duplicate_of": copies[0].row["source"]})
-                drop.add(id(cand))
+            continue
+        splits = {c.row["given_split"] for c in copies}
+        first = (min(copies, key=lambda c: HELD_OUT_FIRST.index(c.row["given_split"]))
+                 if by_split and len(splits) > 1 else copies[0])
+        for cand in copies:
+            if cand is first:
+                continue
+            if by_split and cand.row["given_split"] != first.row["given_split"]:
+                reason = DUPLICATE_ACROSS_SPLITS
+                detail = (f"identical pixels in the given {cand.row['given_split']} and {first.row['given_split']} "
+                          f"splits: the {first.row['given_split']} copy is kept so no held-out image is trained "
+                          "or tuned on")
+            else:
+                reason, detail = DUPLICATE, "identical pixels"
+            rejected.append({"source": cand.row["source"], "class": cand.row["class"], "reason": reason,
+                             "detail": detail, "duplicate_of": first.row["source"]})
+            drop.add(id(cand))
     return [c for c in candidates if id(c) not in drop]
 
 
-def _pack(ctx, kept: list[_Candidate], spool_path: Path, scratch: Path) -> tuple[list[dict], list[str]]:
-    """Write the accepted images into clean shards in a seeded random order; return manifest rows."""
+def _write_shards(ctx, kept: list[_Candidate], spool_path: Path, scratch: Path) -> tuple[list[dict], list]:
+    """Write the accepted images into local clean shards in a seeded random order; return the
+    manifest rows and (store key, local path) of each shard. Nothing is uploaded here."""
     order = list(range(len(kept)))
     random.Random(ctx.config.seed).shuffle(order)
     folder = scratch / "clean"
@@ -204,13 +335,9 @@ def _pack(ctx, kept: list[_Candidate], spool_path: Path, scratch: Path) -> tuple
             row["shard"] = ctx.data_key("clean", writer.paths[-1].name)
             row["index"] = (writer.count - 1) % writer.per_shard
             manifest.append(row)
-    keys = []
-    for path in writer.paths:
-        keys.append(ctx.data_key("clean", path.name))
-        ctx.store.put_file(keys[-1], path)
-    shutil.rmtree(folder, ignore_errors=True)
-    log.info("packed %d images into %d clean shards", len(manifest), len(keys))
-    return manifest, keys
+    shards = [(ctx.data_key("clean", path.name), path) for path in writer.paths]
+    log.info("packed %d images into %d clean shards", len(manifest), len(shards))
+    return manifest, shards
 
 
 def _csv(fields: list[str], rows: list[dict]) -> str:

@@ -1,11 +1,20 @@
 """Split + analysis: a seeded stratified train/validation/test split and a description of it.
 
 Reads data/manifest.csv (never the pixels, except a few samples for the grid) and writes
-  data/split.csv       key, class, label, split ("train" | "val" | "test")
+  data/split.csv       key, class, label, split ("train" | "val" | "test"), given_split (the
+                       dataset's own split of the image, empty when it ships none)
   data/analysis.json   counts per split and class, imbalance measures and a written conclusion,
                        shortfalls against the reference minimums, image sizes, the training
-                       split's channel mean/std (for normalisation), "figures"
+                       split's channel mean/std (for normalisation), the layout found and
+                       where each split came from ("origin"), "figures"
   data/figures/*.png   class counts per split (bar and pie), image sizes, sample grid
+
+Predefined splits (config.predefined_split, manifest column `given_split` written by download):
+`auto` keeps a given test split as the test split and a given validation split as the validation
+split, and carves what is missing from the given training split, class by class and seeded, in
+the proportions of config.split (with a given test split, validation gets round(n x 0.2/0.9) of
+each class's training images for split 0.7/0.2/0.1); `ignore` and datasets without given splits
+get the stratified split of every image by config.split; `require` is enforced by download.
 """
 
 from __future__ import annotations
@@ -51,10 +60,12 @@ def run(ctx) -> dict:
     """Split the manifest, check for leakage, analyse the splits and draw the figures."""
     cfg = ctx.config
     manifest = read_csv(ctx, "manifest.csv")
-    classes = ctx.store.get_json(ctx.data_key("ingest.json"))["classes"]  # label order
-    table = stratified_split(manifest, cfg.split, cfg.seed)
+    ingest = ctx.store.get_json(ctx.data_key("ingest.json"))
+    classes = ingest["classes"]  # label order
+    table, origin = assign_splits(manifest, cfg.split, cfg.seed, cfg.predefined_split)
     assert_no_leakage(table)
-    ctx.store.put_text(ctx.data_key("split.csv"), table[["key", "class", "label", "split"]].to_csv(index=False))
+    ctx.store.put_text(ctx.data_key("split.csv"),
+                       table[["key", "class", "label", "split", "given_split"]].to_csv(index=False))
 
     counts = {s: class_counts(table[table["split"] == s], classes) for s in SPLITS}
     imbalance = {s: imbalance_measures(counts[s]) for s in SPLITS}
@@ -64,6 +75,8 @@ def run(ctx) -> dict:
         "classes": classes,
         "split_ratios": list(cfg.split),
         "seed": cfg.seed,
+        "layout": layout_summary(ingest.get("layout") or {}),
+        "origin": origin,
         "counts": counts,
         "totals": {s: sum(counts[s].values()) for s in SPLITS},
         "imbalance": imbalance,
@@ -85,7 +98,8 @@ def run(ctx) -> dict:
 
 
 def read_csv(ctx, name: str) -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key(name))), dtype={"key": str, "class": str})
+    return pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key(name))),
+                       dtype={"key": str, "class": str, "given_split": str}, keep_default_na=False)
 
 
 # ================================================================== splitting
@@ -112,6 +126,65 @@ def stratified_split(manifest: pd.DataFrame, ratios, seed: int) -> pd.DataFrame:
         group = group.iloc[order].assign(split=names)
         parts.append(group)
     return pd.concat(parts, ignore_index=True)
+
+
+def assign_splits(manifest: pd.DataFrame, ratios, seed: int, policy: str = "auto") -> tuple[pd.DataFrame, dict]:
+    """The split table and, per split, where its images came from (given or carved)."""
+    given = manifest["given_split"].fillna("") if "given_split" in manifest else pd.Series("", manifest.index)
+    manifest = manifest.assign(given_split=given.astype(str))
+    present = [s for s in SPLITS if (manifest["given_split"] == s).any()]
+    ratio_text = "/".join(f"{r:g}" for r in ratios)
+    if policy == "ignore" or not present:
+        why = "predefined_split=ignore pools the given splits" if present else "the dataset ships no split"
+        text = f"carved from all labelled images ({why}): stratified {ratio_text} per class, seed {seed}"
+        return stratified_split(manifest, ratios, seed), {s: text for s in SPLITS}
+    return predefined_split(manifest, ratios, seed)
+
+
+def predefined_split(manifest: pd.DataFrame, ratios, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Keep the given val/test splits; carve the missing ones from the given training images."""
+    present = {s for s in SPLITS if (manifest["given_split"] == s).any()}
+    if "train" not in present:
+        raise SplitError(f"the dataset's given splits ({', '.join(sorted(present))}) have no training split; "
+                         "set predefined_split=ignore to pool every labelled image")
+    carve = [s for s in ("val", "test") if s not in present]
+    share = {"val": ratios[1], "test": ratios[2]}
+    base = ratios[0] + sum(share[s] for s in carve)  # the carved splits' share of the given training images
+    fractions = {s: share[s] / base for s in carve}
+    parts = []
+    for label, group in sorted(manifest.groupby("label"), key=lambda item: item[0]):
+        name = group["class"].iloc[0]
+        held = group[group["given_split"].isin(["val", "test"])]
+        train = group[~group["given_split"].isin(["val", "test"])].sort_values("key")
+        sizes = {s: max(1, math.floor(len(train) * f + 0.5)) for s, f in fractions.items()}
+        n_train = len(train) - sum(sizes.values())
+        if n_train < 1:
+            raise SplitError(f"class {name!r} has {len(train)} images in the given training split: too few to "
+                             f"carve {' and '.join(carve)} from it and keep at least one training image; add "
+                             "images, or set predefined_split=ignore")
+        order = np.random.default_rng([seed, int(label)]).permutation(len(train))
+        names = ["train"] * n_train + [s for s in carve for _ in range(sizes[s])]
+        parts.append(train.iloc[order].assign(split=names))
+        parts.append(held.assign(split=held["given_split"]))
+        for s in present - {"train"}:
+            if not (held["given_split"] == s).any():
+                raise SplitError(f"class {name!r} has no valid images in the dataset's given {s} split (see "
+                                 "rejected.csv); add images, or set predefined_split=ignore to pool every "
+                                 "labelled image")
+    table = pd.concat(parts, ignore_index=True)
+    origin = {"train": "given training split" + (f", less the images carved for {' and '.join(carve)}"
+                                                  if carve else "")}
+    for s in ("val", "test"):
+        origin[s] = (f"given {SPLIT_NAMES[s]} split" if s in present else
+                     f"carved from the given training split: {fractions[s]:.4g} of each class "
+                     f"({share[s]:g}/{base:g} of the split ratios), stratified, seed {seed}")
+    return table, origin
+
+
+def layout_summary(layout: dict) -> dict:
+    """What the report says about the dataset's layout (from ingest.json)."""
+    keys = ("kind", "wrapper", "splits", "unlabelled", "mapping_file", "warnings", "predefined_split", "loose_files")
+    return {k: layout[k] for k in keys if k in layout}
 
 
 def assert_no_leakage(table: pd.DataFrame) -> None:

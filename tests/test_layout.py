@@ -1,0 +1,269 @@
+"""layout.detect_layout on datasets as people ship them (one table of layouts built on disk), and
+end-to-end ingest cases of the fuzz corpus for layouts (tests/fuzzing.py)."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnn_tasks import download, layout
+from tests.fuzzing import assert_kept, ingest
+
+LATIN1_CAFE = os.fsdecode(b"caf\xe9")  # how os.listdir shows a Latin-1 folder name on a UTF-8 system
+NFC, NFD = unicodedata.normalize("NFC", "Café"), unicodedata.normalize("NFD", "Café")
+MAPPING = "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\nn01484850 great white shark\n"
+
+
+def png(seed: int, size: int = 12) -> bytes:
+    """A small PNG whose pixels differ for every seed."""
+    import io
+
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def build(root: Path, files: dict[str, str | bytes | None]) -> Path:
+    """Write `files` (relative path -> text, bytes, or None for a generated image) under root."""
+    for i, (rel, content) in enumerate(sorted(files.items())):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content is None:
+            content = png(i)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return root
+
+
+def images(*folders: str, n: int = 2, ext: str = "png") -> dict[str, None]:
+    return {f"{folder}/img{i}.{ext}": None for folder in folders for i in range(n)}
+
+
+# ================================================================== the table
+# name -> (files, detect_layout kwargs, expected): expected holds kind, classes, splits (role ->
+# folder), unlabelled folders, loose files and a warning fragment, or "error" words.
+CASES = {
+    "flat": (images("a", "b", "c"), {},
+             dict(kind="flat", classes=["a", "b", "c"], splits={}, unlabelled=[], loose=[])),
+    "one wrapper (EuroSAT's 2750/)": (images("2750/Forest", "2750/River"), {},
+                                      dict(kind="wrapper", classes=["Forest", "River"], splits={}, unlabelled=[],
+                                           wrapper="2750")),
+    "two wrappers": (images("EuroSAT/2750/a", "EuroSAT/2750/b"), {},
+                     dict(kind="wrapper", classes=["a", "b"], wrapper="EuroSAT/2750")),
+    "ImageNet10 style": ({"ImageNet10/README.md": "# ImageNet10\n", "ImageNet10/mapping.txt": MAPPING,
+                          **images("ImageNet10/train_set/n01440764", "ImageNet10/train_set/n01443537", ext="JPEG"),
+                          **images("ImageNet10/test_set", n=3, ext="JPEG")}, {},
+                         dict(kind="train + unlabelled test", classes=["goldfish", "tench"],
+                              splits={"train": "ImageNet10/train_set"}, unlabelled=["ImageNet10/test_set"], loose=[],
+                              metadata=["ImageNet10/README.md", "ImageNet10/mapping.txt"],
+                              mapping_file="ImageNet10/mapping.txt")),
+    "Imagenette style train/val": ({"imagenette2/noisy_imagenette.csv": "path,label\n",
+                                    **images("imagenette2/train/n01440764", "imagenette2/train/n02102040",
+                                             "imagenette2/val/n01440764", "imagenette2/val/n02102040")}, {},
+                                   dict(kind="train/val", classes=["n01440764", "n02102040"],
+                                        splits={"train": "imagenette2/train", "val": "imagenette2/val"},
+                                        unlabelled=[], warning="numbers or ids")),
+    "train/val/test": (images(*(f"{s}/{c}" for s in ("train", "valid", "test") for c in "ab")), {},
+                       dict(kind="train/val/test", classes=["a", "b"],
+                            splits={"train": "train", "val": "valid", "test": "test"})),
+    "train + unlabelled test": ({**images("train/cat", "train/dog"), **images("test", n=3)}, {},
+                                dict(kind="train + unlabelled test", classes=["cat", "dog"], splits={"train": "train"},
+                                     unlabelled=["test"])),
+    "numeric classes, one name per line": ({"classes.txt": "cat\ndog\nbird\n", **images("0", "1", "2")}, {},
+                                           dict(kind="flat", classes=["bird", "cat", "dog"],
+                                                mapping={"0": "cat", "1": "dog", "2": "bird"})),
+    "numeric classes, '0: name' and '0,name'": ({"ds/labels.txt": "0: cat\n1: dog\n", "ds/other.csv": "0,x\n1,y\n",
+                                                 **images("ds/0", "ds/1")}, {},
+                                                dict(kind="wrapper", classes=["cat", "dog"],
+                                                     mapping_file="ds/labels.txt")),
+    "numeric classes, JSON index": ({"class_index.json": '{"0": ["n01", "tench"], "1": ["n02", "goldfish"]}',
+                                     **images("0", "1")}, {}, dict(classes=["goldfish", "tench"])),
+    "numeric classes without a mapping": (images(*map(str, range(11))), {},
+                                          dict(classes=[str(i) for i in range(11)], warning="no mapping file")),
+    "loose images beside class folders": ({"ds/notes.md": "x", "ds/stray.png": None, "ds/stray2.jpg": None,
+                                           **images("ds/a", "ds/b")}, {},
+                                          dict(kind="wrapper", classes=["a", "b"], loose=["stray.png", "stray2.jpg"],
+                                               metadata=["ds/notes.md"])),
+    "mixed-case split names": (images("TRAIN/a", "TRAIN/b", "Val/a", "Val/b"), {},
+                               dict(kind="train/val", splits={"train": "TRAIN", "val": "Val"})),
+    "dev split": (images("data/Train-Set/a", "data/Train-Set/b", "data/dev/a", "data/dev/b"), {},
+                  dict(kind="train/val", splits={"train": "data/Train-Set", "val": "data/dev"})),
+    "wrapper + split folders + README": ({"data/README.txt": "x", "data/LICENSE": "x",
+                                          **images("data/training/a", "data/training/b", "data/testing/a",
+                                                   "data/testing/b")}, {},
+                                         dict(kind="train/test", splits={"train": "data/training", "test": "data/testing"},
+                                              metadata=["data/LICENSE", "data/README.txt"], loose=[])),
+    "train/train wrapper inside a split": (images("train/train/a", "train/train/b", "test/a", "test/b"), {},
+                                           dict(kind="train/test", splits={"train": "train/train", "test": "test"})),
+    "unlabelled test/images folder": ({**images("train/a", "train/b"), **images("test/images")}, {},
+                                      dict(kind="train + unlabelled test", unlabelled=["test/images"])),
+    "unlabelled folder beside class folders": ({**images("a", "b"), **images("unlabeled", n=3)}, {},
+                                               dict(kind="flat + unlabelled images", unlabelled=["unlabeled"],
+                                                    classes=["a", "b"])),
+    "__MACOSX and hidden noise": ({**images("ds/a", "ds/b"), "__MACOSX/ds/a/._img0.png": "x", ".DS_Store": "x",
+                                   "ds/.hidden/x.png": None, "ds/a/.DS_Store": "x"}, {},
+                                  dict(kind="wrapper", classes=["a", "b"], loose=[], wrapper="ds")),
+    "dataset_subdir picks one split": (images("ds/train_set/a", "ds/train_set/b", "ds/test_set/a"),
+                                       {"subdir": "train_set"}, dict(classes=["a", "b"], splits={})),
+    "case-only class names warn": (images("Cat", "cat", "dog"), {},
+                                   dict(classes=["Cat", "cat", "dog"], warning="'Cat', 'cat' differ only by case")),
+    "non-UTF-8 folder name": ({f"{LATIN1_CAFE}/x.png": None, "tea/x.png": None}, {},
+                              dict(kind="flat", classes=["café", "tea"])),
+    "ignore pools classes the splits disagree on": (images("train/a", "train/b", "val/a"),
+                                                    {"predefined_split": "ignore"},
+                                                    dict(kind="train/val", classes=["a", "b"])),
+    # errors: the words a user needs
+    "nested class folders": (images("animals/cat", "animals/dog", "vehicles/car", "vehicles/bus"), {},
+                             dict(error=["ambiguous layout", "'animals'", "dataset_subdir", "    animals/  (2 folders"])),
+    "class missing from val": (images("train/a", "train/b", "train/c", "val/a", "val/b"), {},
+                               dict(error=["class 'c' is missing from the val ('val')", "predefined_split=ignore"])),
+    "class only in test": (images("train/a", "train/b", "test/a", "test/b", "test/z"), {},
+                           dict(error=["class 'z' is only in the test split ('test')"])),
+    "NFC collision": ({f"{NFC}/x.png": None, f"{NFD}/y.png": None, "tea/x.png": None}, {},
+                      dict(error=["same name 'Café'", "Unicode-normalised (NFC)", "'Caf\\xe9'", "'Cafe\\u0301'"])),
+    "encodings collide": ({f"{LATIN1_CAFE}/x.png": None, "café/y.png": None}, {},
+                          dict(error=["same name 'café'"])),
+    "two train splits": (images("train/a", "train/b", "training/a", "training/b"), {},
+                         dict(error=["2 folders are a train split ('train', 'training')", "dataset_subdir"])),
+    "split folders beside class folders": (images("train/a", "train/b", "extra"), {},
+                                           dict(error=["ambiguous layout", "('extra')", "dataset_subdir",
+                                                       "    train/  (2 folders, 0 files)"])),
+    "no training split": (images("val/a", "val/b", "test/a", "test/b"), {},
+                          dict(error=["no training split", "predefined_split=ignore"])),
+    "require without a given split": (images("a", "b"), {"predefined_split": "require"},
+                                      dict(error=["predefined_split=require", "found layout: flat"])),
+    "only unlabelled images": (images("train", "test"), {}, dict(error=["holds no labelled images", "    train/  (0 folders, 2 files)"])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_detect_layout(tmp_path, name):
+    files, kwargs, expected = CASES[name]
+    root = build(tmp_path / "input", files)
+    if "error" in expected:
+        with pytest.raises(layout.DatasetError) as info:
+            layout.detect_layout(root, **kwargs)
+        for words in expected["error"]:
+            assert words in str(info.value), str(info.value)
+        return
+    found = layout.detect_layout(root, **kwargs)
+    described = found.describe()
+    checks = {"kind": found.kind, "classes": found.classes, "splits": found.splits,
+              "unlabelled": [u["folder"] for u in described["unlabelled"]], "loose": described["loose_files"],
+              "wrapper": found.wrapper, "mapping": found.mapping, "mapping_file": described["mapping_file"],
+              "metadata": described["metadata_files"]}
+    for key, value in expected.items():
+        if key == "warning":
+            assert any(value in w for w in found.warnings), found.warnings
+        else:
+            assert checks[key] == value, (key, checks[key])
+    if "warning" not in expected:
+        assert found.warnings == []
+
+
+def test_there_are_at_least_fifteen_layouts():
+    assert len(CASES) >= 15 and sum("error" in e for _, _, e in CASES.values()) >= 5
+
+
+def test_error_tree_is_truncated_for_large_folders(tmp_path):
+    root = build(tmp_path / "input", images(*(f"top{i:02d}/sub{j}" for i in range(12) for j in range(3)), n=1))
+    with pytest.raises(layout.DatasetError) as info:
+        layout.detect_layout(root)
+    text = str(info.value)
+    assert "... and 4 more" in text and "top11" not in text and len(text.splitlines()) < 60
+
+
+def test_mapping_that_misses_a_folder_is_not_used(tmp_path):
+    root = build(tmp_path / "input", {"mapping.txt": "0 cat\n", **images("0", "1")})
+    found = layout.detect_layout(root)
+    assert found.classes == ["0", "1"] and any("does not name every one" in w for w in found.warnings)
+
+
+def test_unlabelled_path_round_trips_a_non_utf8_name(tmp_path):
+    root = build(tmp_path / "input", {**images(f"{LATIN1_CAFE}/train/a", f"{LATIN1_CAFE}/train/b"),
+                                      **images(f"{LATIN1_CAFE}/test")})
+    entry = layout.detect_layout(root).describe()["unlabelled"][0]
+    assert entry == {"folder": "café/test", "path": "caf\\xe9/test", "files": 2}
+    assert (root / layout.unescape_path(entry["path"])).is_dir()
+
+
+# ================================================================== end to end (fuzz corpus)
+def _zip(folder: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder).as_posix())
+    return archive
+
+
+def test_fuzz_imagenet10_archive(tmp_path, monkeypatch):
+    files = {"ImageNet10/README.md": "# ImageNet10", "ImageNet10/mapping.txt": MAPPING,
+             **images("ImageNet10/train_set/n01440764", "ImageNet10/train_set/n01443537", n=6, ext="png"),
+             **images("ImageNet10/test_set", n=3)}
+    folder = build(tmp_path / "input" / "tree", files)
+    archive = _zip(folder, tmp_path / "input" / "ImageNet10.zip")
+    out = ingest(tmp_path, archive, monkeypatch)
+    assert_kept(out, [f"train_set/n01440764/img{i}.png" for i in range(6)])
+    assert out.rejected == {}  # README.md and mapping.txt are not images
+    assert {r["class"] for r in out.manifest.values()} == {"tench", "goldfish"}
+    assert {r["given_split"] for r in out.manifest.values()} == {"train"}
+    layout_json = out.ingest["layout"]
+    assert layout_json["kind"] == "train + unlabelled test" and out.ingest["classes"] == ["goldfish", "tench"]
+    assert layout_json["unlabelled"] == [{"folder": "ImageNet10/test_set", "path": "ImageNet10/test_set", "files": 3}]
+    assert {"ImageNet10/README.md", "ImageNet10/mapping.txt"} <= set(layout_json["metadata_files"])
+
+
+def test_fuzz_imagenette_duplicates_across_splits(tmp_path, monkeypatch):
+    files = images("imagenette2/train/a", "imagenette2/train/b", "imagenette2/val/a", "imagenette2/val/b", n=4)
+    root = build(tmp_path / "input", files)
+    leaked = root / "imagenette2/train/a/img0.png"
+    leaked.write_bytes((root / "imagenette2/val/a/img1.png").read_bytes())  # a val image also in train
+    out = ingest(tmp_path, root)
+    row = out.rejected["train/a/img0.png"]
+    assert (row["reason"], row["duplicate_of"]) == (download.DUPLICATE_ACROSS_SPLITS, "val/a/img1.png")
+    assert "the val copy is kept" in row["detail"]
+    assert out.manifest["val/a/img1.png"]["given_split"] == "val"
+    assert_kept(out, [s for s in (p.removeprefix("imagenette2/") for p in files) if s != "train/a/img0.png"])
+    assert out.ingest["layout"]["given_counts"]["val"] == {"a": 4, "b": 4}
+    pooled = ingest(tmp_path / "pooled", root, predefined_split="ignore")
+    assert pooled.rejected["val/a/img1.png"]["reason"] == download.DUPLICATE  # pooled: the first copy stays
+
+
+def test_fuzz_loose_images_are_rejected_and_the_rest_kept(tmp_path, monkeypatch):
+    root = build(tmp_path / "input", {**images("ds/a", "ds/b"), "ds/stray.png": None, "ds/info.txt": "about",
+                                      "ds/a/README": "about a"})
+    out = ingest(tmp_path, root, monkeypatch)
+    assert out.reasons() == {"stray.png": download.NOT_IN_A_CLASS_FOLDER}
+    assert out.rejected["stray.png"]["class"] == "" and "move it into its class folder" in \
+        out.rejected["stray.png"]["detail"]
+    assert_kept(out, [f"{c}/img{i}.png" for c in "ab" for i in range(2)])
+    assert "ds/a/README" in out.ingest["layout"]["metadata_files"]
+
+
+def test_fuzz_nfc_collision_fails_before_writing_anything(tmp_path, monkeypatch):
+    root = build(tmp_path / "input", {f"{NFC}/x.png": None, f"{NFD}/y.png": None, "tea/z.png": None})
+    out = ingest(tmp_path, root, monkeypatch)
+    assert isinstance(out.error, layout.DatasetError) and "Unicode-normalised (NFC)" in out.message
+    assert out.store_keys == []
+
+
+def test_fuzz_non_utf8_folder_names_are_stored_readably(tmp_path, monkeypatch):
+    files = {f"{LATIN1_CAFE}/{os.fsdecode(b'm' + bytes([0xfc]) + b'de.png')}": None, f"{LATIN1_CAFE}/b.png": None,
+             "tea/a.png": None, "tea/b.png": None, os.fsdecode(b"lose\xe9.png"): None}
+    root = build(tmp_path / "input", files)
+    out = ingest(tmp_path, root, monkeypatch)
+    assert_kept(out, ["café/müde.png", "café/b.png", "tea/a.png"])
+    assert out.manifest["café/müde.png"]["class"] == "café" and out.ingest["classes"] == ["café", "tea"]
+    assert out.reasons() == {"loseé.png": download.NOT_IN_A_CLASS_FOLDER}
+
+
+def test_fuzz_require_without_given_split_uploads_nothing(tmp_path, monkeypatch):
+    root = build(tmp_path / "input", images("a", "b"))
+    out = ingest(tmp_path, root, monkeypatch, predefined_split="require")
+    assert "predefined_split=require" in out.message and out.store_keys == []
