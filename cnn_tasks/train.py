@@ -6,6 +6,10 @@ Resuming: everything a retried task needs lives in the store under models/<model
   tensorboard/  TensorBoard event files
 A task that starts restores these into a fresh local folder, so any worker continues from the
 last completed epoch; early stopping and the best checkpoint are seeded from the saved history.
+checkpoint/finished.json says whether that training finished. A task that finds a finished
+training whose outputs were saved (meta.json) was cleared or re-run on purpose: it trains again
+from scratch and replaces the model (and says so in its log); a try whose earlier try finished
+training but failed before saving the outputs only saves them.
 
 Imports keras at module level: import this module inside Airflow tasks, not in the DAG file.
 """
@@ -33,6 +37,8 @@ LOSS_TOLERANCE = 0.05  # single-batch check: "loss near zero"
 SINGLE_BATCH_LR = 3e-3  # fast, still stable with batch norm
 SINGLE_BATCH_POOL = 1024  # the check's batch is drawn (seeded) from the first N training images
 STATE_DIRS = ("checkpoint", "tensorboard", "backup")  # upload order: backup last, never ahead of history
+FINISHED = "finished.json"  # in checkpoint/: {"finished": true, "epochs": n} once training ended
+BACKUP_METADATA = "training_metadata.json"  # keras BackupAndRestore's epoch record, in backup/
 
 
 class SingleBatchCheckError(PipelineError, RuntimeError):
@@ -134,6 +140,13 @@ def run(ctx: RunContext, experiment: str, variant: str, extra_callbacks=()) -> d
     mid = make_model_id(experiment, variant)
     train_part = data.split_info(info, "train", variant)
     work = _restore_state(ctx, mid)
+    if _finished(work) and ctx.store.exists(ctx.model_key(mid, "meta.json")):
+        log.warning("%s: an earlier try already trained this model to the end and saved it (%s); this task "
+                    "was cleared or re-run, so it trains again from scratch and replaces that model",
+                    mid, ctx.store.url(ctx.model_key(mid, "model.keras")))
+        work = _start_over(ctx, mid)
+    elif _finished(work):
+        log.info("%s: training finished in an earlier try that failed before saving its outputs; saving them", mid)
     initial_epoch = _backup_epoch(work)
     history = _load_history(work)[:initial_epoch]
     if initial_epoch:
@@ -142,13 +155,13 @@ def run(ctx: RunContext, experiment: str, variant: str, extra_callbacks=()) -> d
     model = _build(ctx, spec, info)
     steps = data.steps_per_epoch(train_part["count"], spec.batch_size)
     _compile(model, make_optimizer(spec, total_steps=ctx.config.epochs * steps))
-    if not (work / "checkpoint" / "finished.json").exists():
+    if not _finished(work):
         train_ds = data.dataset(ctx, "train", variant, spec.batch_size, training=True)
         val_ds = data.dataset(ctx, "val", variant, spec.batch_size)
         callbacks = _callbacks(ctx, spec, mid, work, history, train_part["count"]) + list(extra_callbacks)
         model.fit(train_ds, validation_data=val_ds, epochs=ctx.config.epochs, callbacks=callbacks, shuffle=False,
                   verbose=0)  # the dataset shuffles (seeded)
-        (work / "checkpoint" / "finished.json").write_text(json.dumps({"epochs": len(history)}))
+        (work / "checkpoint" / FINISHED).write_text(json.dumps({"finished": True, "epochs": len(history)}))
         _sync_state(ctx, mid, work)
     if (work / "checkpoint" / "best.weights.h5").exists():
         model.load_weights(work / "checkpoint" / "best.weights.h5")  # restore the best epoch's weights
@@ -185,7 +198,7 @@ def _callbacks(ctx, spec, mid: str, work: Path, history: list[dict], train_count
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best),
         keras.callbacks.BackupAndRestore(str(work / "backup")),
-        TensorBoardScalars(work / "tensorboard"),
+        TensorBoardScalars(_tensorboard_dir(work)),
         EpochRecorder(ctx, mid, work, history, train_count),
     ]
     return callbacks
@@ -317,6 +330,10 @@ def _restore_state(ctx: RunContext, mid: str) -> Path:
         for key in ctx.store.list(prefix):
             ctx.store.get_file(key, work / name / key[len(prefix):])
         (work / name).mkdir(parents=True, exist_ok=True)
+    metadata = work / "backup" / BACKUP_METADATA
+    if metadata.exists() and json.loads(metadata.read_text()).get("discarded"):  # see _start_over
+        shutil.rmtree(work / "backup")
+        (work / "backup").mkdir()
     return work
 
 
@@ -327,9 +344,39 @@ def _sync_state(ctx: RunContext, mid: str, work: Path) -> None:
             ctx.store.put_file(ctx.model_key(mid, name, path.relative_to(folder).as_posix()), path)
 
 
+def _finished(work: Path) -> bool:
+    """Whether the restored state is a finished training (finished.json without "finished": false)."""
+    path = work / "checkpoint" / FINISHED
+    return path.exists() and json.loads(path.read_text()).get("finished", True)
+
+
+def _tensorboard_dir(work: Path) -> Path:
+    """tensorboard/, or tensorboard/retrain-<time>/ for a training that replaces a finished one."""
+    path = work / "checkpoint" / FINISHED
+    restarted = json.loads(path.read_text()).get("restarted_at") if path.exists() else None
+    return work / "tensorboard" / f"retrain-{restarted}" if restarted else work / "tensorboard"
+
+
+def _start_over(ctx: RunContext, mid: str) -> Path:
+    """An empty work folder for a new training of `mid`, and the store's state marked so that a try
+    interrupted during it resumes this training, not the replaced one: finished.json "finished":
+    false, an empty history, and the old BackupAndRestore state discarded. The store keeps the old
+    TensorBoard files; the new training writes its own under tensorboard/retrain-<time>/."""
+    work = ctx.scratch("train", mid)
+    shutil.rmtree(work)
+    for name in STATE_DIRS:
+        (work / name).mkdir(parents=True)
+    started = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    ctx.store.put_json(ctx.model_key(mid, "checkpoint", FINISHED), {"finished": False, "restarted_at": started})
+    ctx.store.put_json(ctx.model_key(mid, "checkpoint", "history.json"), [])
+    ctx.store.put_json(ctx.model_key(mid, "backup", BACKUP_METADATA), {"discarded": True, "restarted_at": started})
+    (work / "checkpoint" / FINISHED).write_text(json.dumps({"finished": False, "restarted_at": started}))
+    return work
+
+
 def _backup_epoch(work: Path) -> int:
     """Epochs completed according to the BackupAndRestore state (0 when starting fresh)."""
-    path = work / "backup" / "training_metadata.json"
+    path = work / "backup" / BACKUP_METADATA
     return int(json.loads(path.read_text())["epoch"]) if path.exists() else 0
 
 

@@ -11,6 +11,13 @@ Deployment settings (environment variables, read at parse time):
   CNN_STORE_URI, CNN_S3_ENDPOINT_URL, CNN_AWS_CONN_ID, CNN_DATASET_URL   Param defaults
   CNN_TRAINING_POOL     pool for training tasks (default "training")
   CNN_TRAIN_TIMEOUT_HOURS  execution timeout of one training task (default 6)
+
+A failed stage fails the run. `report` runs whatever happened upstream (trigger rule all_done)
+and says which sections did not run and why; the last task, `all_stages_succeeded` (also
+all_done), then fails when any task of the run failed, with a message naming each failed task
+and its error, so the run ends `failed` while the partial report is still written. Every task
+records its error in the store (runs/<id>/failures/); that task and `make run` read them.
+Mapped tasks are labelled in the grid ("baseline / balanced").
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ DAG_ID = "cnn_image_classification"
 TRAINING_POOL = os.environ.get("CNN_TRAINING_POOL", "training")
 # Updating this Asset (from a producer DAG or the REST API) announces new training data.
 DATASET_ASSET = Asset(name="cnn_training_dataset", uri="cnn://training-dataset")
+MODEL_LABEL = "{{ task.op_kwargs['trained']['model_id'] | replace('__', ' / ') }}"  # grid label of a mapped task
 
 
 def _deployment_defaults() -> dict:
@@ -54,15 +62,61 @@ def _schedule():
 
 def _stage(fn, *args):
     """Run a stage with this task's context. Errors a retry cannot fix (PipelineError: bad config,
-    bad data, missing bucket, a model that diverges) fail the task at once; others are retried."""
+    bad data, missing bucket, a model that diverges) fail the task at once; others are retried.
+    Either way the error is recorded in the store for the report and the run's final check; a
+    later try that succeeds marks it recovered. The task's scratch folders are removed at the end."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    from cnn_tasks import failures
     from cnn_tasks.errors import PipelineError
 
+    ti, ctx = get_current_context()["ti"], None
     try:
-        return fn(_ctx(), *args)
-    except PipelineError as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        ctx = _ctx()
+        result = fn(ctx, *args)
+    except BaseException as exc:  # BaseException: a task timeout too
+        if ctx is not None:  # no context: an invalid config, nothing may be written
+            failures.record_failure(ctx.store, ctx.prefix, ti.task_id, ti.map_index, _label(ti), exc,
+                                    ti.try_number, final=isinstance(exc, PipelineError) or ti.try_number > ti.max_tries)
+        if isinstance(exc, PipelineError):
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        raise
+    else:
+        failures.record_recovered(ctx.store, ctx.prefix, ti.task_id, ti.map_index)
+        return result
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+def _label(ti) -> str | None:
+    """The mapped task's readable label (map_index_template), e.g. 'baseline / balanced'."""
+    return getattr(ti, "rendered_map_index", None) if ti.map_index >= 0 else None
+
+
+def _run_failures(ctx) -> tuple[list[dict], list[str]]:
+    """(failed tasks with their recorded errors, tasks that did not run because of them), from
+    Airflow's task states and the store's failure records. A task that failed without a record
+    (killed, out of memory, lost worker) is recorded here, so the report lists it too."""
+    from cnn_tasks import failures
+
+    context = get_current_context()
+    recorded = {(r.get("task_id"), r.get("map_index", -1)): r for r in failures.read_failures(ctx.store, ctx.prefix)}
+    failed, not_run = [], []
+    for crumb in context["ti"].get_task_breadcrumbs(DAG_ID, context["run_id"]):
+        task_id, map_index = crumb["task_id"], crumb["map_index"]
+        state = str(getattr(crumb["state"], "value", crumb["state"]))
+        if task_id == context["ti"].task_id:
+            continue
+        if state == "upstream_failed":
+            not_run.append(failures.task_name(task_id, map_index))
+        elif state == "failed":
+            record = recorded.get((task_id, map_index))
+            if record is None:
+                record = failures.record_unexplained(ctx.store, ctx.prefix, task_id, map_index)
+            failed.append(record)
+    failed.sort(key=lambda r: (r.get("at") or "", r.get("task") or ""))
+    return failed, not_run
 
 
 def _ctx():
@@ -106,7 +160,7 @@ def cnn_image_classification():
     @task(retries=0)
     def configure() -> list[str]:
         """Validate the Params (nothing is written for an invalid run), record the config and
-        return the experiment names that the single-batch checks and training map over."""
+        return the experiment names that the single-batch checks map over."""
         def record(ctx):
             ctx.store.put_json(ctx.key("config.json"), ctx.config.to_dict())
             return [e.name for e in ctx.config.experiments]
@@ -126,30 +180,38 @@ def cnn_image_classification():
         return _stage(split.run)
 
     @task
-    def rebalance(analysis: dict) -> dict:
+    def rebalance(analysis: dict) -> list[dict]:
+        """Write the training data variants; return the training runs over them, which the training
+        tasks map over: [{"experiment": ..., "variant": ...}], one variant only with rebalance=none."""
         from cnn_tasks import rebalance
+        from cnn_tasks.variants import training_runs
 
-        return _stage(rebalance.run)
+        def write(ctx):
+            rebalance.run(ctx)
+            return training_runs(ctx.config)
 
-    @task(retries=0)
+        return _stage(write)
+
+    @task(retries=0, map_index_template="{{ task.op_kwargs['experiment'] }}")
     def single_batch_check(experiment: str) -> dict:
         from cnn_tasks import train
 
         return _stage(train.single_batch_check, experiment)
 
-    @task(pool=TRAINING_POOL, execution_timeout=timedelta(hours=float(os.environ.get("CNN_TRAIN_TIMEOUT_HOURS", 6))))
+    @task(pool=TRAINING_POOL, execution_timeout=timedelta(hours=float(os.environ.get("CNN_TRAIN_TIMEOUT_HOURS", 6))),
+          map_index_template="{{ task.op_kwargs['experiment'] }} / {{ task.op_kwargs['variant'] }}")
     def train(experiment: str, variant: str) -> dict:
         from cnn_tasks import train
 
         return _stage(train.run, experiment, variant)
 
-    @task
+    @task(map_index_template=MODEL_LABEL)
     def visualize(trained: dict) -> dict:
         from cnn_tasks import visualize
 
         return _stage(visualize.run, trained["model_id"])
 
-    @task
+    @task(map_index_template=MODEL_LABEL)
     def evaluate(trained: dict) -> dict:
         from cnn_tasks import evaluate
 
@@ -173,23 +235,49 @@ def cnn_image_classification():
 
         return _stage(predict.run)
 
-    # The report runs even when a stage failed: its sections say what did not run and why
-    # (the DAG run still fails, so a partial report never passes for a complete one).
+    # The report runs even when a stage failed: it opens with the failed tasks and their errors,
+    # and its sections say what did not run and why.
     @task(trigger_rule="all_done")
     def report() -> dict:
         from cnn_tasks import report
 
-        return _stage(report.run)
+        def write(ctx):
+            _run_failures(ctx)  # records tasks that died without recording their error
+            return report.run(ctx)
+
+        return _stage(write)
+
+    # The run's verdict: fails (so the DAG run ends `failed`) when any task failed, naming each
+    # failed task and its error; succeeds when every task did.
+    @task(trigger_rule="all_done", retries=0)
+    def all_stages_succeeded() -> str:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from cnn_tasks import failures
+
+        ctx = _ctx()
+        try:
+            failed, not_run = _run_failures(ctx)
+            report_key = ctx.report_key("index.html")
+            where = f"partial report: {ctx.store.url(report_key)}" if ctx.store.exists(report_key) else "no report"
+        finally:
+            ctx.close()
+        if failed:
+            raise AirflowFailException(
+                f"{len(failed)} task(s) failed: " + "; ".join(failures.reason(f) for f in failed)
+                + (f". Did not run because of it: {', '.join(not_run)}" if not_run else "") + f". ({where})")
+        return "every task succeeded"
 
     experiments = configure()
-    data = rebalance(split(download(experiments)))
+    training_runs = rebalance(split(download(experiments)))
     checks = single_batch_check.expand(experiment=experiments)
-    data >> checks
-    # One training task per experiment x data variant (a cross product).
-    trained = train.expand(experiment=experiments, variant=["unbalanced", "balanced"])
+    training_runs >> checks
+    # One training task per experiment x data variant (one variant only with rebalance=none).
+    trained = train.expand_kwargs(training_runs)
     checks >> trained
     visualisations = visualize.expand(trained=trained)
     evaluations = evaluate.expand(trained=trained)
-    [predict(promote(ensemble(evaluations))), visualisations] >> report()
+    [predict(promote(ensemble(evaluations))), visualisations] >> report() >> all_stages_succeeded()
+
 
 cnn_image_classification()

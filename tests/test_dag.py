@@ -25,7 +25,8 @@ def load_dag(tmp_path, **env):
         "if dag:\n"
         "    out['tasks'] = {t.task_id: {'up': sorted(t.upstream_task_ids), 'mapped': type(t).__name__.endswith('MappedOperator'),\n"
         "                   'pool': t.pool, 'retries': t.retries, 'timeout': t.execution_timeout.total_seconds(),\n"
-        "                   'backoff': t.retry_exponential_backoff} for t in dag.tasks}\n"
+        "                   'backoff': t.retry_exponential_backoff, 'trigger_rule': getattr(t.trigger_rule, 'value', t.trigger_rule),\n"
+        "                   'label': getattr(t, 'map_index_template', None) or (t.partial_kwargs.get('map_index_template') if hasattr(t, 'partial_kwargs') else None)} for t in dag.tasks}\n"
         "    out['params'] = {k: {**dag.params.get_param(k).schema, 'description': dag.params.get_param(k).description} for k in dag.params}\n"
         "    out['defaults'] = {k: dag.params.get_param(k).value for k in dag.params}\n"
         "    out['max_active_runs'] = dag.max_active_runs\n"
@@ -62,12 +63,29 @@ def test_tasks_and_dependencies(parsed):
     tasks = parsed["tasks"]
     expected_upstream = {
         "configure": [], "download": ["configure"], "split": ["download"], "rebalance": ["split"],
-        "single_batch_check": ["configure", "rebalance"], "train": ["configure", "single_batch_check"],
+        "single_batch_check": ["configure", "rebalance"], "train": ["rebalance", "single_batch_check"],
         "visualize": ["train"], "evaluate": ["train"], "ensemble": ["evaluate"], "promote": ["ensemble"],
-        "predict": ["promote"], "report": ["predict", "visualize"],
+        "predict": ["promote"], "report": ["predict", "visualize"], "all_stages_succeeded": ["report"],
     }
     assert {t: v["up"] for t, v in tasks.items()} == expected_upstream
     assert {t for t, v in tasks.items() if v["mapped"]} == {"single_batch_check", "train", "visualize", "evaluate"}
+
+
+def test_a_failed_stage_fails_the_run_after_the_report(parsed):
+    """`report` runs whatever happened upstream; the only leaf, `all_stages_succeeded`, runs after it
+    whatever happened, and fails when any task failed: a partial report never passes for success."""
+    tasks = parsed["tasks"]
+    leaves = {t for t in tasks if not any(t in v["up"] for v in tasks.values())}
+    assert leaves == {"all_stages_succeeded"}
+    assert tasks["report"]["trigger_rule"] == "all_done"
+    assert tasks["all_stages_succeeded"]["trigger_rule"] == "all_done"
+    assert tasks["all_stages_succeeded"]["retries"] == 0
+
+
+def test_mapped_tasks_have_readable_labels(parsed):
+    labels = {t: v["label"] for t, v in parsed["tasks"].items() if v["mapped"]}
+    assert "experiment" in labels["single_batch_check"] and "variant" in labels["train"]
+    assert "model_id" in labels["visualize"] and "model_id" in labels["evaluate"]
 
 
 def test_training_has_pool_timeout_and_backoff(parsed):

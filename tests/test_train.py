@@ -137,3 +137,64 @@ def test_nan_loss_raises_naming_experiment_and_epoch(tiny_ctx):
         train.run(ctx, "small", "unbalanced", extra_callbacks=[PoisonWeights()])
     backup = json.loads(ctx.store.get_text(ctx.model_key("small__unbalanced", "backup", "training_metadata.json")))
     assert backup["epoch"] == 1  # the diverged epoch was never backed up
+
+
+def test_a_cleared_finished_training_trains_again_from_scratch_and_says_so(tiny_ctx, caplog):
+    """Clearing a finished `train` task in the UI runs train.run again on the same run: it must
+    retrain (not silently reuse finished.json) and replace the model."""
+    ctx = tiny_ctx(epochs=2)
+    mid = "small__unbalanced"
+    first = train.run(ctx, "small", "unbalanced")
+    first_meta = ctx.store.get_json(ctx.model_key(mid, "meta.json"))
+    seen = EpochLog()
+    with caplog.at_level("WARNING", logger="cnn_tasks.train"):
+        again = train.run(ctx, "small", "unbalanced", extra_callbacks=[seen])
+    assert seen.epochs == [0, 1]  # every epoch trained again
+    assert again["resumed_from_epoch"] == 0 and again["epochs_run"] == 2 and first["epochs_run"] == 2
+    assert "trains again from scratch and replaces that model" in caplog.text and mid in caplog.text
+    meta = ctx.store.get_json(ctx.model_key(mid, "meta.json"))
+    assert meta["wall_time_s"] != first_meta["wall_time_s"]  # the replaced model's record
+    assert [h["epoch"] for h in ctx.store.get_json(ctx.model_key(mid, "history.json"))] == [1, 2]
+    assert any("/tensorboard/retrain-" in k for k in ctx.store.list(ctx.model_key(mid, "tensorboard")))
+
+
+def test_a_retrain_cut_off_resumes_the_retrain_not_the_replaced_model(tiny_ctx):
+    ctx = tiny_ctx(epochs=3)
+    mid = "small__unbalanced"
+    train.run(ctx, "small", "unbalanced")
+    with pytest.raises(KeyboardInterrupt):  # cleared, then the retrain's worker dies at its 2nd epoch
+        train.run(ctx, "small", "unbalanced", extra_callbacks=[Interrupt(at=1)])
+    seen = EpochLog()
+    result = train.run(ctx, "small", "unbalanced", extra_callbacks=[seen])
+    assert seen.epochs == [1, 2] and result["resumed_from_epoch"] == 1  # the retry resumes the retrain
+    assert [h["epoch"] for h in ctx.store.get_json(ctx.model_key(mid, "history.json"))] == [1, 2, 3]
+
+
+def test_a_retrain_cut_off_before_its_first_epoch_does_not_resume_the_replaced_model(tiny_ctx):
+    ctx = tiny_ctx(epochs=2)
+    train.run(ctx, "small", "unbalanced")
+    with pytest.raises(KeyboardInterrupt):
+        train.run(ctx, "small", "unbalanced", extra_callbacks=[Interrupt(at=0)])
+    seen = EpochLog()
+    result = train.run(ctx, "small", "unbalanced", extra_callbacks=[seen])
+    assert seen.epochs == [0, 1] and result["resumed_from_epoch"] == 0
+
+
+class FailOnSave(Exception):
+    pass
+
+
+def test_a_try_that_failed_after_training_only_saves_the_outputs(tiny_ctx, monkeypatch):
+    ctx = tiny_ctx(epochs=2)
+    real_plot = train._plot_curves
+
+    def broken(*args, **kwargs):
+        raise FailOnSave("store hiccup while saving the curves")
+
+    monkeypatch.setattr(train, "_plot_curves", broken)
+    with pytest.raises(FailOnSave):
+        train.run(ctx, "small", "unbalanced")
+    monkeypatch.setattr(train, "_plot_curves", real_plot)
+    seen = EpochLog()
+    result = train.run(ctx, "small", "unbalanced", extra_callbacks=[seen])
+    assert seen.epochs == [] and result["epochs_run"] == 2  # nothing retrained: the finished model is saved
