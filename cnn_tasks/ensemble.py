@@ -17,9 +17,14 @@ import logging
 
 import numpy as np
 
+from cnn_tasks.errors import PipelineError
 from cnn_tasks.evaluate import classification_metrics, evaluate_predictions, load_predictions
 
 log = logging.getLogger(__name__)
+
+
+class MissingMemberError(PipelineError, FileNotFoundError):
+    """A model the ensemble was asked to combine has no saved predictions."""
 
 METHODS = ("soft", "hard", "weighted")
 TABLE_COLUMNS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc", "ece")
@@ -142,14 +147,19 @@ def run(ctx, model_ids: list[str]) -> dict:
 
     store, metric = ctx.store, ctx.config.promotion_metric
     missing = [m for m in model_ids if not store.exists(ctx.eval_key(m, "predictions.npz"))]
-    model_ids = sorted(m for m in model_ids if m not in missing)
+    if missing:  # an ensemble (and the champion it picks) without one of its models must not pass for complete
+        raise MissingMemberError(
+            "cannot build the ensembles: " + ", ".join(f"{m} has no {ctx.store.url(ctx.eval_key(m, 'predictions.npz'))}"
+                                                       for m in sorted(missing))
+            + ". Its evaluate task did not write it or it was deleted since: clear that evaluate task "
+            "(and this one) to evaluate it again.")
+    model_ids = sorted(model_ids)
     if not model_ids:
-        raise RuntimeError(f"no evaluated models among {sorted(missing)}: run the evaluate stage first")
+        raise ValueError("ensemble: no models given")
     preds = {m: load_predictions(store, ctx.eval_key(m, "predictions.npz")) for m in model_ids}
     check_same_test_set(preds)
     classes = _classes(ctx, model_ids[0])
     groups, skipped = subsets(model_ids)
-    skipped += [f"model {m}: not evaluated (no predictions.npz), left out of every ensemble" for m in missing]
     ensembles = build_ensembles(preds, groups)
     rows = comparison_rows(preds, ensembles, classes, metric)
     comparison_key = ctx.eval_key("ensemble", "comparison.csv")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from cnn_tasks import ensemble
+from cnn_tasks.errors import PipelineError
 from cnn_tasks.evaluate import save_predictions
 from tests.test_evaluate import random_proba, store_figure_exists
 
@@ -66,9 +68,8 @@ def test_run_compares_every_model_and_ensemble(make_ctx):
     ctx = make_ctx()
     ids = ["a__unbalanced", "b__unbalanced", "a__balanced"]
     write_model_predictions(ctx, ids, ["x", "y", "z"])
-    out = ensemble.run(ctx, ids + ["ghost__balanced"])  # a model whose evaluation did not run
+    out = ensemble.run(ctx, ids)
     doc = ctx.store.get_json(out["ensemble_key"])
-    assert any(s.startswith("model ghost__balanced: not evaluated") for s in doc["skipped"])
     names = [r["name"] for r in doc["comparison"]]
     assert sorted(names[:3]) == sorted(ids)
     assert set(names[3:]) == {f"{m}[{s}]" for m in ("soft", "hard", "weighted") for s in ("all", "unbalanced")}
@@ -85,3 +86,19 @@ def test_run_compares_every_model_and_ensemble(make_ctx):
     weights = doc["ensembles"]["weighted[all]"]["weights"]
     assert set(weights) == set(ids) and abs(sum(weights.values()) - 1) < 1e-9
     assert ctx.store.get_text(doc["comparison_key"]).startswith("name,kind,members")
+
+
+def test_a_member_without_predictions_fails_the_ensemble_naming_it(make_ctx):
+    """A model that was evaluated but whose predictions are gone (deleted from the store between the
+    tasks) must fail the stage, not be left out of the ensembles and the champion decision quietly."""
+    ctx = make_ctx()
+    ids = ["a__unbalanced", "b__unbalanced", "a__balanced"]
+    write_model_predictions(ctx, ids, ["x", "y", "z"])
+    ctx.store.path(ctx.eval_key("b__unbalanced", "predictions.npz")).unlink()
+    with pytest.raises(ensemble.MissingMemberError) as caught:
+        ensemble.run(ctx, ids)
+    message = str(caught.value)
+    assert "b__unbalanced has no file://" in message and "eval/b__unbalanced/predictions.npz" in message
+    assert "clear that evaluate task" in message
+    assert isinstance(caught.value, PipelineError)  # fails at once, no retries
+    assert not ctx.store.exists(ctx.eval_key("ensemble", "ensemble.json"))
