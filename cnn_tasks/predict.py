@@ -1,7 +1,8 @@
 """Predictions for unlabelled images, with the champion (when it fits this run's classes) or this
 run's best single model.
 
-Stage: `run(ctx)` fetches `config.unlabelled_url` with `sources.fetch` and writes
+Stage: `run(ctx)` fetches `config.unlabelled_url` (else the dataset's own unlabelled folders,
+recorded by download in ingest.json) with `sources.fetch` and writes
 report/predictions.csv, report/predictions_rejected.csv and report/predictions.json (the record
 the report reads; it also records why the stage did nothing when no URL is configured).
 
@@ -215,31 +216,63 @@ def _meta_key(model_key: str | None) -> str | None:
     return model_key.rsplit("/", 1)[0] + "/meta.json" if model_key else None
 
 
+def dataset_unlabelled(ctx) -> list[dict]:
+    """The unlabelled folders download found in the dataset (ingest.json `layout.unlabelled`:
+    readable `folder` and on-disk `path`, both relative to the dataset root)."""
+    key = ctx.data_key("ingest.json")
+    if not ctx.store.exists(key):
+        return []
+    return list((ctx.store.get_json(key).get("layout") or {}).get("unlabelled") or [])
+
+
 def run(ctx) -> dict:
-    """Predict config.unlabelled_url; a recorded no-op when it is not set."""
+    """Predict config.unlabelled_url, else the unlabelled folders of the dataset itself (e.g.
+    test_set/*.JPEG beside train_set/<class>/, found by download's layout detection); a recorded
+    no-op when there are none. When both exist, unlabelled_url wins (the explicit setting) and the
+    record says which dataset folders were not predicted. The dataset is fetched again through the
+    worker cache (`sources.fetch`), since this task may run on another worker than download."""
     record_key = ctx.report_key("predictions.json")
     url = ctx.config.unlabelled_url
-    if url is None:
-        reason = "config.unlabelled_url is not set: no unlabelled images to predict"
+    found = dataset_unlabelled(ctx)
+    if url is None and not found:
+        reason = ("config.unlabelled_url is not set and the dataset holds no unlabelled folder: no unlabelled "
+                  "images to predict")
         log.info("predict: skipped, %s", reason)
         ctx.store.put_json(record_key, {"status": "skipped", "reason": reason})
         return {"status": "skipped", "reason": reason, "record_key": record_key}
     classes = list(data.load_dataset_info(ctx)["classes"])
     chosen = choose_model(ctx, classes)
-    folder = sources.fetch(ctx, url)
+    note = None
+    if url is not None:
+        folder = sources.fetch(ctx, url)
+        folders, described = [("", folder)], url
+        if found:
+            note = ("unlabelled_url is set, so it is predicted instead of the dataset's unlabelled folder(s) "
+                    + ", ".join(f"{f['folder']}/ ({f['files']} files)" for f in found))
+    else:
+        root = sources.fetch(ctx, ctx.config.dataset_url, ctx.config.dataset_checksum)
+        folders = [(f"{f['folder']}/" if len(found) > 1 else "", root / layout.unescape_path(f["path"]))
+                   for f in found]
+        described = f"{ctx.config.dataset_url}: " + ", ".join(f"{f['folder']}/" for f in found)
+        note = "the dataset's own unlabelled folder(s), found by the download stage (no unlabelled_url is set)"
     model = models.load_model(ctx.cached(chosen["model_key"]))
-    rows, rejected = predict_folder(model, folder, classes, stage_preprocessing(ctx, chosen))
-    ignored = list_files(folder)[1]
+    rows, rejected, ignored = [], [], 0
+    for prefix, folder in folders:  # image names relative to the folder (prefixed when there are several)
+        folder_rows, folder_rejected = predict_folder(model, folder, classes, stage_preprocessing(ctx, chosen))
+        rows += [{**r, "image": prefix + r["image"]} for r in folder_rows]
+        rejected += [{**r, "image": prefix + r["image"]} for r in folder_rejected]
+        ignored += list_files(folder)[1]
     csv_key, rejected_key = ctx.report_key("predictions.csv"), ctx.report_key("predictions_rejected.csv")
     ctx.store.put_text(csv_key, csv_text(rows, PREDICTION_COLUMNS), "text/csv")
     ctx.store.put_text(rejected_key, csv_text(rejected, REJECTED_COLUMNS), "text/csv")
     counts = {c: sum(r["predicted_class"] == c for r in rows) for c in classes}
-    record = {"status": "done", "url": url, "model": chosen, "predicted": len(rows), "rejected": len(rejected),
+    record = {"status": "done", "url": described, "model": chosen, "predicted": len(rows), "rejected": len(rejected),
               "ignored_hidden_files": ignored, "class_counts": counts, "predictions_key": csv_key,
-              "rejected_key": rejected_key}
+              "rejected_key": rejected_key, "images_from": "unlabelled_url" if url is not None else "dataset",
+              "note": note}
     ctx.store.put_json(record_key, record)
-    log.info("predict: %d images predicted with %s (%s), %d rejected, %d hidden/system files skipped", len(rows),
-             chosen["model_id"], chosen["source"], len(rejected), ignored)
+    log.info("predict: %d images predicted with %s (%s), %d rejected, %d hidden/system files skipped%s", len(rows),
+             chosen["model_id"], chosen["source"], len(rejected), ignored, f"; {note}" if note else "")
     return {"status": "done", "predicted": len(rows), "rejected": len(rejected), "record_key": record_key,
             "predictions_key": csv_key}
 

@@ -160,3 +160,73 @@ def test_cli_uses_class_names_beside_the_model(folder, tmp_path):
     assert_top_k_is_the_models(rows, model_proba(tiny_model(), folder, [r["image"] for r in rows]), CLASSES)
     assert_rejected_with_exact_reasons(read_csv((tmp_path / "preds_rejected.csv").read_text()), folder)
     assert predict.classes_beside(tmp_path / "nowhere" / "model.keras", 2) == ["class_0", "class_1"]
+
+
+def _with_best_model(ctx, tmp_path) -> list[str]:
+    classes = write_training_dataset(ctx, classes=3, train=2, val=2, test=2, size=16)["classes"]
+    tiny_model().save(tmp_path / "m.keras")
+    ctx.store.put_file(ctx.model_key("tiny__unbalanced", "model.keras"), tmp_path / "m.keras")
+    rows = [{"name": "tiny__unbalanced", "kind": "model", "members": ["tiny__unbalanced"], "macro_f1": 0.9,
+             "accuracy": 0.9}]
+    ctx.store.put_json(ctx.eval_key("ensemble", "ensemble.json"), {"comparison": rows})
+    return classes
+
+
+@pytest.fixture
+def imagenet10_zip(folder, tmp_path):
+    """ImageNet10-style archive: README, train_set/<class>/, and test_set/ holding `folder`'s six
+    images and four unusable files loose (unlabelled)."""
+    import zipfile
+
+    archive = tmp_path / "ImageNet10.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ImageNet10/README.md", "# ImageNet10\n")
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(path, f"ImageNet10/test_set/{path.name}")
+            if path.parent != folder:  # the labelled copies: train_set/<class>/
+                zf.write(path, f"ImageNet10/train_set/{path.parent.name}/{path.name}")
+    return archive
+
+
+def test_run_predicts_the_datasets_unlabelled_folder_on_another_worker(make_ctx, folder, imagenet10_zip, tmp_path,
+                                                                       monkeypatch):
+    from cnn_tasks import download
+
+    ctx = make_ctx(dataset_url=str(imagenet10_zip), min_images_per_class=1)
+    download.run(ctx)
+    assert ctx.store.get_json(ctx.data_key("ingest.json"))["layout"]["kind"] == "train + unlabelled test"
+    classes = _with_best_model(ctx, tmp_path)
+    monkeypatch.setenv("CNN_CACHE_DIR", str(tmp_path / "other-worker-cache"))  # nothing cached there
+    out = predict.run(ctx)
+    assert (out["status"], out["predicted"], out["rejected"]) == ("done", 6, 4)
+    record = ctx.store.get_json(out["record_key"])
+    assert record["images_from"] == "dataset" and record["url"] == f"{imagenet10_zip}: ImageNet10/test_set/"
+    predictions = read_csv(ctx.store.get_text(ctx.report_key("predictions.csv")))
+    names = [r["image"] for r in predictions]
+    assert names == sorted(f"class_{c}_{i}.png" for c in "abc" for i in range(2))  # relative to test_set/
+    flat = {n: folder / n.rsplit("_", 1)[0] / n for n in names}
+    assert_top_k_is_the_models(predictions, model_proba(tiny_model(), folder, [str(flat[n].relative_to(folder))
+                                                                               for n in names]), classes)
+    assert_rejected_with_exact_reasons(read_csv(ctx.store.get_text(ctx.report_key("predictions_rejected.csv"))),
+                                       folder)
+
+
+def test_unlabelled_url_wins_over_the_datasets_folder_and_says_so(make_ctx, folder, imagenet10_zip, tmp_path):
+    from cnn_tasks import download
+
+    ctx = make_ctx(dataset_url=str(imagenet10_zip), min_images_per_class=1, unlabelled_url=str(folder / "class_a"))
+    download.run(ctx)
+    _with_best_model(ctx, tmp_path)
+    out = predict.run(ctx)
+    record = ctx.store.get_json(out["record_key"])
+    assert out["predicted"] == 2 and record["images_from"] == "unlabelled_url"
+    assert "instead of the dataset's unlabelled folder(s) ImageNet10/test_set/ (10 files)" in record["note"]
+
+
+def test_run_without_url_or_unlabelled_folder_is_a_recorded_no_op(make_ctx, tiny_dataset):
+    from cnn_tasks import download
+
+    ctx = make_ctx(dataset_url=str(tiny_dataset), min_images_per_class=1)
+    download.run(ctx)
+    out = predict.run(ctx)
+    assert out["status"] == "skipped" and "holds no unlabelled folder" in out["reason"]

@@ -112,3 +112,75 @@ def test_figures_are_written_with_captions(analysed):
     for figure in figures:
         assert figure["caption"] and ctx.store.get_bytes(figure["key"]).startswith(b"\x89PNG")
     assert analysed["analysis"]["image_sizes"]["train"]["most_common"] == [[12, 12, 44]]
+
+
+# ================================================================== predefined splits
+def _given(sizes: dict[str, dict[str, int]]) -> pd.DataFrame:
+    """A manifest with given splits: {given_split: {class: n}}; labels in class order a, b, ..."""
+    labels = {c: i for i, c in enumerate(sorted({c for per in sizes.values() for c in per}))}
+    rows = [{"key": f"{s}-{c}-{i:04d}", "class": c, "label": labels[c], "given_split": s}
+            for s, per in sizes.items() for c, n in per.items() for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+def _counts(table: pd.DataFrame) -> dict:
+    return {c: g["split"].value_counts().reindex(["train", "val", "test"], fill_value=0).tolist()
+            for c, g in table.groupby("class")}
+
+
+def test_auto_keeps_a_given_test_split_and_carves_val_from_train():
+    manifest = _given({"train": {"a": 90, "b": 45}, "test": {"a": 10, "b": 7}})
+    table, origin = split.assign_splits(manifest, (0.7, 0.2, 0.1), seed=3)
+    assert _counts(table) == {"a": [70, 20, 10], "b": [35, 10, 7]}  # val = round(n_train x 0.2/0.9)
+    test = table[table["split"] == "test"]
+    assert (test["given_split"] == "test").all() and (table.loc[table["split"] == "val", "given_split"] == "train").all()
+    assert origin["test"] == "given test split" and "carved from the given training split" in origin["val"]
+    again, _ = split.assign_splits(manifest.sample(frac=1, random_state=2), (0.7, 0.2, 0.1), seed=3)
+    assert dict(zip(table["key"], table["split"])) == dict(zip(again["key"], again["split"]))  # seeded
+    split.assert_no_leakage(table)
+
+
+def test_auto_keeps_given_val_and_test_and_carves_nothing():
+    manifest = _given({"train": {"a": 30, "b": 30}, "val": {"a": 5, "b": 4}, "test": {"a": 3, "b": 2}})
+    table, origin = split.assign_splits(manifest, (0.7, 0.2, 0.1), seed=1)
+    assert _counts(table) == {"a": [30, 5, 3], "b": [30, 4, 2]}
+    assert (table["split"] == table["given_split"]).all()
+    assert origin == {"train": "given training split", "val": "given validation split", "test": "given test split"}
+
+
+def test_auto_carves_test_from_train_when_only_val_is_given():
+    table, _ = split.assign_splits(_given({"train": {"a": 80}, "val": {"a": 9}}), (0.7, 0.2, 0.1), seed=1)
+    assert _counts(table) == {"a": [70, 9, 10]}  # test = round(80 x 0.1/0.8)
+
+
+def test_ignore_pools_every_labelled_image():
+    manifest = _given({"train": {"a": 90}, "test": {"a": 10}})
+    table, origin = split.assign_splits(manifest, (0.7, 0.2, 0.1), seed=1, policy="ignore")
+    assert _counts(table) == {"a": [70, 20, 10]}
+    assert (table["given_split"] == "test").sum() == 10  # the given split is still recorded
+    assert "predefined_split=ignore pools the given splits" in origin["test"]
+
+
+def test_a_class_without_given_test_images_is_an_error_naming_it():
+    manifest = _given({"train": {"a": 20, "b": 20}, "test": {"a": 3}})
+    with pytest.raises(split.SplitError, match="class 'b' has no valid images in the dataset's given test split"):
+        split.assign_splits(manifest, (0.7, 0.2, 0.1), seed=1)
+
+
+def test_run_on_a_pre_split_dataset_records_layout_and_origin(tmp_path):
+    from tests.test_layout import build
+
+    root = build(tmp_path / "ds", {**{f"data/train/{c}/{i}.png": None for c in "ab" for i in range(18)},
+                                   **{f"data/test/{c}/{i}.png": None for c in "ab" for i in range(4)}})
+    config = PipelineConfig.from_dict({"store_uri": f"file://{tmp_path / 'store'}", "dataset_checksum": None,
+                                       "dataset_url": str(root), "min_images_per_class": 5})
+    ctx = RunContext.create(config, "presplit")
+    download.run(ctx)
+    split.run(ctx)
+    analysis = ctx.store.get_json(ctx.data_key("analysis.json"))
+    assert analysis["counts"] == {"train": {"a": 14, "b": 14}, "val": {"a": 4, "b": 4}, "test": {"a": 4, "b": 4}}
+    assert analysis["layout"]["kind"] == "train/test" and analysis["layout"]["wrapper"] == "data"
+    assert analysis["origin"]["test"] == "given test split"
+    table = pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key("split.csv"))), keep_default_na=False)
+    assert list(table.columns) == ["key", "class", "label", "split", "given_split"]
+    assert set(table.loc[table["split"] == "test", "given_split"]) == {"test"}
