@@ -170,9 +170,9 @@ def trained_model_ids(ctx) -> list[str]:
 
 
 def expected_model_ids(ctx) -> list[str]:
-    from cnn_tasks.context import VARIANTS, model_id
+    from cnn_tasks.variants import expected_model_ids as expected
 
-    return [model_id(spec.name, v) for spec in ctx.config.experiments for v in VARIANTS]
+    return expected(ctx.config)
 
 
 def spec_differences(specs) -> dict[str, list[dict]]:
@@ -275,6 +275,10 @@ def section_models(page: Page, model_ids: list[str], metas: dict) -> None:
     """What each experiment is and why (its description), how it differs from the reference, and
     per trained model its training summary and layer table."""
     ctx, body = page.ctx, ""
+    if ctx.config.rebalance == "none":
+        from cnn_tasks.variants import REBALANCE_NONE_NOTE
+
+        body += paragraph(REBALANCE_NONE_NOTE + ".", "note")
     reference = ctx.config.experiments[0]
     diffs = spec_differences(list(ctx.config.experiments))
     for spec in ctx.config.experiments:
@@ -442,6 +446,20 @@ def section_predictions(page: Page, predictions: dict | None) -> None:
 
 
 # ----------------------------------------------------------------------------- the stage
+def failures_banner(ctx) -> str:
+    """The run's failed tasks and their errors, first thing on the page (nothing when none failed)."""
+    from cnn_tasks.failures import read_failures
+
+    failed = read_failures(ctx.store, ctx.prefix)
+    if not failed:
+        return ""
+    items = "".join(f"<li><strong>{esc(f['task'])}</strong>: {esc(f['error'])}: {esc(f['message'])}</li>"
+                    for f in failed)
+    return (f'<div class="notrun"><p><strong>This run FAILED: {len(failed)} task(s) failed.</strong> The sections '
+            f'below show what did run; those marked "not run" were stopped by these failures.</p>'
+            f"<ul>{items}</ul></div>")
+
+
 def promotion_summary(promotion: dict | None) -> dict | None:
     if promotion is None:
         return None
@@ -451,6 +469,12 @@ def promotion_summary(promotion: dict | None) -> dict | None:
                                              "champion_key", "history_key")},
             "candidate": promotion["candidate"]["name"], "value": promotion["candidate"].get(metric),
             "best": promotion["best"]["name"], "champion_value": champion_metrics.get(metric)}
+
+
+def read_failures_summary(ctx) -> list[dict]:
+    from cnn_tasks.failures import read_failures
+
+    return [{k: f.get(k) for k in ("task", "error", "message")} for f in read_failures(ctx.store, ctx.prefix)]
 
 
 def build_summary(ctx, dataset, model_ids, metas, evals, ensemble, promotion, predictions, page, versions) -> dict:
@@ -469,6 +493,7 @@ def build_summary(ctx, dataset, model_ids, metas, evals, ensemble, promotion, pr
         "promotion": promotion_summary(promotion),
         "predictions": predictions,
         "sections": page.status,
+        "failures": read_failures_summary(ctx),
         "artifacts": {"report": ctx.report_key("index.html"), "summary": ctx.report_key("summary.json"),
                       "models": {mid: ctx.model_key(mid, "model.keras") for mid in model_ids},
                       "metrics": {mid: ctx.eval_key(mid, "metrics.json") for mid in evals},
@@ -503,7 +528,8 @@ def run(ctx) -> dict:
     section_champion(page, promotion)
     section_predictions(page, predictions)
 
-    intro = paragraph(f"Run {ctx.run_id}: {len(model_ids)} trained model(s) on "
+    intro = failures_banner(ctx)
+    intro += paragraph(f"Run {ctx.run_id}: {len(model_ids)} trained model(s) on "
                       f"{len((dataset or {}).get('classes', []))} classes. Figures open full size when clicked.")
     report_key, summary_key = ctx.report_key("index.html"), ctx.report_key("summary.json")
     ctx.store.put_text(report_key, page.html(f"CNN image classification report: {ctx.run_id}", intro),
