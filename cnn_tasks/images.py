@@ -192,11 +192,14 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, *, min_side: int = 1
         try:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
+            kind = _signature(data)
+            if kind:  # the file says what it is, but its header cannot be read
+                raise ImageRejected(CORRUPT, f"the file starts like a {kind} image but its header is invalid") from None
             raise ImageRejected(NOT_AN_IMAGE, "Pillow does not recognise this file as an image") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageRejected(TOO_MANY_PIXELS, str(exc)) from None
         except Exception as exc:  # a header so broken that even identification fails
-            raise ImageRejected(CORRUPT, f"{type(exc).__name__}: {exc}") from None
+            raise ImageRejected(CORRUPT, _open_error(exc)) from None
         width, height = image.size
         if width * height > max_pixels:
             raise ImageRejected(TOO_MANY_PIXELS, f"{width}x{height} = {width * height} pixels is over the "
@@ -213,6 +216,25 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, *, min_side: int = 1
     if orientation in range(2, 9):
         rgb = _apply_orientation(rgb, orientation)
     return Decoded(rgb, original_mode, original_format, rotated=orientation in range(2, 9))
+
+
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+               b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _signature(data: bytes) -> str | None:
+    """The format a file's magic number announces (PNG, JPEG, GIF, TIFF, WebP), if any."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _SIGNATURES.items() if data.startswith(magic)), None)
+
+
+def _open_error(exc: Exception) -> str:
+    """Words for an error Pillow raises while reading a header."""
+    if isinstance(exc, ValueError) and "MAX_TEXT_CHUNK" in str(exc):
+        return ("a compressed metadata chunk (text or colour profile) expands beyond Pillow's safety limit "
+                "(PngImagePlugin.MAX_TEXT_CHUNK): refused as a possible decompression bomb")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _orientation(image: Image.Image) -> int:

@@ -339,3 +339,27 @@ def test_limits_are_checked_from_the_header_before_decoding(tmp_path):
     with pytest.raises(images.ImageRejected) as info:
         images.validate(path, **LIMITS)
     assert info.value.reason == images.EXTREME_ASPECT_RATIO
+
+
+# ------------------------------------------------------------------ words for damaged headers
+def png_with_chunk_before_pixels(pixels: np.ndarray, chunk: bytes) -> bytes:
+    plain = encoded(Image.fromarray(pixels), "PNG")
+    cut = next(pos for kind, pos, _ in png_chunks(plain) if kind == b"IDAT")
+    return plain[:cut] + chunk + plain[cut:]
+
+
+def test_a_png_whose_header_pillow_cannot_read_is_corrupt_not_a_non_image(tmp_path):
+    header = struct.pack(">IIBBBBB", 0, 16, 8, 2, 0, 0, 0)  # width 0: not a valid PNG header
+    data = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IEND", b"")
+    with pytest.raises(images.ImageRejected) as info:
+        images.validate(write(tmp_path, "zero_width.png", data))
+    assert str(info.value) == "corrupt: the file starts like a PNG image but its header is invalid"
+
+
+@pytest.mark.parametrize("kind, body", [(b"zTXt", b"Comment\0\0"), (b"iCCP", b"icc\0\0")])
+def test_a_metadata_decompression_bomb_is_refused_in_words(tmp_path, kind, body):
+    bomb = _png_chunk(kind, body + zlib.compress(b"a" * (8 << 20)))  # 8 MiB of text from ~8 kB
+    path = write(tmp_path, "bomb.png", png_with_chunk_before_pixels(noise(), bomb))
+    with pytest.raises(images.ImageRejected, match="refused as a possible decompression bomb") as info:
+        images.validate(path)
+    assert info.value.reason == images.CORRUPT
