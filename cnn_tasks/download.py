@@ -176,10 +176,7 @@ def run(ctx) -> dict:
 def _fetch(ctx) -> tuple[Path, list[dict]]:
     """The dataset's local folder and the archive members its extraction skipped."""
     cfg = ctx.config
-    fetch_source = getattr(sources, "fetch_source", None)
-    if fetch_source is None:  # a sources module without skipped-member reporting
-        return sources.fetch(ctx, cfg.dataset_url, cfg.dataset_checksum), []
-    fetched = fetch_source(ctx, cfg.dataset_url, cfg.dataset_checksum)
+    fetched = sources.fetch_source(ctx, cfg.dataset_url, cfg.dataset_checksum)
     return Path(fetched.folder), list(fetched.skipped)
 
 

@@ -330,3 +330,42 @@ def test_s3_download_from_moto_server(tmp_path, tiny_dataset, monkeypatch):
 def test_ingest_json_is_json_serialisable_summary(dirty):
     json.dumps(dirty["result"])  # what the task returns goes through XCom
     assert dirty["result"]["rejected"] == len(dirty["rejected"])
+
+
+def test_archive_members_not_extracted_are_listed_with_their_class(tmp_path, tiny_dataset):
+    archive = tmp_path / "special.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(tiny_dataset, arcname="tiny")
+        fifo = tarfile.TarInfo("tiny/class_b/pipe.png")
+        fifo.type = tarfile.FIFOTYPE
+        tf.addfile(fifo)
+    ctx = _ctx(tmp_path / "store", dataset_url=str(archive))
+    assert download.run(ctx)["accepted"] == 60
+    rows = {r["source"]: r for r in _read_csv(ctx, "rejected.csv")}
+    assert rows["tiny/class_b/pipe.png"]["reason"] == sources.SPECIAL_FILE
+    assert rows["tiny/class_b/pipe.png"]["class"] == "class_b"
+    assert ctx.store.get_json(ctx.data_key("ingest.json"))["per_class"]["class_b"]["rejected"] == 1
+
+
+def test_a_failure_after_validation_uploads_no_shard(tmp_path, tiny_dataset, monkeypatch):
+    def broken(*outputs):
+        raise UnicodeEncodeError("utf-8", "\udce9", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(download, "_check_serialisable", broken)
+    ctx = _ctx(tmp_path / "store", dataset_url=str(tiny_dataset))
+    with pytest.raises(UnicodeEncodeError):
+        download.run(ctx)
+    assert ctx.store.list(ctx.prefix + "/") == []
+
+
+def test_latin1_folder_and_file_names_from_a_local_folder(tmp_path):
+    import os
+
+    root = make_dataset(tmp_path / "ds", classes=2, per_class=6, size=8)
+    os.rename(root / "class_a", root / os.fsdecode(b"caf\xe9"))
+    os.rename(root / "class_b" / "class_b_0.png", root / "class_b" / os.fsdecode(b"\xfcber.png"))
+    ctx = _ctx(tmp_path / "store", dataset_url=str(root))
+    assert download.run(ctx)["classes"] == ["café", "class_b"]
+    sources_ = {r["source"]: r["class"] for r in _read_csv(ctx, "manifest.csv")}
+    assert sources_["café/class_a_0.png"] == "café" and sources_["class_b/über.png"] == "class_b"
+    assert ctx.store.get_json(ctx.data_key("ingest.json"))["per_class"]["café"]["accepted"] == 6
