@@ -216,6 +216,7 @@ def section_data(page: Page, analysis: dict | None, dataset: dict | None) -> Non
         body += paragraph(analysis["conclusion"], "note")
         if analysis.get("shortfall_text"):
             body += paragraph(analysis["shortfall_text"], "warn")
+        body += layout_part(analysis)
         body += analysis_tables(analysis) + page.figures(analysis.get("figures"))
     body += "<h3>Rebalanced training data</h3>"
     if dataset is None:
@@ -227,6 +228,37 @@ def section_data(page: Page, analysis: dict | None, dataset: dict | None) -> Non
                 for s, variants in dataset.get("splits", {}).items() for v, d in variants.items()]
         body += table(rows) + page.figures(dataset.get("figures"))
     page.add("data", "Dataset analysis and imbalance", body, "ok" if analysis and dataset else "partial")
+
+
+def layout_part(analysis: dict) -> str:
+    """Which dataset layout was found, where each split's images came from (given or carved)."""
+    found = analysis.get("layout") or {}
+    if not found:
+        return ""
+    where = f" below {found['wrapper']}/" if found.get("wrapper") else ""
+    text = f"Layout found: {found.get('kind', '?')}{where} (predefined_split={found.get('predefined_split', 'auto')})."
+    if found.get("splits"):
+        text += " Given splits: " + ", ".join(f"{s} = {found['splits'][s]}/" for s in SPLITS
+                                              if s in found["splits"]) + "."
+    if found.get("mapping_file"):
+        text += f" Class names read from {found['mapping_file']}."
+    body = "<h3>Dataset layout and where each split came from</h3>" + paragraph(text)
+    totals = analysis.get("totals", {})
+    body += table([{"split": SPLIT_NAMES[s], "images come from": analysis["origin"].get(s, "-"),
+                    "images": totals.get(s, "-")} for s in SPLITS if s in analysis.get("origin", {})])
+    if found.get("splits"):
+        body += paragraph("Identical images in two given splits would leak held-out images into training: only the "
+                          "copy in the most held-out split (test, then validation, then training) is kept, the "
+                          "others are listed in rejected.csv as duplicate_across_splits.")
+    for entry in found.get("unlabelled", []):
+        body += paragraph(f"{entry['folder']}/ holds {entry['files']} unlabelled files: they are not training data "
+                          "and are predicted with the champion unless unlabelled_url is set (see Predictions).")
+    if found.get("loose_files"):
+        body += paragraph(f"{len(found['loose_files'])} file(s) lay beside the class folders, outside any class: "
+                          "listed in rejected.csv as not_in_a_class_folder.", "warn")
+    for warning in found.get("warnings", []):
+        body += paragraph(warning, "warn")
+    return body
 
 
 def analysis_tables(analysis: dict) -> str:

@@ -184,3 +184,10 @@ def test_run_on_a_pre_split_dataset_records_layout_and_origin(tmp_path):
     table = pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key("split.csv"))), keep_default_na=False)
     assert list(table.columns) == ["key", "class", "label", "split", "given_split"]
     assert set(table.loc[table["split"] == "test", "given_split"]) == {"test"}
+    from cnn_tasks import report
+
+    text = report.layout_part(analysis)  # the report's data section
+    assert "Layout found: train/test below data/ (predefined_split=auto). Given splits: train = data/train/, " \
+           "test = data/test/." in text
+    assert "<td>given test split</td>" in text and "carved from the given training split" in text
+    assert "duplicate_across_splits" in text
