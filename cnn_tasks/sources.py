@@ -1,26 +1,56 @@
-"""Sources: bring a dataset (http(s), s3://, a local zip/tar(.gz) or folder, file:// URL) into the
-worker cache, verify its checksum and extract archives safely.
+"""Sources: bring a dataset (http(s), s3://, a local zip/tar(.gz/.bz2/.xz) or folder, file:// URL) into
+the worker cache, verify its checksum and extract archives safely.
 
-`fetch(ctx, url, checksum)` returns the local folder. Library module: no stage imports another
-stage; ingest (download) and predict both fetch through here.
+`fetch_source(ctx, url, checksum)` returns a `Fetched`: the local folder plus the archive members
+that were not extracted, each with a reason (`skipped`); `fetch(...)` returns just the folder.
+Library module: no stage imports another stage; ingest (download) and predict both fetch here.
+
+Extraction never trusts the archive:
+- unsafe paths (absolute, '..', links pointing outside) and malformed archives (truncated, bad
+  CRC, encrypted, unsupported compression, names too long, a name used as file and folder,
+  names that only differ in Unicode normalisation) end in a DownloadError naming the archive as
+  the user gave it and the member;
+- members are listed in `skipped` instead: links that do not lead to a file of the archive
+  (links to files are followed: the file is copied), devices and fifos, a name repeated (the
+  first copy is kept), and members above MAX_MEMBER_BYTES or expanding more than
+  MAX_COMPRESSION_RATIO:1, checked from the header before reading and again on the real bytes
+  while streaming (headers can lie); nothing is read whole into memory;
+- the whole archive stays within MAX_EXTRACT_FILES / MAX_EXTRACT_BYTES and within
+  MAX_COMPRESSION_RATIO times its own size, or it is refused;
+- member names that are not UTF-8 are decoded readably (zip: the Info-ZIP Unicode path field,
+  else UTF-8, else the zip standard's cp437; tar: UTF-8, else cp1252, else latin-1) and NFC-normalised.
+
+Cache: downloads and extractions are cache entries (`cnn_tasks.cache`); an extraction is written
+to a temporary folder and renamed into place together with its `skipped.json`, so a reused
+extraction returns the same skipped list. What fails to download, verify or extract is never
+kept: a cached download that does not extract is discarded and fetched again, once.
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import errno
+import gzip
 import hashlib
 import http.client
+import json
 import logging
+import lzma
 import os
 import shutil
 import socket
 import stat
 import tarfile
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, Iterator
 from urllib.parse import unquote, urlparse
 
 from cnn_tasks.context import cache_root
@@ -28,15 +58,30 @@ from cnn_tasks.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-# Safety limits for archive extraction (zip/tar bombs); override per call in tests.
+# Safety limits for archive extraction (zip/tar bombs); read at call time, so tests can lower them.
 MAX_EXTRACT_BYTES = 20 * 1024**3
 MAX_EXTRACT_FILES = 2_000_000
+MAX_MEMBER_BYTES = 512 * 1024**2
+# A member expanding more than this (uncompressed : compressed) once past RATIO_CHECK_BYTES is not
+# extracted; a whole archive expanding more than this times its own size past ARCHIVE_RATIO_CHECK_BYTES
+# is refused. Images are compressed already: real datasets stay far below 100:1, zeros reach 1000:1.
+MAX_COMPRESSION_RATIO = 100
+RATIO_CHECK_BYTES = 8 * 1024**2
+ARCHIVE_RATIO_CHECK_BYTES = 256 * 1024**2
 # Network behaviour.
 HTTP_TIMEOUT_S = 30
 HTTP_RETRIES = 4
 RETRY_BACKOFF_S = 1.0
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_S = 5.0
+# Bump when the extraction cache's layout or rules change: older entries are then not reused.
+EXTRACTION_VERSION = 2
+
+# Why an archive member was not extracted (Fetched.skipped[i]["reason"]).
+LINK = "link"
+OVERSIZED_MEMBER = "oversized_member"
+SPECIAL_FILE = "special_file"
+DUPLICATE_MEMBER = "duplicate_member"
 
 LOCAL_COPY_HINT = ("Without network access, point at a local copy: DATASET_URL=/path/to/EuroSAT.zip "
                    "(or the dataset_url param), and clear dataset_checksum or set it to that copy's hash.")
@@ -46,38 +91,85 @@ class DownloadError(PipelineError, RuntimeError):
     """The source could not be fetched, verified or extracted."""
 
 
+@dataclass
+class Fetched:
+    """A fetched source: the local folder, and the archive members not extracted into it.
+
+    `skipped` holds one dict per member: `source` (its path inside the archive, relative to
+    `folder`), `reason` (LINK, OVERSIZED_MEMBER, SPECIAL_FILE, DUPLICATE_MEMBER) and `detail`.
+    """
+
+    folder: Path
+    skipped: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_bytes: int
+    max_files: int
+    max_member_bytes: int
+
+    @classmethod
+    def resolve(cls, max_bytes=None, max_files=None, max_member_bytes=None) -> "_Limits":
+        return cls(MAX_EXTRACT_BYTES if max_bytes is None else max_bytes,
+                   MAX_EXTRACT_FILES if max_files is None else max_files,
+                   MAX_MEMBER_BYTES if max_member_bytes is None else max_member_bytes)
+
+
 # ================================================================== fetch
-def fetch(ctx, url: str, checksum: str | None = None, *, max_bytes: int = MAX_EXTRACT_BYTES,
-          max_files: int = MAX_EXTRACT_FILES) -> Path:
+def fetch(ctx, url: str, checksum: str | None = None, *, max_bytes: int | None = None,
+          max_files: int | None = None, max_member_bytes: int | None = None) -> Path:
     """Bring `url` into the worker cache, verify `checksum`, extract it; return the local folder."""
+    return fetch_source(ctx, url, checksum, max_bytes=max_bytes, max_files=max_files,
+                        max_member_bytes=max_member_bytes).folder
+
+
+def fetch_source(ctx, url: str, checksum: str | None = None, *, max_bytes: int | None = None,
+                 max_files: int | None = None, max_member_bytes: int | None = None) -> Fetched:
+    """Like `fetch`, plus the archive members that were not extracted and why."""
+    limits = _Limits.resolve(max_bytes, max_files, max_member_bytes)
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https", "s3"):
-        digest = _digest(f"{url}|{checksum or ''}")
-        target = ctx.hold_cache_entry(cache_root() / "downloads" / digest) / _file_name(parsed.path)
-        if target.is_file():
-            log.info("using the cached download of %s (%s)", url, target)
-            source = target
-        elif parsed.scheme == "s3":
-            source = _download_s3(ctx, parsed.netloc, parsed.path.lstrip("/"), target, checksum)
-        else:
-            source = _download_http(url, target, checksum)
-    else:
-        source = Path(unquote(parsed.path) if parsed.scheme == "file" else url).expanduser().resolve()
-        if not source.exists():
-            raise DownloadError(f"{source} does not exist: dataset_url must be an http(s):// or s3:// URL, "
-                                "or a local zip/tar file or folder")
-        if source.is_dir():
-            if checksum:
-                log.warning("%s is a folder: the checksum %s applies only to files and is not checked",
-                            source, checksum)
-            return source
+        return _fetch_remote(ctx, url, parsed, checksum, limits)
+    source = Path(unquote(parsed.path) if parsed.scheme == "file" else url).expanduser().resolve()
+    if not source.exists():
+        raise DownloadError(f"{source} does not exist: dataset_url must be an http(s):// or s3:// URL, "
+                            "or a local zip/tar file or folder")
+    if source.is_dir():
         if checksum:
-            verify_checksum(source, checksum)
-        info = source.stat()
-        digest = _digest(f"{source}|{info.st_size}|{info.st_mtime_ns}|{checksum or ''}")
-    if source.is_dir():  # an s3:// prefix downloads straight into a folder
-        return source
-    return _extract_cached(source, ctx.hold_cache_entry(cache_root() / "extracted" / digest), max_bytes, max_files)
+            log.warning("%s is a folder: the checksum %s applies only to files and is not checked",
+                        source, checksum)
+        return Fetched(source)
+    if checksum:
+        verify_checksum(source, checksum)
+    return _extract_cached(ctx, source, url, limits)
+
+
+def _fetch_remote(ctx, url: str, parsed, checksum: str | None, limits: _Limits) -> Fetched:
+    """Download (or reuse the cached download of) `url` and extract it. A cached download that does
+    not extract is discarded and fetched again, once; a fresh one that does not is not kept."""
+    entry = ctx.hold_cache_entry(cache_root() / "downloads" / _digest(f"{url}|{checksum or ''}"))
+    key, target = parsed.path.lstrip("/"), entry / _file_name(parsed.path)
+    if parsed.scheme == "s3" and (not key or key.endswith("/")):  # a prefix comes down as a folder
+        return Fetched(_download_s3(ctx, parsed.netloc, key, target, checksum))
+    fresh = not target.is_file()
+    while True:
+        if fresh:
+            if parsed.scheme == "s3":
+                _download_s3(ctx, parsed.netloc, key, target, checksum)
+            else:
+                _download_http(url, target, checksum)
+        else:
+            log.info("using the cached download of %s", url)
+        try:
+            return _extract_cached(ctx, target, url, limits)
+        except DownloadError as exc:
+            target.unlink(missing_ok=True)  # never keep what does not extract
+            if fresh:
+                raise
+            log.warning("the cached download of %s does not extract (%s): discarded, downloading it again",
+                        url, exc)
+            fresh = True
 
 
 def _digest(text: str) -> str:
@@ -248,63 +340,317 @@ def _download_s3_prefix(client, bucket: str, prefix: str, folder: Path) -> Path:
 
 
 # ================================================================== safe extraction
-def _extract_cached(archive: Path, folder: Path, max_bytes: int, max_files: int) -> Path:
-    """Extract `archive` into `folder` once (a finished folder is reused by later calls)."""
-    if folder.is_dir():
-        log.info("using the cached extraction of %s (%s)", archive, folder)
-        return folder
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+def _extract_cached(ctx, archive: Path, what: str, limits: _Limits) -> Fetched:
+    """Extract `archive` once into a cache entry holding `data/` and `skipped.json`; reuse it later."""
+    info = archive.stat()
+    entry = ctx.hold_cache_entry(cache_root() / "extracted" / _digest(
+        f"v{EXTRACTION_VERSION}|{archive}|{info.st_size}|{info.st_mtime_ns}|{limits}"))
+    cached = _read_extraction(entry)
+    if cached is not None:
+        log.info("using the cached extraction of %s", what)
+        return cached
+    shutil.rmtree(entry, ignore_errors=True)  # a damaged entry: make it again
+    tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     started = time.monotonic()
     try:
-        extract_archive(archive, tmp, max_bytes=max_bytes, max_files=max_files)
-        tmp.rename(folder)
-    except OSError:
-        if not folder.is_dir():  # another worker finishing first is fine
-            raise
+        skipped = extract_archive(archive, tmp / "data", what=what, max_bytes=limits.max_bytes,
+                                  max_files=limits.max_files, max_member_bytes=limits.max_member_bytes)
+        (tmp / "skipped.json").write_text(json.dumps({"skipped": skipped}, indent=1, ensure_ascii=False))
+        try:
+            tmp.rename(entry)  # the folder and its skipped list appear together
+        except OSError:
+            if _read_extraction(entry) is None:  # another worker finishing first is fine
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("extracted %s in %.1f s", archive.name, time.monotonic() - started)
-    return folder
+    log.info("extracted %s in %.1f s", what, time.monotonic() - started)
+    return _read_extraction(entry)
 
 
-def extract_archive(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACT_BYTES,
-                    max_files: int = MAX_EXTRACT_FILES) -> None:
-    """Extract a zip or tar(.gz/.bz2/.xz) into `dest`, refusing anything unsafe.
+def _read_extraction(entry: Path) -> Fetched | None:
+    """The finished extraction in `entry`, or None when there is none (or it is damaged)."""
+    try:
+        skipped = json.loads((entry / "skipped.json").read_text())["skipped"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Fetched(entry / "data", skipped) if (entry / "data").is_dir() else None
 
-    Refused with DownloadError: absolute member paths, '..' traversal, links pointing outside
-    `dest`, more than `max_files` files or more than `max_bytes` bytes. Links inside `dest`,
-    devices and fifos are skipped.
+
+def extract_archive(archive: Path, dest: Path, *, what: str | None = None, max_bytes: int | None = None,
+                    max_files: int | None = None, max_member_bytes: int | None = None) -> list[dict]:
+    """Extract a zip or tar(.gz/.bz2/.xz) into `dest`; return the members not extracted.
+
+    `what` names the archive in messages (the URL or path the user gave; default `archive`).
+    Every refusal and every damage is a DownloadError; see the module docstring for the rules.
     """
-    dest = dest.resolve()
-    budget = _Budget(archive, max_bytes, max_files)
-    if zipfile.is_zipfile(archive):
-        _extract_zip(archive, dest, budget)
-    elif tarfile.is_tarfile(archive):
-        _extract_tar(archive, dest, budget)
+    what = what or str(archive)
+    limits = _Limits.resolve(max_bytes, max_files, max_member_bytes)
+    dest.mkdir(parents=True, exist_ok=True)
+    extraction = _Extraction(dest.resolve(), what, limits, archive.stat().st_size)
+    if _archive_kind(archive, what) == "zip":
+        with _zip_members(archive, extraction) as members:
+            extraction.run(members)
     else:
-        raise DownloadError(f"{archive} is neither a zip nor a tar archive: dataset_url must name a zip, "
-                            "tar(.gz) or a folder of class folders")
+        with _tar_members(archive, extraction) as members:
+            extraction.run(members)
+    if extraction.skipped:
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(_count(s["reason"] for s in extraction.skipped).items()))
+        log.warning("%s: %d members not extracted (%s); listed with their reasons", what,
+                    len(extraction.skipped), counts)
+    return extraction.skipped
+
+
+def _count(items) -> dict:
+    counts: dict = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def _archive_kind(archive: Path, what: str) -> str:
+    """'zip' or 'tar' from the file's content, or DownloadError saying what the file is instead."""
+    with open(archive, "rb") as src:
+        head = src.read(512)
+    if not head:
+        raise DownloadError(f"{what} is empty (0 bytes): download it again or check dataset_url")
+    if zipfile.is_zipfile(archive):
+        return "zip"
+    if head.startswith(b"PK\x03\x04"):
+        raise DownloadError(f"{what}: the archive is truncated or damaged: it starts as a zip but its table "
+                            "of contents (at the end of a zip) is missing; download it again or re-create it")
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar":
+        return "tar"
+    if tarfile.is_tarfile(archive):
+        return "tar"
+    looks = ""
+    if head.lstrip()[:1] == b"<":
+        looks = " (it looks like a web page, e.g. an error or sign-in page sent instead of the file)"
+    raise DownloadError(f"{what} is not a zip or tar archive{looks}: dataset_url must name a zip, a "
+                        "tar(.gz/.bz2/.xz) or a folder of class folders")
+
+
+# ------------------------------------------------------------------ members
+FILE, DIR, SYMLINK, HARDLINK, SPECIAL = "file", "dir", "symlink", "hardlink", "special"
 
 
 @dataclass
-class _Budget:
-    """Running totals of an extraction, checked against the file-count and size limits."""
+class _Member:
+    """One archive member, format-independent."""
 
-    archive: Path
+    name: str  # readable: decoded, '/'-separated, NFC
+    spelled: str  # decoded, before NFC (to spot names that only differ in normalisation)
+    kind: str
+    size: int = 0  # declared uncompressed size
+    packed: int | None = None  # declared compressed size (zip), None when unknown (tar)
+    link: str = ""
+    open: Callable[[], BinaryIO] | None = None
+    consumed: Callable[[], int] | None = None  # compressed bytes of the archive read so far (tar)
+
+
+# Zip compression methods Python reads, and names for the common others.
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_ZIP_METHOD_NAMES = {1: "Shrink", 6: "Implode", 9: "Deflate64", 10: "PKWARE Implode", 18: "IBM TERSE",
+                     19: "IBM LZ77", 93: "Zstandard", 95: "XZ", 96: "JPEG", 97: "WavPack", 98: "PPMd"}
+_DAMAGE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError,
+           UnicodeDecodeError)
+
+
+@contextlib.contextmanager
+def _reading(what: str, member: str | None = None):
+    """Turn an error while reading the archive into 'the archive is truncated or damaged'."""
+    try:
+        yield
+    except DownloadError:
+        raise
+    except _DAMAGE as exc:
+        raise _damaged(what, exc, member) from None
+
+
+def _damaged(what: str, exc: BaseException, member: str | None = None) -> DownloadError:
+    at = f" at member {member!r}" if member else ""
+    return DownloadError(f"{what}: the archive is truncated or damaged{at} ({type(exc).__name__}: {exc}): "
+                         "download it again or re-create it")
+
+
+@contextlib.contextmanager
+def _zip_members(archive: Path, extraction: "_Extraction") -> Iterator[Iterator[_Member]]:
+    what = extraction.what
+    with _reading(what):
+        zf = zipfile.ZipFile(archive)
+    with zf:
+        infos = zf.infolist()
+        for info in infos:
+            name = _zip_name(info)
+            if info.is_dir() or name.endswith(("/", "\\")):
+                continue
+            if info.flag_bits & 0x1 or info.compress_type == 99:
+                raise DownloadError(f"{what}: member {name!r} is encrypted (password-protected): unpack the "
+                                    "archive yourself and point dataset_url at the folder, or re-create it "
+                                    "without a password")
+            if info.compress_type not in _ZIP_METHODS:
+                method = _ZIP_METHOD_NAMES.get(info.compress_type, "unknown")
+                raise DownloadError(f"{what}: member {name!r} uses compression method {info.compress_type} "
+                                    f"({method}), which cannot be read here: re-create the archive with "
+                                    "standard (deflate) compression, or unpack it and point dataset_url at the folder")
+        # The declared totals, before writing anything (members the caps skip do not count).
+        files = [i for i in infos if not i.is_dir() and i.file_size <= extraction.limits.max_member_bytes]
+        extraction.budget.check(len(files), sum(i.file_size for i in files))
+        yield (_zip_member(zf, info, what) for info in infos)
+
+
+def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> _Member:
+    spelled = _zip_name(info)
+    name = unicodedata.normalize("NFC", spelled)
+    mode = info.external_attr >> 16
+    opener = lambda: zf.open(info)  # noqa: E731
+    if info.is_dir() or spelled.endswith(("/", "\\")) or stat.S_ISDIR(mode):
+        return _Member(name, spelled, DIR)
+    if stat.S_ISLNK(mode):
+        with _reading(what, name), zf.open(info) as src:
+            link = unicodedata.normalize("NFC", src.read(4096).decode("utf-8", "replace"))
+        return _Member(name, spelled, SYMLINK, link=link)
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: made on DOS/Windows, no Unix mode
+        return _Member(name, spelled, SPECIAL)
+    return _Member(name, spelled, FILE, size=info.file_size, packed=info.compress_size, open=opener)
+
+
+def _zip_name(info: zipfile.ZipInfo) -> str:
+    """The member's name as readable text: flagged UTF-8, the Info-ZIP Unicode path field, plain
+    UTF-8 without the flag (common from Linux and macOS tools), else cp437 (the zip standard)."""
+    name = info.orig_filename.split("\0")[0]
+    if info.flag_bits & 0x800:
+        return name
+    raw = name.encode("cp437")
+    return _unicode_path_field(info.extra, raw) or _decode(raw, "cp437")
+
+
+def _unicode_path_field(extra: bytes, raw: bytes) -> str | None:
+    """The UTF-8 name of Info-ZIP's Unicode Path extra field (0x7075), when it matches `raw`."""
+    i = 0
+    while i + 4 <= len(extra):
+        kind, size = int.from_bytes(extra[i:i + 2], "little"), int.from_bytes(extra[i + 2:i + 4], "little")
+        data = extra[i + 4:i + 4 + size]
+        if kind == 0x7075 and len(data) > 5 and data[0] == 1 and int.from_bytes(data[1:5], "little") == zlib.crc32(raw):
+            try:
+                return data[5:].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        i += 4 + size
+    return None
+
+
+def _decode(raw: bytes, *fallbacks: str) -> str:
+    """UTF-8 if `raw` is valid UTF-8, else the first fallback encoding that decodes it."""
+    for encoding in ("utf-8", *fallbacks):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("latin-1")  # maps every byte
+
+
+@contextlib.contextmanager
+def _tar_members(archive: Path, extraction: "_Extraction") -> Iterator[Iterator[_Member]]:
+    what = extraction.what
+    with open(archive, "rb") as raw:
+        try:
+            tf = tarfile.open(fileobj=raw, mode="r:*", encoding="utf-8", errors="surrogateescape")
+        except _DAMAGE as exc:
+            if _compressed_but_not_tar(archive):
+                raise DownloadError(f"{what} is a compressed file but not a tar archive: dataset_url must name "
+                                    "a zip, a tar(.gz/.bz2/.xz) or a folder of class folders") from None
+            raise _damaged(what, exc) from None
+        with tf:
+            yield _iter_tar(tf, raw, what)
+            if tf.fileobj is raw:  # uncompressed: a partial header block at the end means truncated
+                raw.seek(tf.offset)
+                if 0 < len(raw.read(512)) < 512:
+                    raise DownloadError(f"{what}: the archive is truncated or damaged (it ends inside a "
+                                        "member header): download it again or re-create it")
+
+
+def _iter_tar(tf: tarfile.TarFile, raw: BinaryIO, what: str) -> Iterator[_Member]:
+    last = None
+    while True:
+        with _reading(what, f"after {last}" if last else None):
+            if tf.fileobj is not raw:
+                _skip_to_next_header(tf)
+            info = tf.next()
+        if info is None:
+            return
+        tf.members = []  # tarfile keeps every header otherwise: memory grows with the member count
+        spelled = _tar_text(info.name)
+        name, last = unicodedata.normalize("NFC", spelled), info.name
+        if info.isdir():
+            yield _Member(name, spelled, DIR)
+        elif info.issym() or info.islnk():
+            link = unicodedata.normalize("NFC", _tar_text(info.linkname))
+            yield _Member(name, spelled, SYMLINK if info.issym() else HARDLINK, link=link)
+        elif info.isfile():
+            yield _Member(name, spelled, FILE, size=info.size, open=lambda info=info: tf.extractfile(info),
+                          consumed=raw.tell)
+        else:
+            yield _Member(name, spelled, SPECIAL)
+
+
+def _skip_to_next_header(tf: tarfile.TarFile) -> None:
+    """Read past the rest of a skipped member in big chunks: tarfile seeks forward in a compressed
+    stream 8 KiB at a time, which takes minutes over a multi-GiB bomb member."""
+    left = tf.offset - tf.fileobj.tell()
+    while left > 0:
+        chunk = tf.fileobj.read(min(CHUNK_BYTES, left))
+        if not chunk:
+            raise tarfile.ReadError("unexpected end of data")
+        left -= len(chunk)
+
+
+def _tar_text(text: str) -> str:
+    """A tar name read as UTF-8 with surrogate escapes, decoded readably (cp1252, else latin-1)."""
+    return _decode(text.encode("utf-8", "surrogateescape"), "cp1252")
+
+
+def _compressed_but_not_tar(archive: Path) -> bool:
+    """True when `archive` decompresses fine but what it holds is not a tar archive."""
+    for opener in (gzip.open, bz2.open, lzma.open):
+        try:
+            with opener(archive, "rb") as src:
+                block = src.read(512)
+        except (OSError, EOFError, lzma.LZMAError, zlib.error):
+            continue
+        if len(block) < 512:
+            return bool(block)
+        try:
+            tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            return True
+        return False
+    return False
+
+
+# ------------------------------------------------------------------ the extraction
+@dataclass
+class _Budget:
+    """Running totals of an extraction, checked against the file-count, size and ratio limits."""
+
+    what: str
     max_bytes: int
     max_files: int
+    archive_bytes: int
     files: int = 0
     bytes: int = 0
 
     def check(self, files: int, size: int) -> None:
         if files > self.max_files:
-            raise DownloadError(f"{self.archive.name} holds more than {self.max_files} files (MAX_EXTRACT_FILES): "
+            raise DownloadError(f"{self.what} holds more than {self.max_files} files (MAX_EXTRACT_FILES): "
                                 "refusing to extract a possible archive bomb")
         if size > self.max_bytes:
-            raise DownloadError(f"{self.archive.name} would extract to more than {self.max_bytes} bytes "
+            raise DownloadError(f"{self.what} would extract to more than {self.max_bytes} bytes "
                                 "(MAX_EXTRACT_BYTES): refusing to extract a possible archive bomb")
+        if size > ARCHIVE_RATIO_CHECK_BYTES and size > MAX_COMPRESSION_RATIO * self.archive_bytes:
+            raise DownloadError(f"{self.what} would extract to more than {MAX_COMPRESSION_RATIO} times its own "
+                                f"size ({self.archive_bytes} bytes; MAX_COMPRESSION_RATIO): refusing to extract "
+                                "a possible archive bomb")
 
     def add(self, files: int, size: int) -> None:
         self.files += files
@@ -312,68 +658,202 @@ class _Budget:
         self.check(self.files, self.bytes)
 
 
-def _safe_target(dest: Path, name: str) -> Path:
-    """The path for archive member `name` under `dest`, or DownloadError if it would escape."""
-    cleaned = name.replace("\\", "/")
-    parts = PurePosixPath(cleaned).parts
-    if cleaned.startswith("/") or (parts and parts[0].endswith(":")):
-        raise DownloadError(f"unsafe archive member {name!r}: absolute paths are not allowed")
-    if ".." in parts:
-        raise DownloadError(f"unsafe archive member {name!r}: '..' would write outside the extraction folder")
-    return dest.joinpath(*[p for p in parts if p not in ("", ".")])
+class _Extraction:
+    """One archive's members written under `dest`, with every check; `skipped` lists the rest."""
 
+    def __init__(self, dest: Path, what: str, limits: _Limits, archive_bytes: int):
+        self.dest, self.what, self.limits = dest, what, limits
+        self.budget = _Budget(what, limits.max_bytes, limits.max_files, archive_bytes)
+        self.skipped: list[dict] = []
+        self.kinds: dict[str, str] = {}  # normalised path -> DIR or FILE
+        self.spellings: dict[str, str] = {}  # normalised path -> its spelling in the archive
+        self.links: list[tuple[_Member, Path, Path]] = []
+        self.name_max = _name_max(dest)
 
-def _check_link(dest: Path, name: str, link: str, relative_to_member: bool) -> None:
-    """Raise when a link member named `name` pointing at `link` would resolve outside `dest`."""
-    base = _safe_target(dest, name).parent if relative_to_member else dest
-    target = Path(os.path.normpath(base / link)) if not link.startswith("/") else Path(link)
-    root = os.path.normpath(dest)
-    if not (str(target) == root or str(target).startswith(root + os.sep)):
-        raise DownloadError(f"unsafe archive member {name!r}: link to {link!r} points outside the "
-                            "extraction folder")
-
-
-def _copy_member(src, path: Path, budget: _Budget, declared: int) -> None:
-    budget.add(1, declared)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with open(path, "wb") as out:
-        for chunk in iter(lambda: src.read(CHUNK_BYTES), b""):
-            written += len(chunk)
-            if written > declared:  # the header lied: count the real bytes against the budget
-                budget.add(0, min(len(chunk), written - declared))
-            out.write(chunk)
-
-
-def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        members = zf.infolist()
-        files = [m for m in members if not m.is_dir()]
-        # Check the declared totals before writing anything; copying enforces them again.
-        budget.check(len(files), sum(m.file_size for m in files))
+    def run(self, members: Iterator[_Member]) -> None:
+        entries = 0
         for member in members:
-            path = _safe_target(dest, member.filename)
-            if stat.S_ISLNK(member.external_attr >> 16):
-                _check_link(dest, member.filename, zf.read(member).decode("utf-8", "replace"), True)
-                log.warning("skipping link %s in %s", member.filename, archive.name)
-            elif member.is_dir():
-                path.mkdir(parents=True, exist_ok=True)
+            path = self.target(member)
+            if path is None:
+                continue
+            entries += member.kind != DIR
+            if not self.claim(member):
+                self.skip(member, DUPLICATE_MEMBER, "the archive holds this name more than once: the first copy "
+                                                    "was extracted")
+            elif member.kind == DIR:
+                with self.writing(member):
+                    path.mkdir(parents=True, exist_ok=True)
+            elif member.kind == SPECIAL:
+                self.skip(member, SPECIAL_FILE, "a device, fifo or other special file, not a regular file")
+            elif member.kind in (SYMLINK, HARDLINK):
+                self.links.append((member, path, self.link_target(member, path)))
             else:
-                with zf.open(member) as src:
-                    _copy_member(src, path, budget, member.file_size)
+                self.copy(member, path)
+        if entries == 0:
+            raise DownloadError(f"{self.what}: the archive is empty (it holds no files): check dataset_url")
+        self.follow_links()
+
+    # ---- names
+    def target(self, member: _Member) -> Path | None:
+        """The path for `member` under dest (None for the archive's root folder), or DownloadError."""
+        name = member.name.replace("\\", "/")
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or (parts and parts[0].endswith(":")):
+            raise DownloadError(f"unsafe archive member {member.name!r} in {self.what}: absolute paths are "
+                                "not allowed")
+        if ".." in parts:
+            raise DownloadError(f"unsafe archive member {member.name!r} in {self.what}: '..' would write "
+                                "outside the extraction folder")
+        parts = tuple(p for p in parts if p not in ("", "."))
+        if not parts:
+            if member.kind == DIR:
+                return None
+            raise DownloadError(f"{self.what}: the archive is truncated or damaged: a member has an empty name")
+        for part in parts:
+            size = len(part.encode("utf-8", "surrogateescape"))
+            if size > self.name_max:
+                raise DownloadError(f"{self.what}: member {_short(member.name)!r} has a name of {size} bytes, "
+                                    f"longer than this file system allows ({self.name_max}): shorten it and "
+                                    "re-create the archive")
+        member.name = "/".join(parts)
+        return self.dest.joinpath(*parts)
+
+    def claim(self, member: _Member) -> bool:
+        """Record `member`'s path; False for a repeated file name. Raises on a name used as a file and as
+        a folder, and on names that differ only in Unicode normalisation."""
+        parts, spelled = member.name.split("/"), member.spelled.replace("\\", "/").strip("/").split("/")
+        spelled = [p for p in spelled if p not in ("", ".")]
+        for i in range(1, len(parts) + 1):
+            path, spelling = "/".join(parts[:i]), "/".join(spelled[:i]) if len(spelled) == len(parts) else None
+            known = self.spellings.setdefault(path, spelling)
+            if spelling is not None and known is not None and known != spelling:
+                raise DownloadError(f"{self.what} holds both {known!r} and {spelling!r}: names that differ only "
+                                    "in Unicode normalisation (NFC/NFD) look identical and would merge; rename "
+                                    "one of them")
+            kind = self.kinds.get(path)
+            wanted = DIR if i < len(parts) or member.kind == DIR else FILE
+            if kind is not None and kind != wanted:
+                raise DownloadError(f"{self.what}: {path!r} is both a file and a folder in the archive "
+                                    f"(member {member.name!r}): re-create the archive without the clash")
+            if kind == FILE:
+                return False
+            self.kinds[path] = wanted
+        return True
+
+    @contextlib.contextmanager
+    def writing(self, member: _Member):
+        """File-system refusals of a member's name become a DownloadError naming it."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL):
+                raise
+            raise DownloadError(f"{self.what}: member {_short(member.name)!r} cannot be written here "
+                                f"({exc.strerror}): rename it and re-create the archive") from None
+
+    def skip(self, member: _Member, reason: str, detail: str) -> None:
+        self.skipped.append({"source": member.name, "reason": reason, "detail": detail})
+
+    # ---- files
+    def copy(self, member: _Member, path: Path) -> None:
+        """Stream one file member to `path` within the caps; over a cap it is removed and skipped."""
+        cap = self.limits.max_member_bytes
+        if member.size > cap:  # judged from the header, before reading anything
+            self.skip(member, OVERSIZED_MEMBER, f"declares {member.size} bytes, over the {cap}-byte limit per "
+                                                "member (MAX_MEMBER_BYTES): not extracted")
+            return
+        if member.packed is not None and _suspicious(member.size, member.packed):
+            self.skip(member, OVERSIZED_MEMBER, _ratio_detail(member.size, member.packed))
+            return
+        self.budget.add(1, member.size)
+        charged, written, problem = member.size, 0, None
+        with self.writing(member):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(path, "wb")
+        with out:
+            with _reading(self.what, member.name):
+                src = member.open()
+                start = member.consumed() if member.consumed else 0
+            while True:
+                with _reading(self.what, member.name):
+                    chunk = src.read(CHUNK_BYTES)
+                if not chunk:
+                    break
+                written += len(chunk)
+                if written > charged:  # the header lied: count the real bytes
+                    self.budget.add(0, written - charged)
+                    charged = written
+                packed = member.packed if member.consumed is None else member.consumed() - start
+                if written > cap:
+                    problem = f"holds more than {cap} bytes (MAX_MEMBER_BYTES; its header declared {member.size})"
+                elif packed is not None and _suspicious(written, packed):
+                    problem = _ratio_detail(written, packed)
+                if problem:
+                    break
+                out.write(chunk)
+        if problem:
+            path.unlink()
+            self.budget.files -= 1
+            self.budget.bytes -= charged
+            self.skip(member, OVERSIZED_MEMBER, problem + ": not extracted")
+
+    # ---- links
+    def link_target(self, member: _Member, path: Path) -> Path:
+        """Where a link member points (hard links: from the archive root), or DownloadError if outside."""
+        base = path.parent if member.kind == SYMLINK else self.dest
+        target = Path(os.path.normpath(base / member.link))
+        if member.link.startswith("/") or not target.is_relative_to(self.dest):
+            raise DownloadError(f"unsafe archive member {member.name!r} in {self.what}: link to {member.link!r} "
+                                "points outside the extraction folder")
+        return target
+
+    def follow_links(self) -> None:
+        """Copy the file each link leads to (links to links resolve in any order); list the rest."""
+        pending = self.links
+        while pending:
+            unresolved = []
+            for member, path, target in pending:
+                if target.is_file():
+                    self.budget.add(1, target.stat().st_size)
+                    with self.writing(member):
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(target, path)
+                else:
+                    unresolved.append((member, path, target))
+            if len(unresolved) == len(pending):
+                break
+            pending = unresolved
+        for member, _, target in pending:
+            where = target.relative_to(self.dest).as_posix()
+            what = "a folder: links to folders are not followed" if target.is_dir() else \
+                "not a file extracted from the archive"
+            self.skip(member, LINK, f"{'symbolic' if member.kind == SYMLINK else 'hard'} link to {member.link!r} "
+                                    f"({where}), which is {what}")
 
 
-def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
-    with tarfile.open(archive, "r:*") as tf:
-        for member in tf:  # streams: members are checked as they come
-            path = _safe_target(dest, member.name)
-            if member.issym() or member.islnk():
-                _check_link(dest, member.name, member.linkname, relative_to_member=member.issym())
-                log.warning("skipping link %s -> %s in %s", member.name, member.linkname, archive.name)
-            elif member.isdir():
-                path.mkdir(parents=True, exist_ok=True)
-            elif member.isfile():
-                src = tf.extractfile(member)
-                _copy_member(src, path, budget, member.size)
-            else:
-                log.warning("skipping special file %s in %s", member.name, archive.name)
+def _suspicious(size: int, packed: int) -> bool:
+    return size > RATIO_CHECK_BYTES and size > MAX_COMPRESSION_RATIO * max(packed, 1)
+
+
+def _ratio_detail(size: int, packed: int) -> str:
+    return (f"expands {size / max(packed, 1):.0f}:1 ({size} bytes from {packed} compressed), over "
+            f"MAX_COMPRESSION_RATIO={MAX_COMPRESSION_RATIO}: a possible archive bomb, not extracted")
+
+
+def _short(name: str, limit: int = 80) -> str:
+    return name if len(name) <= limit else name[:limit] + "..."
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _safe_target(dest: Path, name: str) -> Path:
+    """The path for an object key `name` under `dest` (s3 prefixes), or DownloadError if it would escape."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and parts[0].endswith(":")):
+        raise DownloadError(f"unsafe object key {name!r}: it would write outside the download folder")
+    return dest.joinpath(*[p for p in parts if p not in ("", ".")])

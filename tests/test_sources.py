@@ -1,0 +1,237 @@
+"""sources: fetch_source's skipped list and its cache, the download cache never keeping what failed,
+bounded memory on bombs, readable member names. (The fuzz corpus of crafted archives run through
+the whole download stage is tests/test_fuzz_archives.py.)"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import tarfile
+import threading
+import tracemalloc
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from cnn_tasks import sources
+from tests.test_fuzz_archives import dataset, make_tar, make_zip, png
+
+
+@pytest.fixture
+def ctx(make_ctx, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNN_CACHE_DIR", str(tmp_path / "cache"))
+    context = make_ctx()
+    yield context
+    context.close()
+
+
+# ================================================================== fetch_source and its cache
+def _with_links(path: Path) -> Path:
+    dangling = tarfile.TarInfo("ds/cats/gone.png")
+    dangling.type, dangling.linkname = tarfile.SYMTYPE, "nowhere.png"
+    fifo = tarfile.TarInfo("ds/dogs/pipe")
+    fifo.type = tarfile.FIFOTYPE
+    return make_tar(path, dataset(), [dangling, fifo])
+
+
+def test_fetch_source_lists_skipped_members_and_fetch_returns_the_same_folder(tmp_path, ctx):
+    archive = _with_links(tmp_path / "links.tar.gz")
+    fetched = sources.fetch_source(ctx, str(archive))
+    assert sorted(p.relative_to(fetched.folder).as_posix() for p in fetched.folder.rglob("*.png")) == \
+        ["ds/cats/0.png", "ds/cats/1.png", "ds/dogs/0.png", "ds/dogs/1.png"]
+    assert [(s["source"], s["reason"]) for s in fetched.skipped] == [("ds/dogs/pipe", sources.SPECIAL_FILE),
+                                                                      ("ds/cats/gone.png", sources.LINK)]
+    assert all(s["detail"] for s in fetched.skipped)
+    assert sources.fetch(ctx, str(archive)) == fetched.folder
+
+
+def test_a_cached_extraction_returns_the_same_skipped_list(tmp_path, ctx, monkeypatch):
+    archive = _with_links(tmp_path / "links.tar.gz")
+    first = sources.fetch_source(ctx, str(archive))
+    calls = []
+    monkeypatch.setattr(sources, "extract_archive", lambda *a, **k: calls.append(a))
+    second = sources.fetch_source(ctx, str(archive))
+    assert calls == [] and second == first  # reused, not extracted again
+    assert json.loads((first.folder.parent / "skipped.json").read_text())["skipped"] == first.skipped
+
+
+def test_a_damaged_cached_extraction_is_made_again(tmp_path, ctx):
+    archive = _with_links(tmp_path / "links.tar.gz")
+    first = sources.fetch_source(ctx, str(archive))
+    (first.folder.parent / "skipped.json").unlink()  # e.g. an entry left by an older version
+    again = sources.fetch_source(ctx, str(archive))
+    assert again == first and (again.folder / "ds/cats/0.png").is_file()
+
+
+def test_a_failed_extraction_leaves_nothing_in_the_cache(tmp_path, ctx):
+    archive = make_zip(tmp_path / "slip.zip", {"ds/cats/0.png": png(), "../evil.png": png()})
+    with pytest.raises(sources.DownloadError, match="unsafe archive member '../evil.png'"):
+        sources.fetch_source(ctx, str(archive))
+    assert not [p for p in (tmp_path / "cache" / "extracted").rglob("*") if p.is_file()]
+
+
+# ================================================================== the download cache
+class _Server(http.server.BaseHTTPRequestHandler):
+    """Answers each path with the next of its queued (status, content type, body) responses."""
+
+    answers: dict[str, list[tuple[int, str, bytes]]] = {}
+    requests: list[str] = []
+
+    def do_GET(self):
+        _Server.requests.append(self.path)
+        queue = _Server.answers.get(self.path, [])
+        status, kind, body = queue.pop(0) if len(queue) > 1 else queue[0]
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    _Server.answers, _Server.requests = {}, []
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+HTML = (200, "text/html", b"<!doctype html><html><body>Service temporarily moved</body></html>")
+
+
+def _zip_bytes(tmp_path) -> bytes:
+    return make_zip(tmp_path / "served.zip", dataset()).read_bytes()
+
+
+def test_an_html_answer_is_not_cached_and_a_fixed_server_works_next_time(tmp_path, ctx, server):
+    url = f"{server}/data.zip"
+    _Server.answers["/data.zip"] = [HTML, (200, "application/zip", _zip_bytes(tmp_path))]
+    with pytest.raises(sources.DownloadError) as info:
+        sources.fetch_source(ctx, url)
+    message = str(info.value)
+    assert url in message and "is not a zip or tar archive" in message and "web page" in message
+    assert str(tmp_path / "cache") not in message
+    assert not [p for p in (tmp_path / "cache" / "downloads").rglob("*") if p.is_file()]
+    fetched = sources.fetch_source(ctx, url)  # the server is fixed
+    assert (fetched.folder / "ds/cats/0.png").is_file() and _Server.requests == ["/data.zip"] * 2
+
+
+def test_a_poisoned_cached_download_is_discarded_and_fetched_again_once(tmp_path, ctx, server):
+    url = f"{server}/data.zip"
+    _Server.answers["/data.zip"] = [(200, "application/zip", _zip_bytes(tmp_path))]
+    good = sources.fetch_source(ctx, url)
+    cached = next(p for p in (tmp_path / "cache" / "downloads").rglob("data.zip"))
+    cached.write_bytes(HTML[2])  # what an earlier bad answer left under the URL's key
+    ctx.close()
+    again = sources.fetch_source(ctx, url)
+    assert _Server.requests == ["/data.zip"] * 2
+    assert (again.folder / "ds/cats/0.png").is_file() and again.skipped == good.skipped == []
+
+
+def test_a_cached_download_that_still_fails_is_an_error_naming_the_url(tmp_path, ctx, server):
+    url = f"{server}/data.zip"
+    _Server.answers["/data.zip"] = [(200, "application/zip", _zip_bytes(tmp_path)), HTML]
+    sources.fetch_source(ctx, url)
+    next((tmp_path / "cache" / "downloads").rglob("data.zip")).write_bytes(b"<html>stale</html>")
+    with pytest.raises(sources.DownloadError, match=f"{url} is not a zip or tar archive"):
+        sources.fetch_source(ctx, url)
+    assert _Server.requests == ["/data.zip"] * 2  # fetched again once, not more
+    assert not list((tmp_path / "cache" / "downloads").rglob("data.zip"))
+
+
+def test_a_truncated_download_names_the_url_not_the_cache(tmp_path, ctx, server):
+    url = f"{server}/data.tar.gz"
+    data = make_tar(tmp_path / "served.tar.gz", {**dataset(), "ds/cats/big.bin": bytes(range(256)) * 400}).read_bytes()
+    _Server.answers["/data.tar.gz"] = [(200, "application/gzip", data[: len(data) * 2 // 3])]
+    with pytest.raises(sources.DownloadError) as info:
+        sources.fetch_source(ctx, url)
+    assert f"{url}: the archive is truncated or damaged" in str(info.value)
+    assert "cache" not in str(info.value)
+
+
+# ================================================================== bombs: bounded memory and disk
+def test_a_bomb_member_costs_neither_memory_nor_disk(tmp_path, monkeypatch):
+    """A 64 MiB member of zeros, skipped by its declared size (zip) and by its ratio while
+    streaming (tar.gz): memory stays around one chunk, nothing of it stays on disk."""
+    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 32 << 20)
+    monkeypatch.setattr(sources, "RATIO_CHECK_BYTES", 2 << 20)
+    zeros = {"ds/cats/zeros.png": bytes(64 << 20)}
+    for archive in (make_zip(tmp_path / "bomb.zip", zeros), make_tar(tmp_path / "bomb.tar.gz", zeros)):
+        assert archive.stat().st_size < 200_000
+        dest = tmp_path / archive.name.replace(".", "_")
+        tracemalloc.start()
+        skipped = sources.extract_archive(archive, dest)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert [s["reason"] for s in skipped] == [sources.OVERSIZED_MEMBER], archive
+        assert peak < 8 << 20, f"{archive.name}: peak {peak / 2**20:.1f} MiB"
+        assert sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) == 0
+
+
+def test_a_zip_header_that_lies_about_the_size_is_damage_not_a_bomb(tmp_path):
+    archive = make_zip(tmp_path / "liar.zip", {"ds/cats/zeros.png": bytes(1 << 20), "ds/dogs/0.png": png()})
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo("ds/cats/zeros.png")
+    small = (1000).to_bytes(4, "little")
+    data[info.header_offset + 22:info.header_offset + 26] = small  # local header: uncompressed size
+    central = data.find(b"PK\x01\x02")
+    data[central + 24:central + 28] = small
+    archive.write_bytes(bytes(data))
+    with pytest.raises(sources.DownloadError, match="truncated or damaged at member 'ds/cats/zeros.png'"):
+        sources.extract_archive(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "ds/cats/zeros.png").exists() or \
+        (tmp_path / "out" / "ds/cats/zeros.png").stat().st_size <= 1000
+
+
+def test_the_total_budget_still_applies_to_links(tmp_path):
+    link = tarfile.TarInfo("ds/cats/copy.png")
+    link.type, link.linkname = tarfile.LNKTYPE, "ds/cats/0.png"
+    archive = make_tar(tmp_path / "links.tar", {"ds/cats/0.png": bytes(600)}, [link], mode="w")
+    with pytest.raises(sources.DownloadError, match=r"more than 1 files \(MAX_EXTRACT_FILES\)"):
+        sources.extract_archive(archive, tmp_path / "out", max_files=1)
+
+
+# ================================================================== names
+def _unicode_path_field(name: str, raw: bytes) -> bytes:
+    data = b"\x01" + zlib.crc32(raw).to_bytes(4, "little") + name.encode()
+    return (0x7075).to_bytes(2, "little") + len(data).to_bytes(2, "little") + data
+
+
+def test_zip_unicode_path_field_wins_over_the_raw_name():
+    info = zipfile.ZipInfo("placeholder")
+    info.orig_filename = b"caf\x82.png".decode("cp437")
+    info.extra = _unicode_path_field("café.png", b"caf\x82.png")
+    assert sources._zip_name(info) == "café.png"
+    info.extra = _unicode_path_field("other.png", b"different raw name")  # a stale field is ignored
+    assert sources._zip_name(info) == "café.png"
+
+
+@pytest.mark.parametrize("raw, expected", [(b"caf\xc3\xa9", "café"), (b"caf\xe9", "café"), (b"\x80uro", "€uro"),
+                                           (b"\x81x", "\x81x")])
+def test_tar_names_decode_as_utf8_then_cp1252_then_latin1(raw, expected):
+    assert sources._tar_text(raw.decode("utf-8", "surrogateescape")) == expected
+
+
+def test_skipped_names_are_plain_text(tmp_path):
+    """Nothing downstream meets surrogate escapes: every listed name encodes as UTF-8."""
+    fifo = tarfile.TarInfo("ds/caf\udce9/pipe")  # a Latin-1 byte read as UTF-8 with surrogateescape
+    fifo.type = tarfile.FIFOTYPE
+    archive = tmp_path / "names.tar"
+    with tarfile.open(archive, "w", encoding="utf-8", errors="surrogateescape") as tf:
+        data = png()
+        info = tarfile.TarInfo("ds/caf\udce9/0.png")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        tf.addfile(fifo)
+    skipped = sources.extract_archive(archive, tmp_path / "out")
+    assert skipped[0]["source"] == "ds/café/pipe"
+    assert (tmp_path / "out" / "ds" / "café" / "0.png").is_file()
