@@ -43,7 +43,8 @@ _SPLIT_NAMES = {
     "test": {"test", "testing", "testset", "testingset", "testdata", "testingdata", "testimages", "testimgs",
              "eval", "evaluation", "evalset", "evaluationset", "holdout"},
     UNLABELLED: {"unlabelled", "unlabeled", "unlabelleddata", "unlabeleddata", "unlabelledimages",
-                 "unlabeledimages", "unlabelledset", "unlabeledset", "predict", "inference"},
+                 "unlabeledimages", "unlabelledset", "unlabeledset", "predict", "pred", "prediction",
+                 "predictions", "inference"},
 }
 # A split folder holding just one such folder of images holds unlabelled images (test/images/*.jpg).
 _GENERIC_IMAGE_FOLDERS = {"images", "imgs", "img", "data", "pictures", "pics", "photos", "samples", "all"}
@@ -94,11 +95,33 @@ def _squash(name: str) -> str:
     return re.sub(r"[-_.\s]+", "", unicodedata.normalize("NFC", name).casefold())
 
 
-def split_role(name: str) -> str | None:
+def split_role(name: str, loose: bool = False) -> str | None:
     """'train', 'val', 'test' or 'unlabelled' for a split folder's name (any case, '-', '_' or
-    spaces), else None."""
+    spaces), else None. `loose` also reads the first or last word, digits dropped ('seg_train',
+    'train2017', 'cifar10-test'): used only when sibling folders agree (see `_roles`)."""
     squashed = _squash(readable(name))
-    return next((role for role, names in _SPLIT_NAMES.items() if squashed in names), None)
+    role = next((role for role, names in _SPLIT_NAMES.items() if squashed in names), None)
+    if role or not loose:
+        return role
+    words = [re.sub(r"\d+$", "", w) for w in re.split(r"[-_.\s]+", readable(name).casefold()) if w]
+    for word in (words[-1:] + words[:1]) if len(words) > 1 else [re.sub(r"\d+$", "", squashed)]:
+        role = next((role for role, names in _SPLIT_NAMES.items() if word in names), None)
+        if role:
+            return role
+    return None
+
+
+def _roles(dirs: list[Path]) -> dict[Path, str | None]:
+    """Each folder's split role; loosely read names ('seg_train', 'seg_test') count only when two
+    or more sibling folders read as different splits, one of them train."""
+    roles = {d: split_role(d.name) for d in dirs}
+    if any(r in SPLIT_ROLES for r in roles.values()):
+        return roles
+    loose = {d: split_role(d.name, loose=True) for d in dirs}
+    found = [r for r in loose.values() if r]
+    if "train" in found and len(set(found)) >= 2:
+        return loose
+    return roles
 
 
 def readable(name: str) -> str:
@@ -212,7 +235,7 @@ def detect_layout(folder: Path, *, subdir: str | None = None, predefined_split: 
     while True:  # descend through wrapper folders
         dirs, files = _entries(node)
         _sort_files(files, loose, metadata)
-        roles = {d: split_role(d.name) for d in dirs}
+        roles = _roles(dirs)
         if any(r in SPLIT_ROLES for r in roles.values()) or len(dirs) != 1 or roles[dirs[0]] or depth > 50:
             break
         node, depth = dirs[0], depth + 1
@@ -248,11 +271,11 @@ def _find_subdir(root: Path, subdir: str) -> Path:
 def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
     """Visible sub-folders and files of `folder`, sorted."""
     dirs, files = [], []
-    for entry in sorted(folder.iterdir()):
-        if is_ignored(entry.name):
-            continue
-        (dirs if entry.is_dir() else files).append(entry)
-    return dirs, files
+    with os.scandir(folder) as entries:  # no stat per file: fast on folders of thousands of images
+        for entry in entries:
+            if not is_ignored(entry.name):
+                (dirs if entry.is_dir() else files).append(Path(entry.path))
+    return sorted(dirs), sorted(files)
 
 
 def _sort_files(files: list[Path], loose: list[Path], metadata: list[Path]) -> None:
@@ -303,7 +326,7 @@ def _split_layout(layout: Layout, dirs: list[Path], roles: dict) -> None:
 
 def _read_split_folder(layout: Layout, role: str, folder: Path) -> None:
     dirs, files = _entries(folder)
-    while len(dirs) == 1 and not files and split_role(dirs[0].name) == role:  # train/train/<classes>
+    while len(dirs) == 1 and not files and split_role(dirs[0].name, loose=True) == role:  # train/train/<classes>
         folder = dirs[0]
         dirs, files = _entries(folder)
     if role == UNLABELLED:
@@ -354,8 +377,7 @@ def _check_nested(layout: Layout) -> None:
     """A class folder holding two or more folders of files is ambiguous (classes or sub-classes?)."""
     for group in layout.groups:
         for name, folder in group.classes.items():
-            inner = [d for d in _entries(folder)[0] if any(not is_ignored(f) for f in os.listdir(d)
-                                                        if not (d / f).is_dir())]
+            inner = _folders_with_files(folder)
             if len(inner) >= 2:
                 raise DatasetError(
                     f"ambiguous layout: class folder {layout.rel(folder)!r} itself holds folders of images "
@@ -363,6 +385,15 @@ def _check_nested(layout: Layout) -> None:
                     f"the classes are the folders of {layout.rel(group.folder)!r} or the folders inside them. "
                     "Set dataset_subdir to the folder whose sub-folders are the classes, or flatten the "
                     "class folders:\n" + tree(group.folder))
+
+
+def _folders_with_files(folder: Path) -> list[Path]:
+    """Sub-folders of a class folder that hold files (at any depth), looking through a chain of
+    single sub-folders when the class folder holds no files itself (cls/wrapper/<a, b>)."""
+    dirs, files = _entries(folder)
+    while len(dirs) == 1 and not files:
+        dirs, files = _entries(dirs[0])
+    return [d for d in dirs if _holds_files(d)]
 
 
 def _name_classes(layout: Layout) -> None:

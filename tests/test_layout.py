@@ -267,3 +267,31 @@ def test_fuzz_require_without_given_split_uploads_nothing(tmp_path, monkeypatch)
     root = build(tmp_path / "input", images("a", "b"))
     out = ingest(tmp_path, root, monkeypatch, predefined_split="require")
     assert "predefined_split=require" in out.message and out.store_keys == []
+
+
+LOOSE_NAMES = {
+    "Intel style seg_train/seg_train, seg_test/seg_test, seg_pred/seg_pred": (
+        {**images("seg_train/seg_train/forest", "seg_train/seg_train/sea", "seg_test/seg_test/forest",
+                  "seg_test/seg_test/sea"), **images("seg_pred/seg_pred", n=3)},
+        dict(kind="train/test + unlabelled images", classes=["forest", "sea"],
+             splits={"train": "seg_train/seg_train", "test": "seg_test/seg_test"}, unlabelled=["seg_pred/seg_pred"])),
+    "COCO-style train2017/val2017": (images("train2017/a", "train2017/b", "val2017/a", "val2017/b"),
+                                     dict(kind="train/val", splits={"train": "train2017", "val": "val2017"})),
+    "one class ending in 'train' stays a class": (images("high_speed_train", "tram", "bus"),
+                                                  dict(kind="flat", classes=["bus", "high_speed_train", "tram"])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOOSE_NAMES))
+def test_split_names_read_loosely_when_siblings_agree(tmp_path, name):
+    files, expected = LOOSE_NAMES[name]
+    found = layout.detect_layout(build(tmp_path / "input", files))
+    checks = {"kind": found.kind, "classes": found.classes, "splits": found.splits,
+              "unlabelled": [u["folder"] for u in found.describe()["unlabelled"]]}
+    assert {k: checks[k] for k in expected} == expected
+
+
+def test_class_folder_wrapping_class_folders_is_nested(tmp_path):
+    root = build(tmp_path / "input", images("a/inner/x", "a/inner/y", "b/inner/x", "b/inner/y"))
+    with pytest.raises(layout.DatasetError, match="class folder 'a' itself holds folders of images"):
+        layout.detect_layout(root)
