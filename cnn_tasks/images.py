@@ -141,28 +141,34 @@ def _read(path: str | Path) -> bytes:
         raise ImageRejected(UNREADABLE, f"cannot read the file: {exc.strerror or exc}") from None
 
 
-def check_png_crcs(data: bytes) -> None:
-    """Raise ImageRejected(CORRUPT) when a chunk of a PNG file fails its CRC check.
+def check_png_chunks(data: bytes) -> None:
+    """Reject a PNG file that does not start with IHDR or ends before its pixel data (IDAT), or
+    one whose chunk fails its CRC check.
 
     A CRC mismatch means the bytes were damaged. libpng (what `tf.io.decode_image` uses) refuses a
     PNG whose IHDR, IDAT or IEND fails its CRC, but Pillow ignores the CRCs of the pixel data, so
     without this check such a file passed validation and failed in training. Every chunk is
-    checked, up to IEND (trailing bytes are ignored, as decoders do); a chunk cut short is left to
-    the decoder, which calls the file truncated.
+    checked, up to IEND (trailing bytes are ignored, as decoders do); a file cut short after its
+    first IDAT chunk is left to the decoder, which reads what it can or calls it truncated.
     """
-    pos = len(PNG_SIGNATURE)
+    pos, has_pixels = len(PNG_SIGNATURE), False
+    if len(data) >= pos + 8 and data[pos + 4:pos + 8] != b"IHDR":
+        raise ImageRejected(CORRUPT, "the file starts like a PNG image but its first chunk is not the IHDR header")
     while pos + 12 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
         end = pos + 8 + length
         if end + 4 > len(data):
-            return
+            break
         (stored,) = struct.unpack(">I", data[end:end + 4])
         if zlib.crc32(data[pos + 4:end]) != stored:
             name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
             raise ImageRejected(CORRUPT, f"PNG chunk {name} at byte {pos} fails its CRC check: the file is damaged")
         if kind == b"IEND":
             return
+        has_pixels = has_pixels or kind == b"IDAT"
         pos = end + 4
+    if not has_pixels:
+        raise ImageRejected(TRUNCATED, f"the file ends at byte {len(data)}, before its pixel data (PNG chunk IDAT)")
 
 
 def check_shape(width: int, height: int, min_side: int = 1, max_aspect_ratio: float | None = None) -> None:
@@ -185,7 +191,7 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, *, min_side: int = 1
     if not data:
         raise ImageRejected(EMPTY, "the file has 0 bytes")
     if data.startswith(PNG_SIGNATURE):
-        check_png_crcs(data)
+        check_png_chunks(data)
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that: make it a rejection too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -198,8 +204,8 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, *, min_side: int = 1
             raise ImageRejected(NOT_AN_IMAGE, "Pillow does not recognise this file as an image") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageRejected(TOO_MANY_PIXELS, str(exc)) from None
-        except Exception as exc:  # a header so broken that even identification fails
-            raise ImageRejected(CORRUPT, _open_error(exc)) from None
+        except Exception as exc:  # a header so broken (or cut so short) that even identification fails
+            raise _decode_error(exc) from None
         width, height = image.size
         if width * height > max_pixels:
             raise ImageRejected(TOO_MANY_PIXELS, f"{width}x{height} = {width * height} pixels is over the "
@@ -209,8 +215,7 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, *, min_side: int = 1
         try:
             image.load()
         except Exception as exc:
-            reason = TRUNCATED if isinstance(exc, EOFError) or "truncated" in str(exc).lower() else CORRUPT
-            raise ImageRejected(reason, f"{type(exc).__name__}: {exc}") from None
+            raise _decode_error(exc) from None
     orientation = _orientation(image)
     rgb = to_rgb(image)
     if orientation in range(2, 9):
@@ -229,12 +234,15 @@ def _signature(data: bytes) -> str | None:
     return next((kind for magic, kind in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
-def _open_error(exc: Exception) -> str:
-    """Words for an error Pillow raises while reading a header."""
+def _decode_error(exc: Exception) -> ImageRejected:
+    """The rejection for an error Pillow raised while reading a header or the pixels."""
+    if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
+        return ImageRejected(TRUNCATED, f"the file ends before the image does ({type(exc).__name__}: {exc})")
     if isinstance(exc, ValueError) and "MAX_TEXT_CHUNK" in str(exc):
-        return ("a compressed metadata chunk (text or colour profile) expands beyond Pillow's safety limit "
-                "(PngImagePlugin.MAX_TEXT_CHUNK): refused as a possible decompression bomb")
-    return f"{type(exc).__name__}: {exc}"
+        return ImageRejected(CORRUPT, "a compressed metadata chunk (text or colour profile) expands beyond "
+                                      "Pillow's safety limit (PngImagePlugin.MAX_TEXT_CHUNK): refused as a "
+                                      "possible decompression bomb")
+    return ImageRejected(CORRUPT, f"{type(exc).__name__}: {exc}")
 
 
 def _orientation(image: Image.Image) -> int:
