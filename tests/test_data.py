@@ -247,3 +247,45 @@ def test_predict_cli_applies_the_fit_and_limits_its_model_was_trained_with(tmp_p
     rows, rejected = predict_cli({})
     assert rows == {"wide.png": "reddish", "dot.png": "reddish", "strip.png": "reddish"} and not rejected
     assert predict.preprocessing_beside(model) == predict.Preprocessing("squash", 1, None)
+
+
+def test_predict_stage_reads_with_the_champions_fit_and_this_runs_limits(make_ctx):
+    from cnn_tasks import predict, promote
+
+    ctx = make_ctx(image_fit="squash", min_image_side=12, max_aspect_ratio=4)
+    meta_key = "runs/old/models/m1_balanced/meta.json"
+    ctx.store.put_bytes("champions/old/model.keras", b"model")
+    ctx.store.put_json(promote.CHAMPION_KEY, {
+        "model_id": "m1_balanced", "run_id": "old", "classes": ["a", "b"], "model_key": "champions/old/model.keras",
+        "source_model_key": "runs/old/models/m1_balanced/model.keras"})
+    ctx.store.put_json(meta_key, {"image_fit": "center_crop"})  # the champion was trained centre-cropped
+    chosen = predict.choose_model(ctx, ["a", "b"])
+    assert chosen["meta_key"] == meta_key
+    assert predict.stage_preprocessing(ctx, chosen) == predict.Preprocessing("center_crop", 12, 4.0)
+    ctx.store.put_json(meta_key, {"classes": ["a", "b"]})  # recorded before image_fit existed: squash
+    assert predict.stage_preprocessing(ctx, chosen) == predict.Preprocessing("squash", 12, 4.0)
+
+
+def test_rebalance_records_the_runs_fit_and_training_reads_with_it(tmp_path, make_ctx):
+    from cnn_tasks import download, rebalance, split
+
+    root = tmp_path / "wide"
+    for c, cls in enumerate(("left", "right")):
+        (root / cls).mkdir(parents=True)
+        for i in range(10):
+            pixels = np.random.default_rng(10 * c + i).integers(0, 256, (12, 30, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    ctx = make_ctx(dataset_url=str(root), image_size=16, image_fit="center_crop", min_images_per_class=5,
+                   augment=False)
+    download.run(ctx)
+    split.run(ctx)
+    rebalance.run(ctx)
+    info = data.load_dataset_info(ctx)
+    assert info["image_fit"] == "center_crop"
+    x, _, keys = data.load_split_arrays(ctx, "train")
+    manifest = {row["key"]: row["source"] for row in csv.DictReader(io.StringIO(
+        ctx.store.get_text(ctx.data_key("manifest.csv"))))}
+    for pixels, key in zip(x, keys):
+        square = np.asarray(Image.open(root / manifest[key]))[:, 9:21]  # the central 12 x 12
+        expected = data.decode_and_resize(png_bytes(Image.fromarray(square)), 16).numpy()
+        np.testing.assert_allclose(pixels, expected, atol=1e-3)
