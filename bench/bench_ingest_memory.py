@@ -112,6 +112,10 @@ def _load_sources(path: str | None) -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules["cnn_tasks.sources"] = module
     spec.loader.exec_module(module)
+    if not hasattr(module, "fetch_source"):  # an older module: only fetch(), nothing listed as skipped
+        from types import SimpleNamespace
+
+        module.fetch_source = lambda *a, **k: SimpleNamespace(folder=module.fetch(*a, **k), skipped=[])
     cnn_tasks.sources = module
 
 

@@ -48,6 +48,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterator
@@ -395,17 +396,10 @@ def extract_archive(archive: Path, dest: Path, *, what: str | None = None, max_b
         with _tar_members(archive, extraction) as members:
             extraction.run(members)
     if extraction.skipped:
-        counts = ", ".join(f"{n} {r}" for r, n in sorted(_count(s["reason"] for s in extraction.skipped).items()))
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(Counter(s["reason"] for s in extraction.skipped).items()))
         log.warning("%s: %d members not extracted (%s); listed with their reasons", what,
                     len(extraction.skipped), counts)
     return extraction.skipped
-
-
-def _count(items) -> dict:
-    counts: dict = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return counts
 
 
 def _archive_kind(archive: Path, what: str) -> str:
