@@ -20,7 +20,9 @@ every accepted image decodes in training (`tf.io.decode_image`) to exactly the v
 - `tf.io.decode_image` decodes JPEG with libjpeg's fast integer IDCT, which differs from Pillow's
   accurate IDCT by up to ~10 levels per pixel, so keeping JPEG bytes would make training pixels
   differ from the pixels prediction sees through `load_rgb`.
-The cost is one PNG encode per image (compress level 1): see README, "Ingest cost".
+The cost is one PNG encode per image that was an 8-bit RGB PNG (everything else was re-encoded
+already): about +1 ms of CPU per 64x64 image (0.53 -> 1.54 ms) and +6% shard bytes, measured on
+400 EuroSAT images saved as PNG; EuroSAT's own JPEGs cost the same as before (1.11 ms).
 """
 
 from __future__ import annotations
