@@ -230,10 +230,12 @@ def _loose_row(found: Layout, path: Path) -> dict:
 def _skipped_rows(found: Layout, skipped: list[dict]) -> list[dict]:
     """rejected.csv rows for archive members the extraction skipped, with the class they would have had."""
     folders = {f"{found.rel(folder)}/": name for g in found.groups for name, folder in g.classes.items()}
+    base = f"{found.rel(found.base)}/" if found.base != found.root else ""
     rows = []
     for item in skipped:
-        source = str(item.get("source", ""))
-        name = next((n for prefix, n in folders.items() if source.startswith(prefix)), "")
+        path = str(item.get("source", ""))  # relative to the dataset root
+        name = next((n for prefix, n in folders.items() if path.startswith(prefix)), "")
+        source = path[len(base):] if base and path.startswith(base) else path  # as the manifest names files
         rows.append({"source": source, "class": name, "reason": str(item.get("reason", "")),
                      "detail": str(item.get("detail", "")), "duplicate_of": ""})
     return rows

@@ -121,7 +121,7 @@ def test_fetch_holds_its_extraction_until_the_task_ends(root, monkeypatch, tmp_p
         zf.writestr("cats/1.png", b"not checked here")
     ctx = make_ctx()
     folder = sources.fetch(ctx, str(archive))
-    assert folder.parent == root / "extracted"
+    assert folder.parent.parent == root / "extracted"  # <entry>/data beside <entry>/skipped.json
     _limit(monkeypatch, 1)
     assert cache.enforce_limit(root) == [] and (folder / "cats" / "1.png").is_file()
     ctx.close()
