@@ -30,6 +30,7 @@ $(STAMP): requirements/requirements.lock
 	@touch $(STAMP)
 
 ## make run [PROFILE=quick] [DATASET_URL=/path/EuroSAT.zip] [STORE_URI=s3://bucket/prefix]
+## Exits non-zero when any task failed; its last lines say which task failed, why, and where the partial report is.
 run: setup
 	PROFILE="$(PROFILE)" DATASET_URL="$(DATASET_URL)" DATASET_CHECKSUM="$(DATASET_CHECKSUM)" \
 	UNLABELLED_URL="$(UNLABELLED_URL)" STORE_URI="$(STORE_URI)" $(PY) scripts/run_pipeline.py

@@ -1,6 +1,11 @@
 """`make run`: validate the settings, prepare a project-local Airflow, run the DAG once with
 `airflow dags test`, and print where the report is.
 
+Exit status 0 and last line `Report: <url>` when every task succeeded. When any task failed the
+DAG run ends `failed`, `airflow dags test` exits non-zero, and this exits 1 with, as its last
+lines, `FAILED: <task>: <error type>: <message>` (the first failure; the others are counted) and
+`Partial report: <url>`.
+
 Settings come from the environment (the Makefile passes them): PROFILE, DATASET_URL,
 DATASET_CHECKSUM, UNLABELLED_URL, STORE_URI.
 """
@@ -18,6 +23,7 @@ from urllib.parse import urlparse
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cnn_tasks import failures  # noqa: E402
 from cnn_tasks.config import EUROSAT_URL, ConfigError, PipelineConfig  # noqa: E402
 from cnn_tasks.storage import open_store  # noqa: E402
 
@@ -53,15 +59,30 @@ def check_reachable(url: str) -> None:
         )
 
 
+def airflow_bin() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
 def airflow(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("airflow")), *args], check=True, **kwargs)
+    return subprocess.run([airflow_bin(), *args], check=True, **kwargs)
 
 
-def latest_report(store_uri: str) -> str | None:
-    """The newest manual run's report (`dags test` runs are manual; run ids sort by time)."""
-    store = open_store(store_uri)
-    reports = [k for k in store.list("runs/manual__") if k.endswith("/report/index.html")]
-    return store.url(max(reports)) if reports else None
+def run_ids(store) -> set[str]:
+    """The manual runs in the store (`dags test` runs are manual)."""
+    return {key.split("/")[1] for key in store.list("runs/manual__")}
+
+
+def report_url(store, run_id: str | None) -> str | None:
+    key = f"runs/{run_id}/report/index.html"
+    return store.url(key) if run_id and store.exists(key) else None
+
+
+def failure_line(store, run_id: str | None) -> str:
+    """One line: which task failed first and why (from the run's failure records in the store)."""
+    records = failures.read_failures(store, f"runs/{run_id}") if run_id else []
+    if not records:
+        return "FAILED: the run failed before any task recorded why: the log above says which task and why"
+    return failures.summary_line(records)
 
 
 def main() -> None:
@@ -72,17 +93,24 @@ def main() -> None:
         sys.exit(f"Invalid setting: {exc}")
     if config.dataset_url == EUROSAT_URL:
         check_reachable(config.dataset_url)
-    print(f"Running {DAG_ID} ({config.profile} profile) on {config.dataset_url}\n  store: {config.store_uri}")
+    print(f"Running {DAG_ID} ({config.profile} profile) on {config.dataset_url}\n  store: {config.store_uri}",
+          flush=True)
     airflow("db", "migrate", stdout=subprocess.DEVNULL)
     airflow("pools", "set", os.environ.get("CNN_TRAINING_POOL", "training"), "2", "CNN training tasks",
             stdout=subprocess.DEVNULL)
-    try:
-        airflow("dags", "test", DAG_ID, "--conf", json.dumps(conf))
-    except subprocess.CalledProcessError:
-        report = latest_report(config.store_uri)
-        sys.exit("\nThe run failed: the first failed task's log above says why."
-                 + (f"\nPartial report (sections that did not run say so): {report}" if report else ""))
-    print(f"\nReport: {latest_report(config.store_uri)}")
+    store = open_store(config.store_uri, endpoint_url=config.s3_endpoint_url)
+    before = run_ids(store)
+    # `dags test` exits non-zero when the DAG run ends failed (any task failed: see the DAG docstring).
+    failed = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]).returncode != 0
+    new = sorted(run_ids(store) - before)
+    run_id = new[-1] if new else None
+    report = report_url(store, run_id)
+    if failed:
+        print("\nThe DAG run failed.", file=sys.stderr)
+        print(failure_line(store, run_id), file=sys.stderr)
+        print(f"Partial report: {report}" if report else "No report was written.", file=sys.stderr)
+        sys.exit(1)
+    print(f"\nReport: {report}")
 
 
 if __name__ == "__main__":
