@@ -342,8 +342,8 @@ def test_archive_members_not_extracted_are_listed_with_their_class(tmp_path, tin
     ctx = _ctx(tmp_path / "store", dataset_url=str(archive))
     assert download.run(ctx)["accepted"] == 60
     rows = {r["source"]: r for r in _read_csv(ctx, "rejected.csv")}
-    assert rows["tiny/class_b/pipe.png"]["reason"] == sources.SPECIAL_FILE
-    assert rows["tiny/class_b/pipe.png"]["class"] == "class_b"
+    assert rows["class_b/pipe.png"]["reason"] == sources.SPECIAL_FILE
+    assert rows["class_b/pipe.png"]["class"] == "class_b"
     assert ctx.store.get_json(ctx.data_key("ingest.json"))["per_class"]["class_b"]["rejected"] == 1
 
 

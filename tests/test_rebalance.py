@@ -65,7 +65,9 @@ def _split_table(ctx) -> pd.DataFrame:
 def test_dataset_json_matches_the_contract(outputs, strategy):
     ctx, ds = outputs[strategy]
     analysis = ctx.store.get_json(ctx.data_key("analysis.json"))
-    assert set(ds) == {"classes", "image_size", "mean", "std", "dataset_sha256", "rebalance", "splits", "figures"}
+    assert set(ds) == {"classes", "image_size", "image_fit", "mean", "std", "dataset_sha256", "rebalance", "splits",
+                       "figures"}
+    assert ds["image_fit"] == "squash"
     assert ds["classes"] == ["class_a", "class_b", "class_c"] and ds["rebalance"] == strategy
     assert ds["image_size"] == 64 and (ds["mean"], ds["std"]) == (analysis["mean"], analysis["std"])
     assert {s: set(v) for s, v in ds["splits"].items()} == {
