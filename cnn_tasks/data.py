@@ -158,12 +158,15 @@ def class_weight_vector(class_weight: dict, num_classes: int):
     return _tf().constant(weights)
 
 
-def load_split_arrays(ctx: RunContext, split: str, variant: str = "unbalanced", limit: int | None = None):
-    """(x float32 [N,S,S,3] 0..255, y int32 [N], keys list[str]) in shard order; deterministic."""
+def load_split_arrays(ctx: RunContext, split: str, variant: str = "unbalanced", limit: int | None = None,
+                      size: int | None = None, fit: str | None = None):
+    """(x float32 [N,S,S,3] 0..255, y int32 [N], keys list[str]) in shard order; deterministic.
+
+    `size` and `fit` default to this run's; another model (the champion) passes its own."""
     info = load_dataset_info(ctx)
     part = split_info(info, split, variant)
-    size = int(info["image_size"])
-    ds = _decoded(ctx, part, size, limit, fit=image_fit(info)).batch(256)
+    size = int(size or info["image_size"])
+    ds = _decoded(ctx, part, size, limit, fit=fit or image_fit(info)).batch(256)
     xs, ys, keys = [], [], []
     for x, y, k in ds.with_options(_options()):
         xs.append(x.numpy())

@@ -124,7 +124,9 @@ def _champion_on_this_test(ctx, champion: dict, classes: list[str]) -> dict:
         return {"comparable": False, "why": why, "metrics": None}
     if not ctx.store.exists(champion["model_key"]):
         return {"comparable": False, "why": f"champion model {champion['model_key']} is missing", "metrics": None}
-    x, y, _ = data.load_split_arrays(ctx, "test", variant="unbalanced")
+    # The champion sees the test images prepared as it was trained (its size and image_fit).
+    x, y, _ = data.load_split_arrays(ctx, "test", variant="unbalanced", size=champion.get("image_size"),
+                                     fit=data.image_fit(champion))
     model = models.load_model(ctx.cached(champion["model_key"]))
     metrics = evaluate_champion(model, x, np.asarray(y, dtype=int), classes)
     return {"comparable": True, "why": why, "metrics": metrics}
@@ -171,7 +173,7 @@ def run(ctx) -> dict:
                "source_model_key": ctx.model_key(deployable["name"], "model.keras"), "metric": metric,
                "value": value, "metrics": {k: deployable.get(k) for k in ("accuracy", "balanced_accuracy",
                                                                           "macro_f1", "macro_auc", "ece")},
-               "classes": classes, "image_size": info.get("image_size"),
+               "classes": classes, "image_size": info.get("image_size"), "image_fit": data.image_fit(info),
                "dataset_sha256": info.get("dataset_sha256"), "promoted_at": utc_stamp(),
                "ensemble": None if best["kind"] == "model" else {"name": best["name"], "value": best[metric]},
                "previous_run_id": previous.get("run_id") if previous else None}

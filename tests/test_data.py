@@ -201,6 +201,14 @@ def test_every_reader_of_the_split_uses_the_fit_dataset_json_records(make_ctx, f
         np.testing.assert_array_equal(got, expected)
 
 
+def test_another_models_size_and_fit_override_the_runs(make_ctx):
+    """The champion is re-scored on this run's test images prepared as it was trained."""
+    ctx = make_ctx(augment=False)
+    encoded = _banded_dataset(ctx, "squash")
+    got = data.load_split_arrays(ctx, "test", size=6, fit="center_crop")[0][0]
+    np.testing.assert_array_equal(got, data.decode_and_resize(encoded, 6, "center_crop").numpy())
+
+
 # ------------------------------------------------------------------ prediction reads images as training did
 def _colour_model(path):
     """A saved 8x8 model: class "reddish" when mean red beats mean (green + blue) / 2, else "not"."""

@@ -69,7 +69,7 @@ def test_promotion_history(pipeline):
     first_champion = store.get_json("champion.json")
     assert first_champion["run_id"] == "run1" and store.exists("champions/run1/model.keras")
     info = data.load_dataset_info(first)
-    assert first_champion["classes"] == info["classes"] and first_champion["image_size"] == 16
+    assert first_champion["classes"] == info["classes"] and first_champion["image_size"] == 16 and first_champion["image_fit"] == "squash"
     assert first_champion["dataset_sha256"] == info["dataset_sha256"]
 
     # would beat the champion (which gets every test image wrong) but fails the accuracy guard
