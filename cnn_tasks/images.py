@@ -1,6 +1,8 @@
 """Image validation: decode a file once with Pillow, reject bad files, normalise to 8-bit RGB.
 
 `load_rgb(path)` is the one way the pipeline reads an image (ingest and prediction alike):
+- named pipes, devices and other files that are not regular files (links are followed) and files
+  over MAX_FILE_BYTES are rejected (SPECIAL_FILE, OVERSIZED_FILE) without being read;
 - zero-byte, non-image, truncated and corrupt files raise `ImageRejected(reason)`; a PNG whose
   chunk CRCs do not match is corrupt (libpng, TensorFlow's decoder, refuses it; Pillow does not);
 - images over `MAX_PIXELS` (or that Pillow flags as decompression bombs) are rejected, and so are
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import struct
 import warnings
 import zlib
@@ -40,6 +44,8 @@ from PIL import Image, UnidentifiedImageError
 
 # Largest accepted image in pixels (width x height); larger ones are decompression-bomb suspects.
 MAX_PIXELS = 40_000_000
+# Largest file read, like an archive member (sources.MAX_MEMBER_BYTES); read at call time.
+MAX_FILE_BYTES = 512 * 1024**2
 PNG_COMPRESS_LEVEL = 1  # fast; re-encoded 64 px images are ~2x the JPEG size
 
 # Rejection reasons (the `reason` column of rejected.csv).
@@ -52,6 +58,9 @@ UNSUPPORTED_MODE = "unsupported_mode"
 UNREADABLE = "unreadable"
 TOO_SMALL = "too_small"
 EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
+# Same words as the archive extraction's (sources.SPECIAL_FILE, sources.OVERSIZED_MEMBER).
+SPECIAL_FILE = "special_file"
+OVERSIZED_FILE = "oversized_file"
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -137,10 +146,36 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 def _read(path: str | Path) -> bytes:
+    """The file's bytes. Links are followed; whatever is not a regular file (a named pipe would block
+    forever, /dev/zero never ends) is SPECIAL_FILE and a file over MAX_FILE_BYTES is OVERSIZED_FILE,
+    both judged without reading it. Opened non-blocking and checked again on the open file, so a
+    file swapped for a pipe in between cannot block either."""
     try:
-        return Path(path).read_bytes()
+        _check_file(os.stat(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as src:
+            _check_file(os.fstat(fd))
+            os.set_blocking(fd, True)
+            data = src.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ImageRejected(UNREADABLE, f"cannot read the file: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:  # it grew after the check
+        raise ImageRejected(OVERSIZED_FILE, f"over the {MAX_FILE_BYTES}-byte limit per file (MAX_FILE_BYTES)")
+    return data
+
+
+def _check_file(info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageRejected(SPECIAL_FILE, f"{_file_kind(info.st_mode)}: not a regular file, not read")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ImageRejected(OVERSIZED_FILE, f"{info.st_size} bytes, over the {MAX_FILE_BYTES}-byte limit per file "
+                                            "(MAX_FILE_BYTES): not read")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def check_png_chunks(data: bytes) -> None:

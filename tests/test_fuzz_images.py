@@ -228,3 +228,16 @@ def test_size_limits_follow_the_config(tmp_path, monkeypatch):
     assert {s: r["detail"] for s, r in tight.rejected.items()} == {
         "cats/strip.png": "the shorter side is 8 px, below min_image_side=12",
         "dogs/small.png": "the shorter side is 10 px, below min_image_side=12"}
+
+
+def test_a_named_pipe_and_a_link_to_a_device_in_a_class_folder_are_listed_not_read(tmp_path, monkeypatch):
+    import os
+
+    root, valid = dataset_with(tmp_path, "valid_extra.png", png(noise(seed=11)))
+    os.mkfifo(root / "cats" / "pipe.png")  # reading it would wait forever for a writer
+    (root / "dogs" / "zero.png").symlink_to("/dev/zero")  # reading it would never end
+    outcome = ingest(tmp_path, root, monkeypatch)
+    assert_kept(outcome, valid + ["cats/valid_extra.png"])
+    assert {s: (r["class"], r["reason"], r["detail"]) for s, r in outcome.rejected.items()} == {
+        "cats/pipe.png": ("cats", images.SPECIAL_FILE, "a named pipe (FIFO): not a regular file, not read"),
+        "dogs/zero.png": ("dogs", images.SPECIAL_FILE, "a character device: not a regular file, not read")}

@@ -363,3 +363,61 @@ def test_a_metadata_decompression_bomb_is_refused_in_words(tmp_path, kind, body)
     with pytest.raises(images.ImageRejected, match="refused as a possible decompression bomb") as info:
         images.validate(path)
     assert info.value.reason == images.CORRUPT
+
+
+# ================================================================== what is not a regular file, or too big
+def _finishes(call, fifo: Path | None = None, timeout: float = 10.0):
+    """Run `call` in a thread; (finished, result or exception). A call stuck reading `fifo` is
+    released by opening its write end, so a failing test does not hang the suite."""
+    import threading
+
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(out=_outcome(call)), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    finished = not thread.is_alive()
+    if not finished and fifo is not None:
+        with open(fifo, "wb"):
+            pass
+        thread.join(timeout)
+    return finished, box.get("out")
+
+
+def _outcome(call):
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+
+
+@pytest.mark.parametrize("reader", [images.validate, images.load_rgb])
+def test_a_named_pipe_is_a_special_file_and_never_blocks(tmp_path, reader):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    finished, result = _finishes(lambda: reader(fifo), fifo)
+    assert finished, "reading a named pipe blocked"
+    assert isinstance(result, images.ImageRejected) and result.reason == images.SPECIAL_FILE
+    assert "a named pipe (FIFO): not a regular file" in result.detail
+
+
+def test_a_link_to_a_device_is_a_special_file_not_read(tmp_path):
+    link = tmp_path / "zero.png"
+    link.symlink_to("/dev/zero")  # read whole, this never ends
+    finished, result = _finishes(lambda: images.validate(link))
+    assert finished and isinstance(result, images.ImageRejected), result
+    assert (result.reason, result.detail) == (images.SPECIAL_FILE, "a character device: not a regular file, not read")
+
+
+def test_a_file_over_the_size_cap_is_rejected_without_reading_it(tmp_path, monkeypatch):
+    path = write(tmp_path, "big.png", encoded(Image.fromarray(noise()), "PNG"))
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("the file was read"))
+    with pytest.raises(images.ImageRejected) as info:
+        images.validate(path)
+    assert info.value.reason == images.OVERSIZED_FILE
+    assert f"{path.stat().st_size} bytes, over the {path.stat().st_size - 1}-byte limit per file " \
+           "(MAX_FILE_BYTES)" in info.value.detail
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", path.stat().st_size)
+    assert images.validate(path).width == 16  # at the cap: accepted
