@@ -103,7 +103,10 @@ def _run_failures(ctx) -> tuple[list[dict], list[str]]:
     context = get_current_context()
     recorded = {(r.get("task_id"), r.get("map_index", -1)): r for r in failures.read_failures(ctx.store, ctx.prefix)}
     failed, not_run = [], []
-    for crumb in context["ti"].get_task_breadcrumbs(DAG_ID, context["run_id"]):
+    order = {task_id: i for i, task_id in enumerate(context["dag"].task_ids)}  # the order tasks are defined in
+    crumbs = sorted(context["ti"].get_task_breadcrumbs(DAG_ID, context["run_id"]),
+                    key=lambda c: (order.get(c["task_id"], len(order)), c["map_index"]))
+    for crumb in crumbs:
         task_id, map_index = crumb["task_id"], crumb["map_index"]
         state = str(getattr(crumb["state"], "value", crumb["state"]))
         if task_id == context["ti"].task_id:
