@@ -30,11 +30,16 @@ from pathlib import Path
 import numpy as np
 
 from cnn_tasks import data, images, layout, models, sources
+from cnn_tasks.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 TOP_K = 3
 BATCH = 64
+
+
+class PredictError(PipelineError, RuntimeError):
+    """The images to predict cannot be found."""
 
 
 # ----------------------------------------------------------------------------- core
@@ -63,10 +68,17 @@ def list_files(folder: Path) -> tuple[list[Path], int]:
 
     Hidden and system files and folders (`.DS_Store`, `__MACOSX/`, `Thumbs.db`, ...) are skipped
     exactly as the dataset download skips them (layout.list_class_files / layout.is_ignored):
-    they are never images, so they are not listed as rejected either.
+    they are never images, so they are not listed as rejected either. Everything else is a
+    candidate, named pipes and devices included: reading them rejects them (images.SPECIAL_FILE),
+    so they are listed, never dropped. A missing folder is a PredictError naming it.
     """
-    files, ignored = layout.list_class_files(Path(folder))
-    return sorted(p for p in files if p.is_file()), ignored
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise PredictError(f"the folder of images to predict, {layout.readable(str(folder))}, {what}: point "
+                           "unlabelled_url (or the CLI's FOLDER) at a folder of images")
+    files, ignored = layout.list_class_files(folder)
+    return sorted(files), ignored
 
 
 def read_image(path: Path, size: int, prep: Preprocessing = Preprocessing()) -> np.ndarray:
@@ -93,7 +105,7 @@ def iter_image_batches(folder: Path, size: int, batch_size: int | None = None,
     folder, batch_size = Path(folder), batch_size or BATCH
     names, pixels, rejected = [], [], []
     for path in list_files(folder)[0]:
-        name = path.relative_to(folder).as_posix()
+        name = layout.readable_path(path, folder)  # never surrogate escapes: the CSV is UTF-8 text
         try:
             pixels.append(read_image(path, size, prep))
             names.append(name)
@@ -253,6 +265,12 @@ def run(ctx) -> dict:
         root = sources.fetch(ctx, ctx.config.dataset_url, ctx.config.dataset_checksum)
         folders = [(f"{f['folder']}/" if len(found) > 1 else "", root / layout.unescape_path(f["path"]))
                    for f in found]
+        for f, (_, folder) in zip(found, folders):
+            if not folder.is_dir():  # before any prediction: the dataset changed since download
+                raise PredictError(
+                    f"the dataset's unlabelled folder {f['folder']}/ ({f['files']} files when download ran) is "
+                    f"missing from {ctx.config.dataset_url} now: the dataset changed after the download stage; "
+                    "run the whole DAG again so that every stage sees the same dataset")
         described = f"{ctx.config.dataset_url}: " + ", ".join(f"{f['folder']}/" for f in found)
         note = "the dataset's own unlabelled folder(s), found by the download stage (no unlabelled_url is set)"
     model = models.load_model(ctx.cached(chosen["model_key"]))

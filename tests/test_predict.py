@@ -230,3 +230,56 @@ def test_run_without_url_or_unlabelled_folder_is_a_recorded_no_op(make_ctx, tiny
     download.run(ctx)
     out = predict.run(ctx)
     assert out["status"] == "skipped" and "holds no unlabelled folder" in out["reason"]
+
+
+# ================================================================== names, pipes and missing folders
+def test_latin1_file_names_are_predicted_and_written_readably(make_ctx, folder, tmp_path):
+    import os
+
+    raw = os.fsencode(folder / "class_a")
+    os.rename(raw + b"/class_a_0.png", raw + b"/caf\xe9.png")  # a Latin-1 name, not UTF-8
+    ctx = make_ctx(unlabelled_url=str(folder))
+    _with_best_model(ctx, tmp_path)
+    out = predict.run(ctx)
+    assert (out["status"], out["predicted"], out["rejected"]) == ("done", 6, 4)
+    names = [r["image"] for r in read_csv(ctx.store.get_text(ctx.report_key("predictions.csv")))]
+    assert "class_a/café.png" in names
+
+
+def test_a_named_pipe_is_listed_as_rejected_not_dropped_and_never_blocks(folder):
+    import os
+
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    rows, rejected = predict.predict_folder(tiny_model(trained=False), folder, CLASSES)
+    reasons = {r["image"]: r["reason"] for r in rejected}
+    assert len(rows) == 6 and len(rejected) == len(REJECTED) + 2
+    assert reasons["pipe.png"] == "special_file: a named pipe (FIFO): not a regular file, not read"
+    assert reasons["zero.png"] == "special_file: a character device: not a regular file, not read"
+
+
+def test_a_missing_folder_is_an_error_naming_it_not_zero_predictions(tmp_path):
+    with pytest.raises(predict.PredictError, match=f"{tmp_path / 'nowhere'}, does not exist"):
+        predict.predict_folder(tiny_model(trained=False), tmp_path / "nowhere", CLASSES)
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(predict.PredictError, match="file.png, is not a folder"):
+        predict.list_files(tmp_path / "file.png")
+
+
+def test_a_dataset_unlabelled_folder_that_vanished_since_download_is_an_error(make_ctx, imagenet10_zip, tmp_path):
+    import shutil
+    import zipfile
+
+    from cnn_tasks import download
+
+    with zipfile.ZipFile(imagenet10_zip) as zf:
+        zf.extractall(tmp_path / "dataset")
+    ctx = make_ctx(dataset_url=str(tmp_path / "dataset"), min_images_per_class=1)
+    download.run(ctx)
+    _with_best_model(ctx, tmp_path)
+    shutil.rmtree(tmp_path / "dataset" / "ImageNet10" / "test_set")
+    with pytest.raises(predict.PredictError) as info:
+        predict.run(ctx)
+    assert "the dataset's unlabelled folder ImageNet10/test_set/ (10 files when download ran) is missing from " \
+           f"{tmp_path / 'dataset'} now" in str(info.value)
+    assert not ctx.store.exists(ctx.report_key("predictions.csv"))
