@@ -27,27 +27,27 @@ import random
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from cnn_tasks.errors import PipelineError
 
 IGNORED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
 SPLIT_ROLES = ("train", "val", "test")  # labelled split roles, in this order everywhere
 UNLABELLED = "unlabelled"
-# Folder names (lower case, without '-', '_', '.', spaces) that name a split.
-_SPLIT_NAMES = {
-    "train": {"train", "training", "trainset", "trainingset", "traindata", "trainingdata", "trainimages",
-              "trainingimages", "trainimgs"},
-    "val": {"val", "valid", "validation", "valset", "validset", "validationset", "valdata", "validdata",
-            "validationdata", "valimages", "validationimages", "dev", "devset", "development"},
-    "test": {"test", "testing", "testset", "testingset", "testdata", "testingdata", "testimages", "testimgs",
-             "eval", "evaluation", "evalset", "evaluationset", "holdout"},
-    UNLABELLED: {"unlabelled", "unlabeled", "unlabelleddata", "unlabeleddata", "unlabelledimages",
-                 "unlabeledimages", "unlabelledset", "unlabeledset", "predict", "pred", "prediction",
-                 "predictions", "inference"},
+# Folder names (lower case, without '-', '_', '.', spaces) that name a split: a role word, then
+# optionally 'set', 'data', 'images' or 'imgs' (train_set, validation-data, testimages, unlabeled_set).
+_SPLIT_WORDS = {
+    "train": "train|training",
+    "val": "val|valid|validation|dev|development",
+    "test": "test|testing|eval|evaluation|holdout",
+    UNLABELLED: "unlabell?ed|predict|pred|predictions?|inference",
 }
+_SPLIT_NAME = re.compile("(?:" + "|".join(f"(?P<{role}>{words})" for role, words in _SPLIT_WORDS.items())
+                         + ")(?:set|data|images|imgs)?")
 # A split folder holding just one such folder of images holds unlabelled images (test/images/*.jpg).
-_GENERIC_IMAGE_FOLDERS = {"images", "imgs", "img", "data", "pictures", "pics", "photos", "samples", "all"}
+# Keras' flow_from_directory convention puts unlabelled test images in test/unknown/ (one folder).
+_GENERIC_IMAGE_FOLDERS = {"images", "imgs", "img", "data", "pictures", "pics", "photos", "samples", "all",
+                          "unknown", "unlabelled", "unlabeled", "nolabel", "unlabelledimages", "unlabeledimages"}
 # Files that describe a dataset rather than belong to it.
 _METADATA_STEMS = {"readme", "license", "licence", "copying", "citation", "notice", "authors", "changelog",
                    "manifest", "info", "metadata"}
@@ -62,6 +62,7 @@ _MAPPING_SUFFIXES = {"", ".txt", ".csv", ".tsv", ".json", ".names"}
 _WNID = re.compile(r"^[a-z]\d{5,}$")  # WordNet ids as ImageNet names its class folders
 _MAPPING_LINE = re.compile(r"^\s*([^\s:,;=]+)\s*(?:[:,;=\t]|\s)\s*(.*?)\s*$")
 TREE_ENTRIES = 8  # entries shown per folder in an error's tree
+MAX_MAPPING_BYTES = 5_000_000  # a mapping file is read up to this size (ImageNet's is 31 KB)
 
 
 class DatasetError(PipelineError, ValueError):
@@ -76,14 +77,20 @@ def is_ignored(name: str) -> bool:
 
 def is_metadata(name: str) -> bool:
     """A file lying beside the class folders that describes the dataset (README, mapping, CSV...)."""
-    lower = name.lower()
-    return lower.split(".")[0] in _METADATA_STEMS or Path(lower).suffix in _METADATA_SUFFIXES
+    return _has_metadata_stem(name) or Path(name.lower()).suffix in _METADATA_SUFFIXES
 
 
 def is_metadata_in_class(name: str) -> bool:
     """Inside a class folder only README/LICENSE-style and mapping files count as metadata; any
-    other file there is a candidate image (a stray notes.txt is rejected as not_an_image)."""
-    return name.lower().split(".")[0] in _METADATA_STEMS or _is_mapping_name(name)
+    other file there is a candidate image (a stray notes.txt is rejected as not_an_image, and
+    info.jpg or license.png are images)."""
+    return _has_metadata_stem(name) or _is_mapping_name(name)
+
+
+def _has_metadata_stem(name: str) -> bool:
+    """README, LICENSE.md, info.txt...: a metadata stem with a metadata suffix or none."""
+    lower = name.lower()
+    return lower.split(".")[0] in _METADATA_STEMS and Path(lower).suffix in _METADATA_SUFFIXES | {""}
 
 
 def _is_mapping_name(name: str) -> bool:
@@ -95,17 +102,22 @@ def _squash(name: str) -> str:
     return re.sub(r"[-_.\s]+", "", unicodedata.normalize("NFC", name).casefold())
 
 
+def _role_of(word: str) -> str | None:
+    match = _SPLIT_NAME.fullmatch(word)
+    return next(role for role, found in match.groupdict().items() if found) if match else None
+
+
 def split_role(name: str, loose: bool = False) -> str | None:
     """'train', 'val', 'test' or 'unlabelled' for a split folder's name (any case, '-', '_' or
     spaces), else None. `loose` also reads the first or last word, digits dropped ('seg_train',
     'train2017', 'cifar10-test'): used only when sibling folders agree (see `_roles`)."""
     squashed = _squash(readable(name))
-    role = next((role for role, names in _SPLIT_NAMES.items() if squashed in names), None)
+    role = _role_of(squashed)
     if role or not loose:
         return role
     words = [re.sub(r"\d+$", "", w) for w in re.split(r"[-_.\s]+", readable(name).casefold()) if w]
     for word in (words[-1:] + words[:1]) if len(words) > 1 else [re.sub(r"\d+$", "", squashed)]:
-        role = next((role for role, names in _SPLIT_NAMES.items() if word in names), None)
+        role = _role_of(word)
         if role:
             return role
     return None
@@ -113,13 +125,14 @@ def split_role(name: str, loose: bool = False) -> str | None:
 
 def _roles(dirs: list[Path]) -> dict[Path, str | None]:
     """Each folder's split role; loosely read names ('seg_train', 'seg_test') count only when two
-    or more sibling folders read as different splits, one of them train."""
+    or more sibling folders read as different splits, one of them a train folder holding folders
+    (so the classes train_station, test_tube stay classes)."""
     roles = {d: split_role(d.name) for d in dirs}
     if any(r in SPLIT_ROLES for r in roles.values()):
         return roles
     loose = {d: split_role(d.name, loose=True) for d in dirs}
     found = [r for r in loose.values() if r]
-    if "train" in found and len(set(found)) >= 2:
+    if len(set(found)) >= 2 and any(r == "train" and _entries(d)[0] for d, r in loose.items()):
         return loose
     return roles
 
@@ -199,8 +212,8 @@ class Layout:
             "wrapper": self.wrapper,
             "splits": self.splits,
             "split_classes": {g.split or "": sorted(g.classes) for g in self.groups},
-            "unlabelled": [{"folder": self.rel(p), "path": _raw_rel(p, self.root),
-                            "files": sum(1 for _ in _visible_files(p))} for p in self.unlabelled],
+            "unlabelled": [{"folder": self.rel(p), "path": raw_rel(p, self.root),
+                            "files": sum(len(names) for _, names, _ in walk_visible(p))} for p in self.unlabelled],
             "loose_files": [self.source(p) for p in self.loose],
             "metadata_files": [self.rel(p) for p in self.metadata],
             "mapping_file": self.rel(self.mapping_file) if self.mapping_file else None,
@@ -209,14 +222,14 @@ class Layout:
         }
 
 
-def _raw_rel(path: Path, root: Path) -> str:
+def raw_rel(path: Path, root: Path) -> str:
     """`path` relative to `root`, reversible: non-UTF-8 bytes become \\xNN escapes, which
     `unescape_path` turns back into the on-disk name."""
     return os.fsencode(path.relative_to(root).as_posix()).decode("utf-8", "backslashreplace")
 
 
 def unescape_path(text: str) -> str:
-    """The on-disk relative path recorded by `Layout.describe()` (inverse of `_raw_rel`)."""
+    """The on-disk relative path recorded by `Layout.describe()` (inverse of `raw_rel`)."""
     raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), text.encode("utf-8"))
     return os.fsdecode(raw)
 
@@ -226,20 +239,23 @@ def detect_layout(folder: Path, *, subdir: str | None = None, predefined_split: 
 
     `subdir` (config.dataset_subdir) names the folder to start from (found at the root or below
     wrappers). `predefined_split`: with 'ignore' the class folders of the given splits need not
-    agree (every labelled image is pooled); with 'require' a dataset without a given train and
-    test (or val) split is an error.
+    agree (every labelled image is pooled) and split-named folders of images are plain classes;
+    with 'require' a dataset without a given train and test (or val) split is an error.
     """
     root = Path(folder)
     node = _find_subdir(root, subdir) if subdir else root
     loose, metadata, depth = [], [], 0
-    while True:  # descend through wrapper folders
+    while True:  # descend through wrapper folders (folders of metadata only do not count: Food-101's meta/)
         dirs, files = _entries(node)
         _sort_files(files, loose, metadata)
+        dirs = _drop_metadata_folders(dirs, metadata)
         roles = _roles(dirs)
         if any(r in SPLIT_ROLES for r in roles.values()) or len(dirs) != 1 or roles[dirs[0]] or depth > 50:
             break
         node, depth = dirs[0], depth + 1
     layout = Layout(root, node, "", [], [], loose=loose, metadata=metadata)
+    _warn_unused_split_lists(layout)
+    _split_names_as_classes(layout, dirs, roles, predefined_split)
     if any(r in SPLIT_ROLES for r in roles.values()):
         _split_layout(layout, dirs, roles)
     else:
@@ -254,28 +270,71 @@ def detect_layout(folder: Path, *, subdir: str | None = None, predefined_split: 
 
 # ================================================================== detection steps
 def _find_subdir(root: Path, subdir: str) -> Path:
-    """config.dataset_subdir at the root or below wrapper folders."""
+    """config.dataset_subdir at the root or below wrapper folders; never outside the dataset."""
+    parts = PurePosixPath(subdir.replace("\\", "/"))
+    if parts.is_absolute() or ".." in parts.parts:
+        raise DatasetError(f"dataset_subdir: {subdir!r} must name a folder inside the dataset, relative to its "
+                           "top and without '..' (e.g. 'train_set' or 'data/train')")
     node = root
     for _ in range(50):
         if (node / subdir).is_dir():
-            return node / subdir
-        dirs = visible_dirs(node)
+            found = node / subdir
+            if not _inside(found, root):
+                raise DatasetError(f"dataset_subdir: {subdir!r} leads outside the dataset (through a link); "
+                                   "name a folder inside it")
+            return found
+        dirs = _entries(node)[0]
         if len(dirs) != 1:
             break
         node = dirs[0]
-    seen = ", ".join(readable(d.name) for d in visible_dirs(root)) or "nothing"
+    seen = ", ".join(readable(d.name) for d in _entries(root)[0]) or "nothing"
     raise DatasetError(f"dataset_subdir: {subdir!r} is not in the dataset (its top level holds: {seen})\n"
                        + tree(root))
 
 
+def _inside(path: Path, root: Path) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _unreadable(folder, exc: OSError) -> DatasetError:
+    return DatasetError(f"cannot read the dataset folder {readable(os.fspath(folder))!r}: "
+                        f"{exc.strerror or exc}; make it readable (e.g. chmod -R u+rX) or remove it")
+
+
 def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Visible sub-folders and files of `folder`, sorted."""
+    """Visible sub-folders (links to folders included) and files of `folder`, sorted."""
     dirs, files = [], []
-    with os.scandir(folder) as entries:  # no stat per file: fast on folders of thousands of images
-        for entry in entries:
-            if not is_ignored(entry.name):
-                (dirs if entry.is_dir() else files).append(Path(entry.path))
+    try:
+        with os.scandir(folder) as entries:  # no stat per file: fast on folders of thousands of images
+            for entry in entries:
+                if not is_ignored(entry.name):
+                    (dirs if entry.is_dir() else files).append(Path(entry.path))
+    except OSError as exc:
+        raise _unreadable(folder, exc) from exc
     return sorted(dirs), sorted(files)
+
+
+def walk_visible(folder: Path):
+    """(folder, its visible file names, how many hidden/system files it holds) for `folder` and
+    every visible folder below it, in sorted order. Links to folders are followed, each real
+    folder once (a link back into the walk adds nothing); a folder that cannot be read is a
+    DatasetError naming it, never a silent gap."""
+    seen = {os.path.realpath(folder)}
+
+    def fail(exc: OSError) -> None:
+        raise _unreadable(exc.filename or folder, exc) from exc
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=fail, followlinks=True):
+        kept = []
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if not is_ignored(name) and real not in seen:
+                seen.add(real)
+                kept.append(name)
+        dirnames[:] = kept
+        visible = sorted(f for f in filenames if not is_ignored(f))
+        yield Path(dirpath), visible, len(filenames) - len(visible)
 
 
 def _sort_files(files: list[Path], loose: list[Path], metadata: list[Path]) -> None:
@@ -283,10 +342,67 @@ def _sort_files(files: list[Path], loose: list[Path], metadata: list[Path]) -> N
         (metadata if is_metadata(f.name) else loose).append(f)
 
 
+def _drop_metadata_folders(dirs: list[Path], metadata: list[Path]) -> list[Path]:
+    """`dirs` without the folders holding only metadata files (docs/readme.md, Food-101's
+    meta/train.txt), whose files join `metadata`; empty folders stay."""
+    kept = []
+    for d in dirs:
+        files: list[Path] | None = []
+        for path, names, _ in walk_visible(d):
+            if any(not is_metadata(n) for n in names):  # stops at the first image candidate
+                files = None
+                break
+            files += [path / n for n in names]
+        if files:
+            metadata += files
+        else:
+            kept.append(d)
+    return kept
+
+
+def _warn_unused_split_lists(layout: Layout) -> None:
+    """Split lists shipped as files (Food-101's meta/train.txt) are not read: say so."""
+    lists = [p for p in layout.metadata if split_role(p.stem) in SPLIT_ROLES]
+    if lists:
+        layout.warnings.append(
+            f"the split list files {', '.join(repr(layout.rel(p)) for p in lists[:4])} are not used: the given "
+            "splits are read from folders only, so the splits are carved from the labelled images by the split "
+            "setting; move the images into train/test folders to keep the dataset's own split")
+
+
+def _images_only(folder: Path) -> bool:
+    """A folder holding image candidates directly and no sub-folders (a class folder's shape)."""
+    dirs, files = _entries(folder)
+    return not dirs and any(not is_metadata(f.name) for f in files)
+
+
+def _split_names_as_classes(layout: Layout, dirs: list[Path], roles: dict, predefined_split: str) -> None:
+    """Split-named folders holding images directly are classes (CIFAR-100's `train`, a flat
+    {cat, dog, test}) when a sibling class folder holds images directly too, or with
+    predefined_split=ignore. Their role is cleared, with a warning for exact split names."""
+    named = [d for d in dirs if roles[d] in SPLIT_ROLES]
+    if not named or not all(_images_only(d) for d in named):
+        return
+    if predefined_split != "ignore" and not any(_images_only(d) for d in dirs if roles[d] is None):
+        return
+    for d in named:
+        if split_role(d.name):  # loosely read names (train_station) are plain classes
+            why = ("predefined_split=ignore" if predefined_split == "ignore"
+                   else "it holds images directly, as the class folders beside it do")
+            layout.warnings.append(f"folder {layout.rel(d)!r} is read as a class: it is named like a {roles[d]} "
+                                   f"split, but {why}")
+        roles[d] = None
+
+
 def _flat_layout(layout: Layout, dirs: list[Path], roles: dict) -> None:
     """Class folders at layout.base, plus any folder named like 'unlabelled'."""
     classes = [d for d in dirs if roles[d] is None]
-    layout.unlabelled += [d for d in dirs if roles[d] == UNLABELLED]
+    for d in dirs:
+        if roles[d] == UNLABELLED:
+            layout.unlabelled.append(d)
+            layout.warnings.append(f"folder {layout.rel(d)!r} beside the class folders is read as unlabelled images "
+                                   "(its name says so): they are predicted, not trained on; rename the folder if "
+                                   "it is a class")
     if len(classes) < 2:
         raise DatasetError(
             f"no class folders found in the dataset: expected one folder per class (at the top, below "
@@ -302,12 +418,13 @@ def _split_layout(layout: Layout, dirs: list[Path], roles: dict) -> None:
     with_data = [d for d in others if _holds_files(d)]
     if with_data:
         names = ", ".join(repr(readable(d.name)) for d in with_data[:5])
+        train = next((d for d in dirs if roles[d] == "train"), None)
+        example = f" (e.g. dataset_subdir={readable(train.name)!r})" if train else ""
         raise DatasetError(
             f"ambiguous layout in {layout.rel(base)!r}: split folders "
             f"({', '.join(readable(d.name) for d in dirs if roles[d])}) lie beside other folders holding "
             f"files ({names}), so it is unclear which folders are classes. Set dataset_subdir to the folder "
-            "whose sub-folders are the classes (e.g. the training split folder), or move the extra folders "
-            "away:\n" + tree(base))
+            f"whose sub-folders are the classes{example}, or move the extra folders away:\n" + tree(base))
     layout.metadata += [d for d in others]  # folders holding no files at all (or only hidden ones)
     by_role: dict[str, list[Path]] = {}
     for d in dirs:
@@ -335,8 +452,8 @@ def _read_split_folder(layout: Layout, role: str, folder: Path) -> None:
     loose, metadata = [], []
     _sort_files(files, loose, metadata)
     layout.metadata += metadata
-    if (len(dirs) == 1 and not loose and _squash(dirs[0].name) in _GENERIC_IMAGE_FOLDERS
-            and not _entries(dirs[0])[0]):  # test/images/*.jpg
+    if (len(dirs) == 1 and not loose and _squash(readable(dirs[0].name)) in _GENERIC_IMAGE_FOLDERS
+            and not _entries(dirs[0])[0]):  # test/images/*.jpg, Keras' test/unknown/*.jpg
         layout.unlabelled.append(dirs[0])
     elif dirs:
         layout.loose += loose
@@ -349,11 +466,7 @@ def _read_split_folder(layout: Layout, role: str, folder: Path) -> None:
 
 def _holds_files(folder: Path) -> bool:
     """Whether any visible, non-metadata file lies anywhere below `folder`."""
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not is_ignored(d)]
-        if any(not is_ignored(f) and not is_metadata(f) for f in filenames):
-            return True
-    return False
+    return any(not is_metadata(f) for _, names, _ in walk_visible(folder) for f in names)
 
 
 def _class_folders(layout: Layout, dirs: list[Path]) -> dict[str, Path]:
@@ -374,17 +487,24 @@ def _class_folders(layout: Layout, dirs: list[Path]) -> dict[str, Path]:
 
 
 def _check_nested(layout: Layout) -> None:
-    """A class folder holding two or more folders of files is ambiguous (classes or sub-classes?)."""
+    """Class folders that all hold two or more folders of images and no images of their own are
+    ambiguous (classes or groups of classes?). When only some do (cat/2019, cat/2020 beside
+    dog/*.jpg) every class folder is read with its sub-folders."""
     for group in layout.groups:
-        for name, folder in group.classes.items():
-            inner = _folders_with_files(folder)
-            if len(inner) >= 2:
-                raise DatasetError(
-                    f"ambiguous layout: class folder {layout.rel(folder)!r} itself holds folders of images "
-                    f"({', '.join(repr(readable(d.name)) for d in inner[:5])}), so it is unclear whether "
-                    f"the classes are the folders of {layout.rel(group.folder)!r} or the folders inside them. "
-                    "Set dataset_subdir to the folder whose sub-folders are the classes, or flatten the "
-                    "class folders:\n" + tree(group.folder))
+        inner = {folder: _folders_with_files(folder) for folder in group.classes.values()}
+        if inner and all(len(found) >= 2 and not _holds_files_directly(folder) for folder, found in inner.items()):
+            folder, found = next(iter(inner.items()))
+            raise DatasetError(
+                f"ambiguous layout: every class folder holds folders of images, e.g. class folder "
+                f"{layout.rel(folder)!r} itself holds folders of images "
+                f"({', '.join(repr(readable(d.name)) for d in found[:5])}), so it is unclear whether "
+                f"the classes are the folders of {layout.rel(group.folder)!r} or the folders inside them. "
+                f"Set dataset_subdir to the folder whose sub-folders are the classes (e.g. dataset_subdir="
+                f"{layout.rel(folder)!r}), or flatten the class folders:\n" + tree(group.folder))
+
+
+def _holds_files_directly(folder: Path) -> bool:
+    return any(not is_metadata(f.name) for f in _entries(folder)[1])
 
 
 def _folders_with_files(folder: Path) -> list[Path]:
@@ -437,7 +557,8 @@ def read_mapping(path: Path, folder_names: list[str]) -> dict[str, str] | None:
     line in index order (folders 0..N-1, or 1..N when there is no 0).
     """
     try:
-        raw = path.read_bytes()[:5_000_000]
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_MAPPING_BYTES)
         text = raw.decode("utf-8-sig") if _is_utf8(raw) else raw.decode("cp1252", "replace")
     except OSError:
         return None
@@ -547,7 +668,8 @@ def _describe_kind(layout: Layout) -> None:
     else:
         layout.kind = "wrapper" if layout.base != layout.root else "flat"
     if layout.unlabelled:
-        roles = [split_role(p.name) or split_role(p.parent.name) or UNLABELLED for p in layout.unlabelled]
+        roles = [next((r for r in (split_role(p.name), split_role(p.parent.name)) if r in SPLIT_ROLES), UNLABELLED)
+                 for p in layout.unlabelled]
         shown = ["images" if r == UNLABELLED else r for r in roles]
         layout.kind += " + unlabelled " + "/".join(dict.fromkeys(shown))
 
@@ -555,9 +677,12 @@ def _describe_kind(layout: Layout) -> None:
 def _check_policy(layout: Layout, predefined_split: str) -> None:
     given = set(layout.splits)
     if not layout.groups:
+        folders = [p for p in layout.unlabelled if p.parent == layout.base]
+        hint = (" (or set predefined_split=ignore to read each of these folders as a class)"
+                if len(folders) >= 2 and all(map(_images_only, folders)) else "")
         raise DatasetError("the dataset holds no labelled images: every split folder holds images without class "
                            "folders (found: " + layout.kind + "); put each class's images in a folder named "
-                           "after the class:\n" + tree(layout.base))
+                           "after the class" + hint + ":\n" + tree(layout.base))
     if predefined_split == "require" and not ("train" in given and given & {"val", "test"}):
         raise DatasetError(
             f"predefined_split=require: the dataset does not ship a train split and a test (or val) split "
@@ -594,24 +719,7 @@ def tree(folder: Path, levels: int = 2, limit: int = TREE_ENTRIES) -> str:
     return "\n".join(lines)
 
 
-# ================================================================== compatibility and file lists
-def visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_ignored(p.name))
-
-
-def _visible_files(folder: Path):
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not is_ignored(d)]
-        yield from (f for f in filenames if not is_ignored(f))
-
-
-def find_class_root(folder: Path, subdir: str | None = None) -> Path:
-    """The folder holding the class folders of a dataset without given splits (detect_layout's
-    base); for a split dataset, the training split's folder."""
-    found = detect_layout(folder, subdir=subdir)
-    return next((g.folder for g in found.groups if g.split in ("", "train")), found.base)
-
-
+# ================================================================== file lists
 def select_classes(available: list[str], wanted: tuple[str, ...] | None, limit: int | None) -> list[str]:
     """Apply config.classes (a subset; unknown names are an error) or config.classes_limit."""
     if wanted:
@@ -631,16 +739,14 @@ def list_class_files(class_dir: Path, metadata: list[Path] | None = None) -> tup
     it instead of being returned as candidates.
     """
     files, ignored = [], 0
-    for dirpath, dirnames, filenames in os.walk(class_dir):
-        dirnames[:] = [d for d in dirnames if not is_ignored(d)]
-        for name in filenames:
-            if is_ignored(name):
-                ignored += 1
-            elif metadata is not None and is_metadata_in_class(name):
-                metadata.append(Path(dirpath, name))
+    for folder, names, hidden in walk_visible(class_dir):
+        ignored += hidden
+        for name in names:
+            if metadata is not None and is_metadata_in_class(name):
+                metadata.append(folder / name)
             else:
-                files.append(os.path.join(dirpath, name))
-    return [Path(f) for f in sorted(files)], ignored
+                files.append(folder / name)
+    return sorted(files, key=os.fspath), ignored
 
 
 def sample_files(files: list[Path], limit: int | None, seed: int, class_name: str) -> list[Path]:

@@ -211,7 +211,7 @@ def test_tar_gz_source_with_checksums(tmp_path, tiny_dataset):
     ctx = _ctx(tmp_path / "store")
     for checksum in (f"sha256:{hashlib.sha256(data).hexdigest()}", f"md5:{hashlib.md5(data).hexdigest()}"):
         folder = sources.fetch(ctx, str(archive), checksum)
-        assert layout.find_class_root(folder).name == "tiny"
+        assert layout.detect_layout(folder).base.name == "tiny"
 
 
 def test_wrong_checksum_names_both_hashes(tmp_path, tiny_dataset):
