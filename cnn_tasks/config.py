@@ -354,6 +354,10 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     for name in ("dataset_checksum", "dataset_subdir", "unlabelled_url", "s3_endpoint_url"):
         if isinstance(out.get(name), str) and not out[name].strip():
             out[name] = None
+    subdir = out.get("dataset_subdir")
+    if isinstance(subdir, str) and (subdir.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", subdir)):
+        raise ConfigError("dataset_subdir", f"{subdir!r} must name a folder inside the dataset, relative to its top "
+                                            "and without '..' (e.g. 'train_set' or 'data/train')")
     if "classes" in out and out["classes"] is not None:
         classes = out["classes"]
         if isinstance(classes, str):

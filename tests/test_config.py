@@ -64,12 +64,20 @@ def test_json_round_trip_and_form_strings():
          "experiments[0].conv[0].pool", "not one of"),
         ({"experiments": [{"name": "A b", "conv": [{"filters": 8}] * 4}]}, "experiments[0].name", "lowercase"),
         ({"experiments": [{"conv": [{"filters": 8}] * 4}]}, "experiments[0].name", "is required"),
+        ({"dataset_subdir": "/usr"}, "dataset_subdir", "inside the dataset"),
+        ({"dataset_subdir": "../../.."}, "dataset_subdir", "without '..'"),
+        ({"dataset_subdir": "data/../../x"}, "dataset_subdir", "without '..'"),
     ],
 )
 def test_invalid_values_name_the_field(values, field, message):
     with pytest.raises(ConfigError, match=message) as err:
         PipelineConfig.from_dict(values)
     assert err.value.field == field and str(err.value).startswith(f"{field}: ")
+
+
+def test_dataset_subdir_inside_the_dataset_is_accepted():
+    assert PipelineConfig.from_dict({"dataset_subdir": "data/train_set"}).dataset_subdir == "data/train_set"
+    assert PipelineConfig.from_dict({"dataset_subdir": "."}).dataset_subdir == "."
 
 
 def test_custom_experiment_from_json():
