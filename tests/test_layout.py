@@ -330,3 +330,133 @@ def test_class_folder_wrapping_class_folders_is_nested(tmp_path):
     root = build(tmp_path / "input", images("a/inner/x", "a/inner/y", "b/inner/x", "b/inner/y"))
     with pytest.raises(layout.DatasetError, match="class folder 'a' itself holds folders of images"):
         layout.detect_layout(root)
+
+
+# ================================================================== following the advice works
+ADVICE = {
+    # error case -> (files, the setting its message suggests)
+    "split folders beside a folder of images": (images("train/a", "train/b", "extra"), {"subdir": "train"}),
+    "two train splits": (images("train/a", "train/b", "training/a", "training/b"), {"subdir": "train"}),
+    "nested class folders": (images("animals/cat", "animals/dog", "vehicles/car", "vehicles/bus"),
+                             {"subdir": "animals"}),
+    "class missing from val": (images("train/a", "train/b", "train/c", "val/a", "val/b"),
+                               {"predefined_split": "ignore"}),
+    "no training split": (images("val/a", "val/b", "test/a", "test/b"), {"predefined_split": "ignore"}),
+    "only split folders of images": (images("train", "test"), {"predefined_split": "ignore"}),
+    "require without a split": (images("a", "b"), {"predefined_split": "auto"}),
+}
+
+
+def _suggested(message: str) -> dict:
+    """The settings an error message names, as detect_layout keyword arguments."""
+    import re
+
+    found = {}
+    if match := re.search(r"dataset_subdir=('[^']+')", message):
+        found["subdir"] = match.group(1).strip("'")
+    elif "Set dataset_subdir" in message or "set dataset_subdir" in message:
+        found["subdir"] = None  # named in words: the case supplies the folder
+    if match := re.search(r"predefined_split=(auto|ignore)", message):
+        found["predefined_split"] = match.group(1)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(ADVICE))
+def test_following_an_errors_advice_resolves_it(tmp_path, name):
+    files, setting = ADVICE[name]
+    root = build(tmp_path / "input", files)
+    first = {"predefined_split": "require"} if name == "require without a split" else {}
+    with pytest.raises(layout.DatasetError) as info:
+        layout.detect_layout(root, **first)
+    suggested = _suggested(str(info.value))
+    assert set(setting) <= set(suggested), (setting, str(info.value))
+    for key, value in suggested.items():
+        if value is not None and key in setting:
+            assert value == setting[key], str(info.value)
+    found = layout.detect_layout(root, **setting)
+    assert len(found.classes) >= 2
+
+
+def test_dataset_subdir_dot_is_the_top(tmp_path):
+    root = build(tmp_path / "input", images("cat", "dog", "test"))
+    assert layout.detect_layout(root, subdir=".").classes == ["cat", "dog", "test"]
+
+
+@pytest.mark.parametrize("subdir, words", [("/usr", "inside the dataset"), ("../../..", "without '..'"),
+                                           ("link", "leads outside the dataset")])
+def test_dataset_subdir_never_leaves_the_dataset(tmp_path, subdir, words):
+    build(tmp_path / "outside", images("x", "y"))
+    root = build(tmp_path / "input", images("a", "b"))
+    (root / "link").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(layout.DatasetError, match=words) as info:
+        layout.detect_layout(root, subdir=subdir)
+    assert "dataset_subdir" in str(info.value)
+
+
+# ================================================================== local folders: links, unreadable folders
+def test_linked_folders_are_followed_once(tmp_path):
+    shared = build(tmp_path / "elsewhere", images("more", n=2))
+    root = build(tmp_path / "input", images("a", "b"))
+    (root / "a" / "more").symlink_to(shared / "more", target_is_directory=True)
+    (root / "a" / "loop").symlink_to(root / "a", target_is_directory=True)  # a link back into the walk
+    (root / "c").symlink_to(shared / "more", target_is_directory=True)  # a linked class folder
+    found = layout.detect_layout(root)
+    assert found.classes == ["a", "b", "c"]
+    files, _ = layout.list_class_files(found.groups[0].classes["a"])
+    assert [f.relative_to(root).as_posix() for f in files] == ["a/img0.png", "a/img1.png", "a/more/img0.png",
+                                                               "a/more/img1.png"]
+
+
+def _deny(monkeypatch, blocked: Path) -> None:
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(os.fspath(path)) == blocked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize("blocked", ["a", "a/sub", "train"])
+def test_an_unreadable_folder_is_an_error_naming_it(tmp_path, monkeypatch, blocked):
+    files = images("train/a", "train/b", "test/a", "test/b") if blocked == "train" else images("a", "a/sub", "b")
+    root = build(tmp_path / "input", files)
+    _deny(monkeypatch, root / blocked)
+    with pytest.raises(layout.DatasetError) as info:
+        found = layout.detect_layout(root)
+        for group in found.groups:
+            for folder in group.classes.values():
+                layout.list_class_files(folder)
+    assert f"cannot read the dataset folder '{root / blocked}': Permission denied" in str(info.value)
+
+
+def test_unreadable_folder_fails_ingest_with_its_name(tmp_path, monkeypatch):
+    root = build(tmp_path / "input", images("a", "a/sub", "b"))
+    _deny(monkeypatch, root / "a" / "sub")
+    out = ingest(tmp_path, root, monkeypatch)
+    assert isinstance(out.error, layout.DatasetError) and "a/sub': Permission denied" in out.message
+
+
+# ================================================================== mapping files and metadata names
+def test_a_mapping_file_is_read_only_up_to_its_limit(tmp_path, monkeypatch):
+    path = build(tmp_path, {"mapping.txt": "0 cat\n1 dog\n2 bird\n"}) / "mapping.txt"
+    assert layout.read_mapping(path, ["0", "1", "2"]) == {"0": "cat", "1": "dog", "2": "bird"}
+    monkeypatch.setattr(layout, "MAX_MAPPING_BYTES", len("0 cat\n1 dog\n"))
+    assert layout.read_mapping(path, ["0", "1", "2"]) is None  # '2 bird' lies past the limit
+
+
+def test_images_named_like_metadata_in_a_class_folder_are_kept(tmp_path, monkeypatch):
+    root = build(tmp_path / "input", {**images("a", "b"), "a/info.jpg": None, "a/license.jpg": None,
+                                      "b/manifest.png": None, "b/README": "about b", "b/info.txt": "about b"})
+    out = ingest(tmp_path, root, monkeypatch)
+    assert_kept(out, ["a/info.jpg", "a/license.jpg", "b/manifest.png", "a/img0.png"])
+    assert {"b/README", "b/info.txt"} <= set(out.ingest["layout"]["metadata_files"]) and out.rejected == {}
+
+
+def test_food101_ingests_its_images_and_warns_about_its_split_lists(tmp_path, monkeypatch):
+    root = build(tmp_path / "input", {"food-101/meta/train.txt": "a/img0\n", "food-101/meta/test.txt": "b/img0\n",
+                                      **images("food-101/images/a", "food-101/images/b")})
+    out = ingest(tmp_path, root, monkeypatch)
+    assert_kept(out, ["a/img0.png", "a/img1.png", "b/img0.png", "b/img1.png"])
+    assert any("are not used" in w for w in out.ingest["layout"]["warnings"])
