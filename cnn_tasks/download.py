@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnn_tasks import images, sources
-from cnn_tasks.layout import SPLIT_ROLES, DatasetError, Layout, detect_layout, list_class_files, sample_files, select_classes
+from cnn_tasks.layout import (SPLIT_ROLES, DatasetError, Layout, detect_layout, list_class_files, raw_rel, readable,
+                              sample_files, select_classes)
 from cnn_tasks.shards import ShardWriter
 from cnn_tasks.sources import PROGRESS_EVERY_S
 
@@ -105,6 +106,47 @@ def run(ctx) -> dict:
     with open(spool_path, "wb") as spool:
         candidates = _validate_all(plan, spool, rejected, stats, cfg)
     kept = _drop_duplicates(candidates, rejected, by_split=cfg.predefined_split != "ignore")
+    rejected.sort(key=lambda r: (r["class"], r["source"]))
+    ingest = _ingest_record(ctx, folder, found, classes, metadata, plan, kept, rejected, per_class, ignored, stats)
+    by_reason = ingest["rejected_by_reason"]
+    rejected_text = _csv(REJECTED_FIELDS, rejected)
+    short = {c: per_class[c]["accepted"] for c in classes if per_class[c]["accepted"] < cfg.min_images_per_class}
+    if short:
+        ingest["error"] = "; ".join(f"class {c!r} has {n} valid images" for c, n in short.items())
+        _check_serialisable(("rejected.csv", rejected_text), ("ingest.json", ingest))
+        ctx.store.put_text(ctx.data_key("rejected.csv"), rejected_text)
+        ctx.store.put_json(ctx.data_key("ingest.json"), ingest)
+        spool_path.unlink(missing_ok=True)
+        raise DatasetError(
+            f"min_images_per_class: {ingest['error']}, fewer than min_images_per_class="
+            f"{cfg.min_images_per_class}; see {ctx.data_key('rejected.csv')} for what was rejected, or "
+            "lower min_images_per_class / drop the class with the classes setting")
+
+    manifest, shards = _write_shards(ctx, kept, spool_path, scratch)
+    spool_path.unlink(missing_ok=True)
+    manifest_text = _csv(MANIFEST_FIELDS, manifest)
+    ingest["clean_shards"] = [key for key, _ in shards]
+    ingest["seconds"] = round(time.monotonic() - started, 2)
+    _check_serialisable(("rejected.csv", rejected_text), ("ingest.json", ingest),
+                        ("manifest.csv", manifest_text))  # before anything is uploaded
+    for key, path in shards:
+        ctx.store.put_file(key, path)
+    shutil.rmtree(scratch / "clean", ignore_errors=True)
+    ctx.store.put_text(ctx.data_key("rejected.csv"), rejected_text)
+    ctx.store.put_text(ctx.data_key("manifest.csv"), manifest_text)
+    ctx.store.put_json(ctx.data_key("ingest.json"), ingest)
+    log.info("ingest done: %d accepted, %d rejected %s, %.1f s", len(kept), len(rejected), by_reason,
+             ingest["seconds"])
+    return {"accepted": len(kept), "rejected": len(rejected), "rejected_by_reason": by_reason,
+            "classes": classes, "layout": found.kind, "manifest": ingest["manifest"],
+            "ingest": ctx.data_key("ingest.json"), "clean_shards": len(shards)}
+
+
+def _ingest_record(ctx, folder: Path, found: Layout, classes: list[str], metadata: list[Path], plan: list,
+                   kept: list[_Candidate], rejected: list[dict], per_class: dict, ignored: int, stats: Counter) -> dict:
+    """ingest.json: what was found, considered, accepted and rejected, per class and given split
+    (adds the accepted and rejected counts to `per_class`)."""
+    cfg = ctx.config
     given = defaultdict(Counter)
     for cand in kept:
         per_class[cand.row["class"]]["accepted"] += 1
@@ -112,14 +154,12 @@ def run(ctx) -> dict:
     for row in rejected:
         if row["class"] in per_class:
             per_class[row["class"]]["rejected"] += 1
-
-    rejected.sort(key=lambda r: (r["class"], r["source"]))
     by_reason = dict(sorted(Counter(r["reason"] for r in rejected).items()))
     described = found.describe()
     described["metadata_files"] += [found.rel(p) for p in metadata]
-    ingest = {
-        "source": cfg.dataset_url,
-        "local_folder": str(folder),
+    return {
+        "source": readable(cfg.dataset_url),  # a local path may hold non-UTF-8 bytes
+        "local_folder": readable(os.fspath(folder)),
         "class_root": found.wrapper or ".",
         "layout": {**described, "predefined_split": cfg.predefined_split,
                    "given_counts": {s: {c: given[s][c] for c in classes} for s in SPLIT_ROLES if s in found.splits}},
@@ -141,36 +181,6 @@ def run(ctx) -> dict:
         "manifest": ctx.data_key("manifest.csv"),
         "rejected_list": ctx.data_key("rejected.csv"),
     }
-    rejected_text = _csv(REJECTED_FIELDS, rejected)
-    short = {c: per_class[c]["accepted"] for c in classes if per_class[c]["accepted"] < cfg.min_images_per_class}
-    if short:
-        ingest["error"] = "; ".join(f"class {c!r} has {n} valid images" for c, n in short.items())
-        _check_serialisable(rejected_text, ingest)
-        ctx.store.put_text(ctx.data_key("rejected.csv"), rejected_text)
-        ctx.store.put_json(ctx.data_key("ingest.json"), ingest)
-        spool_path.unlink(missing_ok=True)
-        raise DatasetError(
-            f"min_images_per_class: {ingest['error']}, fewer than min_images_per_class="
-            f"{cfg.min_images_per_class}; see {ctx.data_key('rejected.csv')} for what was rejected, or "
-            "lower min_images_per_class / drop the class with the classes setting")
-
-    manifest, shards = _write_shards(ctx, kept, spool_path, scratch)
-    spool_path.unlink(missing_ok=True)
-    manifest_text = _csv(MANIFEST_FIELDS, manifest)
-    ingest["clean_shards"] = [key for key, _ in shards]
-    ingest["seconds"] = round(time.monotonic() - started, 2)
-    _check_serialisable(rejected_text, ingest, manifest_text)  # before anything is uploaded
-    for key, path in shards:
-        ctx.store.put_file(key, path)
-    shutil.rmtree(scratch / "clean", ignore_errors=True)
-    ctx.store.put_text(ctx.data_key("rejected.csv"), rejected_text)
-    ctx.store.put_text(ctx.data_key("manifest.csv"), manifest_text)
-    ctx.store.put_json(ctx.data_key("ingest.json"), ingest)
-    log.info("ingest done: %d accepted, %d rejected %s, %.1f s", len(kept), len(rejected), by_reason,
-             ingest["seconds"])
-    return {"accepted": len(kept), "rejected": len(rejected), "rejected_by_reason": by_reason,
-            "classes": classes, "layout": found.kind, "manifest": ingest["manifest"],
-            "ingest": ctx.data_key("ingest.json"), "clean_shards": len(shards)}
 
 
 def _fetch(ctx) -> tuple[Path, list[dict]]:
@@ -199,7 +209,7 @@ def _plan(found: Layout, classes: list[str], cfg, per_class: dict, metadata: lis
             for path in files:
                 source = found.source(path)
                 if source in seen:  # two on-disk names read alike: show the undecodable bytes
-                    source = os.fsencode(path.relative_to(found.base).as_posix()).decode("utf-8", "backslashreplace")
+                    source = raw_rel(path, found.base)
                 seen.add(source)
                 plan.append(_Planned(label, name, split, path, source))
     return plan, ignored
@@ -241,13 +251,19 @@ def _skipped_rows(found: Layout, skipped: list[dict]) -> list[dict]:
     return rows
 
 
-def _check_serialisable(*outputs) -> None:
-    """Every output encodes (UTF-8 text, JSON) before anything is written to the store."""
-    for output in outputs:
-        if isinstance(output, str):
-            output.encode("utf-8")
-        else:
-            json.dumps(output, ensure_ascii=False).encode("utf-8")
+def _check_serialisable(*outputs: tuple[str, object]) -> None:
+    """Every (name, output) encodes (UTF-8 text, JSON) before anything is written to the store; one
+    that cannot is a DatasetError naming the output and the text around what cannot be stored."""
+    for name, output in outputs:
+        text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            line_start = text.rfind("\n", 0, exc.start) + 1
+            line_end = text.find("\n", exc.end) % (len(text) + 1)
+            line = text[max(line_start, exc.start - 150):min(line_end, exc.end + 150)]
+            raise DatasetError(f"cannot store {name}: it would hold text that is not valid Unicode "
+                               f"({exc.reason}) in {ascii(line)}; rename the file or folder it names") from exc
 
 
 def _validate_all(plan: list[_Planned], spool, rejected: list[dict], stats: Counter, cfg) -> list[_Candidate]:

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import io
+import os
 import json
 import shutil
 import socket
@@ -179,28 +180,32 @@ def test_absolute_member_path_is_refused(tmp_path):
         sources.extract_archive(archive, tmp_path / "out")
 
 
-def test_tar_symlink_escaping_the_target_is_refused(tmp_path):
+def test_tar_symlink_escaping_the_target_is_listed_not_followed(tmp_path):
     archive = tmp_path / "link.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
         link = tarfile.TarInfo("class_a/passwd.png")
         link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
         tf.addfile(link)
-    with pytest.raises(sources.DownloadError, match="link to '../../../etc/passwd' points outside"):
-        sources.extract_archive(archive, tmp_path / "out")
+    skipped = sources.extract_archive(archive, tmp_path / "out")  # listed, never created nor followed
+    assert skipped == [{"source": "class_a/passwd.png", "reason": sources.LINK,
+                        "detail": "symbolic link to '../../../etc/passwd' points outside the archive: not followed"}]
+    assert not (tmp_path / "out" / "class_a" / "passwd.png").exists()
 
 
-def test_size_bomb_is_refused(tmp_path):
+def test_size_bomb_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "MAX_EXTRACT_BYTES", 1_000_000)
     archive = _zip_with(tmp_path / "bomb.zip", {"class_a/zeros.bin": b"\0" * 2_000_000})
     assert archive.stat().st_size < 10_000
     with pytest.raises(sources.DownloadError, match=r"more than 1000000 bytes \(MAX_EXTRACT_BYTES\)"):
-        sources.extract_archive(archive, tmp_path / "out", max_bytes=1_000_000)
+        sources.extract_archive(archive, tmp_path / "out")
     assert not any((tmp_path / "out").rglob("*.bin"))  # refused before writing
 
 
-def test_file_count_bomb_is_refused(tmp_path):
+def test_file_count_bomb_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "MAX_EXTRACT_FILES", 10)
     archive = _zip_with(tmp_path / "many.zip", {f"class_a/{i}.png": b"x" for i in range(20)})
     with pytest.raises(sources.DownloadError, match=r"more than 10 files \(MAX_EXTRACT_FILES\)"):
-        sources.extract_archive(archive, tmp_path / "out", max_files=10)
+        sources.extract_archive(archive, tmp_path / "out")
 
 
 def test_tar_gz_source_with_checksums(tmp_path, tiny_dataset):
@@ -369,3 +374,21 @@ def test_latin1_folder_and_file_names_from_a_local_folder(tmp_path):
     sources_ = {r["source"]: r["class"] for r in _read_csv(ctx, "manifest.csv")}
     assert sources_["café/class_a_0.png"] == "café" and sources_["class_b/über.png"] == "class_b"
     assert ctx.store.get_json(ctx.data_key("ingest.json"))["per_class"]["café"]["accepted"] == 6
+
+
+# ================================================================== names that cannot be stored as they are
+def test_a_local_folder_with_a_non_utf8_path_is_recorded_readably(tmp_path, monkeypatch):
+    from tests.fuzzing import assert_kept, ingest
+
+    folder = tmp_path / "input" / os.fsdecode(b"caf\xe9")
+    make_dataset(folder, classes=2, per_class=2)
+    out = ingest(tmp_path, folder, monkeypatch)
+    assert_kept(out, list(out.manifest))
+    assert out.ingest["local_folder"].endswith("/input/café") and out.ingest["source"].endswith("/input/café")
+
+
+def test_output_that_cannot_be_stored_is_a_dataset_error_naming_it():
+    rows = [{"source": "a/x.png", "class": "a", "reason": "corrupt", "detail": "bad " + os.fsdecode(b"\xff"),
+             "duplicate_of": ""}]
+    with pytest.raises(layout.DatasetError, match=r"cannot store rejected.csv: .* in 'a/x.png,a,corrupt,bad \\udcff,'; rename"):
+        download._check_serialisable(("rejected.csv", download._csv(download.REJECTED_FIELDS, rows)))
