@@ -6,12 +6,13 @@ that were not extracted, each with a reason (`skipped`); `fetch(...)` returns ju
 Library module: no stage imports another stage; ingest (download) and predict both fetch here.
 
 Extraction never trusts the archive:
-- unsafe paths (absolute, '..', links pointing outside) and malformed archives (truncated, bad
+- unsafe member names (absolute, '..') and malformed archives (truncated, bad
   CRC, encrypted, unsupported compression, names too long, a name used as file and folder,
   names that only differ in Unicode normalisation) end in a DownloadError naming the archive as
   the user gave it and the member;
 - members are listed in `skipped` instead: links that do not lead to a file of the archive
-  (links to files are followed: the file is copied), devices and fifos, a name repeated (the
+  (pointing outside it, at a folder or at nothing; links are never created on disk: a link to a
+  file of the archive is followed and the file copied), devices and fifos, a name repeated (the
   first copy is kept), and members above MAX_MEMBER_BYTES or expanding more than
   MAX_COMPRESSION_RATIO:1, checked from the header before reading and again on the real bytes
   while streaming (headers can lie); nothing is read whole into memory;
@@ -20,7 +21,10 @@ Extraction never trusts the archive:
 - member names that are not UTF-8 are decoded readably (zip: the Info-ZIP Unicode path field,
   else UTF-8, else the zip standard's cp437; tar: UTF-8, else cp1252, else latin-1) and NFC-normalised.
 
-Cache: downloads and extractions are cache entries (`cnn_tasks.cache`); an extraction is written
+Limits are the module's MAX_* constants, read at call time. Cache: downloads and extractions are
+cache entries (`cnn_tasks.cache`), each made under its exclusive build lock
+(`locks/<kind>/<entry>.build`), so two processes fetching the same source on one worker download
+and extract it once; downloads go to a part file of each writer's own. An extraction is written
 to a temporary folder and renamed into place together with its `skipped.json`, so a reused
 extraction returns the same skipped list. What fails to download, verify or extract is never
 kept: a cached download that does not extract is discarded and fetched again, once.
@@ -31,6 +35,8 @@ from __future__ import annotations
 import bz2
 import contextlib
 import errno
+import fcntl
+import glob
 import gzip
 import hashlib
 import http.client
@@ -42,6 +48,7 @@ import shutil
 import socket
 import stat
 import tarfile
+import threading
 import time
 import unicodedata
 import urllib.error
@@ -104,34 +111,17 @@ class Fetched:
     skipped: list[dict] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Limits:
-    max_bytes: int
-    max_files: int
-    max_member_bytes: int
-
-    @classmethod
-    def resolve(cls, max_bytes=None, max_files=None, max_member_bytes=None) -> "_Limits":
-        return cls(MAX_EXTRACT_BYTES if max_bytes is None else max_bytes,
-                   MAX_EXTRACT_FILES if max_files is None else max_files,
-                   MAX_MEMBER_BYTES if max_member_bytes is None else max_member_bytes)
-
-
 # ================================================================== fetch
-def fetch(ctx, url: str, checksum: str | None = None, *, max_bytes: int | None = None,
-          max_files: int | None = None, max_member_bytes: int | None = None) -> Path:
+def fetch(ctx, url: str, checksum: str | None = None) -> Path:
     """Bring `url` into the worker cache, verify `checksum`, extract it; return the local folder."""
-    return fetch_source(ctx, url, checksum, max_bytes=max_bytes, max_files=max_files,
-                        max_member_bytes=max_member_bytes).folder
+    return fetch_source(ctx, url, checksum).folder
 
 
-def fetch_source(ctx, url: str, checksum: str | None = None, *, max_bytes: int | None = None,
-                 max_files: int | None = None, max_member_bytes: int | None = None) -> Fetched:
+def fetch_source(ctx, url: str, checksum: str | None = None) -> Fetched:
     """Like `fetch`, plus the archive members that were not extracted and why."""
-    limits = _Limits.resolve(max_bytes, max_files, max_member_bytes)
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https", "s3"):
-        return _fetch_remote(ctx, url, parsed, checksum, limits)
+        return _fetch_remote(ctx, url, parsed, checksum)
     source = Path(unquote(parsed.path) if parsed.scheme == "file" else url).expanduser().resolve()
     if not source.exists():
         raise DownloadError(f"{source} does not exist: dataset_url must be an http(s):// or s3:// URL, "
@@ -143,34 +133,58 @@ def fetch_source(ctx, url: str, checksum: str | None = None, *, max_bytes: int |
         return Fetched(source)
     if checksum:
         verify_checksum(source, checksum)
-    return _extract_cached(ctx, source, url, limits)
+    return _extract_cached(ctx, source, url)
 
 
-def _fetch_remote(ctx, url: str, parsed, checksum: str | None, limits: _Limits) -> Fetched:
+def _fetch_remote(ctx, url: str, parsed, checksum: str | None) -> Fetched:
     """Download (or reuse the cached download of) `url` and extract it. A cached download that does
-    not extract is discarded and fetched again, once; a fresh one that does not is not kept."""
+    not extract is discarded and fetched again, once; a fresh one that does not is not kept.
+
+    The entry's build lock is held throughout: another process fetching the same URL on this worker
+    waits, then finds the finished download (and extraction) and reuses them."""
     entry = ctx.hold_cache_entry(cache_root() / "downloads" / _digest(f"{url}|{checksum or ''}"))
     key, target = parsed.path.lstrip("/"), entry / _file_name(parsed.path)
-    if parsed.scheme == "s3" and (not key or key.endswith("/")):  # a prefix comes down as a folder
-        return Fetched(_download_s3(ctx, parsed.netloc, key, target, checksum))
-    fresh = not target.is_file()
-    while True:
-        if fresh:
-            if parsed.scheme == "s3":
-                _download_s3(ctx, parsed.netloc, key, target, checksum)
-            else:
-                _download_http(url, target, checksum)
-        else:
-            log.info("using the cached download of %s", url)
-        try:
-            return _extract_cached(ctx, target, url, limits)
-        except DownloadError as exc:
-            target.unlink(missing_ok=True)  # never keep what does not extract
+    with _building(entry):
+        if parsed.scheme == "s3" and (not key or key.endswith("/")):  # a prefix comes down as a folder
+            return Fetched(_download_s3(ctx, parsed.netloc, key, target, checksum))
+        for stale in entry.glob(f"{glob.escape(target.name)}.part*"):  # left by a killed process
+            stale.unlink(missing_ok=True)
+        fresh = not target.is_file()
+        while True:
             if fresh:
-                raise
-            log.warning("the cached download of %s does not extract (%s): discarded, downloading it again",
-                        url, exc)
-            fresh = True
+                if parsed.scheme == "s3":
+                    _download_s3(ctx, parsed.netloc, key, target, checksum)
+                else:
+                    _download_http(url, target, checksum)
+            else:
+                log.info("using the cached download of %s", url)
+            try:
+                return _extract_cached(ctx, target, url)
+            except DownloadError as exc:
+                target.unlink(missing_ok=True)  # never keep what does not extract
+                if fresh:
+                    raise
+                log.warning("the cached download of %s does not extract (%s): discarded, downloading it again",
+                            url, exc)
+                fresh = True
+
+
+@contextlib.contextmanager
+def _building(entry: Path) -> Iterator[None]:
+    """Hold the exclusive build lock of cache entry `entry` while making (or re-checking) it.
+
+    The lock file is `<cache>/locks/<kind>/<entry>.build`, beside the `.lock` file that
+    `cache.Lease` holds shared against eviction (a different file: building never blocks a reader's
+    lease, and eviction, which unlinks `.lock` files, leaves it alone). flock is per open file, so
+    it serialises threads of one process as well as processes."""
+    lock = entry.parent.parent / "locks" / entry.parent.name / f"{entry.name}.build"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _digest(text: str) -> str:
@@ -207,16 +221,27 @@ def _compare(hasher, expected: str, algorithm: str, what: str) -> None:
 
 
 class _Sink:
-    """Write a stream to `<target>.part` while hashing it and logging progress; commit renames it."""
+    """Write a stream to a part file of this writer's own (`<target>.part-<pid>-<thread>`) while
+    hashing it and logging progress; `commit` verifies and renames it to `target`. Used as a
+    context manager: leaving it without a commit (an error) removes the part file."""
 
     def __init__(self, target: Path, checksum: str | None, total: int | None, what: str):
         self.target, self.what, self.total = target, what, total
         self.algorithm, self.expected = _parse_checksum(checksum) if checksum else ("sha256", None)
         self.hasher = hashlib.new(self.algorithm)
-        self.part = target.with_name(target.name + ".part")
+        self.part = target.with_name(f"{target.name}.part-{os.getpid()}-{threading.get_ident()}")
         target.parent.mkdir(parents=True, exist_ok=True)
         self.out = open(self.part, "wb")
+        self.committed = False
         self.done, self.started, self.last_log = 0, time.monotonic(), time.monotonic()
+
+    def __enter__(self) -> "_Sink":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.out.close()
+        if not self.committed:
+            self.part.unlink(missing_ok=True)
 
     def write(self, chunk: bytes) -> None:
         self.out.write(chunk)
@@ -230,20 +255,15 @@ class _Sink:
 
     def commit(self) -> Path:
         self.out.close()
+        if self.total and self.done < self.total:
+            raise http.client.IncompleteRead(b"", self.total - self.done)
         if self.expected:
-            try:
-                _compare(self.hasher, self.expected, self.algorithm, self.what)
-            except DownloadError:
-                self.part.unlink(missing_ok=True)
-                raise
+            _compare(self.hasher, self.expected, self.algorithm, self.what)
         os.replace(self.part, self.target)
+        self.committed = True
         log.info("downloaded %s: %.1f MiB in %.1f s", self.what, self.done / 2**20,
                  time.monotonic() - self.started)
         return self.target
-
-    def abort(self) -> None:
-        self.out.close()
-        self.part.unlink(missing_ok=True)
 
 
 def _download_http(url: str, target: Path, checksum: str | None, timeout: float = HTTP_TIMEOUT_S,
@@ -254,17 +274,10 @@ def _download_http(url: str, target: Path, checksum: str | None, timeout: float 
             request = urllib.request.Request(url, headers={"User-Agent": "cnn-image-pipeline"})
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 length = response.headers.get("Content-Length")
-                sink = _Sink(target, checksum, int(length) if length else None, url)
-                try:
+                with _Sink(target, checksum, int(length) if length else None, url) as sink:
                     for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
                         sink.write(chunk)
-                except BaseException:
-                    sink.abort()
-                    raise
-                if sink.total and sink.done < sink.total:
-                    sink.abort()
-                    raise http.client.IncompleteRead(b"", sink.total - sink.done)
-            return sink.commit()
+                    return sink.commit()
         except urllib.error.HTTPError as exc:
             if exc.code in (404, 410):
                 raise DownloadError(f"{url} was not found (HTTP {exc.code}): check dataset_url") from None
@@ -302,14 +315,10 @@ def _download_s3(ctx, bucket: str, key: str, target: Path, checksum: str | None)
             return _download_s3_prefix(client, bucket, key, target.parent / "prefix")
         head = client.head_object(Bucket=bucket, Key=key)
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
-        sink = _Sink(target, checksum, head.get("ContentLength"), url)
-        try:
+        with _Sink(target, checksum, head.get("ContentLength"), url) as sink:
             for chunk in body.iter_chunks(CHUNK_BYTES):
                 sink.write(chunk)
-        except BaseException:
-            sink.abort()
-            raise
-        return sink.commit()
+            return sink.commit()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
@@ -320,53 +329,59 @@ def _download_s3(ctx, bucket: str, key: str, target: Path, checksum: str | None)
 
 
 def _download_s3_prefix(client, bucket: str, prefix: str, folder: Path) -> Path:
+    """Every object under `prefix` into `folder`, through a temporary folder renamed into place;
+    the caller holds the entry's build lock. Nothing of a failed download is left behind."""
     if folder.is_dir():
         return folder
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    count = 0
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            relative = obj["Key"][len(prefix):]
-            if not relative or relative.endswith("/"):
-                continue
-            path = _safe_target(tmp, relative)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, obj["Key"], str(path))
-            count += 1
-    if count == 0:
-        raise DownloadError(f"s3://{bucket}/{prefix} holds no objects: check dataset_url")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        count = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                relative = obj["Key"][len(prefix):]
+                if not relative or relative.endswith("/"):
+                    continue
+                path = _safe_target(tmp, relative)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, obj["Key"], str(path))
+                count += 1
+        if count == 0:
+            raise DownloadError(f"s3://{bucket}/{prefix} holds no objects: check dataset_url")
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("downloaded %d objects from s3://%s/%s", count, bucket, prefix)
-    tmp.rename(folder)
     return folder
 
 
 # ================================================================== safe extraction
-def _extract_cached(ctx, archive: Path, what: str, limits: _Limits) -> Fetched:
-    """Extract `archive` once into a cache entry holding `data/` and `skipped.json`; reuse it later."""
+def _extract_cached(ctx, archive: Path, what: str) -> Fetched:
+    """Extract `archive` once into a cache entry holding `data/` and `skipped.json`; reuse it later.
+
+    Made under the entry's build lock: another process extracting the same archive waits, then
+    finds the finished entry. The key holds the limits in force, so lowered limits extract again."""
     info = archive.stat()
+    limits = (MAX_EXTRACT_BYTES, MAX_EXTRACT_FILES, MAX_MEMBER_BYTES, MAX_COMPRESSION_RATIO, RATIO_CHECK_BYTES)
     entry = ctx.hold_cache_entry(cache_root() / "extracted" / _digest(
         f"v{EXTRACTION_VERSION}|{archive}|{info.st_size}|{info.st_mtime_ns}|{limits}"))
-    cached = _read_extraction(entry)
-    if cached is not None:
-        log.info("using the cached extraction of %s", what)
-        return cached
-    shutil.rmtree(entry, ignore_errors=True)  # a damaged entry: make it again
-    tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    started = time.monotonic()
-    try:
-        skipped = extract_archive(archive, tmp / "data", what=what, max_bytes=limits.max_bytes,
-                                  max_files=limits.max_files, max_member_bytes=limits.max_member_bytes)
-        (tmp / "skipped.json").write_text(json.dumps({"skipped": skipped}, indent=1, ensure_ascii=False))
-        try:
-            tmp.rename(entry)  # the folder and its skipped list appear together
-        except OSError:
-            if _read_extraction(entry) is None:  # another worker finishing first is fine
-                raise
-    finally:
+    with _building(entry):
+        cached = _read_extraction(entry)
+        if cached is not None:
+            log.info("using the cached extraction of %s", what)
+            return cached
+        shutil.rmtree(entry, ignore_errors=True)  # a damaged entry: make it again
+        tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("extracted %s in %.1f s", what, time.monotonic() - started)
-    return _read_extraction(entry)
+        started = time.monotonic()
+        try:
+            skipped = extract_archive(archive, tmp / "data", what=what)
+            (tmp / "skipped.json").write_text(json.dumps({"skipped": skipped}, indent=1, ensure_ascii=False))
+            tmp.rename(entry)  # the folder and its skipped list appear together
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("extracted %s in %.1f s", what, time.monotonic() - started)
+        return _read_extraction(entry)
 
 
 def _read_extraction(entry: Path) -> Fetched | None:
@@ -378,17 +393,16 @@ def _read_extraction(entry: Path) -> Fetched | None:
     return Fetched(entry / "data", skipped) if (entry / "data").is_dir() else None
 
 
-def extract_archive(archive: Path, dest: Path, *, what: str | None = None, max_bytes: int | None = None,
-                    max_files: int | None = None, max_member_bytes: int | None = None) -> list[dict]:
+def extract_archive(archive: Path, dest: Path, *, what: str | None = None) -> list[dict]:
     """Extract a zip or tar(.gz/.bz2/.xz) into `dest`; return the members not extracted.
 
     `what` names the archive in messages (the URL or path the user gave; default `archive`).
     Every refusal and every damage is a DownloadError; see the module docstring for the rules.
+    The limits are the module's MAX_* constants as they are at call time.
     """
     what = what or str(archive)
-    limits = _Limits.resolve(max_bytes, max_files, max_member_bytes)
     dest.mkdir(parents=True, exist_ok=True)
-    extraction = _Extraction(dest.resolve(), what, limits, archive.stat().st_size)
+    extraction = _Extraction(dest.resolve(), what, archive.stat().st_size)
     if _archive_kind(archive, what) == "zip":
         with _zip_members(archive, extraction) as members:
             extraction.run(members)
@@ -488,7 +502,7 @@ def _zip_members(archive: Path, extraction: "_Extraction") -> Iterator[Iterator[
                                     f"({method}), which cannot be read here: re-create the archive with "
                                     "standard (deflate) compression, or unpack it and point dataset_url at the folder")
         # The declared totals, before writing anything (members the caps skip do not count).
-        files = [i for i in infos if not i.is_dir() and i.file_size <= extraction.limits.max_member_bytes]
+        files = [i for i in infos if not i.is_dir() and i.file_size <= MAX_MEMBER_BYTES]
         extraction.budget.check(len(files), sum(i.file_size for i in files))
         yield (_zip_member(zf, info, what) for info in infos)
 
@@ -516,7 +530,7 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
     if info.flag_bits & 0x800:
         return name
     raw = name.encode("cp437")
-    return _unicode_path_field(info.extra, raw) or _decode(raw, "cp437")
+    return _unicode_path_field(info.extra, raw) or _decode_name(raw, "cp437")
 
 
 def _unicode_path_field(extra: bytes, raw: bytes) -> str | None:
@@ -534,9 +548,12 @@ def _unicode_path_field(extra: bytes, raw: bytes) -> str | None:
     return None
 
 
-def _decode(raw: bytes, *fallbacks: str) -> str:
-    """UTF-8 if `raw` is valid UTF-8, else the first fallback encoding that decodes it."""
-    for encoding in ("utf-8", *fallbacks):
+def _decode_name(raw: bytes | str, fallback: str) -> str:
+    """A member name as readable text: UTF-8 if valid, else `fallback` (zip: cp437, tar: cp1252),
+    else latin-1. A str is a name tarfile read as UTF-8 with surrogate escapes."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
+    for encoding in ("utf-8", fallback):
         try:
             return raw.decode(encoding)
         except UnicodeDecodeError:
@@ -574,12 +591,12 @@ def _iter_tar(tf: tarfile.TarFile, raw: BinaryIO, what: str) -> Iterator[_Member
         if info is None:
             return
         tf.members = []  # tarfile keeps every header otherwise: memory grows with the member count
-        spelled = _tar_text(info.name)
+        spelled = _decode_name(info.name, "cp1252")
         name, last = unicodedata.normalize("NFC", spelled), info.name
         if info.isdir():
             yield _Member(name, spelled, DIR)
         elif info.issym() or info.islnk():
-            link = unicodedata.normalize("NFC", _tar_text(info.linkname))
+            link = unicodedata.normalize("NFC", _decode_name(info.linkname, "cp1252"))
             yield _Member(name, spelled, SYMLINK if info.issym() else HARDLINK, link=link)
         elif info.isfile():
             yield _Member(name, spelled, FILE, size=info.size, open=lambda info=info: tf.extractfile(info),
@@ -597,11 +614,6 @@ def _skip_to_next_header(tf: tarfile.TarFile) -> None:
         if not chunk:
             raise tarfile.ReadError("unexpected end of data")
         left -= len(chunk)
-
-
-def _tar_text(text: str) -> str:
-    """A tar name read as UTF-8 with surrogate escapes, decoded readably (cp1252, else latin-1)."""
-    return _decode(text.encode("utf-8", "surrogateescape"), "cp1252")
 
 
 def _compressed_but_not_tar(archive: Path) -> bool:
@@ -628,18 +640,16 @@ class _Budget:
     """Running totals of an extraction, checked against the file-count, size and ratio limits."""
 
     what: str
-    max_bytes: int
-    max_files: int
     archive_bytes: int
     files: int = 0
     bytes: int = 0
 
     def check(self, files: int, size: int) -> None:
-        if files > self.max_files:
-            raise DownloadError(f"{self.what} holds more than {self.max_files} files (MAX_EXTRACT_FILES): "
+        if files > MAX_EXTRACT_FILES:
+            raise DownloadError(f"{self.what} holds more than {MAX_EXTRACT_FILES} files (MAX_EXTRACT_FILES): "
                                 "refusing to extract a possible archive bomb")
-        if size > self.max_bytes:
-            raise DownloadError(f"{self.what} would extract to more than {self.max_bytes} bytes "
+        if size > MAX_EXTRACT_BYTES:
+            raise DownloadError(f"{self.what} would extract to more than {MAX_EXTRACT_BYTES} bytes "
                                 "(MAX_EXTRACT_BYTES): refusing to extract a possible archive bomb")
         if size > ARCHIVE_RATIO_CHECK_BYTES and size > MAX_COMPRESSION_RATIO * self.archive_bytes:
             raise DownloadError(f"{self.what} would extract to more than {MAX_COMPRESSION_RATIO} times its own "
@@ -655,9 +665,9 @@ class _Budget:
 class _Extraction:
     """One archive's members written under `dest`, with every check; `skipped` lists the rest."""
 
-    def __init__(self, dest: Path, what: str, limits: _Limits, archive_bytes: int):
-        self.dest, self.what, self.limits = dest, what, limits
-        self.budget = _Budget(what, limits.max_bytes, limits.max_files, archive_bytes)
+    def __init__(self, dest: Path, what: str, archive_bytes: int):
+        self.dest, self.what = dest, what
+        self.budget = _Budget(what, archive_bytes)
         self.skipped: list[dict] = []
         self.kinds: dict[str, str] = {}  # normalised path -> DIR or FILE
         self.spellings: dict[str, str] = {}  # normalised path -> its spelling in the archive
@@ -680,7 +690,12 @@ class _Extraction:
             elif member.kind == SPECIAL:
                 self.skip(member, SPECIAL_FILE, "a device, fifo or other special file, not a regular file")
             elif member.kind in (SYMLINK, HARDLINK):
-                self.links.append((member, path, self.link_target(member, path)))
+                target = self.link_target(member, path)
+                if target is None:  # links are never created, only copied: listing it is enough
+                    self.skip(member, LINK, f"{_link_kind(member)} link to {member.link!r} points outside the "
+                                            "archive: not followed")
+                else:
+                    self.links.append((member, path, target))
             else:
                 self.copy(member, path)
         if entries == 0:
@@ -751,7 +766,7 @@ class _Extraction:
     # ---- files
     def copy(self, member: _Member, path: Path) -> None:
         """Stream one file member to `path` within the caps; over a cap it is removed and skipped."""
-        cap = self.limits.max_member_bytes
+        cap = MAX_MEMBER_BYTES
         if member.size > cap:  # judged from the header, before reading anything
             self.skip(member, OVERSIZED_MEMBER, f"declares {member.size} bytes, over the {cap}-byte limit per "
                                                 "member (MAX_MEMBER_BYTES): not extracted")
@@ -792,13 +807,12 @@ class _Extraction:
             self.skip(member, OVERSIZED_MEMBER, problem + ": not extracted")
 
     # ---- links
-    def link_target(self, member: _Member, path: Path) -> Path:
-        """Where a link member points (hard links: from the archive root), or DownloadError if outside."""
+    def link_target(self, member: _Member, path: Path) -> Path | None:
+        """Where a link member points (hard links: from the archive root); None when outside the archive."""
         base = path.parent if member.kind == SYMLINK else self.dest
         target = Path(os.path.normpath(base / member.link))
         if member.link.startswith("/") or not target.is_relative_to(self.dest):
-            raise DownloadError(f"unsafe archive member {member.name!r} in {self.what}: link to {member.link!r} "
-                                "points outside the extraction folder")
+            return None
         return target
 
     def follow_links(self) -> None:
@@ -821,8 +835,11 @@ class _Extraction:
             where = target.relative_to(self.dest).as_posix()
             what = "a folder: links to folders are not followed" if target.is_dir() else \
                 "not a file extracted from the archive"
-            self.skip(member, LINK, f"{'symbolic' if member.kind == SYMLINK else 'hard'} link to {member.link!r} "
-                                    f"({where}), which is {what}")
+            self.skip(member, LINK, f"{_link_kind(member)} link to {member.link!r} ({where}), which is {what}")
+
+
+def _link_kind(member: _Member) -> str:
+    return "symbolic" if member.kind == SYMLINK else "hard"
 
 
 def _suspicious(size: int, packed: int) -> bool:

@@ -192,12 +192,13 @@ def test_a_zip_header_that_lies_about_the_size_is_damage_not_a_bomb(tmp_path):
         (tmp_path / "out" / "ds/cats/zeros.png").stat().st_size <= 1000
 
 
-def test_the_total_budget_still_applies_to_links(tmp_path):
+def test_the_total_budget_still_applies_to_links(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "MAX_EXTRACT_FILES", 1)
     link = tarfile.TarInfo("ds/cats/copy.png")
     link.type, link.linkname = tarfile.LNKTYPE, "ds/cats/0.png"
     archive = make_tar(tmp_path / "links.tar", {"ds/cats/0.png": bytes(600)}, [link], mode="w")
     with pytest.raises(sources.DownloadError, match=r"more than 1 files \(MAX_EXTRACT_FILES\)"):
-        sources.extract_archive(archive, tmp_path / "out", max_files=1)
+        sources.extract_archive(archive, tmp_path / "out")
 
 
 # ================================================================== names
@@ -218,7 +219,8 @@ def test_zip_unicode_path_field_wins_over_the_raw_name():
 @pytest.mark.parametrize("raw, expected", [(b"caf\xc3\xa9", "café"), (b"caf\xe9", "café"), (b"\x80uro", "€uro"),
                                            (b"\x81x", "\x81x")])
 def test_tar_names_decode_as_utf8_then_cp1252_then_latin1(raw, expected):
-    assert sources._tar_text(raw.decode("utf-8", "surrogateescape")) == expected
+    assert sources._decode_name(raw.decode("utf-8", "surrogateescape"), "cp1252") == expected
+    assert sources._decode_name(raw, "cp1252") == expected
 
 
 def test_skipped_names_are_plain_text(tmp_path):
@@ -235,3 +237,127 @@ def test_skipped_names_are_plain_text(tmp_path):
     skipped = sources.extract_archive(archive, tmp_path / "out")
     assert skipped[0]["source"] == "ds/café/pipe"
     assert (tmp_path / "out" / "ds" / "café" / "0.png").is_file()
+
+
+# ================================================================== two fetches of one source on one worker
+class _SlowServer(http.server.BaseHTTPRequestHandler):
+    """Serves `body` in two halves; between them it waits (at most `PAUSE_S`) for a second request,
+    so that two unsynchronised downloads of one URL would overlap."""
+
+    body = b""
+    requests: list[str] = []
+    second = threading.Event()
+    PAUSE_S = 0.5
+
+    def do_GET(self):
+        _SlowServer.requests.append(self.path)
+        if len(_SlowServer.requests) > 1:
+            _SlowServer.second.set()
+        half = len(self.body) // 2
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body[:half])
+        self.wfile.flush()
+        _SlowServer.second.wait(self.PAUSE_S)
+        self.wfile.write(self.body[half:])
+
+    def log_message(self, *args):
+        pass
+
+
+def test_two_fetches_of_one_url_download_and_extract_it_once(tmp_path, make_ctx, monkeypatch):
+    monkeypatch.setenv("CNN_CACHE_DIR", str(tmp_path / "cache"))
+    _SlowServer.body, _SlowServer.requests = _zip_bytes(tmp_path), []
+    _SlowServer.second = threading.Event()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/data.zip"
+    extractions = []
+    extract = sources.extract_archive
+    monkeypatch.setattr(sources, "extract_archive", lambda *a, **k: extractions.append(a) or extract(*a, **k))
+    results, errors = [], []
+
+    def fetch():  # a task of its own: its own context, as two tasks on one worker have
+        context = make_ctx()
+        try:
+            results.append(sources.fetch_source(context, url))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            context.close()
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert errors == [] and len(results) == 2
+    assert _SlowServer.requests == ["/data.zip"] and len(extractions) == 1  # the second waited, then reused
+    assert results[0] == results[1] and (results[0].folder / "ds/cats/0.png").read_bytes() == dataset_png(tmp_path)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if ".part" in p.name or ".tmp-" in p.name]
+
+
+def dataset_png(tmp_path) -> bytes:
+    with zipfile.ZipFile(tmp_path / "served.zip") as zf:
+        return zf.read("ds/cats/0.png")
+
+
+def test_the_build_lock_makes_a_second_fetch_wait_for_the_first(tmp_path, ctx):
+    archive = _with_links(tmp_path / "links.tar.gz")
+    done = threading.Event()
+    entries = tmp_path / "cache" / "extracted"
+    first = sources.fetch_source(ctx, str(archive))  # makes the entry
+    entry = first.folder.parent
+    assert entry.parent == entries
+    with sources._building(entry):  # a builder at work on this entry
+        thread = threading.Thread(target=lambda: sources.fetch_source(ctx, str(archive)) and done.set())
+        thread.start()
+        assert not done.wait(0.3)  # waits for the builder
+    thread.join(10)
+    assert done.is_set()
+    assert (tmp_path / "cache" / "locks" / "extracted" / f"{entry.name}.build").is_file()
+
+
+def test_part_files_left_by_a_killed_download_do_not_break_the_next(tmp_path, ctx, server):
+    url = f"{server}/data.zip"
+    _Server.answers["/data.zip"] = [(200, "application/zip", _zip_bytes(tmp_path))]
+    entry = tmp_path / "cache" / "downloads" / sources._digest(f"{url}|")
+    entry.mkdir(parents=True)
+    for name in ("data.zip.part", "data.zip.part-424242-1"):  # older and per-process part files
+        (entry / name).write_bytes(b"half a download of another process")
+    fetched = sources.fetch_source(ctx, url)
+    assert (fetched.folder / "ds/cats/0.png").is_file()
+    assert sorted(p.name for p in entry.iterdir()) == ["data.zip"]
+
+
+class _FakeS3:
+    """list_objects_v2 pages and download_file for a prefix of two objects; the second can fail."""
+
+    def __init__(self, fail: bool):
+        self.fail = fail
+
+    def get_paginator(self, name):
+        objects = [{"Key": "ds/cats/0.png"}, {"Key": "ds/dogs/0.png"}]
+        return type("Pages", (), {"paginate": lambda self, **kw: [{"Contents": objects}]})()
+
+    def download_file(self, bucket, key, path):
+        from botocore.exceptions import ClientError
+
+        if self.fail and key.startswith("ds/dogs"):
+            raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "GetObject")
+        Path(path).write_bytes(png())
+
+
+def test_a_failed_s3_prefix_download_leaves_no_temporary_folder(tmp_path, ctx):
+    ctx.s3_client = _FakeS3(fail=True)
+    with pytest.raises(sources.DownloadError, match="cannot read s3://bucket/ds/"):
+        sources.fetch_source(ctx, "s3://bucket/ds/")
+    assert not [p for p in (tmp_path / "cache" / "downloads").rglob("*") if ".tmp-" in str(p)]
+    ctx.s3_client = _FakeS3(fail=False)
+    folder = sources.fetch(ctx, "s3://bucket/ds/")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == ["cats/0.png", "dogs/0.png"]
