@@ -133,7 +133,6 @@ QUICK_PROFILE: dict[str, Any] = {
     "image_size": 32,
     "epochs": 8,
     "min_images_per_class": 10,
-    "single_batch_steps": 60,
     "filter_pattern_steps": 10,
 }
 
