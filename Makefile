@@ -21,7 +21,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export CNN_STORE_URI ?= $(or $(STORE_URI),file://$(CURDIR)/artifacts)
 
-.PHONY: setup run test airflow bench lock clean
+.PHONY: setup run test airflow tensorboard bench lock clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,12 @@ test: setup
 ## make airflow: the Airflow UI with this project's DAG and plugin on http://127.0.0.1:8080
 airflow: setup
 	bash scripts/airflow_standalone.sh
+
+## make tensorboard [RUN=<run id>] [STORE_URI=s3://bucket/prefix]: a run's training logs (default: the latest run)
+## downloaded from the store into a temporary folder and served on http://127.0.0.1:6006
+RUN ?=
+tensorboard: setup
+	$(PY) -m cnn_tasks tensorboard $(if $(RUN),"$(RUN)") --store "$(or $(STORE_URI),$(CNN_STORE_URI))"
 
 ## make bench: the data, input-pipeline and filter-pattern benchmarks (bench_quality.py takes hours: see README)
 bench: setup

@@ -4,6 +4,7 @@
   run [--conf SETTINGS] [...]  run the pipeline once with a project-local Airflow, print the report
   predict FOLDER --store URI   classify a folder of images with the champion of a store
   report --store URI           print where the latest run's report is
+  tensorboard [RUN] --store URI  serve a run's training logs (default: the latest run) with TensorBoard
 
 Settings: a settings file holds any config field (`cnn_tasks/config.py`); PROFILE, DATASET_URL,
 DATASET_CHECKSUM, UNLABELLED_URL, STORE_URI from the environment, and the `run` options of the same
@@ -33,6 +34,7 @@ from urllib.parse import urlparse
 
 from cnn_tasks import failures
 from cnn_tasks.config import EUROSAT_URL, ConfigError, PipelineConfig
+from cnn_tasks.context import safe_run_id
 from cnn_tasks.errors import PipelineError
 from cnn_tasks.storage import open_store
 
@@ -192,9 +194,41 @@ def predict_with_champion(store, folder: Path, out: Path) -> int:
         meta_key = source.rsplit("/", 1)[0] + "/meta.json" if source else None
         if meta_key and store.exists(meta_key):
             store.get_file(meta_key, Path(tmp) / "meta.json")
-        else:  # only the classes are known: squash, no size limits
-            (Path(tmp) / "meta.json").write_text(json.dumps({"classes": champion.get("classes")}))
+        else:  # the champion record's classes and fit; no size limits
+            (Path(tmp) / "meta.json").write_text(json.dumps({k: champion.get(k) for k in ("classes", "image_fit")}))
         return predict.main([str(model), str(folder), "--out", str(out)])
+
+
+def download_tensorboard_logs(store, run_id: str, dest: Path) -> list[str]:
+    """Every model's TensorBoard logs of a run (runs/<run>/models/<model>/tensorboard/) into
+    dest/<model>/; returns the model ids. A run id as Airflow shows it is accepted too."""
+    prefix = f"runs/{safe_run_id(run_id)}/models/"
+    found = set()
+    for key in store.list(prefix):
+        model, _, rest = key[len(prefix):].partition("/tensorboard/")
+        if rest and "/" not in model:
+            store.get_file(key, dest / model / rest)
+            found.add(model)
+    if not found:
+        raise PipelineError(f"{store.url(prefix)} holds no TensorBoard logs: no model of run {run_id} was trained")
+    return sorted(found)
+
+
+def serve_tensorboard(store, run_id: str | None, port: int) -> int:
+    """Download a run's logs into a temporary folder and serve them until interrupted."""
+    if run_id is None:
+        found = latest_report(store)
+        if found is None:
+            raise PipelineError(f"no run with a report in {store.url('runs/')}: name the run (RUN=<run id>)")
+        run_id = found[0]
+    with tempfile.TemporaryDirectory(prefix="cnn-tensorboard-") as tmp:
+        models = download_tensorboard_logs(store, run_id, Path(tmp))
+        print(f"run {run_id}: TensorBoard logs of {', '.join(models)}", flush=True)
+        command = [sys.executable, "-m", "tensorboard.main", "--logdir", tmp, "--port", str(port)]
+        try:
+            return subprocess.run(command).returncode
+        except KeyboardInterrupt:
+            return 0
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -215,7 +249,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
     t = sub.add_parser("report", help="print where the latest run's report is")
     t.add_argument("--store", required=True, help="file:///path or s3://bucket/prefix")
-    for command in (s, t):
+    b = sub.add_parser("tensorboard", help="serve a run's TensorBoard logs (downloaded from the store)")
+    b.add_argument("run", nargs="?", default=None, help="run id (default: the latest run with a report)")
+    b.add_argument("--store", required=True, help="file:///path or s3://bucket/prefix")
+    b.add_argument("--port", type=int, default=6006)
+    for command in (s, t, b):
         command.add_argument("--s3-endpoint-url", default=None, help="for MinIO or another S3-compatible store")
     return p
 
@@ -234,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         store = open_store(args.store, endpoint_url=args.s3_endpoint_url)
         if args.command == "predict":
             return predict_with_champion(store, args.folder, args.out)
+        if args.command == "tensorboard":
+            return serve_tensorboard(store, args.run, args.port)
         found = latest_report(store)
         if found is None:
             print(f"no report in {args.store} yet", file=sys.stderr)

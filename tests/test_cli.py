@@ -163,3 +163,77 @@ def test_predict_without_a_champion_says_so(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"PipelineError: file://{tmp_path / 'store'}/champion.json does not exist: "
                                    "no model has been promoted in this store yet")
+
+
+# ----------------------------------------------------------------------------- tensorboard
+def write_events(folder: Path, tag: str, values: list[float]) -> None:
+    """A TensorBoard event file of per-epoch scalars, written with tensorboard's own writer."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    writer = EventFileWriter(str(folder))
+    for step, value in enumerate(values):
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])
+        writer.add_event(event_pb2.Event(step=step, wall_time=1.0 + step, summary=summary))
+    writer.close()
+
+
+RUN = "manual__2025-03-01T10:00:00+00:00"  # as Airflow shows it; the store's folder is its safe form
+SAFE_RUN = "manual__2025-03-01T10_00_00_00_00"
+
+
+@pytest.fixture
+def store_with_logs(tmp_path):
+    store = open_store(f"file://{tmp_path / 'store'}")
+    for mid in ("small__balanced", "small__unbalanced"):
+        for split in ("train", "validation"):
+            write_events(tmp_path / "events" / mid / split, "epoch_loss", [0.9, 0.5, 0.3])
+            (event,) = (tmp_path / "events" / mid / split).iterdir()
+            store.put_file(f"runs/{SAFE_RUN}/models/{mid}/tensorboard/{split}/{event.name}", event)
+        store.put_json(f"runs/{SAFE_RUN}/models/{mid}/meta.json", {})
+    store.put_text(f"runs/{SAFE_RUN}/report/index.html", "<html></html>")
+    return store
+
+
+def test_a_runs_tensorboard_logs_are_downloaded_per_model(store_with_logs, tmp_path):
+    assert cli.download_tensorboard_logs(store_with_logs, RUN, tmp_path / "logs") == ["small__balanced",
+                                                                                      "small__unbalanced"]
+    files = sorted(p.relative_to(tmp_path / "logs").parts[:2] for p in (tmp_path / "logs").rglob("*") if p.is_file())
+    assert files == [("small__balanced", "train"), ("small__balanced", "validation"),
+                     ("small__unbalanced", "train"), ("small__unbalanced", "validation")]
+    with pytest.raises(cli.PipelineError, match="holds no TensorBoard logs: no model of run other was trained"):
+        cli.download_tensorboard_logs(store_with_logs, "other", tmp_path / "none")
+
+
+def test_tensorboard_serves_the_latest_runs_logs(store_with_logs, tmp_path):
+    """`make tensorboard` without RUN: the real TensorBoard server answers with every model's scalars."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "cnn_tasks", "tensorboard", "--store", store_with_logs.uri,
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline, tags = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5) as r:
+                    tags = json.load(r)
+                if len(tags) == 4:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert sorted(tags) == ["small__balanced/train", "small__balanced/validation",
+                                "small__unbalanced/train", "small__unbalanced/validation"], tags
+        assert "epoch_loss" in tags["small__balanced/train"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert output.startswith(f"run {SAFE_RUN}: TensorBoard logs of small__balanced, small__unbalanced"), output
