@@ -4,11 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-PROFILE ?= standard
+# Settings left empty here come from CONF (a YAML or JSON settings file), else the config defaults
+# (profile standard, store file://$(CURDIR)/artifacts); given here, they override CONF.
+CONF ?=
+PROFILE ?=
 DATASET_URL ?=
 DATASET_CHECKSUM ?=
 UNLABELLED_URL ?=
-STORE_URI ?= file://$(CURDIR)/artifacts
+STORE_URI ?=
 PYTEST_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
@@ -16,9 +19,9 @@ export AIRFLOW_HOME := $(CURDIR)/.airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
-export CNN_STORE_URI ?= $(STORE_URI)
+export CNN_STORE_URI ?= $(or $(STORE_URI),file://$(CURDIR)/artifacts)
 
-.PHONY: setup run test airflow bench lock clean
+.PHONY: setup run test airflow tensorboard bench lock clean
 
 setup: $(STAMP)
 
@@ -29,11 +32,11 @@ $(STAMP): requirements/requirements.lock
 	$(PY) -m pip install --quiet -r requirements/requirements.lock
 	@touch $(STAMP)
 
-## make run [PROFILE=quick] [DATASET_URL=/path/EuroSAT.zip] [STORE_URI=s3://bucket/prefix]
+## make run [CONF=settings.yaml] [PROFILE=quick] [DATASET_URL=/path/EuroSAT.zip] [STORE_URI=s3://bucket/prefix]
 ## Exits non-zero when any task failed; its last lines say which task failed, why, and where the partial report is.
 run: setup
-	PROFILE="$(PROFILE)" DATASET_URL="$(DATASET_URL)" DATASET_CHECKSUM="$(DATASET_CHECKSUM)" \
-	UNLABELLED_URL="$(UNLABELLED_URL)" STORE_URI="$(STORE_URI)" $(PY) scripts/run_pipeline.py
+	CONF="$(CONF)" PROFILE="$(PROFILE)" DATASET_URL="$(DATASET_URL)" DATASET_CHECKSUM="$(DATASET_CHECKSUM)" \
+	UNLABELLED_URL="$(UNLABELLED_URL)" STORE_URI="$(STORE_URI)" $(PY) -m cnn_tasks run
 
 ## make test [PYTEST_ARGS="-k storage"]
 test: setup
@@ -42,6 +45,12 @@ test: setup
 ## make airflow: the Airflow UI with this project's DAG and plugin on http://127.0.0.1:8080
 airflow: setup
 	bash scripts/airflow_standalone.sh
+
+## make tensorboard [RUN=<run id>] [STORE_URI=s3://bucket/prefix]: a run's training logs (default: the latest run)
+## downloaded from the store into a temporary folder and served on http://127.0.0.1:6006
+RUN ?=
+tensorboard: setup
+	$(PY) -m cnn_tasks tensorboard $(if $(RUN),"$(RUN)") --store "$(or $(STORE_URI),$(CNN_STORE_URI))"
 
 ## make bench: the data, input-pipeline and filter-pattern benchmarks (bench_quality.py takes hours: see README)
 bench: setup

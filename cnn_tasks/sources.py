@@ -5,8 +5,10 @@ the worker cache, verify its checksum and extract archives safely.
 that were not extracted, each with a reason (`skipped`); `fetch(...)` returns just the folder.
 Library module: no stage imports another stage; ingest (download) and predict both fetch here.
 
-Extraction never trusts the archive:
-- unsafe member names (absolute, '..') and malformed archives (truncated, bad
+Extraction never trusts the archive. tarfile's data filter (`tarfile.data_filter`, applied member by
+member as they stream, to zip members too) judges names, links and special files:
+- unsafe member names (absolute, or leading outside the extraction folder; a name such as
+  'a/../b' that stays inside is extracted as 'b') and malformed archives (truncated, bad
   CRC, encrypted, unsupported compression, names too long, a name used as file and folder,
   names that only differ in Unicode normalisation) end in a DownloadError naming the archive as
   the user gave it and the member;
@@ -45,14 +47,11 @@ import logging
 import lzma
 import os
 import shutil
-import socket
 import stat
 import tarfile
 import threading
 import time
 import unicodedata
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from collections import Counter
@@ -60,6 +59,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterator
 from urllib.parse import unquote, urlparse
+
+import urllib3
+from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NameResolutionError, ProtocolError,
+                                ReadTimeoutError, SSLError)
+from urllib3.util import Retry
 
 from cnn_tasks.context import cache_root
 from cnn_tasks.errors import PipelineError
@@ -78,8 +82,9 @@ RATIO_CHECK_BYTES = 8 * 1024**2
 ARCHIVE_RATIO_CHECK_BYTES = 256 * 1024**2
 # Network behaviour.
 HTTP_TIMEOUT_S = 30
-HTTP_RETRIES = 4
-RETRY_BACKOFF_S = 1.0
+HTTP_RETRIES = 4  # attempts in all
+RETRY_BACKOFF_S = 1.0  # urllib3 Retry's backoff_factor: waits 0, 2, 4 ... x this between attempts
+RETRY_STATUSES = frozenset({408, 425, 429, *range(500, 600)})
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_S = 5.0
 # Bump when the extraction cache's layout or rules change: older entries are then not reused.
@@ -266,43 +271,54 @@ class _Sink:
         return self.target
 
 
-def _download_http(url: str, target: Path, checksum: str | None, timeout: float = HTTP_TIMEOUT_S,
-                   retries: int = HTTP_RETRIES) -> Path:
-    """Stream `url` to `target`, retrying transient failures with exponential backoff."""
-    for attempt in range(1, retries + 1):
-        try:
-            request = urllib.request.Request(url, headers={"User-Agent": "cnn-image-pipeline"})
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+def _download_http(url: str, target: Path, checksum: str | None) -> Path:
+    """Stream `url` to `target`. urllib3's `Retry` retries transient failures (timeouts, dropped
+    connections, 408/425/429/5xx answers, a body that breaks off) with exponential backoff; a host
+    that cannot be reached (DNS, refused, TLS) and other answers fail at once."""
+    retry = Retry(total=HTTP_RETRIES - 1, connect=0, other=0, status_forcelist=RETRY_STATUSES,
+                  backoff_factor=RETRY_BACKOFF_S, retry_after_max=60, raise_on_status=False)
+    with urllib3.PoolManager(headers={"User-Agent": "cnn-image-pipeline"},
+                             timeout=urllib3.Timeout(connect=HTTP_TIMEOUT_S, read=HTTP_TIMEOUT_S)) as pool:
+        while True:
+            try:
+                response = pool.request("GET", url, retries=retry, preload_content=False, decode_content=False)
+            except MaxRetryError as exc:
+                raise _http_failure(url, exc.reason) from None
+            except urllib3.exceptions.HTTPError as exc:  # e.g. a URL urllib3 cannot parse
+                raise DownloadError(f"cannot download {url}: {exc}") from None
+            with response:
+                _check_status(url, response)
                 length = response.headers.get("Content-Length")
-                with _Sink(target, checksum, int(length) if length else None, url) as sink:
-                    for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                        sink.write(chunk)
-                    return sink.commit()
-        except urllib.error.HTTPError as exc:
-            if exc.code in (404, 410):
-                raise DownloadError(f"{url} was not found (HTTP {exc.code}): check dataset_url") from None
-            if exc.code not in (408, 425, 429) and exc.code < 500:
-                raise DownloadError(f"{url} was refused (HTTP {exc.code} {exc.reason}): check dataset_url "
-                                    "and that the file is public") from None
-            problem = f"HTTP {exc.code} {exc.reason}"
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, (socket.gaierror, ConnectionRefusedError)) or not _transient(reason):
-                what = "host not found" if isinstance(reason, socket.gaierror) else "unreachable"
-                raise DownloadError(f"cannot download {url}: {what} ({reason}). {LOCAL_COPY_HINT}") from None
-            problem = str(reason)
-        except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        if attempt == retries:
-            raise DownloadError(f"cannot download {url} after {retries} attempts: {problem}. {LOCAL_COPY_HINT}")
-        wait = RETRY_BACKOFF_S * 2 ** (attempt - 1)
-        log.warning("download of %s failed (%s); retry %d/%d in %.0f s", url, problem, attempt, retries - 1, wait)
-        time.sleep(wait)
-    raise AssertionError("unreachable")
+                try:
+                    with _Sink(target, checksum, int(length) if length else None, url) as sink:
+                        for chunk in response.stream(CHUNK_BYTES, decode_content=False):
+                            sink.write(chunk)
+                        return sink.commit()
+                except (ProtocolError, ReadTimeoutError) as exc:  # the body broke off: the same Retry decides
+                    try:
+                        retry = response.retries.increment("GET", url, error=exc)
+                    except MaxRetryError:
+                        raise _http_failure(url, exc) from None
+                    log.warning("download of %s broke off (%s); retrying", url, exc)
+            retry.sleep()
 
 
-def _transient(reason) -> bool:
-    return isinstance(reason, (TimeoutError, ConnectionResetError, ConnectionAbortedError, socket.timeout))
+def _check_status(url: str, response) -> None:
+    if response.status in (404, 410):
+        raise DownloadError(f"{url} was not found (HTTP {response.status}): check dataset_url")
+    if response.status in RETRY_STATUSES:  # what the last retry got
+        raise DownloadError(f"cannot download {url} after {HTTP_RETRIES} attempts: HTTP {response.status} "
+                            f"{response.reason}. {LOCAL_COPY_HINT}")
+    if response.status >= 400:
+        raise DownloadError(f"{url} was refused (HTTP {response.status} {response.reason}): check dataset_url "
+                            "and that the file is public")
+
+
+def _http_failure(url: str, reason: BaseException | None) -> DownloadError:
+    if isinstance(reason, (ConnectTimeoutError, SSLError)):  # not retried: no point in waiting
+        what = "host not found" if isinstance(reason, NameResolutionError) else "unreachable"
+        return DownloadError(f"cannot download {url}: {what} ({reason}). {LOCAL_COPY_HINT}")
+    return DownloadError(f"cannot download {url} after {HTTP_RETRIES} attempts: {reason}. {LOCAL_COPY_HINT}")
 
 
 def _download_s3(ctx, bucket: str, key: str, target: Path, checksum: str | None) -> Path:
@@ -440,6 +456,9 @@ def _archive_kind(archive: Path, what: str) -> str:
 
 # ------------------------------------------------------------------ members
 FILE, DIR, SYMLINK, HARDLINK, SPECIAL = "file", "dir", "symlink", "hardlink", "special"
+# The tar type tarfile's data filter judges each kind as (it refuses every device and fifo alike).
+_TAR_TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE, HARDLINK: tarfile.LNKTYPE,
+              SPECIAL: tarfile.FIFOTYPE}
 
 
 @dataclass
@@ -454,6 +473,7 @@ class _Member:
     link: str = ""
     open: Callable[[], BinaryIO] | None = None
     consumed: Callable[[], int] | None = None  # compressed bytes of the archive read so far (tar)
+    refused: tuple[str, str] | None = None  # (reason, detail) when tarfile's data filter refuses it
 
 
 # Zip compression methods Python reads, and names for the common others.
@@ -684,18 +704,14 @@ class _Extraction:
             if not self.claim(member):
                 self.skip(member, DUPLICATE_MEMBER, "the archive holds this name more than once: the first copy "
                                                     "was extracted")
+            elif member.refused:
+                self.skip(member, *member.refused)
             elif member.kind == DIR:
                 with self.writing(member):
                     path.mkdir(parents=True, exist_ok=True)
-            elif member.kind == SPECIAL:
-                self.skip(member, SPECIAL_FILE, "a device, fifo or other special file, not a regular file")
             elif member.kind in (SYMLINK, HARDLINK):
-                target = self.link_target(member, path)
-                if target is None:  # links are never created, only copied: listing it is enough
-                    self.skip(member, LINK, f"{_link_kind(member)} link to {member.link!r} points outside the "
-                                            "archive: not followed")
-                else:
-                    self.links.append((member, path, target))
+                base = path.parent if member.kind == SYMLINK else self.dest  # hard links: from the archive root
+                self.links.append((member, path, Path(os.path.normpath(base / member.link))))
             else:
                 self.copy(member, path)
         if entries == 0:
@@ -704,16 +720,17 @@ class _Extraction:
 
     # ---- names
     def target(self, member: _Member) -> Path | None:
-        """The path for `member` under dest (None for the archive's root folder), or DownloadError."""
+        """The path for `member` under dest (None for the archive's root folder), or DownloadError.
+        tarfile's data filter (see `refusal`) refuses names leading outside dest; an absolute name,
+        which the filter would make relative, is refused here."""
         name = member.name.replace("\\", "/")
         parts = PurePosixPath(name).parts
         if name.startswith("/") or (parts and parts[0].endswith(":")):
             raise DownloadError(f"unsafe archive member {member.name!r} in {self.what}: absolute paths are "
                                 "not allowed")
-        if ".." in parts:
-            raise DownloadError(f"unsafe archive member {member.name!r} in {self.what}: '..' would write "
-                                "outside the extraction folder")
-        parts = tuple(p for p in parts if p not in ("", "."))
+        member.name = name
+        member.refused = self.refusal(member)
+        parts = tuple(p for p in PurePosixPath(os.path.normpath(name)).parts if p != ".")
         if not parts:
             if member.kind == DIR:
                 return None
@@ -726,6 +743,24 @@ class _Extraction:
                                     "re-create the archive")
         member.name = "/".join(parts)
         return self.dest.joinpath(*parts)
+
+    def refusal(self, member: _Member) -> tuple[str, str] | None:
+        """(reason, detail) when tarfile's data filter refuses `member` (a device or fifo; a link leading
+        outside the archive: links are never created, only copied, so listing it is enough), None when
+        it may be extracted; DownloadError for a name leading outside dest. Zip members are judged as
+        the tar members they equal."""
+        info = tarfile.TarInfo(member.name)
+        info.type, info.linkname = _TAR_TYPES[member.kind], member.link
+        try:
+            tarfile.data_filter(info, str(self.dest))
+        except tarfile.OutsideDestinationError:
+            raise DownloadError(f"unsafe archive member {member.name!r} in {self.what}: '..' would write outside "
+                                "the extraction folder") from None
+        except tarfile.SpecialFileError:
+            return SPECIAL_FILE, "a device, fifo or other special file, not a regular file"
+        except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
+            return LINK, f"{_link_kind(member)} link to {member.link!r} points outside the archive: not followed"
+        return None
 
     def claim(self, member: _Member) -> bool:
         """Record `member`'s path; False for a repeated file name. Raises on a name used as a file and as
@@ -807,14 +842,6 @@ class _Extraction:
             self.skip(member, OVERSIZED_MEMBER, problem + ": not extracted")
 
     # ---- links
-    def link_target(self, member: _Member, path: Path) -> Path | None:
-        """Where a link member points (hard links: from the archive root); None when outside the archive."""
-        base = path.parent if member.kind == SYMLINK else self.dest
-        target = Path(os.path.normpath(base / member.link))
-        if member.link.startswith("/") or not target.is_relative_to(self.dest):
-            return None
-        return target
-
     def follow_links(self) -> None:
         """Copy the file each link leads to (links to links resolve in any order); list the rest."""
         pending = self.links

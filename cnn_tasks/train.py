@@ -198,7 +198,8 @@ def _callbacks(ctx, spec, mid: str, work: Path, history: list[dict], train_count
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best),
         keras.callbacks.BackupAndRestore(str(work / "backup")),
-        TensorBoardScalars(_tensorboard_dir(work)),
+        # per-epoch scalars only (no graph, no profile): the event files stay a few KiB
+        keras.callbacks.TensorBoard(str(_tensorboard_dir(work)), write_graph=False, profile_batch=0),
         EpochRecorder(ctx, mid, work, history, train_count),
     ]
     return callbacks
@@ -245,43 +246,6 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             best_index = int(np.argmin(losses))
             self.best, self.best_epoch = losses[best_index], best_index
             self.wait = len(losses) - 1 - best_index
-
-
-class TensorBoardScalars(keras.callbacks.Callback):
-    """Per-epoch scalars as TensorBoard event files (train/ and validation/, tags like keras's).
-
-    keras.callbacks.TensorBoard needs the `tensorboard` package, which the pipeline does not
-    install; this writes the same `epoch_<metric>` scalars with TensorFlow's own summary writer.
-    """
-
-    def __init__(self, log_dir: Path):
-        super().__init__()
-        self.log_dir, self.writers = Path(log_dir), {}
-
-    def _writer(self, name: str):
-        import tensorflow as tf
-
-        if name not in self.writers:
-            self.writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
-        return self.writers[name]
-
-    def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
-
-        metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-        for name, value in (logs or {}).items():
-            folder = "validation" if name.startswith("val_") else "train"
-            with self._writer(folder).as_default():
-                tf.summary.write(f"epoch_{name.removeprefix('val_')}", tf.constant(float(value)), step=epoch,
-                                 metadata=metadata)
-        for writer in self.writers.values():
-            writer.flush()
-
-    def on_train_end(self, logs=None):
-        for writer in self.writers.values():
-            writer.close()
 
 
 class EpochRecorder(keras.callbacks.Callback):

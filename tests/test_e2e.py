@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cnn_tasks import cli
 from cnn_tasks.storage import open_store
 from tests.airflow_stack import aws_connection, served_tiny_dataset, tiny_conf
 from tests.imagegen import make_dataset
@@ -181,8 +182,8 @@ def test_make_run_fails_when_download_fails_and_says_why(airflow_env, escaping_a
     its last lines say which task failed and why, and where the partial report is."""
     store_uri = f"file://{tmp_path / 'store'}"
     env = airflow_env | {"PROFILE": "quick", "DATASET_URL": str(escaping_archive), "STORE_URI": store_uri}
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_pipeline.py")], env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "cnn_tasks", "run"], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-4000:]
     last = proc.stderr.strip().splitlines()[-2:]
@@ -270,9 +271,6 @@ def test_a_failing_report_fails_the_run_and_make_run_says_no_report(airflow_env,
     assert state == "failed" and tis[("report", -1)][0] == "failed"
     assert "2 task(s) failed: download: DownloadError" in text, text[-3000:]
     assert "; report: StoreError: " in text and "predictions.csv does not exist" in text and "(no report)" in text
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import run_pipeline
-
-    line = run_pipeline.failure_line(store, safe(run_id))
+    line = cli.failure_line(store, safe(run_id))
     assert line.startswith("FAILED: download: DownloadError: unsafe archive member") and "(also failed: report)" in line
-    assert run_pipeline.report_url(store, safe(run_id)) is None
+    assert cli.report_url(store, safe(run_id)) is None

@@ -75,18 +75,19 @@ def test_a_failed_extraction_leaves_nothing_in_the_cache(tmp_path, ctx):
 
 # ================================================================== the download cache
 class _Server(http.server.BaseHTTPRequestHandler):
-    """Answers each path with the next of its queued (status, content type, body) responses."""
+    """Answers each path with the next of its queued (status, content type, body[, declared length])
+    responses; a declared length above the body's is a download that breaks off."""
 
-    answers: dict[str, list[tuple[int, str, bytes]]] = {}
+    answers: dict[str, list[tuple]] = {}
     requests: list[str] = []
 
     def do_GET(self):
         _Server.requests.append(self.path)
         queue = _Server.answers.get(self.path, [])
-        status, kind, body = queue.pop(0) if len(queue) > 1 else queue[0]
+        status, kind, body, *declared = queue.pop(0) if len(queue) > 1 else queue[0]
         self.send_response(status)
         self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(declared[0] if declared else len(body)))
         self.end_headers()
         self.wfile.write(body)
 
@@ -155,6 +156,40 @@ def test_a_truncated_download_names_the_url_not_the_cache(tmp_path, ctx, server)
         sources.fetch_source(ctx, url)
     assert f"{url}: the archive is truncated or damaged" in str(info.value)
     assert "cache" not in str(info.value)
+
+
+def test_a_download_that_breaks_off_is_retried(tmp_path, ctx, server, monkeypatch):
+    monkeypatch.setattr(sources, "RETRY_BACKOFF_S", 0.01)
+    url, data = f"{server}/data.zip", _zip_bytes(tmp_path)
+    _Server.answers["/data.zip"] = [(200, "application/zip", data[:100], len(data)), (200, "application/zip", data)]
+    fetched = sources.fetch_source(ctx, url)
+    assert (fetched.folder / "ds/cats/0.png").is_file()
+    assert _Server.requests == ["/data.zip"] * 2
+
+
+def test_a_download_that_always_breaks_off_names_the_url_after_every_attempt(tmp_path, ctx, server, monkeypatch):
+    monkeypatch.setattr(sources, "RETRY_BACKOFF_S", 0.01)
+    url, data = f"{server}/data.zip", _zip_bytes(tmp_path)
+    _Server.answers["/data.zip"] = [(200, "application/zip", data[:100], len(data))]
+    with pytest.raises(sources.DownloadError, match=f"cannot download {url} after 4 attempts: .*IncompleteRead"):
+        sources.fetch_source(ctx, url)
+    assert _Server.requests == ["/data.zip"] * 4
+    assert not [p for p in (tmp_path / "cache" / "downloads").rglob("*") if p.is_file()]
+
+
+def test_a_refused_request_is_not_retried(ctx, server):
+    url = f"{server}/private.zip"
+    _Server.answers["/private.zip"] = [(403, "text/plain", b"no")]
+    with pytest.raises(sources.DownloadError, match=f"{url} was refused \\(HTTP 403 Forbidden\\)"):
+        sources.fetch_source(ctx, url)
+    assert _Server.requests == ["/private.zip"]
+
+
+# ================================================================== names judged by tarfile's data filter
+def test_a_name_through_dot_dot_that_stays_inside_is_extracted_where_it_leads(tmp_path):
+    archive = make_tar(tmp_path / "dots.tar", {**dataset(), "ds/cats/../dogs/9.png": png(1)}, mode="w")
+    assert sources.extract_archive(archive, tmp_path / "out") == []
+    assert (tmp_path / "out" / "ds" / "dogs" / "9.png").is_file()
 
 
 # ================================================================== bombs: bounded memory and disk

@@ -77,12 +77,30 @@ def test_training_writes_model_history_curves_meta_and_tensorboard(tiny_ctx, mon
     assert ctx.store.get_text(ctx.model_key(mid, "history.csv")).splitlines()[0].count(",") >= 5
     assert meta["figures"][0]["key"] == ctx.model_key(mid, "curves.png")
     assert ctx.store.exists(ctx.model_key(mid, "curves.png"))
-    assert any("/tensorboard/train/events" in k for k in ctx.store.list(ctx.model_key(mid, "tensorboard")))
+    assert tensorboard_scalars(ctx, mid, "train")["epoch_loss"] == [0, 1, 2, 3]
+    validation = tensorboard_scalars(ctx, mid, "validation")
+    assert validation["epoch_loss"] == validation["epoch_accuracy"] == [0, 1, 2, 3]
     model = models.load_model(ctx.cached(ctx.model_key(mid, "model.keras")))
     assert model.layers[0].name == "standardize" and model.output_shape == (None, 3)
     assert model.count_params() == meta["params"]
     comparison = train.compare_runs(ctx, [mid, "missing__unbalanced"])
     assert comparison["key"] == ctx.key("models", "comparison.png") and "missing__unbalanced" in comparison["caption"]
+
+
+def tensorboard_scalars(ctx, mid: str, folder: str) -> dict[str, list[int]]:
+    """{tag: [steps]} of the TensorBoard event files the store holds for `mid` under tensorboard/<folder>/."""
+    import tensorflow as tf
+
+    prefix = ctx.model_key(mid, "tensorboard", folder) + "/"
+    keys = [k for k in ctx.store.list(prefix) if "/events.out.tfevents." in k]
+    assert keys, f"no event files under {prefix}: {ctx.store.list(ctx.model_key(mid, 'tensorboard'))}"
+    steps: dict[str, list[int]] = {}
+    for key in keys:
+        for event in tf.compat.v1.train.summary_iterator(str(ctx.cached(key))):
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+    assert sum(len(ctx.store.get_bytes(k)) for k in keys) < 64 * 1024  # scalars only: small
+    return steps
 
 
 class Interrupt(keras.callbacks.Callback):

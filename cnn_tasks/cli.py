@@ -1,0 +1,288 @@
+"""The command line: `python -m cnn_tasks <command>` (`make run` calls `run`).
+
+  validate SETTINGS            check a settings file (YAML or JSON) as the trigger form would
+  run [--conf SETTINGS] [...]  run the pipeline once with a project-local Airflow, print the report
+  predict FOLDER --store URI   classify a folder of images with the champion of a store
+  report --store URI           print where the latest run's report is
+  tensorboard [RUN] --store URI  serve a run's training logs (default: the latest run) with TensorBoard
+
+Settings: a settings file holds any config field (`cnn_tasks/config.py`); PROFILE, DATASET_URL,
+DATASET_CHECKSUM, UNLABELLED_URL, STORE_URI from the environment, and the `run` options of the same
+names, override it when given. Only what the user set goes into the DAG run's conf; everything else
+stays at the Param defaults. An invalid setting exits 1 before Airflow starts, naming the file and
+the field: `Invalid setting: my.yaml: image_size: 1024 is outside 16..512`.
+
+`run` exits 0 with last line `Report: <url>` when every task succeeded. When any task failed the DAG
+run ends `failed`, `airflow dags test` exits non-zero, and `run` exits 1 with, as its last lines,
+`FAILED: <task>: <error type>: <message>` (the first failure; the others are counted) and
+`Partial report: <url>` (or `No report was written.`). Airflow runs in a subprocess: this package
+imports no Airflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from cnn_tasks import failures
+from cnn_tasks.config import EUROSAT_URL, ConfigError, PipelineConfig
+from cnn_tasks.context import safe_run_id
+from cnn_tasks.errors import PipelineError
+from cnn_tasks.storage import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+DAG_ID = "cnn_image_classification"
+CHAMPION_KEY = "champion.json"  # promote.CHAMPION_KEY: the store-root champion record
+# Environment variables (and `run` options) that override a settings file, and their fields.
+OVERRIDES = {"PROFILE": "profile", "DATASET_URL": "dataset_url", "DATASET_CHECKSUM": "dataset_checksum",
+             "UNLABELLED_URL": "unlabelled_url", "STORE_URI": "store_uri"}
+LOCAL_PATH_FIELDS = ("dataset_url", "unlabelled_url")
+
+
+class SettingsError(PipelineError, ValueError):
+    """A settings file that cannot be read or holds an invalid setting; the message names the file."""
+
+
+# ----------------------------------------------------------------------------- settings
+def read_settings(path: str | Path) -> dict[str, Any]:
+    """The settings in a YAML or JSON file (JSON is YAML), as a mapping of field names to values."""
+    import yaml
+
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML or JSON: {exc}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        raise SettingsError(f"{path}: must be a mapping of setting names to values, e.g. 'image_size: 128'")
+    for name, value in values.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):  # e.g. an unquoted date, which YAML reads as a date
+            raise SettingsError(f"{path}: {name}: {value!r} is not a plain value (string, number, true/false, "
+                                "list or mapping): quote it") from None
+    return values
+
+
+def build_conf(settings: str | Path | None = None, overrides: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """The DAG run's conf: the settings file's values, then the non-empty overrides (by env name,
+    default: the environment), with the profile and store always set; validated as the trigger form
+    validates it. Local dataset paths become absolute, so Airflow's working directory does not matter.
+    Raises SettingsError (naming the file) or ConfigError."""
+    overrides = {name: os.environ.get(name) for name in OVERRIDES} if overrides is None else overrides
+    conf = read_settings(settings) if settings else {}
+    for name, value in overrides.items():
+        if value is not None and str(value).strip():
+            conf[OVERRIDES[name]] = str(value).strip()
+    conf.setdefault("profile", "standard")
+    conf.setdefault("store_uri", f"file://{ROOT}/artifacts")
+    for name in LOCAL_PATH_FIELDS:
+        url = conf.get(name)
+        if isinstance(url, str) and url.strip() and "://" not in url:
+            conf[name] = str(Path(url).expanduser().resolve())
+    try:
+        PipelineConfig.from_dict(conf, given=set(conf))
+    except ConfigError as exc:
+        if settings:
+            raise SettingsError(f"{settings}: {exc}") from None
+        raise
+    return conf
+
+
+# ----------------------------------------------------------------------------- run
+def check_reachable(url: str) -> None:
+    """Fail in seconds, not after retries, when the default dataset's host cannot be reached."""
+    host = urlparse(url).hostname
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as exc:
+        sys.exit(
+            f"Cannot reach {host} to download the default dataset ({exc}).\n"
+            "Point the pipeline at a local copy instead, e.g.\n"
+            "  make run PROFILE=quick DATASET_URL=/path/to/EuroSAT.zip\n"
+            "(a zip, tar or folder with one sub-folder per class)."
+        )
+
+
+def airflow_bin() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def airflow(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([airflow_bin(), *args], check=True, **kwargs)
+
+
+def run_ids(store) -> set[str]:
+    """The manual runs in the store (`dags test` runs are manual)."""
+    return {key.split("/")[1] for key in store.list("runs/manual__")}
+
+
+def report_url(store, run_id: str | None) -> str | None:
+    key = f"runs/{run_id}/report/index.html"
+    return store.url(key) if run_id and store.exists(key) else None
+
+
+def failure_line(store, run_id: str | None) -> str:
+    """One line: which task failed first and why (from the run's failure records in the store)."""
+    records = failures.read_failures(store, f"runs/{run_id}") if run_id else []
+    if not records:
+        return "FAILED: the run failed before any task recorded why: the log above says which task and why"
+    return failures.summary_line(records)
+
+
+def run_pipeline(conf: dict[str, Any]) -> int:
+    """Run the DAG once on `conf` with `airflow dags test`; 0 when every task succeeded."""
+    config = PipelineConfig.from_dict(conf, given=set(conf))
+    if config.dataset_url == EUROSAT_URL:
+        check_reachable(config.dataset_url)
+    print(f"Running {DAG_ID} ({config.profile} profile) on {config.dataset_url}\n  store: {config.store_uri}",
+          flush=True)
+    airflow("db", "migrate", stdout=subprocess.DEVNULL)
+    airflow("pools", "set", os.environ.get("CNN_TRAINING_POOL", "training"), "2", "CNN training tasks",
+            stdout=subprocess.DEVNULL)
+    store = open_store(config.store_uri, endpoint_url=config.s3_endpoint_url)
+    before = run_ids(store)
+    # `dags test` exits non-zero when the DAG run ends failed (any task failed: see the DAG docstring).
+    failed = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]).returncode != 0
+    new = sorted(run_ids(store) - before)
+    run_id = new[-1] if new else None
+    report = report_url(store, run_id)
+    if failed:
+        print("\nThe DAG run failed.", file=sys.stderr)
+        print(failure_line(store, run_id), file=sys.stderr)
+        print(f"Partial report: {report}" if report else "No report was written.", file=sys.stderr)
+        return 1
+    print(f"\nReport: {report}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- store commands
+def latest_report(store) -> tuple[str, str] | None:
+    """(run id, report url) of the newest run with a report. Run ids are `<kind>__<date>`
+    (manual, scheduled, dataset_triggered, ...), so the date after `__` orders them."""
+    runs = {key.split("/")[1] for key in store.list("runs/") if key.endswith("/report/index.html")}
+    if not runs:
+        return None
+    run_id = max(runs, key=lambda r: (r.partition("__")[2], r))
+    return run_id, store.url(f"runs/{run_id}/report/index.html")
+
+
+def predict_with_champion(store, folder: Path, out: Path) -> int:
+    """Classify `folder` with the store's champion (predict's CLI on a local copy of the model and
+    the meta.json it was trained with, which holds its classes and image preprocessing)."""
+    from cnn_tasks import predict
+
+    if not store.exists(CHAMPION_KEY):
+        raise PipelineError(f"{store.url(CHAMPION_KEY)} does not exist: no model has been promoted in this store yet")
+    champion = store.get_json(CHAMPION_KEY)
+    print(f"champion: {champion['model_id']} from run {champion['run_id']}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = store.get_file(champion["model_key"], Path(tmp) / "model.keras")
+        source = champion.get("source_model_key")
+        meta_key = source.rsplit("/", 1)[0] + "/meta.json" if source else None
+        if meta_key and store.exists(meta_key):
+            store.get_file(meta_key, Path(tmp) / "meta.json")
+        else:  # the champion record's classes and fit; no size limits
+            (Path(tmp) / "meta.json").write_text(json.dumps({k: champion.get(k) for k in ("classes", "image_fit")}))
+        return predict.main([str(model), str(folder), "--out", str(out)])
+
+
+def download_tensorboard_logs(store, run_id: str, dest: Path) -> list[str]:
+    """Every model's TensorBoard logs of a run (runs/<run>/models/<model>/tensorboard/) into
+    dest/<model>/; returns the model ids. A run id as Airflow shows it is accepted too."""
+    prefix = f"runs/{safe_run_id(run_id)}/models/"
+    found = set()
+    for key in store.list(prefix):
+        model, _, rest = key[len(prefix):].partition("/tensorboard/")
+        if rest and "/" not in model:
+            store.get_file(key, dest / model / rest)
+            found.add(model)
+    if not found:
+        raise PipelineError(f"{store.url(prefix)} holds no TensorBoard logs: no model of run {run_id} was trained")
+    return sorted(found)
+
+
+def serve_tensorboard(store, run_id: str | None, port: int) -> int:
+    """Download a run's logs into a temporary folder and serve them until interrupted."""
+    if run_id is None:
+        found = latest_report(store)
+        if found is None:
+            raise PipelineError(f"no run with a report in {store.url('runs/')}: name the run (RUN=<run id>)")
+        run_id = found[0]
+    with tempfile.TemporaryDirectory(prefix="cnn-tensorboard-") as tmp:
+        models = download_tensorboard_logs(store, run_id, Path(tmp))
+        print(f"run {run_id}: TensorBoard logs of {', '.join(models)}", flush=True)
+        command = [sys.executable, "-m", "tensorboard.main", "--logdir", tmp, "--port", str(port)]
+        try:
+            return subprocess.run(command).returncode
+        except KeyboardInterrupt:
+            return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cnn_tasks", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check a settings file (YAML or JSON) without running anything")
+    v.add_argument("settings", type=Path)
+    r = sub.add_parser("run", help="run the pipeline once (what `make run` does)")
+    r.add_argument("--conf", type=Path, default=os.environ.get("CONF") or None,
+                   help="settings file (YAML or JSON) with any config field; default: $CONF")
+    for env, field in OVERRIDES.items():
+        r.add_argument(f"--{field.replace('_', '-')}", dest=env, default=os.environ.get(env),
+                       help=f"overrides {field} from the settings file; default: ${env}")
+    s = sub.add_parser("predict", help="classify a folder of images with the champion of a store")
+    s.add_argument("folder", type=Path, help="folder of images (searched recursively)")
+    s.add_argument("--store", required=True, help="file:///path or s3://bucket/prefix")
+    s.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
+    t = sub.add_parser("report", help="print where the latest run's report is")
+    t.add_argument("--store", required=True, help="file:///path or s3://bucket/prefix")
+    b = sub.add_parser("tensorboard", help="serve a run's TensorBoard logs (downloaded from the store)")
+    b.add_argument("run", nargs="?", default=None, help="run id (default: the latest run with a report)")
+    b.add_argument("--store", required=True, help="file:///path or s3://bucket/prefix")
+    b.add_argument("--port", type=int, default=6006)
+    for command in (s, t, b):
+        command.add_argument("--s3-endpoint-url", default=None, help="for MinIO or another S3-compatible store")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            conf = build_conf(args.settings, overrides={})
+            config = PipelineConfig.from_dict(conf, given=set(conf))
+            print(f"{args.settings}: valid ({config.profile} profile, {len(config.experiments)} experiment(s), "
+                  f"{config.image_size} px, dataset {config.dataset_url})")
+            return 0
+        if args.command == "run":
+            return run_pipeline(build_conf(args.conf, {env: getattr(args, env) for env in OVERRIDES}))
+        store = open_store(args.store, endpoint_url=args.s3_endpoint_url)
+        if args.command == "predict":
+            return predict_with_champion(store, args.folder, args.out)
+        if args.command == "tensorboard":
+            return serve_tensorboard(store, args.run, args.port)
+        found = latest_report(store)
+        if found is None:
+            print(f"no report in {args.store} yet", file=sys.stderr)
+            return 1
+        print(f"{found[0]}: {found[1]}")
+        return 0
+    except (SettingsError, ConfigError) as exc:
+        print(f"Invalid setting: {exc}", file=sys.stderr)
+        return 1
+    except PipelineError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
