@@ -222,7 +222,8 @@ def warnings(run: Run) -> list[str]:
 def results(run: Run) -> dict:
     promotion = run.promotion
     return {"best_model": best_model(run.evals), "best_ensemble": best_ensemble(run.ensemble),
-            "champion": None if promotion is None else {k: promotion.get(k) for k in ("decision", "reason", "metric")},
+            "champion": None if promotion is None else {**{k: promotion.get(k) for k in ("decision", "reason", "metric")},
+                                                        "candidate": (promotion.get("candidate") or {}).get("name")},
             "dataset": dataset_line(run), "stage_times": stage_times(run), "warnings": warnings(run),
             "models": len(run.model_ids)}
 

@@ -232,7 +232,8 @@ def test_results_come_from_the_stage_outputs(full_run):
     assert results["best_ensemble"]["macro_f1"] == row["macro_f1"]
     assert results["best_ensemble"]["overall_best"] == ensemble_json["best"]
     promotion = ctx.store.get_json(ctx.key("promotion.json"))
-    assert results["champion"] == {"decision": "promoted", "reason": promotion["reason"], "metric": "macro_f1"}
+    assert results["champion"] == {"decision": "promoted", "reason": promotion["reason"], "metric": "macro_f1",
+                                   "candidate": promotion["candidate"]["name"]}
     assert results["dataset"] == ("3 classes, 80 images (training 39, validation 11, test 30), layout class_folders, "
                                   "2 rejected")
     assert results["stage_times"][0] == {"stage": "download", "wall time": "3.2 s"}
