@@ -221,9 +221,10 @@ def warnings(run: Run) -> list[str]:
 
 def results(run: Run) -> dict:
     promotion = run.promotion
-    return {"best_model": best_model(run.evals), "best_ensemble": best_ensemble(run.ensemble),
-            "champion": None if promotion is None else {**{k: promotion.get(k) for k in ("decision", "reason", "metric")},
-                                                        "candidate": (promotion.get("candidate") or {}).get("name")},
+    champion = None if promotion is None else {
+        **{k: promotion.get(k) for k in ("decision", "reason", "metric")},
+        "candidate": (promotion.get("candidate") or {}).get("name")}
+    return {"best_model": best_model(run.evals), "best_ensemble": best_ensemble(run.ensemble), "champion": champion,
             "dataset": dataset_line(run), "stage_times": stage_times(run), "warnings": warnings(run),
             "models": len(run.model_ids)}
 
@@ -303,7 +304,8 @@ def analysis_tables(analysis: dict) -> dict:
               "height min/median/max": _range(d["height"]),
               "most common size": "{}x{} ({} images)".format(*d["most_common"][0]) if d.get("most_common") else "-"}
              for s, d in analysis["image_sizes"].items()]
-    channels = [{"channel": name, "mean": m, "std": sd} for name, m, sd in zip("RGB", analysis["mean"], analysis["std"])]
+    channels = [{"channel": name, "mean": m, "std": sd}
+                for name, m, sd in zip("RGB", analysis["mean"], analysis["std"])]
     leakage = ("No image appears in more than one split (checked by content hash)." if analysis.get("no_leakage")
                else "Leakage check did not pass.")
     return {"counts": counts, "short": bool(short), "imbalance": imbalance, "sizes": sizes, "channels": channels,
@@ -363,7 +365,8 @@ def section_models(run: Run) -> dict:
     for mid in expected + [m for m in run.model_ids if m not in expected]:
         meta = run.metas.get(mid)
         if meta is None:
-            trained.append({"id": mid, "missing": f"{ctx.model_key(mid, 'meta.json')} missing: this model was not trained"})
+            why = f"{ctx.model_key(mid, 'meta.json')} missing: this model was not trained"
+            trained.append({"id": mid, "missing": why})
             continue
         trained.append({"id": mid, "missing": None, "params": meta.get("params"), "layers": meta.get("layers", []),
                         # classes, config and versions are shown once, at the end
@@ -462,7 +465,8 @@ def section_champion(run: Run) -> dict:
         f"previous champion {metric} on this test split": (champion.get("metrics") or {}).get(metric),
         "champion comparable": champion.get("why") if champion else "no champion",
         "new champion key": promotion.get("champion_key"), "history record": promotion.get("history_key")}
-    return section("champion", "Champion decision", decision=f"Decision: {promotion['decision']}. {promotion['reason']}",
+    return section("champion", "Champion decision",
+                   decision=f"Decision: {promotion['decision']}. {promotion['reason']}",
                    candidate_note=promotion.get("candidate_note"), facts=facts, guards=promotion.get("guards", []))
 
 

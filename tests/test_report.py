@@ -375,3 +375,18 @@ def test_best_model_prefers_macro_f1_then_accuracy():
     assert picked == {"name": "b", "accuracy": 0.7, "macro_f1": 0.85}
     tie = report.best_model(evals(a={"macro_f1": 0.8, "accuracy": 0.7}, b={"macro_f1": 0.8, "accuracy": 0.75}))
     assert tie["name"] == "b"
+
+
+def test_a_balanced_clean_run_has_no_data_warnings(make_ctx):
+    from cnn_tasks import split
+
+    ctx = make_ctx(rebalance="none")
+    counts = {s: dict.fromkeys(CLASSES, n) for s, n in (("train", 1000), ("val", 300), ("test", 60))}
+    shortfalls = split.find_shortfalls(counts)
+    assert shortfalls == []
+    ctx.store.put_json(ctx.data_key("analysis.json"), {
+        "imbalance": {s: split.imbalance_measures(c) for s, c in counts.items()}, "shortfalls": shortfalls,
+        "shortfall_text": split.shortfall_text(shortfalls), "no_leakage": True, "layout": {"warnings": []}})
+    ctx.store.put_json(ctx.data_key("ingest.json"), {"accepted": 4080, "rejected": 0, "rejected_by_reason": {}})
+    not_trained = ", ".join(report.expected_model_ids(ctx))  # only what is missing is reported
+    assert report.warnings(report.Run(ctx)) == [f"Not trained: {not_trained}."]
