@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 from urllib.parse import urlparse
 
 from cnn_tasks.errors import PipelineError
@@ -33,6 +34,13 @@ def _clean_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in ("..", ".") for p in parts):
         raise StoreError(f"invalid artifact key {key!r}: keys are relative paths without '..'")
     return "/".join(parts)
+
+
+class ObjectStream(NamedTuple):
+    """An object read in chunks (e.g. to serve it over HTTP without holding it in memory)."""
+
+    size: int
+    chunks: Iterator[bytes]
 
 
 class ArtifactStore:
@@ -66,6 +74,18 @@ class ArtifactStore:
 
     def version(self, key: str) -> str:
         """A token that changes whenever the object is rewritten (for worker caches)."""
+        raise NotImplementedError
+
+    def folders(self, prefix: str) -> list[str]:
+        """Names of the folders directly under `prefix` (a folder key ending in '/'), sorted."""
+        raise NotImplementedError
+
+    def modified(self, key: str) -> datetime:
+        """When the object was last written (UTC)."""
+        raise NotImplementedError
+
+    def stream(self, key: str, chunk_size: int = 1 << 20) -> ObjectStream:
+        """The object's size and its bytes in chunks; StoreError if it does not exist."""
         raise NotImplementedError
 
     # -- conveniences built on the above
@@ -182,6 +202,29 @@ class LocalStore(ArtifactStore):
             raise StoreError(f"{self.url(key)} does not exist: did the stage that writes it run?") from None
         return f"{stat.st_mtime_ns}-{stat.st_size}"
 
+    def folders(self, prefix):
+        folder = self.root / prefix if prefix else self.root
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def modified(self, key):
+        try:
+            return datetime.fromtimestamp(self.path(key).stat().st_mtime, timezone.utc)
+        except FileNotFoundError:
+            raise StoreError(f"{self.url(key)} does not exist: did the stage that writes it run?") from None
+
+    def stream(self, key, chunk_size=1 << 20):
+        """A file that is a link leading out of the store's folder counts as missing."""
+        path = self.path(key).resolve()
+        if not path.is_file() or not path.is_relative_to(self.root):
+            raise StoreError(f"{self.url(key)} does not exist: did the stage that writes it run?")
+
+        def chunks():
+            with open(path, "rb") as source:
+                while chunk := source.read(chunk_size):
+                    yield chunk
+
+        return ObjectStream(path.stat().st_size, chunks())
+
 
 class S3Store(ArtifactStore):
     """A prefix inside an S3-compatible bucket (AWS, MinIO, moto), through a boto3 client."""
@@ -295,6 +338,28 @@ class S3Store(ArtifactStore):
             return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"].strip('"')
         except ClientError as exc:
             raise self._missing(key, exc) from None
+
+    def folders(self, prefix):
+        full = self._key(prefix).rstrip("/") + "/" if prefix else (self.prefix + "/" if self.prefix else "")
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, Delimiter="/")
+        return sorted(p["Prefix"][len(full):].rstrip("/") for page in pages for p in page.get("CommonPrefixes", []))
+
+    def modified(self, key):
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["LastModified"]
+        except ClientError as exc:
+            raise self._missing(key, exc) from None
+
+    def stream(self, key, chunk_size=1 << 20):
+        from botocore.exceptions import ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            raise self._missing(key, exc) from None
+        return ObjectStream(obj["ContentLength"], obj["Body"].iter_chunks(chunk_size))
 
 
 def make_s3_client(endpoint_url: str | None = None, session=None):

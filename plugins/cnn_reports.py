@@ -20,17 +20,18 @@ CNN_S3_ENDPOINT_URL and CNN_AWS_CONN_ID (S3 credentials come from that Airflow c
 from __future__ import annotations
 
 import functools
-import html
 import json
 import mimetypes
 import os
 import re
-from datetime import datetime, timezone
+from datetime import datetime
+from pathlib import Path
 from urllib.parse import quote, unquote
 
+import jinja2
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow.api_fastapi.app import get_auth_manager
@@ -39,7 +40,7 @@ from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
 from cnn_tasks.config import PipelineConfig
 from cnn_tasks.context import safe_run_id
-from cnn_tasks.storage import LocalStore, S3Store, StoreError, content_type_for, make_s3_client, open_store
+from cnn_tasks.storage import StoreError, content_type_for, make_s3_client, open_store
 
 DAG_ID = "cnn_image_classification"
 TRAIN_TASK = "train"
@@ -99,19 +100,11 @@ def run_key(path: str) -> str:
 def summaries(store) -> list[tuple[datetime, str]]:
     """(last modified, run id) of every runs/<id>/report/summary.json, newest first."""
     found = []
-    if isinstance(store, LocalStore):
-        for path in (store.root / RUNS).glob("*/report/summary.json"):
-            stamp = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
-            found.append((stamp, path.parents[1].name))
-    elif isinstance(store, S3Store):
-        base = f"{store.prefix}/{RUNS}/" if store.prefix else f"{RUNS}/"
-        pages = store.client.get_paginator("list_objects_v2").paginate(
-            Bucket=store.bucket, Prefix=base, Delimiter="/")
-        for run_prefix in (p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])):
-            # One small listing per run, not one of every shard and checkpoint under runs/.
-            listed = store.client.list_objects_v2(Bucket=store.bucket, Prefix=f"{run_prefix}report/summary.json")
-            for obj in listed.get("Contents", []):
-                found.append((obj["LastModified"], run_prefix[len(base):].rstrip("/")))
+    for run_id in store.folders(f"{RUNS}/"):
+        try:  # one small request per run, not a listing of every shard and checkpoint under runs/
+            found.append((store.modified(f"{RUNS}/{run_id}/report/summary.json"), run_id))
+        except StoreError:
+            continue  # no report (yet)
     return sorted(found, reverse=True)
 
 
@@ -120,19 +113,13 @@ def object_response(store, key: str) -> Response:
     media_type = content_type_for(key)
     if media_type == "application/octet-stream":
         media_type = mimetypes.guess_type(key)[0] or media_type
-    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILE_CSP}
-    if isinstance(store, LocalStore):
-        path = store.path(key).resolve()
-        # A symlink inside the store must not lead outside runs/.
-        if not path.is_file() or not path.is_relative_to((store.root / RUNS).resolve()):
-            raise HTTPException(404, "not found")
-        return FileResponse(path, media_type=media_type, headers=headers)
     try:
-        obj = store.client.get_object(Bucket=store.bucket, Key=store._key(key))  # prefix + key
-    except store.client.exceptions.NoSuchKey:
+        obj = store.stream(key)  # a local link leading out of the store counts as missing
+    except StoreError:
         raise HTTPException(404, "not found") from None
-    headers["Content-Length"] = str(obj["ContentLength"])
-    return StreamingResponse(obj["Body"].iter_chunks(1 << 20), media_type=media_type, headers=headers)
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILE_CSP,
+               "Content-Length": str(obj.size)}
+    return StreamingResponse(obj.chunks, media_type=media_type, headers=headers)
 
 
 # --------------------------------------------------------------------------- summaries
@@ -166,49 +153,29 @@ def list_runs(store, limit: int = MAX_RUNS) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- HTML
-_STYLE = """<style>
-body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1f2937}
-table{border-collapse:collapse}th,td{padding:.35rem .7rem;border-bottom:1px solid #e5e7eb;text-align:left}
-th{background:#f3f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.yes{color:#047857;font-weight:600}.no{color:#6b7280}
-</style>"""
-
-
-def _page(title: str, body: str) -> HTMLResponse:
-    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                        f"{_STYLE}</head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
-
-
 def _metric(value) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
+PAGES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("cnn_reports_templates")),
+                           autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+PAGES.filters["metric"] = _metric
+
+
+def _page(template: str, **values) -> HTMLResponse:
+    return HTMLResponse(PAGES.get_template(template).render(**values))
 
 
 def index_page(rows: list[dict], base: str, store_uri: str) -> HTMLResponse:
-    if not rows:
-        return _page("CNN pipeline runs", f"<p>No run has written a report to {html.escape(store_uri)} yet.</p>")
-    lines = []
-    for r in rows:
-        report = html.escape(f"{base}/{r['report']}")
-        folder = html.escape(f"{base}/{RUNS}/{r['run_id']}/")
-        decision = {True: "<span class='yes'>promoted</span>", False: "<span class='no'>not promoted</span>"}
-        lines.append(
-            f"<tr><td><a href='{report}' target='_blank' rel='noopener'>{html.escape(r['run_id'])}</a>"
-            f" (<a href='{folder}'>files</a>)</td><td>{html.escape(r['modified'])}</td>"
-            f"<td>{html.escape(r['best_model'] or '–')}</td><td class='num'>{_metric(r['accuracy'])}</td>"
-            f"<td class='num'>{_metric(r['macro_f1'])}</td>"
-            f"<td>{decision.get(r['promoted'], '–')} {html.escape(r['reason'] or '')}</td></tr>")
-    table = ("<table><tr><th>Run (report)</th><th>Finished (UTC)</th><th>Best model</th><th>Test accuracy</th>"
-             "<th>Test macro-F1</th><th>Champion decision</th></tr>" + "".join(lines) + "</table>")
-    return _page("CNN pipeline runs", f"<p>Store: {html.escape(store_uri)}</p>{table}")
+    return _page("index.html", title="CNN pipeline runs", rows=rows, base=base, store_uri=store_uri)
 
 
 def folder_page(store, key: str, base: str) -> HTMLResponse:
     keys = store.list(key)
     if not keys:
         raise HTTPException(404, "not found")
-    items = "".join(
-        f"<li><a href='{html.escape(base + '/' + quote(k))}'>{html.escape(k[len(key):])}</a></li>" for k in keys)
-    return _page(key, f"<p><a href='{html.escape(base)}/'>All runs</a></p><ul>{items}</ul>")
+    items = [{"href": f"{base}/{quote(k)}", "name": k[len(key):]} for k in keys]
+    return _page("folder.html", title=key, base=base, items=items)
 
 
 # --------------------------------------------------------------------------- the app

@@ -46,7 +46,7 @@ def test_report_opens_with_the_failed_tasks_and_notes_rebalance_none(make_ctx):
     page = ctx.store.get_text(out["report_key"])
     banner = page.index("This run FAILED: 1 task(s) failed.")
     assert banner < page.index("<nav>")  # before everything else
-    assert "<strong>download</strong>: DownloadError: unsafe member &#x27;../x&#x27;" in page
+    assert "<strong>download</strong>: DownloadError: unsafe member &#39;../x&#39;" in page
     assert "rebalance=none: each experiment is trained once, on the data as it is" in page
     assert "baseline__balanced" not in page and "baseline__unbalanced" in page  # only the models it trains
     assert ctx.store.get_json(out["summary_key"])["failures"] == [

@@ -126,8 +126,47 @@ def test_lists_runs_newest_first_with_metrics(reports, local_store):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert page.text.index(NEW) < page.text.index(OLD)
     for text in ("0.930", "0.920", "0.810", "0.790", "baseline__balanced", "below margin", "promoted",
-                 f"href='/cnn-reports/runs/{NEW}/report/index.html'"):
+                 f'href="/cnn-reports/runs/{NEW}/report/index.html"', f'href="/cnn-reports/runs/{NEW}/">files'):
         assert text in page.text
+
+
+def test_pages_escape_what_the_store_holds(reports, local_store):
+    hostile = "<script>alert('x')</script>"
+    run = local_store / f"runs/{NEW}"
+    (run / "report/summary.json").write_text(json.dumps({
+        "models": {hostile: {"test": {"accuracy": 0.5, "macro_f1": 0.4}}},
+        "promotion": {"promoted": None, "reason": hostile}}))
+    (run / "report" / "<b>odd & name.txt").write_text("x")
+    page = reports.get("/cnn-reports/").text
+    assert "<script>" not in page
+    assert page.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") == 2  # best model and reason
+    listing = reports.get(f"/cnn-reports/runs/{NEW}/report/").text
+    assert "<b>" not in listing and "&lt;b&gt;odd &amp; name.txt" in listing
+    assert f'href="/cnn-reports/runs/{NEW}/report/%3Cb%3Eodd%20%26%20name.txt"' in listing
+
+
+def test_index_without_runs_says_so(reports, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNN_STORE_URI", f"file://{tmp_path / 'empty'}")
+    page = reports.get("/cnn-reports/")
+    assert page.status_code == 200
+    assert f"No run has written a report to file://{tmp_path / 'empty'} yet." in page.text
+    assert reports.get("/cnn-reports/api/runs").json() == []
+
+
+def test_plugin_reaches_the_store_only_through_its_public_interface():
+    """No isinstance on back ends, no back-end classes, no private or back-end attributes of a store."""
+    import ast
+
+    from cnn_tasks import storage
+
+    tree = ast.parse((PLUGINS / "cnn_reports.py").read_text())
+    public = {name for name in dir(storage.ArtifactStore) if not name.startswith("_")} | {"uri"}
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module == "cnn_tasks.storage" for alias in node.names}
+    assert imported.isdisjoint({"LocalStore", "S3Store"}), imported
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == "store"}
+    assert used and used <= public, used - public
 
 
 def test_serves_report_figures_and_folders_with_content_types(reports, local_store):

@@ -186,8 +186,10 @@ def test_run_on_a_pre_split_dataset_records_layout_and_origin(tmp_path):
     assert set(table.loc[table["split"] == "test", "given_split"]) == {"test"}
     from cnn_tasks import report
 
-    text = report.layout_part(analysis)  # the report's data section
-    assert "Layout found: train/test below data/ (predefined_split=auto). Given splits: train = data/train/, " \
-           "test = data/test/." in text
-    assert "<td>given test split</td>" in text and "carved from the given training split" in text
-    assert "duplicate_across_splits" in text
+    part = report.layout_part(analysis)  # the report's data section
+    assert part["text"].startswith("Layout found: train/test below data/ (predefined_split=auto). Given splits: "
+                                   "train = data/train/, test = data/test/.")
+    origins = {row["split"]: row["images come from"] for row in part["origins"]}
+    assert origins["test"] == "given test split"
+    assert "carved from the given training split" in origins["validation"]
+    assert any("duplicate_across_splits" in note for note in part["notes"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -150,3 +151,37 @@ def test_content_addressed_cache_refuses_an_object_that_changed(make_ctx):
     with pytest.raises(StoreError, match="does not match the sha256 recorded for it"):
         ctx.cached(key, stale)
     assert not (cache_root() / "content" / stale / "train-00000.tfrecord").exists()  # nothing bad is cached
+
+
+def test_folders_modified_and_stream(store):
+    data = os.urandom(3000)
+    store.put_bytes("runs/r1/report/summary.json", b"{}")
+    store.put_bytes("runs/r2/a.bin", data)
+    store.put_bytes("runs/top.txt", b"x")
+    assert store.folders("runs/") == ["r1", "r2"]
+    assert store.folders("runs/r1/") == ["report"]
+    assert store.folders("nothing/") == []
+
+    modified = store.modified("runs/r1/report/summary.json")
+    assert modified.tzinfo is not None
+    assert abs(datetime.now(timezone.utc) - modified) < timedelta(minutes=1)
+
+    stream = store.stream("runs/r2/a.bin", chunk_size=1024)
+    assert stream.size == 3000
+    chunks = list(stream.chunks)
+    assert b"".join(chunks) == data
+    assert max(len(c) for c in chunks) <= 1024
+    for read in (store.stream, store.modified):
+        with pytest.raises(StoreError, match="does not exist"):
+            read("runs/r1/nope.png")
+
+
+def test_local_stream_refuses_links_out_of_the_store(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    (tmp_path / "outside.txt").write_text("do not serve")
+    store.put_bytes("runs/r/in.txt", b"inside")
+    (store.root / "runs/r/leak.txt").symlink_to(tmp_path / "outside.txt")
+    (store.root / "runs/r/alias.txt").symlink_to(store.root / "runs/r/in.txt")
+    with pytest.raises(StoreError, match="does not exist"):
+        store.stream("runs/r/leak.txt")
+    assert b"".join(store.stream("runs/r/alias.txt").chunks) == b"inside"
