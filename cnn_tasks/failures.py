@@ -1,10 +1,12 @@
-"""Why a run failed, in the store: runs/<id>/failures/<task>[.<map index>].json.
+"""Why a run failed, and how long its tasks took, in the store: runs/<id>/failures/ and
+runs/<id>/timings/, one <task>[.<map index>].json per task.
 
 Every task records its error when it fails (task, readable label, exception type and message,
 try number), and marks that record "recovered" when a later try succeeds. The report reads the
 records to open with what failed; the DAG's final task `all_stages_succeeded` and `make run` read
 them to say, in one line, which task failed and why. A task that died without recording anything
-(killed, out of memory) is recorded by the DAG from Airflow's task states.
+(killed, out of memory) is recorded by the DAG from Airflow's task states. Each task that
+succeeds records its wall time, for the report's "wall time per stage".
 """
 
 from __future__ import annotations
@@ -26,8 +28,15 @@ def task_name(task_id: str, map_index: int = -1, label: str | None = None) -> st
 
 
 def failure_key(prefix: str, task_id: str, map_index: int = -1) -> str:
-    name = task_id if map_index is None or map_index < 0 else f"{task_id}.{map_index}"
-    return f"{prefix}/failures/{name}.json"
+    return f"{prefix}/failures/{_file_name(task_id, map_index)}"
+
+
+def timing_key(prefix: str, task_id: str, map_index: int = -1) -> str:
+    return f"{prefix}/timings/{_file_name(task_id, map_index)}"
+
+
+def _file_name(task_id: str, map_index: int = -1) -> str:
+    return f"{task_id}.json" if map_index is None or map_index < 0 else f"{task_id}.{map_index}.json"
 
 
 def one_line(text: str, limit: int = MESSAGE_CHARS) -> str:
@@ -69,6 +78,28 @@ def record_recovered(store, prefix: str, task_id: str, map_index: int) -> None:
             store.put_json(key, {**record, "status": RECOVERED, "recovered_at": datetime.now(timezone.utc).isoformat()})
     except Exception as exc:  # noqa: BLE001 - a success stays a success
         log.warning("could not mark the earlier failure of %s as recovered: %s", key, exc)
+
+
+def record_timing(store, prefix: str, task_id: str, map_index: int, label: str | None, seconds: float,
+                  try_number: int | None = None) -> None:
+    """The wall time of a task's successful try; never raises (timing is not worth failing for)."""
+    record = {"task_id": task_id, "map_index": map_index, "task": task_name(task_id, map_index, label),
+              "seconds": round(seconds, 3), "try_number": try_number, "at": datetime.now(timezone.utc).isoformat()}
+    try:
+        store.put_json(timing_key(prefix, task_id, map_index), record)
+    except Exception as exc:  # noqa: BLE001 - a success stays a success
+        log.warning("could not record the wall time of %s: %s", record["task"], exc)
+
+
+def read_timings(store, prefix: str) -> list[dict]:
+    """The run's task timings (unreadable records skipped), in the order the tasks finished."""
+    records = []
+    for key in store.list(f"{prefix}/timings/"):
+        try:
+            records.append(store.get_json(key))
+        except Exception as exc:  # noqa: BLE001 - the report shows what it can
+            log.warning("timing record %s unreadable: %s", key, exc)
+    return sorted(records, key=lambda r: r.get("at") or "")
 
 
 def read_failures(store, prefix: str) -> list[dict]:

@@ -106,7 +106,7 @@ class Run:
     """The run's stage outputs, read once; figures and files resolve relative to the page."""
 
     def __init__(self, ctx):
-        from cnn_tasks.failures import read_failures
+        from cnn_tasks.failures import read_failures, read_timings
 
         self.ctx = ctx
         self.base = ctx.report_key()  # runs/<id>/report
@@ -119,6 +119,7 @@ class Run:
         self.promotion = read_json(ctx, ctx.key("promotion.json"))
         self.predictions = read_json(ctx, ctx.report_key("predictions.json"))
         self.failures = read_failures(ctx.store, ctx.prefix)
+        self.timings = read_timings(ctx.store, ctx.prefix)
         self.versions = runtime.package_versions()
 
     def rel(self, key: str) -> str:
@@ -181,15 +182,20 @@ def dataset_line(run: Run) -> str | None:
 
 
 def stage_times(run: Run) -> list[dict]:
-    """Wall time of the stages that record it: download (ingest.json) and each training (meta.json)."""
-    rows = []
-    if run.ingest and "seconds" in run.ingest:
-        rows.append({"stage": "download", "wall time": duration(run.ingest["seconds"])})
-    for mid, meta in run.metas.items():
-        if "wall_time_s" in meta:
-            rows.append({"stage": f"train {mid}", "wall time": duration(meta["wall_time_s"]),
-                         "epochs": f"{meta.get('epochs_run', '?')} of {run.ctx.config.epochs}"})
-    return rows
+    """Wall time of each task's successful try, in the order the tasks finished (runs/<id>/timings/,
+    written by the DAG), with the epochs each training ran."""
+    def epochs(record: dict) -> str:
+        meta = run.metas.get(model_id_of(record)) or {}
+        return f"{meta['epochs_run']} of {run.ctx.config.epochs}" if "epochs_run" in meta else ""
+
+    return [{"task": t.get("task", "?"), "wall time": duration(t.get("seconds")), "epochs": epochs(t)}
+            for t in run.timings]
+
+
+def model_id_of(record: dict) -> str:
+    """'train [baseline / balanced]' -> 'baseline__balanced' ('' for other tasks)."""
+    task = record.get("task") or ""
+    return task.partition(" [")[2].rstrip("]").replace(" / ", "__") if record.get("task_id") == "train" else ""
 
 
 def warnings(run: Run) -> list[str]:
