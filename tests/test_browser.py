@@ -123,6 +123,14 @@ def login(page, stack: AirflowStack, shots: Path | None = None) -> None:
     page.wait_for_url(re.compile(r"^(?!.*/auth/login).*$"))
 
 
+def open_logged_in(page, stack: AirflowStack, url: str, shots: Path | None = None) -> None:
+    """Open `url`, logging in first when the browser has no session yet."""
+    page.goto(url)
+    page.locator("input[name=username], [data-testid=trigger-dag-button]").first.wait_for()
+    if page.locator("input[name=username]").is_visible():
+        login(page, stack, shots)
+
+
 def form_field(dialog, label: str):
     """The input of the trigger-form field whose label is `label` (the Param's title)."""
     pattern = re.compile(r"^\s*" + re.escape(label) + r"\s*\*?\s*$")
@@ -180,10 +188,7 @@ def test_trigger_form_opens_on_the_main_fields_with_the_rest_in_collapsed_sectio
     stack = airflow.stack
     page = browser.new_page()
     try:
-        page.goto(f"{stack.base_url}/dags/{DAG_ID}")
-        page.locator("input[name=username], [data-testid=trigger-dag-button]").first.wait_for()
-        if page.locator("input[name=username]").is_visible():
-            login(page, stack)
+        open_logged_in(page, stack, f"{stack.base_url}/dags/{DAG_ID}")
         page.get_by_test_id("trigger-dag-button").click()
         dialog = page.get_by_role("dialog")
         triggers = {name: dialog.get_by_role("button", name=name, exact=True) for name in FORM_SECTIONS}
@@ -224,8 +229,7 @@ def test_trigger_form_quick_run_and_report_in_the_browser(airflow, browser, shot
     stack, data = airflow.stack, airflow.data
     page = browser.new_page()
     try:
-        page.goto(f"{stack.base_url}/dags/{DAG_ID}")
-        login(page, stack, shots)
+        open_logged_in(page, stack, f"{stack.base_url}/dags/{DAG_ID}", shots)
         page.wait_for_url(f"**/dags/{DAG_ID}")
         page.get_by_text("single_batch_check", exact=False).first.wait_for()
         page.screenshot(path=str(shots / "02-dag.png"))
