@@ -1,17 +1,19 @@
 """The pipeline configuration: one typed, validated object built by Airflow Params, the CLI and tests.
 
-`PipelineConfig.from_dict` is the only way in: it applies the profile, fills defaults, and
-rejects invalid values before any work with a `ConfigError` that names the field.
+`PipelineConfig.from_dict` is the way in: it applies the profile, fills defaults and rejects
+invalid values before any work with a `ConfigError` that names the field the way users see it
+(`experiments[0].conv[2].filters: 4096 is outside 1..2048`). The settings are frozen pydantic
+models: bounds, choices, titles, descriptions and the trigger-form section live on each field,
+and the Airflow Params are generated from their JSON schema (`field_schemas`).
 """
 
-from __future__ import annotations
-
-import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Callable, Literal, get_args
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError,
+                      ValidationInfo, model_validator)
 
 from cnn_tasks.errors import PipelineError
 
@@ -22,54 +24,124 @@ EUROSAT_URL = (
 )
 EUROSAT_CHECKSUM = "md5:c8fa014336c82ac7804f0398fcb19387"
 
-REBALANCE_STRATEGIES = ("none", "class_weight", "oversample", "undersample", "augment")
-PROFILES = ("standard", "quick")
-ACTIVATIONS = ("relu", "elu", "gelu", "selu", "swish", "leaky_relu", "tanh")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
-POOLINGS = ("max", "average", "none")
-LR_SCHEDULES = ("none", "plateau", "cosine")
-HEADS = ("flatten", "global_average", "global_max")
-PROMOTION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
-PREDEFINED_SPLITS = ("auto", "ignore", "require")
-IMAGE_FITS = ("squash", "pad", "center_crop")
+Rebalance = Literal["none", "class_weight", "oversample", "undersample", "augment"]
+Profile = Literal["standard", "quick"]
+Activation = Literal["relu", "elu", "gelu", "selu", "swish", "leaky_relu", "tanh"]
+Optimizer = Literal["adam", "adamw", "sgd", "rmsprop", "nadam"]
+Pooling = Literal["max", "average", "none"]
+LrSchedule = Literal["none", "plateau", "cosine"]
+Head = Literal["flatten", "global_average", "global_max"]
+PromotionMetric = Literal["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
+PredefinedSplit = Literal["auto", "ignore", "require"]
+ImageFit = Literal["squash", "pad", "center_crop"]
+
+REBALANCE_STRATEGIES: tuple[str, ...] = get_args(Rebalance)
+PROFILES: tuple[str, ...] = get_args(Profile)
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
+HEADS: tuple[str, ...] = get_args(Head)
+PROMOTION_METRICS: tuple[str, ...] = get_args(PromotionMetric)
+PREDEFINED_SPLITS: tuple[str, ...] = get_args(PredefinedSplit)
+IMAGE_FITS: tuple[str, ...] = get_args(ImageFit)
 
 
 class ConfigError(PipelineError, ValueError):
     """An invalid configuration value; the message starts with the field's name."""
 
     def __init__(self, field_name: str, message: str):
-        self.field = field_name
+        self.field, self.message = field_name, message
         super().__init__(f"{field_name}: {message}")
 
 
-@dataclass(frozen=True)
-class ConvBlock:
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic would read True as 1
+        raise ValueError(f"{value!r} is not a number")
+    return value
+
+
+def _blank_is_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _class_list(value: Any) -> Any:
+    """A form may send classes as 'Forest, River'; an empty list means all classes."""
+    if isinstance(value, str):
+        value = [c.strip() for c in value.split(",") if c.strip()]
+    return None if isinstance(value, (list, tuple)) and not value else value
+
+
+def _rule(ok: Callable[[Any], Any], message: str | Callable[[Any], str]) -> AfterValidator:
+    """A check of a set value; the message is a function of the value or a format of {value}."""
+    def check(value: Any) -> Any:
+        if value is not None and not ok(value):
+            raise ValueError(message(value) if callable(message) else message.format(value=value))
+        return value
+    return AfterValidator(check)
+
+
+# Numbers read from JSON or form strings ("32"), never from booleans; text where blank means unset.
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+OptionalInt = Annotated[int | None, BeforeValidator(_not_bool)]
+OptionalText = Annotated[str | None, BeforeValidator(_blank_is_none)]
+
+# Checks of single values, each with the message a user sees.
+NOT_EMPTY = _rule(str.strip, "must not be empty")
+CHECKSUM = _rule(re.compile(r"(md5:[0-9a-f]{32}|sha256:[0-9a-f]{64})").fullmatch,
+                 "{value!r} must look like 'md5:<32 hex>' or 'sha256:<64 hex>'")
+INSIDE_DATASET = _rule(lambda d: not d.startswith(("/", "\\")) and ".." not in re.split(r"[/\\]", d),
+                       "{value!r} must name a folder inside the dataset, relative to its top and without '..' "
+                       "(e.g. 'train_set' or 'data/train')")
+TWO_CLASSES = _rule(lambda c: len(c) >= 2, "select at least 2 classes (or leave empty for all)")
+DISTINCT_CLASSES = _rule(lambda c: len(set(c)) == len(c), "contains a class twice")
+POSITIVE_RATIOS = _rule(lambda s: all(r > 0 for r in s), lambda s: f"{list(s)}: every ratio must be > 0")
+SUMS_TO_ONE = _rule(lambda s: math.isclose(sum(s), 1.0, abs_tol=1e-6),
+                    lambda s: f"{list(s)} sums to {sum(s):.4f}; the ratios must sum to 1")
+DISTINCT_NAMES = _rule(lambda e: len({spec.name for spec in e}) == len(e),
+                       lambda e: f"duplicate experiment names in {[spec.name for spec in e]}")
+STORE_SCHEME = _rule(lambda u: u.startswith(("file://", "s3://")), "{value!r} must start with file:// or s3://")
+SLUG = _rule(re.compile(r"[a-z0-9][a-z0-9_\-]{0,39}").fullmatch,
+             "{value!r}: use 1-40 lowercase letters, digits, '_' or '-'")
+
+# Trigger-form sections (the Airflow Param `section`); fields without one come first, open.
+DATA = {"section": "Data preparation"}
+TRAINING = {"section": "Model and training"}
+PROMOTION = {"section": "Promotion"}
+STORAGE = {"section": "Storage"}
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ConvBlock(_Settings):
     """One convolution layer, optionally followed by pooling."""
 
-    filters: int
-    kernel_size: int = 3
-    strides: int = 1
-    pool: str = "none"  # pooling after this conv: max | average | none
+    filters: Int = Field(ge=1, le=2048, description="Number of convolution filters.")
+    kernel_size: Int = Field(3, ge=1, le=11, description="Side of the square kernel.")
+    strides: Int = Field(1, ge=1, le=4, description="Stride; above 1 the layer downsamples ('same' padding).")
+    pool: Pooling = Field("none", description="2x2 pooling after this convolution, or none.")
 
 
-@dataclass(frozen=True)
-class ExperimentSpec:
+class ExperimentSpec(_Settings):
     """One model architecture and its training recipe (a Sequential CNN)."""
 
-    name: str
-    description: str
-    conv: tuple[ConvBlock, ...]
-    activation: str = "relu"
-    batch_norm: bool = True
-    dropout: float = 0.3  # before the dense head and after it
-    spatial_dropout: float = 0.0  # after each pooling
-    l2: float = 1e-4
-    head: str = "global_average"  # flatten | global_average | global_max
-    dense_units: int = 128
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    lr_schedule: str = "plateau"  # none | plateau | cosine
-    batch_size: int = 32
+    name: Annotated[str, SLUG] = Field(description="Names the model in the report.")
+    description: str = Field("", description="What this experiment tests.")
+    conv: tuple[ConvBlock, ...] = Field(min_length=4, description="The convolution layers, in order.")
+    activation: Activation = "relu"
+    batch_norm: StrictBool = Field(True, description="Batch normalisation after each convolution.")
+    dropout: Float = Field(0.3, ge=0, lt=1, description="Dropout before the dense head and after it.")
+    spatial_dropout: Float = Field(0.0, ge=0, lt=1, description="Spatial dropout after each pooling.")
+    l2: Float = Field(1e-4, ge=0, le=1, description="L2 weight regularisation.")
+    head: Head = Field("global_average", description="How the feature map becomes a vector.")
+    dense_units: Int = Field(128, ge=1, le=8192, description="Units of the dense layer before the output.")
+    optimizer: Optimizer = "adam"
+    learning_rate: Float = Field(1e-3, gt=0, le=10)
+    lr_schedule: LrSchedule = Field("plateau", description="Learning-rate schedule: none, decay on plateau, cosine.")
+    batch_size: Int = Field(32, ge=1, le=4096)
 
 
 def _block(filters, kernel_size=3, strides=1, pool="none") -> ConvBlock:
@@ -137,46 +209,93 @@ QUICK_PROFILE: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Everything a run needs. Defaults are the standard profile (the real job)."""
+class PipelineConfig(_Settings):
+    """Everything a run needs. Defaults are the standard profile (the real job).
 
-    # data
-    dataset_url: str = EUROSAT_URL
-    dataset_checksum: str | None = EUROSAT_CHECKSUM
-    dataset_subdir: str | None = None  # e.g. "train_set" inside the archive
-    predefined_split: str = "auto"  # auto | ignore | require: what to do with train/val/test folders
-    unlabelled_url: str | None = None  # images to predict after training
-    classes: tuple[str, ...] | None = None  # subset of classes; None = all
-    classes_limit: int | None = None  # keep the first N classes (sorted) when classes is None
-    max_images_per_class: int | None = None  # cap per class (seeded sample); None = all
-    min_images_per_class: int = 50
-    image_size: int = 64
-    image_fit: str = "squash"  # squash | pad | center_crop: how a non-square image becomes square
-    min_image_side: int = 8  # images with a shorter side are rejected (too_small)
-    max_aspect_ratio: float = 10.0  # images longer/shorter than this are rejected (extreme_aspect_ratio)
-    split: tuple[float, float, float] = (0.7, 0.2, 0.1)
-    seed: int = 42
-    rebalance: str = "augment"
-    # models and training
-    experiments: tuple[ExperimentSpec, ...] = DEFAULT_EXPERIMENTS
-    epochs: int = 30
-    early_stopping_patience: int = 6
-    augment: bool = True  # random flips/rotation/zoom/contrast on training batches
-    single_batch_steps: int = 150
-    mixed_precision: bool = False
-    deterministic: bool = False
-    # visualisation
-    filter_pattern_steps: int = 30
-    # promotion
-    promotion_metric: str = "macro_f1"
-    promotion_margin: float = 0.0
-    promotion_min_accuracy: float = 0.5
-    # artifact store
-    store_uri: str = "file://artifacts"
-    s3_endpoint_url: str | None = None
-    aws_conn_id: str = "aws_default"
-    profile: str = "standard"
+    The fields are in trigger-form order: the profile and the most-used settings first.
+    """
+
+    profile: Profile = Field("standard", title="Profile", description=(
+        "'quick' runs a few minutes on a laptop CPU (few classes, images and epochs); 'standard' is the real job. "
+        "Quick settings apply to fields left at their defaults."))
+    dataset_url: Annotated[str, NOT_EMPTY] = Field(EUROSAT_URL, title="Dataset", description=(
+        "Labelled images: http(s) URL, s3://bucket/key, or a local zip, tar(.gz) or folder with one sub-folder per "
+        "class."))
+    dataset_checksum: Annotated[OptionalText, CHECKSUM] = Field(
+        EUROSAT_CHECKSUM, title="Dataset checksum", description="Optional 'sha256:<hex>' or 'md5:<hex>' of the "
+        "archive; a mismatch stops the run. Leave empty when pointing at your own data.")
+    classes: Annotated[tuple[str, ...] | None, BeforeValidator(_class_list), TWO_CLASSES, DISTINCT_CLASSES] = Field(
+        None, title="Classes", description="Subset of class-folder names to use; empty means all classes.")
+    classes_limit: OptionalInt = Field(None, ge=2, title="Number of classes", description=(
+        "Keep only the first N classes (alphabetical) when no subset is given; empty means all classes."))
+    max_images_per_class: OptionalInt = Field(None, ge=10, title="Images per class (cap)",
+                                              description="Seeded random sample per class; empty means all images.")
+    image_size: Int = Field(64, ge=16, le=512, title="Image size (px)",
+                            description="Images are resized to this square size before training.")
+    epochs: Int = Field(30, ge=1, le=1000, title="Epochs",
+                        description="Maximum epochs per training run (early stopping may end sooner).")
+    unlabelled_url: OptionalText = Field(None, title="Unlabelled images", description=(
+        "Optional folder, archive or URL of images to classify with the champion model after training (writes "
+        "predictions.csv)."))
+
+    dataset_subdir: Annotated[OptionalText, INSIDE_DATASET] = Field(
+        None, title="Sub-folder", json_schema_extra=DATA,
+        description="Folder inside the archive that holds the class folders (e.g. train_set).")
+    predefined_split: PredefinedSplit = Field("auto", title="Predefined split", json_schema_extra=DATA, description=(
+        "What to do with train/val/test folders found in the dataset: 'auto' keeps a given test and validation split "
+        "and carves what is missing from the training split; 'ignore' pools every labelled image and splits it by "
+        "the split ratios; 'require' fails unless the dataset ships its own split."))
+    min_images_per_class: Int = Field(50, ge=1, title="Minimum images per class", json_schema_extra=DATA,
+                                      description="A class with fewer valid images stops the run.")
+    image_fit: ImageFit = Field("squash", title="Image fit", json_schema_extra=DATA, description=(
+        "How a non-square image becomes a square of image_size: 'squash' resizes it (distorting the aspect ratio), "
+        "'pad' letterboxes it with black borders, 'center_crop' keeps the central square."))
+    min_image_side: Int = Field(8, ge=1, le=4096, title="Minimum image side (px)", json_schema_extra=DATA,
+                                description="Images whose shorter side is below this are rejected (reason too_small).")
+    max_aspect_ratio: Float = Field(10.0, ge=1, le=1000, title="Maximum aspect ratio", json_schema_extra=DATA,
+                                    description="Images whose longer side exceeds the shorter side this many times "
+                                    "are rejected (reason extreme_aspect_ratio).")
+    split: Annotated[tuple[Float, ...], POSITIVE_RATIOS, SUMS_TO_ONE] = Field(
+        (0.7, 0.2, 0.1), min_length=3, max_length=3, title="Split ratios", json_schema_extra=DATA,
+        description="Train, validation and test fractions; must sum to 1.")
+    seed: Int = Field(42, ge=0, title="Seed", json_schema_extra=DATA, description=(
+        "Every random choice (split, shuffling, augmentation, initialisation) uses this seed."))
+    rebalance: Rebalance = Field("augment", title="Rebalance strategy", json_schema_extra=DATA, description=(
+        "How training and validation data are balanced for the 'balanced' variant; the test split is never touched."))
+
+    experiments: Annotated[tuple[ExperimentSpec, ...], DISTINCT_NAMES] = Field(
+        DEFAULT_EXPERIMENTS, min_length=1, title="Model experiments", json_schema_extra=TRAINING, description=(
+            "Sequential CNN specs (>= 4 conv layers each); every experiment is trained on the unbalanced and on the "
+            "balanced data."))
+    early_stopping_patience: Int = Field(6, ge=1, le=100, title="Early-stopping patience", json_schema_extra=TRAINING,
+                                         description="Epochs without validation-loss improvement before training "
+                                         "stops and the best weights are restored.")
+    augment: StrictBool = Field(True, title="Augment training images", json_schema_extra=TRAINING,
+                                description="Random flips, small rotations, zoom and contrast on training batches.")
+    single_batch_steps: Int = Field(150, ge=10, le=5000, title="Single-batch check steps", json_schema_extra=TRAINING,
+                                    description="Step budget for overfitting one batch before training.")
+    mixed_precision: StrictBool = Field(False, title="Mixed precision", json_schema_extra=TRAINING,
+                                        description="float16 compute on a GPU (leave off on CPU).")
+    deterministic: StrictBool = Field(False, title="Deterministic ops", json_schema_extra=TRAINING,
+                                      description="Bit-for-bit reproducible TensorFlow ops (slower).")
+    filter_pattern_steps: Int = Field(30, ge=1, le=500, title="Filter-pattern steps", json_schema_extra=TRAINING,
+                                      description="Gradient-ascent steps per filter visualisation.")
+
+    promotion_metric: PromotionMetric = Field("macro_f1", title="Promotion metric", json_schema_extra=PROMOTION,
+                                              description="Test metric a new model must beat the champion on.")
+    promotion_margin: Float = Field(0.0, ge=0, le=1, title="Promotion margin", json_schema_extra=PROMOTION,
+                                    description="How much better (absolute) the new model must be to be promoted.")
+    promotion_min_accuracy: Float = Field(0.5, ge=0, le=1, title="Minimum accuracy to promote",
+                                          json_schema_extra=PROMOTION,
+                                          description="Guard: a model below this test accuracy is never promoted.")
+
+    store_uri: Annotated[str, STORE_SCHEME] = Field(
+        "file://artifacts", title="Artifact store", json_schema_extra=STORAGE,
+        description="file:///path or s3://bucket/prefix where every artifact and the report go.")
+    s3_endpoint_url: OptionalText = Field(None, title="S3 endpoint", json_schema_extra=STORAGE,
+                                          description="For MinIO or another S3-compatible store; empty means AWS.")
+    aws_conn_id: str = Field("aws_default", title="AWS connection id", json_schema_extra=STORAGE,
+                             description="Airflow connection holding the S3 credentials.")
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -188,35 +307,17 @@ class PipelineConfig:
         set to empty (None, e.g. classes_limit: all classes) is an explicit choice and wins. A
         trigger form gives every field, so there only values that differ from the defaults count.
         """
-        values = dict(values or {})
-        given = set(values) if given is None else set(given)
-        if given >= set(_STANDARD_DEFAULTS):  # a form: every field is given
-            given = {k for k in given if values.get(k) != _STANDARD_DEFAULTS[k]}
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown setting; known: {', '.join(_field_names())}")
-        profile = values.get("profile") or "standard"
-        if profile not in PROFILES:
-            raise ConfigError("profile", f"{profile!r} is not one of {PROFILES}")
-        merged = {k: v for k, v in values.items() if v is not None or k in _NULLABLE}
-        if profile == "quick":
-            # A form submits every field, so the profile wins wherever a field still holds
-            # its standard default; a value the user changed is kept.
-            for name, quick_value in QUICK_PROFILE.items():
-                explicit_empty = name in given and name in values and values[name] is None
-                if not explicit_empty and (name not in merged or merged[name] == _STANDARD_DEFAULTS[name]):
-                    merged[name] = quick_value
-        merged["profile"] = profile
-        if merged.get("dataset_url", EUROSAT_URL) != EUROSAT_URL and merged.get("dataset_checksum") == EUROSAT_CHECKSUM:
-            merged["dataset_checksum"] = None  # the pinned checksum belongs to the EuroSAT archive only
-        return cls(**_coerce(merged)).validated()
+        try:
+            return cls.model_validate(dict(values or {}), context={"given": given})
+        except ValidationError as exc:
+            raise _config_error(exc) from None
 
     @classmethod
     def from_json(cls, text: str) -> "PipelineConfig":
         return cls.from_dict(json.loads(text))
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return self.model_dump(mode="json")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -228,93 +329,37 @@ class PipelineConfig:
         raise ConfigError("experiments", f"no experiment named {name!r}")
 
     # ---------------------------------------------------------------- validation
-    def validated(self) -> "PipelineConfig":
-        _check(self.dataset_url.strip() != "", "dataset_url", "must not be empty")
-        if self.dataset_checksum is not None:
-            _check(
-                re.fullmatch(r"(md5:[0-9a-f]{32}|sha256:[0-9a-f]{64})", self.dataset_checksum) is not None,
-                "dataset_checksum",
-                f"{self.dataset_checksum!r} must look like 'md5:<32 hex>' or 'sha256:<64 hex>'",
-            )
-        if self.classes is not None:
-            _check(len(self.classes) >= 2, "classes", "select at least 2 classes (or leave empty for all)")
-            _check(len(set(self.classes)) == len(self.classes), "classes", "contains a class twice")
-        _check(self.classes_limit is None or self.classes_limit >= 2, "classes_limit", "must be >= 2")
-        _check(
-            self.max_images_per_class is None or self.max_images_per_class >= 10,
-            "max_images_per_class", "must be >= 10 (or empty for all images)",
-        )
-        _check(self.min_images_per_class >= 1, "min_images_per_class", "must be >= 1")
-        _check(16 <= self.image_size <= 512, "image_size", f"{self.image_size} is outside 16..512")
-        _check(len(self.split) == 3, "split", "needs three ratios: train, validation, test")
-        _check(all(r > 0 for r in self.split), "split", f"{list(self.split)}: every ratio must be > 0")
-        _check(
-            math.isclose(sum(self.split), 1.0, abs_tol=1e-6), "split",
-            f"{list(self.split)} sums to {sum(self.split):.4f}; the ratios must sum to 1",
-        )
-        _check(self.predefined_split in PREDEFINED_SPLITS, "predefined_split",
-               f"{self.predefined_split!r} is not one of {PREDEFINED_SPLITS}")
-        _check(self.image_fit in IMAGE_FITS, "image_fit", f"{self.image_fit!r} is not one of {IMAGE_FITS}")
-        _check(1 <= self.min_image_side <= 4096, "min_image_side", f"{self.min_image_side} is outside 1..4096")
-        _check(1 <= self.max_aspect_ratio <= 1000, "max_aspect_ratio",
-               f"{self.max_aspect_ratio} is outside 1..1000")
-        _check(self.rebalance in REBALANCE_STRATEGIES, "rebalance",
-               f"{self.rebalance!r} is not one of {REBALANCE_STRATEGIES}")
-        _check(1 <= self.epochs <= 1000, "epochs", f"{self.epochs} is outside 1..1000")
-        _check(1 <= self.early_stopping_patience <= 100, "early_stopping_patience", "must be in 1..100")
-        _check(self.seed >= 0, "seed", "must be >= 0")
-        _check(0 <= self.promotion_margin <= 1, "promotion_margin", "must be in 0..1")
-        _check(10 <= self.single_batch_steps <= 5000, "single_batch_steps", "must be in 10..5000")
-        _check(1 <= self.filter_pattern_steps <= 500, "filter_pattern_steps", "must be in 1..500")
-        _check(self.promotion_metric in PROMOTION_METRICS, "promotion_metric",
-               f"{self.promotion_metric!r} is not one of {PROMOTION_METRICS}")
-        _check(0 <= self.promotion_min_accuracy <= 1, "promotion_min_accuracy", "must be in 0..1")
-        _check(re.match(r"^(file://|s3://)", self.store_uri) is not None, "store_uri",
-               f"{self.store_uri!r} must start with file:// or s3://")
-        _check(len(self.experiments) >= 1, "experiments", "at least one experiment is needed")
-        names = [e.name for e in self.experiments]
-        _check(len(set(names)) == len(names), "experiments", f"duplicate experiment names in {names}")
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, values: Any, info: ValidationInfo) -> Any:
+        """Fill the profile's settings under the user's; a missing or None value means the default."""
+        if not isinstance(values, dict):
+            return values
+        given = (info.context or {}).get("given")
+        given = set(values) if given is None else set(given)
+        defaults = {name: f.default for name, f in cls.model_fields.items()}
+        if given >= set(defaults):  # a form: every field is given
+            given = {k for k in given if values.get(k) != defaults[k]}
+        nullable = {name for name, f in cls.model_fields.items() if type(None) in get_args(f.annotation)}
+        merged = {k: v for k, v in values.items() if v is not None or k in nullable or k not in defaults}
+        merged["profile"] = merged.get("profile") or "standard"
+        if merged["profile"] == "quick":
+            # A form submits every field, so the profile wins wherever a field still holds
+            # its standard default; a value the user changed is kept.
+            for name, quick_value in QUICK_PROFILE.items():
+                explicit_empty = name in given and name in values and values[name] is None
+                if not explicit_empty and merged.get(name, defaults[name]) == defaults[name]:
+                    merged[name] = quick_value
+        if (merged.get("dataset_url", EUROSAT_URL) != EUROSAT_URL
+                and merged.get("dataset_checksum", EUROSAT_CHECKSUM) == EUROSAT_CHECKSUM):
+            merged["dataset_checksum"] = None  # the pinned checksum belongs to the EuroSAT archive only
+        return merged
+
+    @model_validator(mode="after")
+    def _downsampling_fits_the_image_size(self) -> "PipelineConfig":
         for i, spec in enumerate(self.experiments):
-            _validate_experiment(spec, f"experiments[{i}]")
             check_downsampling(spec, self.image_size, f"experiments[{i}]")
         return self
-
-
-_STANDARD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}
-
-_NULLABLE = {"dataset_checksum", "dataset_subdir", "unlabelled_url", "classes", "classes_limit",
-             "max_images_per_class", "s3_endpoint_url"}
-
-
-def _field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(PipelineConfig)]
-
-
-def _check(ok: bool, field_name: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(field_name, message)
-
-
-def _validate_experiment(spec: ExperimentSpec, where: str) -> None:
-    _check(re.fullmatch(r"[a-z0-9][a-z0-9_\-]{0,39}", spec.name) is not None, f"{where}.name",
-           f"{spec.name!r}: use 1-40 lowercase letters, digits, '_' or '-'")
-    _check(len(spec.conv) >= 4, f"{where}.conv", f"has {len(spec.conv)} conv layers; at least 4 are required")
-    for j, block in enumerate(spec.conv):
-        w = f"{where}.conv[{j}]"
-        _check(1 <= block.filters <= 2048, f"{w}.filters", f"{block.filters} is outside 1..2048")
-        _check(1 <= block.kernel_size <= 11, f"{w}.kernel_size", f"{block.kernel_size} is outside 1..11")
-        _check(1 <= block.strides <= 4, f"{w}.strides", f"{block.strides} is outside 1..4")
-        _check(block.pool in POOLINGS, f"{w}.pool", f"{block.pool!r} is not one of {POOLINGS}")
-    _check(spec.activation in ACTIVATIONS, f"{where}.activation", f"{spec.activation!r} is not one of {ACTIVATIONS}")
-    _check(spec.optimizer in OPTIMIZERS, f"{where}.optimizer", f"{spec.optimizer!r} is not one of {OPTIMIZERS}")
-    _check(spec.lr_schedule in LR_SCHEDULES, f"{where}.lr_schedule", f"{spec.lr_schedule!r} is not one of {LR_SCHEDULES}")
-    _check(spec.head in HEADS, f"{where}.head", f"{spec.head!r} is not one of {HEADS}")
-    _check(0 <= spec.dropout < 1, f"{where}.dropout", f"{spec.dropout} is outside [0, 1)")
-    _check(0 <= spec.spatial_dropout < 1, f"{where}.spatial_dropout", f"{spec.spatial_dropout} is outside [0, 1)")
-    _check(0 <= spec.l2 <= 1, f"{where}.l2", f"{spec.l2} is outside [0, 1]")
-    _check(1 <= spec.dense_units <= 8192, f"{where}.dense_units", f"{spec.dense_units} is outside 1..8192")
-    _check(0 < spec.learning_rate <= 10, f"{where}.learning_rate", f"{spec.learning_rate} is outside (0, 10]")
-    _check(1 <= spec.batch_size <= 4096, f"{where}.batch_size", f"{spec.batch_size} is outside 1..4096")
 
 
 def check_downsampling(spec: ExperimentSpec, image_size: int, where: str) -> None:
@@ -334,185 +379,93 @@ def check_downsampling(spec: ExperimentSpec, image_size: int, where: str) -> Non
             size //= 2
 
 
-def _coerce(values: dict[str, Any]) -> dict[str, Any]:
-    """Turn JSON-ish values (lists, dicts, strings from a form) into the dataclass types."""
-    out = dict(values)
-    types = {"image_size": int, "seed": int, "epochs": int, "min_images_per_class": int,
-             "early_stopping_patience": int, "single_batch_steps": int, "filter_pattern_steps": int,
-             "promotion_margin": float, "promotion_min_accuracy": float, "min_image_side": int,
-             "max_aspect_ratio": float}
-    for name, kind in types.items():
-        if name in out:
-            out[name] = _as(kind, out[name], name)
-    for name in ("classes_limit", "max_images_per_class"):
-        if out.get(name) is not None:
-            out[name] = _as(int, out[name], name)
-    for name in ("augment", "mixed_precision", "deterministic"):
-        if name in out and not isinstance(out[name], bool):
-            raise ConfigError(name, f"{out[name]!r} must be true or false")
-    for name in ("dataset_checksum", "dataset_subdir", "unlabelled_url", "s3_endpoint_url"):
-        if isinstance(out.get(name), str) and not out[name].strip():
-            out[name] = None
-    subdir = out.get("dataset_subdir")
-    if isinstance(subdir, str) and (subdir.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", subdir)):
-        raise ConfigError("dataset_subdir", f"{subdir!r} must name a folder inside the dataset, relative to its top "
-                                            "and without '..' (e.g. 'train_set' or 'data/train')")
-    if "classes" in out and out["classes"] is not None:
-        classes = out["classes"]
-        if isinstance(classes, str):
-            classes = [c.strip() for c in classes.split(",") if c.strip()]
-        if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
-            raise ConfigError("classes", "must be a list of class-folder names")
-        out["classes"] = tuple(classes) or None
-    if "split" in out:
-        split = out["split"]
-        if not isinstance(split, (list, tuple)):
-            raise ConfigError("split", "must be a list of three ratios, e.g. [0.7, 0.2, 0.1]")
-        out["split"] = tuple(_as(float, r, "split") for r in split)
-    if "experiments" in out:
-        out["experiments"] = tuple(_experiment(e, i) for i, e in enumerate(_as_list(out["experiments"])))
-    return out
-
-
-def _as_list(value: Any) -> list:
-    if not isinstance(value, (list, tuple)):
-        raise ConfigError("experiments", "must be a list of experiment objects")
-    return list(value)
-
-
-def _experiment(value: Any, i: int) -> ExperimentSpec:
-    if isinstance(value, ExperimentSpec):
-        return value
-    where = f"experiments[{i}]"
-    if not isinstance(value, dict):
-        raise ConfigError(where, "must be an object with name, description and conv")
-    known = {f.name for f in dataclasses.fields(ExperimentSpec)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}", f"unknown setting; known: {', '.join(sorted(known))}")
-    for required in ("name", "conv"):
-        if required not in value:
-            raise ConfigError(f"{where}.{required}", "is required")
-    spec = dict(value)
-    spec.setdefault("description", "")
-    blocks = []
-    for j, b in enumerate(_as_list(spec["conv"])):
-        if isinstance(b, ConvBlock):
-            blocks.append(b)
-            continue
-        if not isinstance(b, dict) or "filters" not in b:
-            raise ConfigError(f"{where}.conv[{j}]", "must be an object with at least 'filters'")
-        try:
-            blocks.append(ConvBlock(**b))
-        except TypeError as exc:
-            raise ConfigError(f"{where}.conv[{j}]", str(exc)) from None
-    spec["conv"] = tuple(blocks)
-    for name, kind in (("learning_rate", float), ("dropout", float), ("spatial_dropout", float),
-                       ("l2", float), ("dense_units", int), ("batch_size", int)):
-        if name in spec:
-            spec[name] = _as(kind, spec[name], f"{where}.{name}")
-    return ExperimentSpec(**spec)
-
-
-def _as(kind: type, value: Any, name: str):
-    if isinstance(value, bool):
-        raise ConfigError(name, f"{value!r} is not a number")
-    try:
-        result = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(name, f"{value!r} is not a valid {kind.__name__}") from None
-    if kind is int and isinstance(value, float) and value != result:
-        raise ConfigError(name, f"{value!r} must be a whole number")
-    return result
-
-
-# Titles and descriptions for every field: the Airflow trigger form and the README use them.
-FIELD_DOCS: dict[str, tuple[str, str]] = {
-    "dataset_url": ("Dataset", "Labelled images: http(s) URL, s3://bucket/key, or a local zip, tar(.gz) or "
-                    "folder with one sub-folder per class."),
-    "dataset_checksum": ("Dataset checksum", "Optional 'sha256:<hex>' or 'md5:<hex>' of the archive; a mismatch "
-                         "stops the run. Leave empty when pointing at your own data."),
-    "dataset_subdir": ("Sub-folder", "Folder inside the archive that holds the class folders (e.g. train_set)."),
-    "predefined_split": ("Predefined split", "What to do with train/val/test folders found in the dataset: "
-                         "'auto' keeps a given test and validation split and carves what is missing from the "
-                         "training split; 'ignore' pools every labelled image and splits it by the split "
-                         "ratios; 'require' fails unless the dataset ships its own split."),
-    "unlabelled_url": ("Unlabelled images", "Optional folder, archive or URL of images to classify with the "
-                       "champion model after training (writes predictions.csv)."),
-    "classes": ("Classes", "Subset of class-folder names to use; empty means all classes."),
-    "classes_limit": ("Number of classes", "Keep only the first N classes (alphabetical) when no subset is given; "
-                      "empty means all classes."),
-    "max_images_per_class": ("Images per class (cap)", "Seeded random sample per class; empty means all images."),
-    "min_images_per_class": ("Minimum images per class", "A class with fewer valid images stops the run."),
-    "image_size": ("Image size (px)", "Images are resized to this square size before training."),
-    "image_fit": ("Image fit", "How a non-square image becomes a square of image_size: 'squash' resizes it "
-                  "(distorting the aspect ratio), 'pad' letterboxes it with black borders, 'center_crop' "
-                  "keeps the central square."),
-    "min_image_side": ("Minimum image side (px)", "Images whose shorter side is below this are rejected "
-                       "(reason too_small)."),
-    "max_aspect_ratio": ("Maximum aspect ratio", "Images whose longer side exceeds the shorter side this many "
-                         "times are rejected (reason extreme_aspect_ratio)."),
-    "split": ("Split ratios", "Train, validation and test fractions; must sum to 1."),
-    "seed": ("Seed", "Every random choice (split, shuffling, augmentation, initialisation) uses this seed."),
-    "rebalance": ("Rebalance strategy", "How training and validation data are balanced for the 'balanced' "
-                  "variant; the test split is never touched."),
-    "experiments": ("Model experiments", "Sequential CNN specs (>= 4 conv layers each); every experiment is "
-                    "trained on the unbalanced and on the balanced data."),
-    "epochs": ("Epochs", "Maximum epochs per training run (early stopping may end sooner)."),
-    "early_stopping_patience": ("Early-stopping patience", "Epochs without validation-loss improvement "
-                                "before training stops and the best weights are restored."),
-    "augment": ("Augment training images", "Random flips, small rotations, zoom and contrast on training batches."),
-    "single_batch_steps": ("Single-batch check steps", "Step budget for overfitting one batch before training."),
-    "mixed_precision": ("Mixed precision", "float16 compute on a GPU (leave off on CPU)."),
-    "deterministic": ("Deterministic ops", "Bit-for-bit reproducible TensorFlow ops (slower)."),
-    "filter_pattern_steps": ("Filter-pattern steps", "Gradient-ascent steps per filter visualisation."),
-    "promotion_metric": ("Promotion metric", "Test metric a new model must beat the champion on."),
-    "promotion_margin": ("Promotion margin", "How much better (absolute) the new model must be to be promoted."),
-    "promotion_min_accuracy": ("Minimum accuracy to promote", "Guard: a model below this test accuracy is "
-                               "never promoted."),
-    "store_uri": ("Artifact store", "file:///path or s3://bucket/prefix where every artifact and the report go."),
-    "s3_endpoint_url": ("S3 endpoint", "For MinIO or another S3-compatible store; empty means AWS."),
-    "aws_conn_id": ("AWS connection id", "Airflow connection holding the S3 credentials."),
-    "profile": ("Profile", "'quick' runs a few minutes on a laptop CPU (few classes, images and epochs); "
-                "'standard' is the real job. Quick settings apply to fields left at their defaults."),
+# ------------------------------------------------------------------------------ errors
+# Lists of the wrong length, by field; the bounds themselves are on the fields.
+_LENGTH_MESSAGES = {
+    "split": "needs three ratios: train, validation, test",
+    "experiments": "at least one experiment is needed",
+    "conv": "has {actual_length} conv layers; at least {min_length} are required",
+}
+_TYPE_MESSAGES = {
+    "int_parsing": "{input!r} is not a valid int", "int_type": "{input!r} is not a valid int",
+    "int_from_float": "{input!r} must be a whole number",
+    "float_parsing": "{input!r} is not a valid float", "float_type": "{input!r} is not a valid float",
+    "bool_type": "{input!r} must be true or false", "string_type": "{input!r} must be text",
+    "literal_error": "{input!r} is not one of {expected}",
+    "tuple_type": "must be a list", "list_type": "must be a list",
+    "model_type": "must be an object", "dict_type": "must be an object",
+    "missing": "is required",
 }
 
-_CHOICES = {"predefined_split": PREDEFINED_SPLITS, "image_fit": IMAGE_FITS, "rebalance": REBALANCE_STRATEGIES, "promotion_metric": PROMOTION_METRICS, "profile": PROFILES}
-_BOUNDS = {"image_size": (16, 512), "epochs": (1, 1000), "early_stopping_patience": (1, 100),
-           "single_batch_steps": (10, 5000), "filter_pattern_steps": (1, 500), "min_images_per_class": (1, None),
-           "classes_limit": (2, None), "max_images_per_class": (10, None), "promotion_min_accuracy": (0, 1),
-           "promotion_margin": (0, 1), "seed": (0, None),
-           "min_image_side": (1, 4096), "max_aspect_ratio": (1, 1000)}
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The first error of a pydantic ValidationError as a ConfigError naming the field path."""
+    error = exc.errors()[0]
+    loc, kind, ctx = error["loc"], error["type"], error.get("ctx", {})
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    cause = ctx.get("error")
+    if isinstance(cause, ConfigError):  # raised by a model validator, relative to the model
+        return ConfigError(f"{path}.{cause.field}" if path else cause.field, cause.message)
+    if kind == "value_error":
+        return ConfigError(path, str(cause))
+    if kind == "extra_forbidden":
+        known = ", ".join(_model_at(loc[:-1]).model_fields)
+        return ConfigError(path, f"unknown setting; known: {known}")
+    if kind.startswith(("greater_than", "less_than")):
+        return ConfigError(path, f"{error['input']} {_range_text(_bounds(loc) or ctx)}")
+    if kind in ("too_short", "too_long"):
+        name = next(part for part in reversed(loc) if isinstance(part, str))
+        return ConfigError(path, _LENGTH_MESSAGES[name].format(**ctx) if name in _LENGTH_MESSAGES else error["msg"])
+    template = _TYPE_MESSAGES.get(kind)
+    return ConfigError(path, template.format(input=error["input"], **ctx) if template else error["msg"])
 
 
+def _model_at(loc: tuple) -> type[BaseModel]:
+    """The settings model that holds the fields at `loc` (e.g. ExperimentSpec for experiments[0])."""
+    model = PipelineConfig
+    for part in loc:
+        if isinstance(part, str):
+            annotation = model.model_fields[part].annotation
+            model = next(a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel))
+    return model
+
+
+def _bounds(loc: tuple) -> dict[str, Any]:
+    """The field's numeric bounds (ge, gt, le, lt) for a field path, or {} when it has none."""
+    if not loc or not isinstance(loc[-1], str):
+        return {}
+    field = _model_at(loc[:-1]).model_fields[loc[-1]]
+    return {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+
+
+def _range_text(bounds: dict[str, Any]) -> str:
+    """'is outside 16..512', 'is outside [0, 1)' or 'must be >= 2'."""
+    low, high = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+    if low is not None and high is not None:
+        if "ge" in bounds and "le" in bounds:
+            return f"is outside {low}..{high}"
+        return f"is outside {'[' if 'ge' in bounds else '('}{low}, {high}{']' if 'le' in bounds else ')'}"
+    key, op = next((key, op) for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if key in bounds)
+    return f"must be {op} {bounds[key]}"
+
+
+# ------------------------------------------------------------------------------ the trigger form
 def field_schemas(defaults: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """A JSON-schema description of every field (type, enum, bounds, title, description, default).
+    """Each field's JSON schema (type, enum, bounds, title, description, default, section), in form order.
 
-    The DAG turns these into Airflow Params, so the trigger form is built from this module.
+    From `PipelineConfig.model_json_schema()`, flattened for the Airflow trigger form: pydantic's
+    `anyOf [X, null]` becomes `type: [X, "null"]`, nested models become plain objects. `defaults`
+    replace the defaults (deployment settings).
     """
-    base = PipelineConfig().to_dict()
-    base.update(defaults or {})
     schemas = {}
-    for f in dataclasses.fields(PipelineConfig):
-        default = base[f.name]
-        title, description = FIELD_DOCS[f.name]
-        kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(type(default))
-        if f.name == "split":
-            schema = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
-        elif f.name == "classes":
-            schema = {"type": ["null", "array"], "items": {"type": "string"}}
-        elif f.name == "experiments":
-            schema = {"type": "array", "items": {"type": "object"}, "minItems": 1}
-        elif f.name in _NULLABLE:
-            schema = {"type": ["null", "integer" if f.name.endswith(("_limit", "_per_class")) else "string"]}
-        else:
-            schema = {"type": kind}
-        if f.name in _CHOICES:
-            schema["enum"] = list(_CHOICES[f.name])
-        low, high = _BOUNDS.get(f.name, (None, None))
-        if low is not None:
-            schema["minimum"] = low
-        if high is not None:
-            schema["maximum"] = high
-        schemas[f.name] = {"default": default, "title": title, "description": description, **schema}
+    for name, schema in PipelineConfig.model_json_schema()["properties"].items():
+        options = schema.pop("anyOf", None)
+        if options:
+            (value,) = [option for option in options if option.get("type") != "null"]
+            schema = {**value, **schema, "type": [value["type"], "null"]}
+        if "$ref" in schema.get("items", {}):
+            schema["items"] = {"type": "object"}
+        if name in (defaults or {}):
+            schema["default"] = defaults[name]
+        schemas[name] = schema
     return schemas

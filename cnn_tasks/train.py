@@ -16,7 +16,6 @@ Imports keras at module level: import this module inside Airflow tasks, not in t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -77,7 +76,7 @@ def single_batch_check(ctx: RunContext, experiment: str) -> dict:
     _prepare(ctx)
     info = data.load_dataset_info(ctx)
     x, y = _one_batch(ctx, spec.batch_size)
-    model = _build(ctx, dataclasses.replace(spec, dropout=0.0, spatial_dropout=0.0, l2=0.0), info)
+    model = _build(ctx, spec.model_copy(update={"dropout": 0.0, "spatial_dropout": 0.0, "l2": 0.0}), info)
     _compile(model, keras.optimizers.Adam(SINGLE_BATCH_LR))
     losses, accuracies = [], []
     for _ in range(ctx.config.single_batch_steps):
@@ -366,7 +365,7 @@ def _save_outputs(ctx, spec, variant, model, info, history, settings, initial_ep
     meta = {
         "model_id": mid, "experiment": spec.name, "variant": variant, "description": spec.description,
         "classes": info["classes"], "image_size": info["image_size"], "image_fit": data.image_fit(info),
-        "spec": dataclasses.asdict(spec),
+        "spec": spec.model_dump(mode="json"),
         "params": int(model.count_params()), "layers": models.describe(model)["layers"],
         "best_epoch": best["epoch"], "epochs_run": len(history), "resumed_from_epoch": initial_epoch,
         "best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"],

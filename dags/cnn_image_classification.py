@@ -43,7 +43,12 @@ def _deployment_defaults() -> dict:
 
 
 def _params() -> dict[str, Param]:
-    """One Param per config field, with type, enum, bounds, title and description."""
+    """One Param per config field, from the config's JSON schema: type, enum, bounds, title, description.
+
+    Their order and `section` lay out the trigger form: the profile and the most-used fields first
+    (Airflow's open "Run Parameters" section), then the collapsed sections (Data preparation, Model
+    and training, Promotion, Storage).
+    """
     return {name: Param(**schema) for name, schema in field_schemas(_deployment_defaults()).items()}
 
 

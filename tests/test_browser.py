@@ -7,7 +7,8 @@ profile and a tiny dataset served over HTTP, waits for the run, follows the "Rep
 checks the report's confusion matrices and ensemble table. A second run is triggered through the
 REST API (/api/v2, token from /auth/token) with an S3 store on a moto server and its summary.json
 is read back with boto3. The report plugin must refuse unauthenticated and path-traversal
-requests through the real api-server.
+requests through the real api-server. The trigger form opens on the profile and the most-used
+fields, with the other settings in collapsed sections.
 
 Screenshots go to test-artifacts/browser/ (git-ignored). Without Chromium (and no way to install
 it: scripts/install_browser.sh needs root and apt) the tests are skipped with the reason.
@@ -41,6 +42,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 RUN_TIMEOUT = float(os.environ.get("CNN_BROWSER_RUN_TIMEOUT", 1200))
 BUCKET = "cnn-browser"
+# The trigger form's sections in order: Airflow's open default section, then the collapsed ones.
+FORM_SECTIONS = ("Run Parameters", "Data preparation", "Model and training", "Promotion", "Storage")
 MODEL_IDS = {f"{e}__{v}" for e in ("baseline", "strided_elu", "deep_swish") for v in ("unbalanced", "balanced")}
 
 
@@ -120,6 +123,14 @@ def login(page, stack: AirflowStack, shots: Path | None = None) -> None:
     page.wait_for_url(re.compile(r"^(?!.*/auth/login).*$"))
 
 
+def open_logged_in(page, stack: AirflowStack, url: str, shots: Path | None = None) -> None:
+    """Open `url`, logging in first when the browser has no session yet."""
+    page.goto(url)
+    page.locator("input[name=username], [data-testid=trigger-dag-button]").first.wait_for()
+    if page.locator("input[name=username]").is_visible():
+        login(page, stack, shots)
+
+
 def form_field(dialog, label: str):
     """The input of the trigger-form field whose label is `label` (the Param's title)."""
     pattern = re.compile(r"^\s*" + re.escape(label) + r"\s*\*?\s*$")
@@ -173,13 +184,52 @@ def test_report_plugin_refuses_unauthenticated_and_path_traversal_requests(airfl
         assert "outside runs/" not in body and "do not serve" not in body and "root:" not in body, path
 
 
+def test_trigger_form_opens_on_the_main_fields_with_the_rest_in_collapsed_sections(airflow, browser, shots):
+    stack = airflow.stack
+    page = browser.new_page()
+    try:
+        open_logged_in(page, stack, f"{stack.base_url}/dags/{DAG_ID}")
+        page.get_by_test_id("trigger-dag-button").click()
+        dialog = page.get_by_role("dialog")
+        triggers = {name: dialog.get_by_role("button", name=name, exact=True) for name in FORM_SECTIONS}
+        for trigger in triggers.values():
+            trigger.wait_for()
+        tops = {name: trigger.bounding_box()["y"] for name, trigger in triggers.items()}
+        assert list(tops.values()) == sorted(tops.values()), tops  # the sections in this order
+        expanded = {name: trigger.get_attribute("aria-expanded") for name, trigger in triggers.items()}
+        assert expanded == {name: "true" if name == "Run Parameters" else "false" for name in FORM_SECTIONS}
+        main = [form_field(dialog, label) for label in ("Profile", "Dataset", "Classes", "Image size (px)", "Epochs")]
+        for field in main:
+            field.wait_for()
+        field_tops = [field.bounding_box()["y"] for field in main]
+        assert field_tops == sorted(field_tops), field_tops  # the profile first
+        for label in ("Minimum images per class", "Model experiments", "Promotion metric", "Artifact store"):
+            assert not form_field(dialog, label).is_visible(), f"{label} should start collapsed"
+        page.screenshot(path=str(shots / "03-trigger-form.png"))
+        triggers["Storage"].scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "03d-trigger-form-sections.png"))
+
+        triggers["Data preparation"].click()
+        for label in ("Minimum images per class", "Split ratios", "Rebalance strategy"):
+            form_field(dialog, label).wait_for()
+        page.screenshot(path=str(shots / "03c-trigger-form-data-preparation.png"))
+        triggers["Storage"].click()
+        form_field(dialog, "Artifact store").wait_for()
+        assert form_field(dialog, "Artifact store").input_value() == f"file://{airflow.store}"
+        page.keyboard.press("Escape")
+    except BaseException:
+        page.screenshot(path=str(shots / "99-form-failure.png"))
+        raise
+    finally:
+        page.close()
+
+
 @pytest.mark.timeout(RUN_TIMEOUT + 600)
 def test_trigger_form_quick_run_and_report_in_the_browser(airflow, browser, shots):
     stack, data = airflow.stack, airflow.data
     page = browser.new_page()
     try:
-        page.goto(f"{stack.base_url}/dags/{DAG_ID}")
-        login(page, stack, shots)
+        open_logged_in(page, stack, f"{stack.base_url}/dags/{DAG_ID}", shots)
         page.wait_for_url(f"**/dags/{DAG_ID}")
         page.get_by_text("single_batch_check", exact=False).first.wait_for()
         page.screenshot(path=str(shots / "02-dag.png"))
@@ -189,7 +239,7 @@ def test_trigger_form_quick_run_and_report_in_the_browser(airflow, browser, shot
         dialog = page.get_by_role("dialog")
         form_field(dialog, "Dataset").fill(data["url"])
         form_field(dialog, "Dataset checksum").fill(data["checksum"])
-        for label, value in (("Image size (px)", "24"), ("Epochs", "2"), ("Minimum images per class", "5")):
+        for label, value in (("Image size (px)", "24"), ("Epochs", "2")):
             field = form_field(dialog, label)
             field.fill(value)
             field.press("Tab")
@@ -201,15 +251,20 @@ def test_trigger_form_quick_run_and_report_in_the_browser(airflow, browser, shot
         page.screenshot(path=str(shots / "03b-trigger-form-profile.png"))
         form_field(dialog, "Dataset").scroll_into_view_if_needed()
         page.screenshot(path=str(shots / "03a-trigger-form-dataset.png"))
+        dialog.get_by_role("button", name="Data preparation", exact=True).click()  # a collapsed section
+        field = form_field(dialog, "Minimum images per class")
+        field.fill("5")
+        field.press("Tab")
         dialog.get_by_test_id("trigger-dag-submit").click()
         page.wait_for_url(re.compile(rf".*/dags/{DAG_ID}/runs/[^/]+$"))
         run_id = unquote(page.url.rsplit("/runs/", 1)[1])
         page.screenshot(path=str(shots / "04-run-triggered.png"))
 
         conf = stack.api_json("GET", f"/dags/{DAG_ID}/dagRuns/{quote(run_id)}")["conf"]
-        assert {k: conf[k] for k in ("profile", "dataset_url", "dataset_checksum", "image_size", "epochs")} == {
+        keys = ("profile", "dataset_url", "dataset_checksum", "image_size", "epochs", "min_images_per_class")
+        assert {k: conf[k] for k in keys} == {
             "profile": "quick", "dataset_url": data["url"], "dataset_checksum": data["checksum"],
-            "image_size": 24, "epochs": 2}, conf
+            "image_size": 24, "epochs": 2, "min_images_per_class": 5}, conf
 
         stack.wait_for_run(run_id, timeout=RUN_TIMEOUT, progress=print)
         page.reload()

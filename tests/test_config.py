@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConfigError, PipelineConfig, field_schemas
+from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConfigError, ConvBlock, PipelineConfig, field_schemas
 
 
 def test_defaults_are_the_standard_profile():
@@ -41,6 +42,30 @@ def test_json_round_trip_and_form_strings():
     assert PipelineConfig.from_json(config.to_json()) == config
 
 
+def test_form_values_pydantic_would_otherwise_read_loosely():
+    config = PipelineConfig.from_dict({"max_aspect_ratio": "2.5", "seed": 7.0, "classes": [], "epochs": None})
+    assert config.max_aspect_ratio == 2.5 and config.seed == 7
+    assert config.classes is None  # an empty list means all classes
+    assert config.epochs == 30  # None for a field that cannot be empty means its default
+    for values, field in (({"epochs": True}, "epochs"), ({"promotion_margin": False}, "promotion_margin"),
+                          ({"classes_limit": True}, "classes_limit")):
+        with pytest.raises(ConfigError, match="is not a number") as err:
+            PipelineConfig.from_dict(values)
+        assert err.value.field == field
+    for value in ("true", 1, "yes"):  # booleans are true or false, not words or numbers
+        with pytest.raises(ConfigError, match="must be true or false"):
+            PipelineConfig.from_dict({"deterministic": value})
+
+
+def test_settings_are_frozen_and_reject_unknown_fields():
+    config = PipelineConfig.from_dict({})
+    with pytest.raises(ValidationError):
+        config.epochs = 3  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        ConvBlock(filters=8, dilation=2)
+    assert hash(config) == hash(PipelineConfig.from_dict({}))
+
+
 @pytest.mark.parametrize(
     "values, field, message",
     [
@@ -67,6 +92,24 @@ def test_json_round_trip_and_form_strings():
         ({"dataset_subdir": "/usr"}, "dataset_subdir", "inside the dataset"),
         ({"dataset_subdir": "../../.."}, "dataset_subdir", "without '..'"),
         ({"dataset_subdir": "data/../../x"}, "dataset_subdir", "without '..'"),
+        ({"experiments": [{"name": "a", "conv": [{"filters": 8}, {"filters": 8}, {"filters": 4096}, {"filters": 8}]}]},
+         "experiments[0].conv[2].filters", r"^experiments\[0\]\.conv\[2\]\.filters: 4096 is outside 1\.\.2048$"),
+        ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "dropout": 1}]}, "experiments[0].dropout",
+         r"1 is outside \[0, 1\)"),
+        ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "learning_rate": 0}]},
+         "experiments[0].learning_rate", r"0 is outside \(0, 10\]"),
+        ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "momentum": 0.9}]},
+         "experiments[0].momentum", "unknown setting; known: name, description, conv"),
+        ({"experiments": [{"name": "a", "conv": [{"kernel_size": 3}] * 4}]}, "experiments[0].conv[0].filters",
+         "is required"),
+        ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4}] * 2}, "experiments", "duplicate"),
+        ({"experiments": ["baseline"]}, "experiments[0]", "must be an object"),
+        ({"classes": ["Forest", "Forest"]}, "classes", "twice"),
+        ({"classes": ["Forest", 3]}, "classes[1]", "must be text"),
+        ({"classes_limit": 1}, "classes_limit", "1 must be >= 2"),
+        ({"image_size": "big"}, "image_size", "not a valid int"),
+        ({"split": [0.8, 0.2, 0.0]}, "split", "every ratio must be > 0"),
+        ({"dataset_url": " "}, "dataset_url", "must not be empty"),
     ],
 )
 def test_invalid_values_name_the_field(values, field, message):
@@ -95,7 +138,23 @@ def test_field_schemas_describe_every_field_for_the_trigger_form():
     assert schemas["store_uri"]["default"] == "s3://bucket/x"
     assert schemas["rebalance"]["enum"] == ["none", "class_weight", "oversample", "undersample", "augment"]
     assert (schemas["image_size"]["minimum"], schemas["image_size"]["maximum"]) == (16, 512)
-    assert schemas["classes"]["type"] == ["null", "array"]
+    assert schemas["classes"]["type"] == ["array", "null"]  # pydantic's anyOf [array, null], flattened
+
+
+def test_field_schemas_are_flat_and_grouped_for_the_trigger_form():
+    schemas = field_schemas()
+    assert list(schemas)[0] == "profile"  # the profile and the most-used fields first, without a section
+    assert not any("section" in schemas[name] for name in ("profile", "dataset_url", "image_size", "epochs"))
+    sections = [schema.get("section") for schema in schemas.values()]
+    assert list(dict.fromkeys(sections)) == [None, "Data preparation", "Model and training", "Promotion", "Storage"]
+    assert sections == sorted(sections, key=list(dict.fromkeys(sections)).index)  # each section in one block
+    for name, schema in schemas.items():
+        assert "anyOf" not in schema and "$ref" not in str(schema), name
+    assert schemas["classes_limit"]["type"] == ["integer", "null"] and schemas["classes_limit"]["minimum"] == 2
+    assert schemas["experiments"]["items"] == {"type": "object"}
+    assert schemas["experiments"]["default"] == PipelineConfig().to_dict()["experiments"]
+    assert (schemas["split"]["minItems"], schemas["split"]["maxItems"]) == (3, 3)
+    assert schemas["split"]["items"] == {"type": "number"}
 
 
 def test_the_pinned_eurosat_checksum_is_dropped_for_another_dataset():
@@ -104,6 +163,8 @@ def test_the_pinned_eurosat_checksum_is_dropped_for_another_dataset():
     form = PipelineConfig().to_dict() | {"dataset_url": "/data/my_images.zip"}
     assert PipelineConfig.from_dict(form).dataset_checksum is None
     assert PipelineConfig.from_dict({}).dataset_checksum == EUROSAT_CHECKSUM
+    # Given alone, another dataset also drops the pinned checksum (it failed the download before).
+    assert PipelineConfig.from_dict({"dataset_url": "/data/my_images.zip"}).dataset_checksum is None
     mine = "sha256:" + "a" * 64
     assert PipelineConfig.from_dict(form | {"dataset_checksum": mine}).dataset_checksum == mine
 

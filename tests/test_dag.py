@@ -105,6 +105,18 @@ def test_params_carry_types_enums_bounds_and_descriptions(parsed):
     assert params["profile"]["enum"] == ["standard", "quick"]
     assert params["epochs"]["type"] == "integer" and params["epochs"]["minimum"] == 1
     assert len(parsed["defaults"]["experiments"]) == 3
+    assert params["classes"]["type"] == ["array", "null"] and params["classes"]["items"] == {"type": "string"}
+
+
+def test_params_lay_out_the_trigger_form_in_sections(parsed):
+    params = parsed["params"]
+    names = list(params)
+    assert names[:2] == ["profile", "dataset_url"]  # the profile and the most-used fields first
+    main = names[:names.index("dataset_subdir")]
+    assert {"image_size", "epochs", "classes"} <= set(main) and not any("section" in params[n] for n in main)
+    sections = list(dict.fromkeys(params[n].get("section") for n in names))
+    assert sections == [None, "Data preparation", "Model and training", "Promotion", "Storage"]
+    assert params["experiments"]["section"] == "Model and training" and params["store_uri"]["section"] == "Storage"
 
 
 def test_schedule_is_manual_by_default_and_configurable(parsed, tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -15,8 +13,8 @@ MEAN, STD = [120.0, 110.0, 100.0], [50.0, 40.0, 30.0]
 
 def tiny_spec(**changes) -> ExperimentSpec:
     spec = ExperimentSpec(name="tiny", description="test", conv=(
-        ConvBlock(4), ConvBlock(4, pool="max"), ConvBlock(8), ConvBlock(8, pool="max")), dense_units=8)
-    return dataclasses.replace(spec, **changes)
+        ConvBlock(filters=4), ConvBlock(filters=4, pool="max"), ConvBlock(filters=8), ConvBlock(filters=8, pool="max")), dense_units=8)
+    return spec.model_copy(update=changes)
 
 
 def layers_of(model, kind: str) -> list:
@@ -56,8 +54,8 @@ def test_activation_batch_norm_and_l2_are_honoured():
 
 
 def test_pooling_strides_and_kernel_sizes_are_honoured():
-    conv = (ConvBlock(4, kernel_size=5), ConvBlock(4, pool="average"), ConvBlock(8, strides=2),
-            ConvBlock(8, pool="max"))
+    conv = (ConvBlock(filters=4, kernel_size=5), ConvBlock(filters=4, pool="average"), ConvBlock(filters=8, strides=2),
+            ConvBlock(filters=8, pool="max"))
     model = models.build_model(tiny_spec(conv=conv), 3, 16, MEAN, STD)
     assert model.get_layer("conv1").kernel_size == (5, 5)
     assert type(model.get_layer("pool2")).__name__ == "AveragePooling2D"
@@ -84,11 +82,11 @@ def test_dropout_and_spatial_dropout():
 
 
 def test_too_many_downsamplings_are_rejected_naming_the_layer():
-    conv = tuple(ConvBlock(4, pool="max") for _ in range(5))
+    conv = tuple(ConvBlock(filters=4, pool="max") for _ in range(5))
     with pytest.raises(ConfigError, match=r"pool5") as info:
         models.build_model(tiny_spec(conv=conv), 3, 16, MEAN, STD)
     assert info.value.field == "tiny.conv[4].pool"
-    strided = tuple(ConvBlock(4, strides=4) for _ in range(4))
+    strided = tuple(ConvBlock(filters=4, strides=4) for _ in range(4))
     with pytest.raises(ConfigError, match=r"conv3 cannot downsample") as info:
         models.build_model(tiny_spec(conv=strided), 3, 16, MEAN, STD)
     assert info.value.field == "tiny.conv[2].strides"

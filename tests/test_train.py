@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import keras
@@ -14,10 +13,10 @@ from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConvBlock, ExperimentSpec
 from tests.fixtures_training import write_training_dataset
 
 SMALL = ExperimentSpec(name="small", description="4 small conv layers for fast tests",
-                       conv=(ConvBlock(8), ConvBlock(8, pool="max"), ConvBlock(16), ConvBlock(16, pool="max")),
+                       conv=(ConvBlock(filters=8), ConvBlock(filters=8, pool="max"), ConvBlock(filters=16), ConvBlock(filters=16, pool="max")),
                        dropout=0.1, dense_units=16, batch_size=8, learning_rate=3e-3)
 WEAK = ExperimentSpec(name="weak", description="1 filter per layer: too weak on purpose",
-                      conv=tuple(ConvBlock(1) for _ in range(4)), dense_units=1, batch_norm=False, dropout=0.0,
+                      conv=tuple(ConvBlock(filters=1) for _ in range(4)), dense_units=1, batch_norm=False, dropout=0.0,
                       l2=0.0, batch_size=8)
 
 
@@ -25,7 +24,7 @@ WEAK = ExperimentSpec(name="weak", description="1 filter per layer: too weak on 
 def tiny_ctx(make_ctx):
     """3 classes, 12+4+4 images each, 16 px; small experiments; 4 epochs."""
     def build(**overrides):
-        values = {"experiments": [SMALL, WEAK, dataclasses.replace(SMALL, name="cosine", lr_schedule="cosine")],
+        values = {"experiments": [SMALL, WEAK, SMALL.model_copy(update={"name": "cosine", "lr_schedule": "cosine"})],
                   "epochs": 4, "single_batch_steps": 10, "augment": False, **overrides}
         ctx = make_ctx(**values)
         write_training_dataset(ctx, classes=3, train=12, val=4, test=4, size=16, rebalance="class_weight")
