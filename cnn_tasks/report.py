@@ -333,14 +333,12 @@ def section_rejected(run: Run) -> dict:
 
 def spec_differences(specs) -> dict[str, list[dict]]:
     """For each experiment, the settings that differ from the first (reference) experiment."""
-    import dataclasses
-
     if not specs:
         return {}
-    reference = dataclasses.asdict(specs[0])
+    reference = specs[0].model_dump()
     out = {}
     for spec in specs:
-        values = dataclasses.asdict(spec)
+        values = spec.model_dump()
         out[spec.name] = [{"setting": k, specs[0].name: _short(reference[k]), spec.name: _short(v)}
                           for k, v in values.items() if k not in ("name", "description") and v != reference[k]]
     return out

@@ -57,7 +57,7 @@ _SAFE_SEGMENT = re.compile(r"[^/\\\x00]+")
 def store_settings() -> tuple[str, str | None, str]:
     """(store URI, S3 endpoint, Airflow connection id) from the deployment's environment."""
     return (
-        os.environ.get("CNN_STORE_URI") or PipelineConfig.store_uri,
+        os.environ.get("CNN_STORE_URI") or PipelineConfig.model_fields["store_uri"].default,
         os.environ.get("CNN_S3_ENDPOINT_URL") or None,
         os.environ.get("CNN_AWS_CONN_ID") or "aws_default",
     )

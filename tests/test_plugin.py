@@ -153,6 +153,14 @@ def test_index_without_runs_says_so(reports, tmp_path, monkeypatch):
     assert reports.get("/cnn-reports/api/runs").json() == []
 
 
+def test_store_settings_default_to_the_pipelines_store(monkeypatch):
+    from cnn_tasks.config import PipelineConfig
+
+    for name in ("CNN_STORE_URI", "CNN_S3_ENDPOINT_URL", "CNN_AWS_CONN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert cnn_reports.store_settings() == (PipelineConfig().store_uri, None, "aws_default")
+
+
 def test_plugin_reaches_the_store_only_through_its_public_interface():
     """No isinstance on back ends, no back-end classes, no private or back-end attributes of a store."""
     import ast
