@@ -349,9 +349,9 @@ def section_curves(page: Page, model_ids: list[str], metas: dict) -> None:
     if len(model_ids) == 0:
         page.add("curves", "Training curves", not_run("no trained models"), "not run")
         return
-    from cnn_tasks import train  # imports keras: only when there is something to compare
+    from cnn_tasks import plots  # imports matplotlib: only when there is something to compare
 
-    body += page.figure(train.compare_runs(page.ctx, model_ids), wide=True)
+    body += page.figure(plots.compare_runs(page.ctx, model_ids), wide=True)
     for mid in model_ids:
         body += f"<h3>{esc(mid)}</h3>" + (page.figures(metas[mid].get("figures")) or paragraph("(no figures)"))
     page.add("curves", "Training curves", body)
@@ -567,6 +567,8 @@ def run(ctx) -> dict:
     ctx.store.put_text(report_key, page.html(f"CNN image classification report: {ctx.run_id}", intro),
                        "text/html; charset=utf-8")
     summary = build_summary(ctx, dataset, model_ids, metas, evals, ensemble, promotion, predictions, page, versions)
-    ctx.store.put_json(summary_key, summary)
+    from cnn_tasks.contracts import Summary
+
+    Summary.write(ctx.store, summary_key, summary)  # validated: a format change fails here
     log.info("report written to %s", ctx.store.url(report_key))
     return {"report_key": report_key, "report_url": ctx.store.url(report_key), "summary_key": summary_key}

@@ -23,11 +23,9 @@ from urllib.parse import urlparse
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnn_tasks import failures  # noqa: E402
+from cnn_tasks import DAG_ID, failures  # noqa: E402
 from cnn_tasks.config import EUROSAT_URL, ConfigError, PipelineConfig  # noqa: E402
 from cnn_tasks.storage import open_store  # noqa: E402
-
-DAG_ID = "cnn_image_classification"
 
 
 def build_conf() -> dict:

@@ -2,7 +2,7 @@
 
 Upstream stages are JSON fixtures in their real schemas, but the models are real saved models of the
 configured experiments (the layer tables come from models.describe) with realistic history.json files
-(the comparison figure comes from train.compare_runs); evaluate, ensemble, promote and predict run."""
+(the comparison figure comes from plots.compare_runs); evaluate, ensemble, promote and predict run."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def test_full_report(make_ctx, tmp_path):
         assert summary == f"{described['total_params']} parameters)"
         params[mid] = described["total_params"]
     assert params["wide__unbalanced"] > params["baseline__unbalanced"] == params["baseline__balanced"]
-    # the validation curves of every model, drawn by train.compare_runs from their history.json
+    # the validation curves of every model, drawn by plots.compare_runs from their history.json
     comparison = ctx.key("models", "comparison.png")
     assert store_figure_exists(ctx.store, comparison) and 'src="../models/comparison.png"' in page
     assert "Validation accuracy (left) and loss (right) per epoch for every trained model.</figcaption>" in page
