@@ -3,4 +3,11 @@
 Each stage is a function `run(ctx, ...) -> dict` that reads what earlier stages wrote to the
 artifact store and writes its own outputs under the run's prefix; the dict it returns is small
 (keys, URIs, a few metrics) so it can travel through Airflow XCom.
+
+The names below are defined here once, for the stages, the DAG, the plugin, scripts and tests.
 """
+
+DAG_ID = "cnn_image_classification"
+SPLITS = ("train", "val", "test")  # the labelled splits, in this order everywhere
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}  # for prose
+VARIANTS = ("unbalanced", "balanced")  # the training data variants (balanced: after rebalancing)

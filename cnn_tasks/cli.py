@@ -32,15 +32,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from cnn_tasks import failures
+from cnn_tasks import DAG_ID, failures
+from cnn_tasks.champion import CHAMPION_KEY
 from cnn_tasks.config import EUROSAT_URL, ConfigError, PipelineConfig
 from cnn_tasks.context import safe_run_id
 from cnn_tasks.errors import PipelineError
 from cnn_tasks.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
-DAG_ID = "cnn_image_classification"
-CHAMPION_KEY = "champion.json"  # promote.CHAMPION_KEY: the store-root champion record
 # Environment variables (and `run` options) that override a settings file, and their fields.
 OVERRIDES = {"PROFILE": "profile", "DATASET_URL": "dataset_url", "DATASET_CHECKSUM": "dataset_checksum",
              "UNLABELLED_URL": "unlabelled_url", "STORE_URI": "store_uri"}

@@ -174,5 +174,3 @@ def model_id(experiment: str, variant: str) -> str:
     """The id of one trained model: experiment x data variant (unbalanced | balanced)."""
     return f"{experiment}__{variant}"
 
-
-VARIANTS = ("unbalanced", "balanced")

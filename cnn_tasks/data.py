@@ -13,13 +13,11 @@ import math
 
 import numpy as np
 
-from cnn_tasks import runtime, shards
+from cnn_tasks import SPLIT_NAMES, SPLITS, VARIANTS, runtime, shards  # noqa: F401 (SPLIT_NAMES: for the stages)
 from cnn_tasks.config import IMAGE_FITS
-from cnn_tasks.context import VARIANTS, RunContext
+from cnn_tasks.context import RunContext
 
 CACHE_LIMIT_BYTES = 1 << 30  # cache decoded images in memory when a split fits in this budget
-SPLITS = ("train", "val", "test")
-SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}  # for prose
 
 
 def _tf():
@@ -30,7 +28,19 @@ def _tf():
 
 def load_dataset_info(ctx: RunContext) -> dict:
     """data/dataset.json, written by the rebalance stage (see docs/architecture.md)."""
-    return ctx.store.get_json(ctx.data_key("dataset.json"))
+    from cnn_tasks.contracts import DatasetInfo
+
+    return DatasetInfo.read(ctx.store, ctx.data_key("dataset.json"))
+
+
+def read_csv(ctx: RunContext, name: str):
+    """data/<name> (manifest.csv, split.csv) as a DataFrame of strings, empty cells kept as ''."""
+    import io
+
+    import pandas as pd
+
+    return pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key(name))),
+                       dtype={"key": str, "class": str, "given_split": str}, keep_default_na=False)
 
 
 def split_info(info: dict, split: str, variant: str = "unbalanced") -> dict:

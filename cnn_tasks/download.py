@@ -42,8 +42,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnn_tasks import images, sources
-from cnn_tasks.layout import (SPLIT_ROLES, DatasetError, Layout, detect_layout, list_class_files, raw_rel, readable,
+from cnn_tasks import SPLITS, images, sources
+from cnn_tasks.layout import (DatasetError, Layout, detect_layout, list_class_files, raw_rel, readable,
                               sample_files, select_classes)
 from cnn_tasks.shards import ShardWriter
 from cnn_tasks.sources import PROGRESS_EVERY_S
@@ -162,7 +162,7 @@ def _ingest_record(ctx, folder: Path, found: Layout, classes: list[str], metadat
         "local_folder": readable(os.fspath(folder)),
         "class_root": found.wrapper or ".",
         "layout": {**described, "predefined_split": cfg.predefined_split,
-                   "given_counts": {s: {c: given[s][c] for c in classes} for s in SPLIT_ROLES if s in found.splits}},
+                   "given_counts": {s: {c: given[s][c] for c in classes} for s in SPLITS if s in found.splits}},
         "available_classes": found.classes,
         "classes": classes,
         "files_found": sum(c["found"] for c in per_class.values()),

@@ -17,8 +17,9 @@ import logging
 
 import numpy as np
 
+from cnn_tasks.contracts import EnsembleSummary
 from cnn_tasks.errors import PipelineError
-from cnn_tasks.evaluate import classification_metrics, evaluate_predictions, load_predictions
+from cnn_tasks.metrics import classification_metrics, evaluate_predictions, load_predictions
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def run(ctx, model_ids: list[str]) -> dict:
         "best_ensemble": best_ensemble, "figures": figures,
         "not_run": None if ensembles else "fewer than 2 evaluated models: " + "; ".join(skipped),
     }
-    store.put_json(ctx.eval_key("ensemble", "ensemble.json"), summary)
+    EnsembleSummary.write(store, ctx.eval_key("ensemble", "ensemble.json"), summary)
     log.info("ensembles: %d built, best overall %s (%s = %s)", len(ensembles), best["name"], metric, best[metric])
     return {"ensembles": len(ensembles), "best": best["name"], "best_kind": best["kind"], metric: best[metric],
             "best_ensemble": best_ensemble, "ensemble_key": ctx.eval_key("ensemble", "ensemble.json")}

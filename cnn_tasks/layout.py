@@ -29,10 +29,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from cnn_tasks import SPLITS
 from cnn_tasks.errors import PipelineError
 
 IGNORED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
-SPLIT_ROLES = ("train", "val", "test")  # labelled split roles, in this order everywhere
 UNLABELLED = "unlabelled"
 # Folder names (lower case, without '-', '_', '.', spaces) that name a split: a role word, then
 # optionally 'set', 'data', 'images' or 'imgs' (train_set, validation-data, testimages, unlabeled_set).
@@ -128,7 +128,7 @@ def _roles(dirs: list[Path]) -> dict[Path, str | None]:
     or more sibling folders read as different splits, one of them a train folder holding folders
     (so the classes train_station, test_tube stay classes)."""
     roles = {d: split_role(d.name) for d in dirs}
-    if any(r in SPLIT_ROLES for r in roles.values()):
+    if any(r in SPLITS for r in roles.values()):
         return roles
     loose = {d: split_role(d.name, loose=True) for d in dirs}
     found = [r for r in loose.values() if r]
@@ -250,13 +250,13 @@ def detect_layout(folder: Path, *, subdir: str | None = None, predefined_split: 
         _sort_files(files, loose, metadata)
         dirs = _drop_metadata_folders(dirs, metadata)
         roles = _roles(dirs)
-        if any(r in SPLIT_ROLES for r in roles.values()) or len(dirs) != 1 or roles[dirs[0]] or depth > 50:
+        if any(r in SPLITS for r in roles.values()) or len(dirs) != 1 or roles[dirs[0]] or depth > 50:
             break
         node, depth = dirs[0], depth + 1
     layout = Layout(root, node, "", [], [], loose=loose, metadata=metadata)
     _warn_unused_split_lists(layout)
     _split_names_as_classes(layout, dirs, roles, predefined_split)
-    if any(r in SPLIT_ROLES for r in roles.values()):
+    if any(r in SPLITS for r in roles.values()):
         _split_layout(layout, dirs, roles)
     else:
         _flat_layout(layout, dirs, roles)
@@ -362,7 +362,7 @@ def _drop_metadata_folders(dirs: list[Path], metadata: list[Path]) -> list[Path]
 
 def _warn_unused_split_lists(layout: Layout) -> None:
     """Split lists shipped as files (Food-101's meta/train.txt) are not read: say so."""
-    lists = [p for p in layout.metadata if split_role(p.stem) in SPLIT_ROLES]
+    lists = [p for p in layout.metadata if split_role(p.stem) in SPLITS]
     if lists:
         layout.warnings.append(
             f"the split list files {', '.join(repr(layout.rel(p)) for p in lists[:4])} are not used: the given "
@@ -380,7 +380,7 @@ def _split_names_as_classes(layout: Layout, dirs: list[Path], roles: dict, prede
     """Split-named folders holding images directly are classes (CIFAR-100's `train`, a flat
     {cat, dog, test}) when a sibling class folder holds images directly too, or with
     predefined_split=ignore. Their role is cleared, with a warning for exact split names."""
-    named = [d for d in dirs if roles[d] in SPLIT_ROLES]
+    named = [d for d in dirs if roles[d] in SPLITS]
     if not named or not all(_images_only(d) for d in named):
         return
     if predefined_split != "ignore" and not any(_images_only(d) for d in dirs if roles[d] is None):
@@ -636,8 +636,8 @@ def _agree_across_splits(layout: Layout, predefined_split: str) -> None:
         return
     problems = []
     for name in layout.classes:
-        present = [s for s in SPLIT_ROLES if s in by_split and name in by_split[s]]
-        missing = [s for s in SPLIT_ROLES if s in by_split and name not in by_split[s]]
+        present = [s for s in SPLITS if s in by_split and name in by_split[s]]
+        missing = [s for s in SPLITS if s in by_split and name not in by_split[s]]
         if not missing:
             continue
         folders = ", ".join(f"{s} ({layout.splits[s]!r})" for s in missing)
@@ -662,13 +662,13 @@ def _ordered(names: set[str]) -> list[str]:
 
 
 def _describe_kind(layout: Layout) -> None:
-    given = [s for s in SPLIT_ROLES if s in layout.splits]
+    given = [s for s in SPLITS if s in layout.splits]
     if given:
         layout.kind = "/".join(given)
     else:
         layout.kind = "wrapper" if layout.base != layout.root else "flat"
     if layout.unlabelled:
-        roles = [next((r for r in (split_role(p.name), split_role(p.parent.name)) if r in SPLIT_ROLES), UNLABELLED)
+        roles = [next((r for r in (split_role(p.name), split_role(p.parent.name)) if r in SPLITS), UNLABELLED)
                  for p in layout.unlabelled]
         shown = ["images" if r == UNLABELLED else r for r in roles]
         layout.kind += " + unlabelled " + "/".join(dict.fromkeys(shown))

@@ -14,7 +14,7 @@ Images go through the same path as training: validated RGB (images.load_rgb, wit
 limits as ingest, rejected for the same reasons), then data.decode_and_resize with the model's fit,
 then the model (which standardises internally). The folder is streamed
 BATCH images at a time; hidden/system files are skipped as the dataset download skips them.
-The visualise CLI reads its image folder with the same functions (`read_images`, `classes_beside`).
+Reading the folder (and the visualise CLI's) is `cnn_tasks.image_folder`.
 """
 
 from __future__ import annotations
@@ -22,115 +22,21 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cnn_tasks import data, images, layout, models, sources
-from cnn_tasks.errors import PipelineError
+from cnn_tasks import champion, data, layout, models, sources
+from cnn_tasks.image_folder import (PredictError, Preprocessing, classes_beside, iter_image_batches, list_files,
+                                    preprocessing_beside)
 
 log = logging.getLogger(__name__)
 
 TOP_K = 3
-BATCH = 64
-
-
-class PredictError(PipelineError, RuntimeError):
-    """The images to predict cannot be found."""
 
 
 # ----------------------------------------------------------------------------- core
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image is read for a model: the fit and the size limits its training data had."""
-
-    fit: str = "squash"
-    min_side: int = 1
-    max_aspect_ratio: float | None = None
-
-    @classmethod
-    def from_config(cls, config, fit: str | None = None) -> "Preprocessing":
-        """This run's limits (as ingest applied them), with `fit` (default: the config's)."""
-        return cls(fit or config.image_fit, config.min_image_side, config.max_aspect_ratio)
-
-    @classmethod
-    def from_meta(cls, meta: dict) -> "Preprocessing":
-        """What a model's meta.json records; older files without the fields mean squash, no limits."""
-        config = meta.get("config") or {}
-        return cls(data.image_fit(meta), int(config.get("min_image_side") or 1), config.get("max_aspect_ratio"))
-
-
-def list_files(folder: Path) -> tuple[list[Path], int]:
-    """(every candidate file under `folder`, sorted; the number of hidden/system files skipped).
-
-    Hidden and system files and folders (`.DS_Store`, `__MACOSX/`, `Thumbs.db`, ...) are skipped
-    exactly as the dataset download skips them (layout.list_class_files / layout.is_ignored):
-    they are never images, so they are not listed as rejected either. Everything else is a
-    candidate, named pipes and devices included: reading them rejects them (images.SPECIAL_FILE),
-    so they are listed, never dropped. A missing folder is a PredictError naming it.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise PredictError(f"the folder of images to predict, {layout.readable(str(folder))}, {what}: point "
-                           "unlabelled_url (or the CLI's FOLDER) at a folder of images")
-    files, ignored = layout.list_class_files(folder)
-    return sorted(files), ignored
-
-
-def read_image(path: Path, size: int, prep: Preprocessing = Preprocessing()) -> np.ndarray:
-    """One file as float32 [S, S, 3] pixels in 0..255, exactly as training saw it: the validated
-    RGB image (images.load_rgb, with the size limits of `prep`) encoded losslessly, then
-    data.decode_and_resize with the fit of `prep`. Raises images.ImageRejected (or any decoding
-    error) for a file that is not a usable image."""
-    image = images.load_rgb(path, min_side=prep.min_side, max_aspect_ratio=prep.max_aspect_ratio)
-    return np.asarray(data.decode_and_resize(images.encode_png(image), size, prep.fit), dtype=np.float32)
-
-
-def _rejection(name: str, exc: Exception) -> dict:
-    if isinstance(exc, images.ImageRejected):
-        return {"image": name, "reason": str(exc)}  # "<reason>: <detail>", as ingest words it
-    return {"image": name, "reason": str(exc) or type(exc).__name__}  # anything unreadable is listed too
-
-
-def iter_image_batches(folder: Path, size: int, batch_size: int | None = None,
-                       prep: Preprocessing = Preprocessing()):
-    """Yield (names, pixels [B,S,S,3], rejected [{"image", "reason"}]) for the files under `folder`
-    (`list_files`), in file order, `batch_size` (default BATCH) usable images at a time: memory
-    holds one batch whatever the folder size. `rejected` lists the unusable files met since the
-    previous batch; the last yield may hold rejected files only (and no pixels)."""
-    folder, batch_size = Path(folder), batch_size or BATCH
-    names, pixels, rejected = [], [], []
-    for path in list_files(folder)[0]:
-        name = layout.readable_path(path, folder)  # never surrogate escapes: the CSV is UTF-8 text
-        try:
-            pixels.append(read_image(path, size, prep))
-            names.append(name)
-        except Exception as exc:  # every unusable file is listed, never dropped
-            rejected.append(_rejection(name, exc))
-        if len(pixels) == batch_size:
-            yield names, np.stack(pixels), rejected
-            names, pixels, rejected = [], [], []
-    if names or rejected:
-        yield names, np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.float32), rejected
-
-
-def read_images(folder: Path, size: int, prep: Preprocessing = Preprocessing()
-                ) -> tuple[list[str], np.ndarray, list[dict]]:
-    """(names, pixels [N,S,S,3], rejected) for every file under `folder`, all in memory at once:
-    for small folders (the visualise CLI); prediction streams with `iter_image_batches`."""
-    names, batches, rejected = [], [], []
-    for batch_names, x, batch_rejected in iter_image_batches(folder, size, prep=prep):
-        names += batch_names
-        batches.append(x)
-        rejected += batch_rejected
-    array = np.concatenate(batches) if batches else np.zeros((0, size, size, 3), np.float32)
-    return names, array, rejected
-
-
 def prediction_rows(names: list[str], proba: np.ndarray, classes: list[str]) -> list[dict]:
     """One row per image: predicted class, confidence and the top-3 classes with probabilities."""
     rows = []
@@ -174,25 +80,7 @@ PREDICTION_COLUMNS = ["image", "predicted_class", "confidence"] + [
 REJECTED_COLUMNS = ["image", "reason"]
 
 
-def meta_beside(model_path: Path) -> dict:
-    """meta.json next to a model file, or {} when there is none."""
-    meta = Path(model_path).with_name("meta.json")
-    return json.loads(meta.read_text()) if meta.is_file() else {}
-
-
-def classes_beside(model_path: Path, n_classes: int) -> list[str]:
-    """Class names from meta.json next to the model, else class_<i>."""
-    classes = meta_beside(model_path).get("classes")
-    if classes and len(classes) == n_classes:
-        return list(classes)
-    return [f"class_{i}" for i in range(n_classes)]
-
-
-def preprocessing_beside(model_path: Path) -> Preprocessing:
-    """The fit and size limits recorded in meta.json next to the model (squash, no limits without)."""
-    return Preprocessing.from_meta(meta_beside(model_path))
-
-
+# ----------------------------------------------------------------------------- the stage
 def stage_preprocessing(ctx, chosen: dict) -> Preprocessing:
     """This run's size limits, and the fit the chosen model was trained with (its meta.json,
     `chosen["meta_key"]`; a model recorded before image_fit existed was trained with squash)."""
@@ -201,23 +89,20 @@ def stage_preprocessing(ctx, chosen: dict) -> Preprocessing:
     return Preprocessing.from_config(ctx.config, fit=data.image_fit(meta))
 
 
-# ----------------------------------------------------------------------------- the stage
 def choose_model(ctx, classes: list[str]) -> dict:
     """The champion when its classes match this run's, else this run's best single model."""
-    from cnn_tasks import promote
-
     store = ctx.store
-    if store.exists(promote.CHAMPION_KEY):
-        champion = store.get_json(promote.CHAMPION_KEY)
-        if list(champion.get("classes") or []) == classes and store.exists(champion["model_key"]):
-            return {"source": "champion", "model_id": champion["model_id"], "model_key": champion["model_key"],
-                    "run_id": champion["run_id"], "meta_key": _meta_key(champion.get("source_model_key"))}
-        why = "champion classes differ from this run's" if champion.get("classes") != classes else "model missing"
+    if store.exists(champion.CHAMPION_KEY):
+        current = store.get_json(champion.CHAMPION_KEY)
+        if list(current.get("classes") or []) == classes and store.exists(current["model_key"]):
+            return {"source": "champion", "model_id": current["model_id"], "model_key": current["model_key"],
+                    "run_id": current["run_id"], "meta_key": _meta_key(current.get("source_model_key"))}
+        why = "champion classes differ from this run's" if current.get("classes") != classes else "model missing"
         log.info("not using the champion (%s); using this run's best model", why)
-    rows = promote.candidate_rows(ctx)
+    rows = champion.candidate_rows(ctx)
     if not rows:
         raise RuntimeError("no champion and no evaluated model in this run: nothing to predict with")
-    _, deployable = promote.pick_candidate(rows, ctx.config.promotion_metric)
+    _, deployable = champion.pick_candidate(rows, ctx.config.promotion_metric)
     return {"source": "this run's best model", "model_id": deployable["name"],
             "model_key": ctx.model_key(deployable["name"], "model.keras"), "run_id": ctx.run_id,
             "meta_key": ctx.model_key(deployable["name"], "meta.json")}

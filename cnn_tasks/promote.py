@@ -22,45 +22,11 @@ from datetime import datetime, timezone
 import numpy as np
 
 from cnn_tasks import data, models
-from cnn_tasks.evaluate import classification_metrics
+from cnn_tasks.champion import CHAMPION_KEY, candidate_rows, champion_model_key, history_key, pick_candidate
+from cnn_tasks.contracts import Promotion
+from cnn_tasks.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
-
-CHAMPION_KEY = "champion.json"
-
-
-def champion_model_key(run_id: str) -> str:
-    return f"champions/{run_id}/model.keras"
-
-
-def history_key(champion: dict) -> str:
-    return f"champions/history/{champion['promoted_at']}-{champion['run_id']}.json"
-
-
-# ----------------------------------------------------------------------------- candidates
-def candidate_rows(ctx) -> list[dict]:
-    """The comparison rows (models and ensembles) of this run, from the ensemble stage or per model."""
-    ensemble_key = ctx.eval_key("ensemble", "ensemble.json")
-    if ctx.store.exists(ensemble_key):
-        return ctx.store.get_json(ensemble_key)["comparison"]
-    rows = []
-    for key in ctx.store.list(ctx.key("eval") + "/"):
-        if key.endswith("/metrics.json"):
-            metrics = ctx.store.get_json(key)
-            rows.append({"name": metrics["model_id"], "kind": "model", "members": [metrics["model_id"]],
-                         **metrics["splits"]["test"]})
-    return rows
-
-
-def pick_candidate(rows: list[dict], metric: str) -> tuple[dict, dict]:
-    """(best row overall, deployable single-model row): the best member when the best is an ensemble."""
-    def score(row):
-        return -np.inf if row.get(metric) is None else row[metric]
-
-    best = max(rows, key=score)
-    models = {r["name"]: r for r in rows if r["kind"] == "model"}
-    deployable = best if best["kind"] == "model" else max((models[m] for m in best["members"]), key=score)
-    return best, deployable
 
 
 # ----------------------------------------------------------------------------- the decision
@@ -137,7 +103,7 @@ def run(ctx) -> dict:
     cfg, store = ctx.config, ctx.store
     metric = cfg.promotion_metric
     if store.exists(ctx.key("promotion.json")):  # a retried or cleared task: the decision stands
-        return _result(ctx, store.get_json(ctx.key("promotion.json")))
+        return _result(ctx, Promotion.read(store, ctx.key("promotion.json")))
     info = data.load_dataset_info(ctx)
     classes = list(info["classes"])
     rows = candidate_rows(ctx)
@@ -149,7 +115,7 @@ def run(ctx) -> dict:
         record = {"run_id": ctx.run_id, "metric": metric, "promoted": True, "decision": "promoted",
                   "reason": "promoted by an earlier try of this task", "candidate": {"name": previous["model_id"],
                   metric: previous["value"]}, "new_champion": previous, "champion_on_this_test": None}
-        store.put_json(ctx.key("promotion.json"), record)
+        Promotion.write(store, ctx.key("promotion.json"), record)
         return _result(ctx, record)
     champion = _champion_on_this_test(ctx, previous, classes) if previous else None
     champion_value = champion["metrics"][metric] if champion and champion["metrics"] else None
@@ -179,7 +145,7 @@ def run(ctx) -> dict:
                "previous_run_id": previous.get("run_id") if previous else None}
         record.update(install_champion(store, new, new["source_model_key"], previous))
         record["new_champion"] = new
-    store.put_json(ctx.key("promotion.json"), record)
+    Promotion.write(store, ctx.key("promotion.json"), record)
     log.info("promotion: %s (%s)", record["decision"], reason)
     return _result(ctx, record)
 

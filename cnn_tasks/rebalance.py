@@ -26,9 +26,9 @@ import numpy as np
 
 from cnn_tasks import plots
 from cnn_tasks.context import file_sha256
+from cnn_tasks.contracts import DatasetInfo
 from cnn_tasks.shards import ShardWriter
-from cnn_tasks.data import SPLIT_NAMES
-from cnn_tasks.split import read_csv
+from cnn_tasks.data import SPLIT_NAMES, SPLITS, read_csv
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def run(ctx) -> dict:
     scratch = ctx.scratch("rebalance")
     shutil.rmtree(scratch, ignore_errors=True)
     writers = {(s, "unbalanced"): ShardWriter(scratch / s / "unbalanced", f"{s}-unbalanced")
-               for s in ("train", "val", "test")}
+               for s in SPLITS}
     if cfg.rebalance in OWN_SHARDS:
         writers.update({(s, "balanced"): ShardWriter(scratch / s / "balanced", f"{s}-balanced")
                         for s in BALANCED_SPLITS})
@@ -72,7 +72,7 @@ def run(ctx) -> dict:
             _write_balanced(writers, counts, split, plans[split], cfg.rebalance, cfg.seed, image, label, key)
 
     expected = Counter(table["split"])
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         got = sum(counts[(split, "unbalanced")].values())
         if got != expected[split]:
             raise RuntimeError(f"the clean shards hold {got} {split} images but split.csv lists "
@@ -89,7 +89,7 @@ def run(ctx) -> dict:
                                       "class_weight": None}
     shutil.rmtree(scratch, ignore_errors=True)
 
-    splits = {s: {"unbalanced": variants[(s, "unbalanced")]} for s in ("train", "val", "test")}
+    splits = {s: {"unbalanced": variants[(s, "unbalanced")]} for s in SPLITS}
     for s in BALANCED_SPLITS:
         splits[s]["balanced"] = balanced_variant(variants, s, cfg.rebalance)
     dataset = {
@@ -103,7 +103,7 @@ def run(ctx) -> dict:
         "splits": splits,
         "figures": [before_after_figure(ctx, s, classes, splits[s], cfg.rebalance) for s in BALANCED_SPLITS],
     }
-    ctx.store.put_json(ctx.data_key("dataset.json"), dataset)
+    DatasetInfo.write(ctx.store, ctx.data_key("dataset.json"), dataset)
     summary = {f"{s}/{v}": splits[s][v]["count"] for s in splits for v in splits[s]}
     log.info("rebalance=%s: %s", cfg.rebalance, summary)
     return {"dataset": ctx.data_key("dataset.json"), "rebalance": cfg.rebalance, "counts": summary}

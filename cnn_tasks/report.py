@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 
 import jinja2
 
-from cnn_tasks import runtime
-from cnn_tasks.data import SPLIT_NAMES, SPLITS
+from cnn_tasks import SPLIT_NAMES, SPLITS, runtime
+from cnn_tasks.contracts import Summary
 
 log = logging.getLogger(__name__)
 
@@ -395,9 +395,9 @@ def section_checks(run: Run) -> dict:
 def section_curves(run: Run) -> dict:
     if not run.model_ids:
         return not_run("curves", "Training curves", "no trained models")
-    from cnn_tasks import train  # imports keras: only when there is something to compare
+    from cnn_tasks import plots  # imports matplotlib: only when there is something to compare
 
-    comparison = run.figure(train.compare_runs(run.ctx, run.model_ids))
+    comparison = run.figure(plots.compare_runs(run.ctx, run.model_ids))
     models = [{"id": m, "figures": run.figures(run.metas[m].get("figures"))} for m in run.model_ids]
     return section("curves", "Training curves", comparison=comparison, models=models)
 
@@ -554,6 +554,6 @@ def run(ctx) -> dict:
     headline = results(current)
     report_key, summary_key = ctx.report_key("index.html"), ctx.report_key("summary.json")
     ctx.store.put_text(report_key, render(current, sections, headline), "text/html; charset=utf-8")
-    ctx.store.put_json(summary_key, build_summary(current, sections, headline))
+    Summary.write(ctx.store, summary_key, build_summary(current, sections, headline))  # a format change fails here
     log.info("report written to %s", ctx.store.url(report_key))
     return {"report_key": report_key, "report_url": ctx.store.url(report_key), "summary_key": summary_key}

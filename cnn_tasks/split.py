@@ -29,7 +29,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from cnn_tasks import plots
-from cnn_tasks.data import SPLIT_NAMES, SPLITS
+from cnn_tasks.data import SPLIT_NAMES, SPLITS, read_csv
 from cnn_tasks.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -95,11 +95,6 @@ def run(ctx) -> dict:
     log.info("split %s; %s", analysis["totals"], analysis["conclusion"])
     return {"totals": analysis["totals"], "split": ctx.data_key("split.csv"),
             "analysis": ctx.data_key("analysis.json"), "figures": len(analysis["figures"])}
-
-
-def read_csv(ctx, name: str) -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key(name))),
-                       dtype={"key": str, "class": str, "given_split": str}, keep_default_na=False)
 
 
 # ================================================================== splitting

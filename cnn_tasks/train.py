@@ -28,6 +28,7 @@ import numpy as np
 
 from cnn_tasks import data, models, plots, runtime
 from cnn_tasks.context import RunContext, model_id as make_model_id
+from cnn_tasks.contracts import ModelMeta
 from cnn_tasks.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -380,7 +381,7 @@ def _save_outputs(ctx, spec, variant, model, info, history, settings, initial_ep
                  "tensorboard": ctx.model_key(mid, "tensorboard") + "/"},
         "figures": [figure],
     }
-    ctx.store.put_json(ctx.model_key(mid, "meta.json"), meta)
+    ModelMeta.write(ctx.store, ctx.model_key(mid, "meta.json"), meta)
     log.info("%s: best epoch %d val_acc %.4f val_loss %.4f; saved %s", mid, best["epoch"],
              best["val_accuracy"], best["val_loss"], meta["keys"]["model"])
     return {"model_id": mid, "best_val_accuracy": best["val_accuracy"], "best_val_loss": best["val_loss"],
@@ -402,27 +403,3 @@ def _plot_curves(ctx, mid: str, history: list[dict], best_epoch: int) -> dict:
     key = plots.save_figure(ctx.store, ctx.model_key(mid, "curves.png"), fig)
     return plots.figure_entry(key, f"{mid}: training and validation accuracy (left) and loss (right) "
                                    f"per epoch; the kept weights are from epoch {best_epoch}.")
-
-
-def compare_runs(ctx: RunContext, model_ids: list[str]) -> dict:
-    """One figure: validation accuracy and validation loss per epoch for every run (models/comparison.png)."""
-    fig, (ax_acc, ax_loss) = plots.new_figure(12, 4.5, ncols=2)
-    missing = []
-    for mid in model_ids:
-        key = ctx.model_key(mid, "history.json")
-        if not ctx.store.exists(key):
-            log.warning("compare_runs: %s has no history (%s); left out of the comparison", mid, key)
-            missing.append(mid)
-            continue
-        history = ctx.store.get_json(key)
-        epochs = [h["epoch"] for h in history]
-        ax_acc.plot(epochs, [h["val_accuracy"] for h in history], marker=".", label=mid)
-        ax_loss.plot(epochs, [h["val_loss"] for h in history], marker=".", label=mid)
-    ax_acc.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
-    ax_loss.set(title="Validation loss", xlabel="epoch", ylabel="loss")
-    ax_acc.legend(fontsize="small")
-    key = plots.save_figure(ctx.store, ctx.key("models", "comparison.png"), fig)
-    caption = "Validation accuracy (left) and loss (right) per epoch for every trained model."
-    if missing:
-        caption += f" Missing (no history): {', '.join(missing)}."
-    return plots.figure_entry(key, caption)

@@ -7,7 +7,8 @@ Light on purpose: the DAG's first task imports it.
 
 from __future__ import annotations
 
-from cnn_tasks.context import VARIANTS, model_id
+from cnn_tasks import VARIANTS
+from cnn_tasks.context import model_id
 
 REBALANCE_NONE_NOTE = ("rebalance=none: each experiment is trained once, on the data as it is "
                        "(a balanced variant would be identical)")

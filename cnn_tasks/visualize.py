@@ -510,17 +510,18 @@ def _as_store(out):
 # --------------------------------------------------------------------------- command line
 def load_image_folder(folder: Path, size: tuple[int, int], class_names: list[str], prep=None):
     """All usable images under `folder` as float32 0..255 at `size`, read exactly as prediction
-    reads them (predict.read_images: validated RGB, then training's data.decode_and_resize with the
+    reads them (image_folder.read_images: validated RGB, then training's data.decode_and_resize with the
     model's fit and size limits, `prep`, default squash; hidden files skipped), with labels when
     every image sits in a sub-folder named after a class (else labels are None). Unusable files
     are reported on stderr and left out."""
-    from cnn_tasks import predict
+    from cnn_tasks import image_folder
 
     height, width = size
     if height != width:
         raise ValueError(f"the model takes {height}x{width} images; only square inputs are supported "
                          "(the training preprocessing, data.decode_and_resize, makes square images)")
-    names, images, rejected = predict.read_images(Path(folder), int(height), prep or predict.Preprocessing())
+    names, images, rejected = image_folder.read_images(Path(folder), int(height),
+                                                      prep or image_folder.Preprocessing())
     for row in rejected:
         print(f"skipped {row['image']}: {row['reason']}", file=sys.stderr)
     if not names:
@@ -539,12 +540,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=30, help="gradient-ascent steps per filter pattern")
     parser.add_argument("--layers", nargs="*", help="conv layers for filter patterns (default: first, middle, last)")
     args = parser.parse_args(argv)
-    from cnn_tasks import models, predict
+    from cnn_tasks import image_folder, models
 
     model = models.load_model(args.model)  # safe_mode: no arbitrary code from the file
-    class_names = predict.classes_beside(args.model, int(model.outputs[0].shape[-1]))
+    class_names = image_folder.classes_beside(args.model, int(model.outputs[0].shape[-1]))
     images, labels = load_image_folder(args.images, input_size(model), class_names,
-                                       predict.preprocessing_beside(args.model))
+                                       image_folder.preprocessing_beside(args.model))
     summary = visualize_model(model, images, labels, class_names, args.out_dir, seed=args.seed,
                               model_id=args.model.stem, filter_layers=args.layers, filter_steps=args.steps,
                               images_considered={"source": str(args.images)})

@@ -27,9 +27,9 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from cnn_tasks import DAG_ID
 from cnn_tasks.config import field_schemas
 
-DAG_ID = "cnn_image_classification"
 TRAINING_POOL = os.environ.get("CNN_TRAINING_POOL", "training")
 # Updating this Asset (from a producer DAG or the REST API) announces new training data.
 DATASET_ASSET = Asset(name="cnn_training_dataset", uri="cnn://training-dataset")
@@ -176,19 +176,19 @@ def cnn_image_classification():
         return _stage(record)
 
     @task
-    def download(experiments: list[str]) -> dict:
+    def download() -> dict:
         from cnn_tasks import download
 
         return _stage(download.run)
 
     @task
-    def split(ingest: dict) -> dict:
+    def split() -> dict:
         from cnn_tasks import split
 
         return _stage(split.run)
 
     @task
-    def rebalance(analysis: dict) -> list[dict]:
+    def rebalance() -> list[dict]:
         """Write the training data variants; return the training runs over them, which the training
         tasks map over: [{"experiment": ..., "variant": ...}], one variant only with rebalance=none."""
         from cnn_tasks import rebalance
@@ -232,13 +232,13 @@ def cnn_image_classification():
         return _stage(ensemble.run, [e["model_id"] for e in evaluations])
 
     @task
-    def promote(ensembled: dict) -> dict:
+    def promote() -> dict:
         from cnn_tasks import promote
 
         return _stage(promote.run)
 
     @task
-    def predict(promotion: dict) -> dict:
+    def predict() -> dict:
         from cnn_tasks import predict
 
         return _stage(predict.run)
@@ -276,8 +276,10 @@ def cnn_image_classification():
                 + (f". Did not run because of it: {', '.join(not_run)}" if not_run else "") + f". ({where})")
         return "every task succeeded"
 
+    # Stages that only follow one another are ordered with >>; data passes through the store.
     experiments = configure()
-    training_runs = rebalance(split(download(experiments)))
+    training_runs = rebalance()
+    experiments >> download() >> split() >> training_runs
     checks = single_batch_check.expand(experiment=experiments)
     training_runs >> checks
     # One training task per experiment x data variant (one variant only with rebalance=none).
@@ -285,7 +287,7 @@ def cnn_image_classification():
     checks >> trained
     visualisations = visualize.expand(trained=trained)
     evaluations = evaluate.expand(trained=trained)
-    [predict(promote(ensemble(evaluations))), visualisations] >> report() >> all_stages_succeeded()
+    [ensemble(evaluations) >> promote() >> predict(), visualisations] >> report() >> all_stages_succeeded()
 
 
 cnn_image_classification()

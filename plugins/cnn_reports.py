@@ -38,11 +38,11 @@ from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.core_api.security import DagAccessEntity, requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
+from cnn_tasks import DAG_ID
 from cnn_tasks.config import PipelineConfig
 from cnn_tasks.context import safe_run_id
 from cnn_tasks.storage import StoreError, content_type_for, make_s3_client, open_store
 
-DAG_ID = "cnn_image_classification"
 TRAIN_TASK = "train"
 URL_PREFIX = "/cnn-reports"
 RUNS = "runs"

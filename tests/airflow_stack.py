@@ -33,11 +33,12 @@ from typing import Callable, Iterator
 
 import httpx
 
+from cnn_tasks import DAG_ID
+
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 MARKER = "CNN_STACK_ID"
 WORKER_NAME = "CNN_STACK_WORKER_NAME"
-DAG_ID = "cnn_image_classification"
 TERMINAL_RUN_STATES = {"success", "failed"}
 
 

@@ -96,7 +96,7 @@ def test_an_override_is_validated_and_named_with_the_file(tmp_path):
     path = write(tmp_path, "s.yaml", "image_size: 128\n")
     with pytest.raises(cli.SettingsError) as caught:
         cli.build_conf(path, overrides={"PROFILE": "fast"})
-    assert str(caught.value) == f"{path}: profile: 'fast' is not one of ('standard', 'quick')"
+    assert str(caught.value) == f"{path}: profile: 'fast' is not one of 'standard' or 'quick'"
 
 
 def test_run_with_an_invalid_file_fails_before_airflow_starts(tmp_path, monkeypatch):

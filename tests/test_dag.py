@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cnn_tasks import DAG_ID
+
 ROOT = Path(__file__).resolve().parents[1]
 DAG_FILE = ROOT / "dags" / "cnn_image_classification.py"
 
@@ -19,7 +21,7 @@ def load_dag(tmp_path, **env):
         "import json, sys\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
         f"bag = DagBag(dag_folder={str(DAG_FILE)!r})\n"
-        "dag = bag.dags.get('cnn_image_classification')\n"
+        f"dag = bag.dags.get({DAG_ID!r})\n"
         "out = {'errors': {k: str(v) for k, v in bag.import_errors.items()},\n"
         "       'heavy': [m for m in ('tensorflow', 'keras', 'pandas', 'matplotlib', 'sklearn') if m in sys.modules]}\n"
         "if dag:\n"

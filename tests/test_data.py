@@ -224,7 +224,7 @@ def _colour_model(path):
 
 
 def test_predict_cli_applies_the_fit_and_limits_its_model_was_trained_with(tmp_path, capsys):
-    from cnn_tasks import images, predict
+    from cnn_tasks import image_folder, images, predict
 
     folder = tmp_path / "unlabelled"
     folder.mkdir()
@@ -254,24 +254,25 @@ def test_predict_cli_applies_the_fit_and_limits_its_model_was_trained_with(tmp_p
     # A model saved before image_fit existed: squash and no limits, exactly as it was trained.
     rows, rejected = predict_cli({})
     assert rows == {"wide.png": "reddish", "dot.png": "reddish", "strip.png": "reddish"} and not rejected
-    assert predict.preprocessing_beside(model) == predict.Preprocessing("squash", 1, None)
+    assert image_folder.preprocessing_beside(model) == image_folder.Preprocessing("squash", 1, None)
 
 
 def test_predict_stage_reads_with_the_champions_fit_and_this_runs_limits(make_ctx):
-    from cnn_tasks import predict, promote
+    from cnn_tasks import champion, predict
+    from cnn_tasks.image_folder import Preprocessing
 
     ctx = make_ctx(image_fit="squash", min_image_side=12, max_aspect_ratio=4)
     meta_key = "runs/old/models/m1_balanced/meta.json"
     ctx.store.put_bytes("champions/old/model.keras", b"model")
-    ctx.store.put_json(promote.CHAMPION_KEY, {
+    ctx.store.put_json(champion.CHAMPION_KEY, {
         "model_id": "m1_balanced", "run_id": "old", "classes": ["a", "b"], "model_key": "champions/old/model.keras",
         "source_model_key": "runs/old/models/m1_balanced/model.keras"})
     ctx.store.put_json(meta_key, {"image_fit": "center_crop"})  # the champion was trained centre-cropped
     chosen = predict.choose_model(ctx, ["a", "b"])
     assert chosen["meta_key"] == meta_key
-    assert predict.stage_preprocessing(ctx, chosen) == predict.Preprocessing("center_crop", 12, 4.0)
+    assert predict.stage_preprocessing(ctx, chosen) == Preprocessing("center_crop", 12, 4.0)
     ctx.store.put_json(meta_key, {"classes": ["a", "b"]})  # recorded before image_fit existed: squash
-    assert predict.stage_preprocessing(ctx, chosen) == predict.Preprocessing("squash", 12, 4.0)
+    assert predict.stage_preprocessing(ctx, chosen) == Preprocessing("squash", 12, 4.0)
 
 
 def test_rebalance_records_the_runs_fit_and_training_reads_with_it(tmp_path, make_ctx):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cnn_tasks import cli
+from cnn_tasks import DAG_ID, cli
 from cnn_tasks.storage import open_store
 from tests.airflow_stack import aws_connection, served_tiny_dataset, tiny_conf
 from tests.imagegen import make_dataset
@@ -62,7 +62,7 @@ def airflow_env(tmp_path_factory):
 def run_dag(env: dict, conf: dict, log: Path) -> None:
     airflow = str(Path(sys.executable).with_name("airflow"))
     with open(log, "w") as out:
-        proc = subprocess.run([airflow, "dags", "test", "cnn_image_classification", "--conf", json.dumps(conf)],
+        proc = subprocess.run([airflow, "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
                               env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1500)
     assert proc.returncode == 0, log.read_text()[-6000:]  # `dags test` exits non-zero on a failed run
 
@@ -121,7 +121,7 @@ def test_whole_dag_with_s3_store_on_moto(airflow_env, served_dataset, tmp_path):
 def run_dag_expecting_failure(env: dict, conf: dict, log: Path) -> str:
     airflow = str(Path(sys.executable).with_name("airflow"))
     with open(log, "w") as out:
-        proc = subprocess.run([airflow, "dags", "test", "cnn_image_classification", "--conf", json.dumps(conf)],
+        proc = subprocess.run([airflow, "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
                               env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600)
     text = log.read_text()
     assert proc.returncode != 0, text[-3000:]
@@ -261,7 +261,7 @@ def test_a_failing_report_fails_the_run_and_make_run_says_no_report(airflow_env,
     conf = {"profile": "quick", "dataset_url": str(escaping_archive), "store_uri": store.uri}
     code = ("import json, sys; from datetime import datetime\n"
             "from airflow.dag_processing.dagbag import DagBag\n"
-            f"dag = DagBag(dag_folder={str(ROOT / 'dags')!r}).dags['cnn_image_classification']\n"
+            f"dag = DagBag(dag_folder={str(ROOT / 'dags')!r}).dags[{DAG_ID!r}]\n"
             f"run = dag.test(run_after=datetime.fromisoformat({run_after!r}), run_conf={conf!r})\n"
             "sys.exit(0 if run.state == 'success' else 1)\n")  # what `airflow dags test` does, with run_after
     proc = subprocess.run([sys.executable, "-c", code], env=airflow_env, capture_output=True, text=True, timeout=600)

@@ -7,7 +7,7 @@ import pytest
 
 from cnn_tasks import ensemble
 from cnn_tasks.errors import PipelineError
-from cnn_tasks.evaluate import save_predictions
+from cnn_tasks.metrics import save_predictions
 from tests.test_evaluate import random_proba, store_figure_exists
 
 

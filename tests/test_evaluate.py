@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cnn_tasks import data, evaluate
+from cnn_tasks import data, evaluate, metrics
 from tests.fixtures_training import write_training_dataset
 from tests.imagegen import class_image
 
@@ -60,7 +60,7 @@ def test_metrics_match_scikit_learn():
     proba[np.arange(30), y[:30]] += 1.0  # half of them right
     proba /= proba.sum(axis=1, keepdims=True)
     pred = proba.argmax(axis=1)
-    m = evaluate.classification_metrics(y, proba, CLASSES)
+    m = metrics.classification_metrics(y, proba, CLASSES)
     assert m["accuracy"] == skm.accuracy_score(y, pred)
     assert m["balanced_accuracy"] == skm.balanced_accuracy_score(y, pred)
     for avg in ("macro", "weighted"):
@@ -70,7 +70,7 @@ def test_metrics_match_scikit_learn():
     assert m["macro_auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr", average="macro"), abs=1e-12)
     assert m["log_loss"] == pytest.approx(skm.log_loss(y, proba), abs=1e-12)
 
-    table = evaluate.classification_table(y, proba, CLASSES).set_index("class")
+    table = metrics.classification_table(y, proba, CLASSES).set_index("class")
     report = skm.classification_report(y, pred, target_names=CLASSES, output_dict=True)
     for name in CLASSES + ["macro avg", "weighted avg"]:
         for column in ("precision", "recall", "f1-score", "support"):
@@ -87,15 +87,15 @@ def test_ece_equals_hand_computed_value():
     y = np.array([0, 1, 1, 0])
     # bins of width 1/15: two at 0.9 (one right) | one at 0.7 (right) | one at 0.62 (wrong)
     expected = 2 / 4 * abs(0.5 - 0.9) + 1 / 4 * abs(1 - 0.7) + 1 / 4 * abs(0 - 0.62)
-    assert evaluate.expected_calibration_error(y, proba) == pytest.approx(expected, abs=1e-12)
-    assert evaluate.expected_calibration_error(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]])) == 0.0
+    assert metrics.expected_calibration_error(y, proba) == pytest.approx(expected, abs=1e-12)
+    assert metrics.expected_calibration_error(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]])) == 0.0
 
 
 def test_wrong_examples_are_most_confident_first():
     y = np.array([0, 0, 1, 1, 0])
     proba = np.array([[0.4, 0.6], [0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.9, 0.1]])
-    assert list(evaluate.select_examples(y, proba, correct=False)) == [1, 2, 0]
-    assert sorted(evaluate.select_examples(y, proba, correct=True)) == [3, 4]
+    assert list(metrics.select_examples(y, proba, correct=False)) == [1, 2, 0]
+    assert sorted(metrics.select_examples(y, proba, correct=True)) == [3, 4]
 
 
 def test_figures_and_tables_exist_for_every_class(tmp_path):
@@ -109,7 +109,7 @@ def test_figures_and_tables_exist_for_every_class(tmp_path):
     proba /= proba.sum(axis=1, keepdims=True)
     images = np.random.default_rng(0).uniform(0, 255, (24, 8, 8, 3)).astype(np.float32)
     sample = "seeded stratified sample of 24 of 240 images (seed 0)"
-    result = evaluate.evaluate_predictions(store, lambda n: f"ev/{n}", classes, {"test": (y, proba), "val": (y, proba)},
+    result = metrics.evaluate_predictions(store, lambda n: f"ev/{n}", classes, {"test": (y, proba), "val": (y, proba)},
                                            images, name="m", evaluated={"val": sample})
     keys = [f["key"] for f in result["figures"]]
     captions = {f["key"]: f["caption"] for f in result["figures"]}
@@ -143,12 +143,12 @@ def test_run_writes_metrics_predictions_and_report(evaluated_ctx):
 
     out = evaluate.run(ctx, MID)
 
-    metrics = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
-    assert set(metrics["splits"]) == {"test", "val", "train"}
-    assert metrics["classes"] == data.load_dataset_info(ctx)["classes"] == ["class_a", "class_b", "class_c"]
-    assert out["accuracy"] == metrics["splits"]["test"]["accuracy"] and out["macro_f1"] == metrics["splits"]["test"]["macro_f1"]
-    assert all(store_figure_exists(ctx.store, f["key"]) for f in metrics["figures"])
-    npz = evaluate.load_predictions(ctx.store, ctx.eval_key(MID, "predictions.npz"))
+    record = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
+    assert set(record["splits"]) == {"test", "val", "train"}
+    assert record["classes"] == data.load_dataset_info(ctx)["classes"] == ["class_a", "class_b", "class_c"]
+    assert out["accuracy"] == record["splits"]["test"]["accuracy"] and out["macro_f1"] == record["splits"]["test"]["macro_f1"]
+    assert all(store_figure_exists(ctx.store, f["key"]) for f in record["figures"])
+    npz = metrics.load_predictions(ctx.store, ctx.eval_key(MID, "predictions.npz"))
     assert set(npz) == {"y_test", "p_test", "y_val", "p_val", "keys_test"}
     x_test, y_test, keys_test = data.load_split_arrays(ctx, "test")
     assert npz["p_test"].shape == (12, 3) and list(npz["keys_test"]) == keys_test
@@ -163,14 +163,14 @@ def test_run_writes_metrics_predictions_and_report(evaluated_ctx):
 
     # the training split (under TRAIN_SAMPLE_MAX) is evaluated in full: every image counted once
     x_train, y_train, _ = data.load_split_arrays(ctx, "train")
-    confusion = np.array(metrics["confusion_matrices"]["train"])
-    assert confusion.sum() == len(y_train) == sum(TRAIN_COUNTS) == metrics["splits"]["train"]["count"]
+    confusion = np.array(record["confusion_matrices"]["train"])
+    assert confusion.sum() == len(y_train) == sum(TRAIN_COUNTS) == record["splits"]["train"]["count"]
     assert confusion.sum(axis=1).tolist() == TRAIN_COUNTS
     np.testing.assert_array_equal(confusion, skm.confusion_matrix(y_train, model.predict(x_train, verbose=0).argmax(1)))
-    assert metrics["evaluated"] == {
+    assert record["evaluated"] == {
         split: {"images": n, "split_images": n, "full_split": True, "seed": None,
                 "description": f"full split, {n} images"} for split, n in (("test", 12), ("val", 9), ("train", 18))}
-    captions = {f["key"].rsplit("/", 1)[1]: f["caption"] for f in metrics["figures"]}
+    captions = {f["key"].rsplit("/", 1)[1]: f["caption"] for f in record["figures"]}
     assert "on the train split (full split, 18 images)" in captions["confusion_train.png"]
     assert "on the test split (full split, 12 images)" in captions["roc_test.png"]
 
@@ -213,12 +213,12 @@ def test_run_over_the_cap_says_it_evaluated_a_training_sample(evaluated_ctx, mon
     ctx = evaluated_ctx
     monkeypatch.setattr(evaluate, "TRAIN_SAMPLE_MAX", 9)
     evaluate.run(ctx, MID)
-    metrics = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
+    record = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
     description = f"seeded stratified sample of 9 of 18 images (seed {ctx.config.seed})"
-    train = metrics["evaluated"]["train"]
+    train = record["evaluated"]["train"]
     assert train["description"] == description and not train["full_split"] and train["split_images"] == 18
-    assert metrics["splits"]["train"]["count"] == np.sum(metrics["confusion_matrices"]["train"]) == 9
-    assert np.sum(metrics["confusion_matrices"]["train"], axis=1).tolist() == [4, 3, 2]
-    assert metrics["evaluated"]["test"]["full_split"] and metrics["evaluated"]["val"]["full_split"]  # never sampled
-    captions = {f["key"].rsplit("/", 1)[1]: f["caption"] for f in metrics["figures"]}
+    assert record["splits"]["train"]["count"] == np.sum(record["confusion_matrices"]["train"]) == 9
+    assert np.sum(record["confusion_matrices"]["train"], axis=1).tolist() == [4, 3, 2]
+    assert record["evaluated"]["test"]["full_split"] and record["evaluated"]["val"]["full_split"]  # never sampled
+    captions = {f["key"].rsplit("/", 1)[1]: f["caption"] for f in record["figures"]}
     assert f"on the train split ({description})" in captions["confusion_train.png"]

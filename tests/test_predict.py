@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from cnn_tasks import data, images, predict
+from cnn_tasks import data, image_folder, images, predict
 from tests.fixtures_training import write_training_dataset
 from tests.imagegen import make_dataset
 from tests.test_evaluate import CLASSES, tiny_model
@@ -88,7 +88,7 @@ def add_hidden_files(root) -> list[str]:
 
 def test_hidden_and_system_files_are_skipped_like_the_download_skips_them(folder):
     hidden = add_hidden_files(folder)
-    files, ignored = predict.list_files(folder)
+    files, ignored = image_folder.list_files(folder)
     listed = [p.relative_to(folder).as_posix() for p in files]
     assert not set(hidden) & set(listed) and ignored == 2  # .DS_Store, Thumbs.db (+ two skipped folders)
     assert len(listed) == 6 + len(REJECTED)
@@ -100,8 +100,8 @@ def test_hidden_and_system_files_are_skipped_like_the_download_skips_them(folder
 def test_prediction_streams_in_batches_with_the_same_rows(folder, monkeypatch):
     model = tiny_model(trained=False)
     whole_rows, whole_rejected = predict.predict_folder(model, folder, CLASSES)
-    monkeypatch.setattr(predict, "BATCH", 4)
-    batches = list(predict.iter_image_batches(folder, 16))
+    monkeypatch.setattr(image_folder, "BATCH", 4)
+    batches = list(image_folder.iter_image_batches(folder, 16))
     assert [len(names) for names, _, _ in batches] == [4, 2] and all(len(x) <= 4 for _, x, _ in batches)
     calls = []
     predict_on_batch = model.predict_on_batch
@@ -159,7 +159,7 @@ def test_cli_uses_class_names_beside_the_model(folder, tmp_path):
     assert len(rows) == 6 and {r["predicted_class"] for r in rows} <= set(CLASSES)
     assert_top_k_is_the_models(rows, model_proba(tiny_model(), folder, [r["image"] for r in rows]), CLASSES)
     assert_rejected_with_exact_reasons(read_csv((tmp_path / "preds_rejected.csv").read_text()), folder)
-    assert predict.classes_beside(tmp_path / "nowhere" / "model.keras", 2) == ["class_0", "class_1"]
+    assert image_folder.classes_beside(tmp_path / "nowhere" / "model.keras", 2) == ["class_0", "class_1"]
 
 
 def _with_best_model(ctx, tmp_path) -> list[str]:
@@ -263,7 +263,7 @@ def test_a_missing_folder_is_an_error_naming_it_not_zero_predictions(tmp_path):
         predict.predict_folder(tiny_model(trained=False), tmp_path / "nowhere", CLASSES)
     (tmp_path / "file.png").write_bytes(b"x")
     with pytest.raises(predict.PredictError, match="file.png, is not a folder"):
-        predict.list_files(tmp_path / "file.png")
+        image_folder.list_files(tmp_path / "file.png")
 
 
 def test_a_dataset_unlabelled_folder_that_vanished_since_download_is_an_error(make_ctx, imagenet10_zip, tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cnn_tasks import data, models, promote
+from cnn_tasks.champion import history_key, pick_candidate
 from tests.fixtures_training import write_training_dataset
 from tests.test_evaluate import tiny_model
 
@@ -31,7 +32,7 @@ def test_ensemble_best_deploys_its_best_member():
     rows = [{"name": "a", "kind": "model", "members": ["a"], "macro_f1": 0.7},
             {"name": "b", "kind": "model", "members": ["b"], "macro_f1": 0.8},
             {"name": "soft[all]", "kind": "ensemble", "members": ["a", "b"], "macro_f1": 0.9}]
-    best, deployable = promote.pick_candidate(rows, "macro_f1")
+    best, deployable = pick_candidate(rows, "macro_f1")
     assert best["name"] == "soft[all]" and deployable["name"] == "b"
 
 
@@ -91,7 +92,7 @@ def test_promotion_history(pipeline):
     recovered = promote.run(second)
     assert recovered["promoted"] and recovered["decision"] == "promoted"
     assert store.get_json("champion.json")["run_id"] == "run3"
-    assert store.get_json(promote.history_key(first_champion)) == first_champion  # old one kept
+    assert store.get_json(history_key(first_champion)) == first_champion  # old one kept
     assert store.exists("champions/run1/model.keras") and store.exists("champions/run3/model.keras")
     assert len(store.list("champions/history/")) == 2
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cnn_tasks import download, rebalance, split
+from cnn_tasks import data, download, rebalance, split
 from cnn_tasks.config import REBALANCE_STRATEGIES, PipelineConfig
 from cnn_tasks.context import RunContext
 from cnn_tasks.shards import iter_records
@@ -86,7 +86,7 @@ def test_dataset_json_matches_the_contract(outputs, strategy):
 
 def test_dataset_sha256_is_the_hash_of_sorted_keys_and_classes(outputs):
     ctx, ds = outputs["none"]
-    manifest = split.read_csv(ctx, "manifest.csv")
+    manifest = data.read_csv(ctx, "manifest.csv")
     lines = "".join(f"{k}\t{c}\n" for k, c in sorted(zip(manifest["key"], manifest["class"])))
     assert ds["dataset_sha256"] == hashlib.sha256(lines.encode()).hexdigest()
     assert len({d["dataset_sha256"] for _, d in outputs.values()}) == 1

@@ -3,7 +3,7 @@ section, relative links that resolve, escaping, not-run notes, failures banner),
 
 Upstream stages are JSON fixtures in their real schemas, but the models are real saved models of the
 configured experiments (the layer tables come from models.describe) with realistic history.json files
-(the comparison figure comes from train.compare_runs); evaluate, ensemble, promote and predict run."""
+(the comparison figure comes from plots.compare_runs); evaluate, ensemble, promote and predict run."""
 
 from __future__ import annotations
 
@@ -214,7 +214,7 @@ def test_sections_hold_every_stage_output(full_run):
         assert figure["missing"] is None
         assert ctx.store.exists(posixpath.normpath(posixpath.join(ctx.report_key(), figure["src"]))), figure
     comparison = sections["curves"]["comparison"]
-    assert comparison["src"] == "../models/comparison.png"  # drawn by train.compare_runs from history.json
+    assert comparison["src"] == "../models/comparison.png"  # drawn by plots.compare_runs from history.json
     assert store_figure_exists(ctx.store, ctx.key("models", "comparison.png"))
     assert comparison["caption"] == "Validation accuracy (left) and loss (right) per epoch for every trained model."
 

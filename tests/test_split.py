@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cnn_tasks import download, images, split
+from cnn_tasks import data, download, images, split
 from cnn_tasks.config import PipelineConfig
 from cnn_tasks.context import RunContext
 from tests.imagegen import make_dataset
@@ -96,7 +96,7 @@ def test_analysis_json_counts_imbalance_and_conclusion(analysed):
 
 def test_training_mean_and_std_match_the_pixels(analysed):
     ctx, table = analysed["ctx"], analysed["table"]
-    manifest = split.read_csv(ctx, "manifest.csv").set_index("key")
+    manifest = data.read_csv(ctx, "manifest.csv").set_index("key")
     train = table.loc[table["split"] == "train", "key"]
     pixels = np.concatenate([np.asarray(images.load_rgb(analysed["root"] / manifest.loc[k, "source"]))
                              .reshape(-1, 3) for k in train]).astype(np.float64)

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from cnn_tasks import models, runtime, train
+from cnn_tasks import models, plots, runtime, train
 from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConvBlock, ExperimentSpec
 from tests.fixtures_training import write_training_dataset
 
@@ -82,7 +82,7 @@ def test_training_writes_model_history_curves_meta_and_tensorboard(tiny_ctx, mon
     model = models.load_model(ctx.cached(ctx.model_key(mid, "model.keras")))
     assert model.layers[0].name == "standardize" and model.output_shape == (None, 3)
     assert model.count_params() == meta["params"]
-    comparison = train.compare_runs(ctx, [mid, "missing__unbalanced"])
+    comparison = plots.compare_runs(ctx, [mid, "missing__unbalanced"])
     assert comparison["key"] == ctx.key("models", "comparison.png") and "missing__unbalanced" in comparison["caption"]
 
 

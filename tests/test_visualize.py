@@ -185,15 +185,15 @@ def test_cli_on_saved_model_and_image_folder(model, tmp_path, capsys):
 
 
 def test_cli_reads_images_as_prediction_does(tmp_path, capsys):
-    """The CLI's images are predict.read_images' pixels (training preprocessing); hidden and
+    """The CLI's images are image_folder.read_images' pixels (training preprocessing); hidden and
     unusable files are left out, not fatal."""
-    from cnn_tasks import predict
+    from cnn_tasks import image_folder
 
     folder = make_dataset(tmp_path / "images", classes=CLASSES, per_class=2, size=32)
     (folder / "class_a" / ".DS_Store").write_bytes(b"\x00\x01")
     (folder / "notes.txt").write_text("not an image")
     images, labels = visualize.load_image_folder(folder, (SIZE, SIZE), ["class_a", "class_b", "class_c"])
-    names, expected, rejected = predict.read_images(folder, SIZE)
+    names, expected, rejected = image_folder.read_images(folder, SIZE)
     np.testing.assert_array_equal(images, expected)
     assert [r["image"] for r in rejected] == ["notes.txt"]
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]  # from the class folders of the usable images
@@ -202,11 +202,11 @@ def test_cli_reads_images_as_prediction_does(tmp_path, capsys):
 
 def test_cli_class_names_and_labels_from_meta_json(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"classes": ["class_a", "class_b", "class_c"]}))
-    from cnn_tasks import predict  # the CLI reads class names as prediction does
+    from cnn_tasks import image_folder  # the CLI reads class names as prediction does
 
-    names = predict.classes_beside(tmp_path / "m.keras", CLASSES)
+    names = image_folder.classes_beside(tmp_path / "m.keras", CLASSES)
     assert names == ["class_a", "class_b", "class_c"]
-    assert predict.classes_beside(tmp_path / "other" / "m.keras", 2) == ["class_0", "class_1"]
+    assert image_folder.classes_beside(tmp_path / "other" / "m.keras", 2) == ["class_0", "class_1"]
     folder = make_dataset(tmp_path / "images", classes=CLASSES, per_class=2, size=32)
     images, labels = visualize.load_image_folder(folder, (SIZE, SIZE), names)
     assert images.shape == (6, SIZE, SIZE, 3) and images.dtype == np.float32
