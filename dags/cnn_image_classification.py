@@ -69,13 +69,16 @@ def _stage(fn, *args):
     """Run a stage with this task's context. Errors a retry cannot fix (PipelineError: bad config,
     bad data, missing bucket, a model that diverges) fail the task at once; others are retried.
     Either way the error is recorded in the store for the report and the run's final check; a
-    later try that succeeds marks it recovered. The task's scratch folders are removed at the end."""
+    later try that succeeds marks it recovered, and its wall time is recorded for the report. The
+    task's scratch folders are removed at the end."""
+    import time
+
     from airflow.sdk.exceptions import AirflowFailException
 
     from cnn_tasks import failures
     from cnn_tasks.errors import PipelineError
 
-    ti, ctx = get_current_context()["ti"], None
+    ti, ctx, started = get_current_context()["ti"], None, time.monotonic()
     try:
         ctx = _ctx()
         result = fn(ctx, *args)
@@ -88,6 +91,8 @@ def _stage(fn, *args):
         raise
     else:
         failures.record_recovered(ctx.store, ctx.prefix, ti.task_id, ti.map_index)
+        failures.record_timing(ctx.store, ctx.prefix, ti.task_id, ti.map_index, _label(ti),
+                               time.monotonic() - started, ti.try_number)
         return result
     finally:
         if ctx is not None:

@@ -92,6 +92,11 @@ def assert_complete_run(store) -> dict:
         assert 0 <= test["accuracy"] <= 1 and 0 <= test["macro_f1"] <= 1, (mid, test)
     html = store.get_text(f"{prefix}/report/index.html")
     assert "Confusion matrix" in html or "confusion matrix" in html
+    # every task before the report recorded its wall time, mapped ones with their labels
+    timed = [row["task"] for row in summary["results"]["stage_times"]]
+    for task in ("configure", "download", "split", "rebalance", "ensemble", "promote", "predict"):
+        assert task in timed, timed
+    assert {f"train [{mid.replace('__', ' / ')}]" for mid in MODEL_IDS} <= set(timed), timed
     return summary
 
 
