@@ -21,7 +21,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export CNN_STORE_URI ?= $(or $(STORE_URI),file://$(CURDIR)/artifacts)
 
-.PHONY: setup run test airflow tensorboard bench lock clean
+.PHONY: setup run test lint format airflow tensorboard bench lock clean
 
 setup: $(STAMP)
 
@@ -39,8 +39,18 @@ run: setup
 	UNLABELLED_URL="$(UNLABELLED_URL)" STORE_URI="$(STORE_URI)" $(PY) -m cnn_tasks run
 
 ## make test [PYTEST_ARGS="-k storage"]
-test: setup
+test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## make lint: ruff's checks and formatting (configured in pyproject.toml); `make test` runs it first
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+## make format: apply ruff's safe fixes and formatting
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 ## make airflow: the Airflow UI with this project's DAG and plugin on http://127.0.0.1:8080
 airflow: setup
