@@ -41,13 +41,16 @@ def local_baseline(spec, image_size: int):
     """conv<i> -> bn<i> -> act<i> -> pool<i>? units, global average pooling and a softmax head."""
     import keras
 
-    layers = [keras.Input((image_size, image_size, 3)),
-              keras.layers.Normalization(mean=[128.0] * 3, variance=[64.0 ** 2] * 3, name="standardize")]
+    layers = [
+        keras.Input((image_size, image_size, 3)),
+        keras.layers.Normalization(mean=[128.0] * 3, variance=[64.0**2] * 3, name="standardize"),
+    ]
     for i, block in enumerate(spec.conv, start=1):
-        layers += [keras.layers.Conv2D(block.filters, block.kernel_size, padding="same", use_bias=False,
-                                       name=f"conv{i}"),
-                   keras.layers.BatchNormalization(name=f"bn{i}"),
-                   keras.layers.Activation(spec.activation, name=f"act{i}")]
+        layers += [
+            keras.layers.Conv2D(block.filters, block.kernel_size, padding="same", use_bias=False, name=f"conv{i}"),
+            keras.layers.BatchNormalization(name=f"bn{i}"),
+            keras.layers.Activation(spec.activation, name=f"act{i}"),
+        ]
         if block.pool == "max":
             layers.append(keras.layers.MaxPooling2D(2, name=f"pool{i}"))
     layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(NUM_CLASSES, activation="softmax")]
@@ -75,9 +78,16 @@ def bench_layer(model, layer_name: str, filters: int, single: int, steps: int) -
     warm_up, batched = time_ascent(step, list(range(filters)), steps, size)
     one_by_one = sum(time_ascent(step, [i], steps, size)[1] for i in range(single))
     extrapolated = one_by_one * filters / single
-    return {"layer": layer_name, "filters": filters, "single": single, "warm_up_s": warm_up, "batched_s": batched,
-            "single_measured_s": one_by_one, "single_extrapolated_s": extrapolated,
-            "speedup": extrapolated / batched}
+    return {
+        "layer": layer_name,
+        "filters": filters,
+        "single": single,
+        "warm_up_s": warm_up,
+        "batched_s": batched,
+        "single_measured_s": one_by_one,
+        "single_extrapolated_s": extrapolated,
+        "speedup": extrapolated / batched,
+    }
 
 
 def main() -> None:
@@ -89,15 +99,21 @@ def main() -> None:
     args = parser.parse_args()
 
     model = baseline_model(args.image_size)
-    print(f"model {model.name} at {args.image_size} px, {args.steps} steps, up to {args.filters} filters per "
-          f"layer; one at a time: {args.single} filters measured, then extrapolated (labelled 'extrap.')")
-    print(f"{'layer':<7}{'filters':>8}{'trace+1 step s':>16}{'batched s':>11}{'1-by-1 s measured':>24}"
-          f"{'1-by-1 s extrap.':>18}{'batched speed-up':>18}")
+    print(
+        f"model {model.name} at {args.image_size} px, {args.steps} steps, up to {args.filters} filters per "
+        f"layer; one at a time: {args.single} filters measured, then extrapolated (labelled 'extrap.')"
+    )
+    print(
+        f"{'layer':<7}{'filters':>8}{'trace+1 step s':>16}{'batched s':>11}{'1-by-1 s measured':>24}"
+        f"{'1-by-1 s extrap.':>18}{'batched speed-up':>18}"
+    )
     for layer_name in visualize.default_filter_layers(model):
         r = bench_layer(model, layer_name, args.filters, args.single, args.steps)
-        print(f"{r['layer']:<7}{r['filters']:>8}{r['warm_up_s']:>16.2f}{r['batched_s']:>11.2f}"
-              f"{r['single_measured_s']:>10.2f} ({r['single']} filters){r['single_extrapolated_s']:>18.2f}"
-              f"{r['speedup']:>17.1f}x")
+        print(
+            f"{r['layer']:<7}{r['filters']:>8}{r['warm_up_s']:>16.2f}{r['batched_s']:>11.2f}"
+            f"{r['single_measured_s']:>10.2f} ({r['single']} filters){r['single_extrapolated_s']:>18.2f}"
+            f"{r['speedup']:>17.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def build_inputs(workdir: Path, gib: float) -> dict[str, Path]:
             zeros, left = bytes(1 << 20), int(gib * 2**30)
             with zf.open("dataset/class_a/zeros.png", "w", force_zip64=True) as out:
                 while left > 0:
-                    out.write(zeros[:min(left, len(zeros))])
+                    out.write(zeros[: min(left, len(zeros))])
                     left -= len(zeros)
         tmp.rename(bomb)
     if not tgz.is_file():
@@ -131,8 +131,14 @@ def child(stage: str, archive: str, sources_file: str | None) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     os.environ["CNN_CACHE_DIR"] = str(work / "cache")
-    config = PipelineConfig.from_dict({"store_uri": f"file://{work / 'store'}", "dataset_url": archive,
-                                       "dataset_checksum": None, "min_images_per_class": 1})
+    config = PipelineConfig.from_dict(
+        {
+            "store_uri": f"file://{work / 'store'}",
+            "dataset_url": archive,
+            "dataset_checksum": None,
+            "min_images_per_class": 1,
+        }
+    )
     ctx = RunContext.create(config, "bench")
     started = time.monotonic()
     outcome = "ok"
@@ -161,8 +167,12 @@ def measure(stage: str, archive: Path, sources_file: str | None) -> dict:
         command += ["--sources", sources_file]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
-        return {"seconds": float("nan"), "peak_mib": float("nan"), "written_mib": float("nan"),
-                "outcome": f"crashed (rc {done.returncode}): {done.stderr.strip().splitlines()[-1:]}"}
+        return {
+            "seconds": float("nan"),
+            "peak_mib": float("nan"),
+            "written_mib": float("nan"),
+            "outcome": f"crashed (rc {done.returncode}): {done.stderr.strip().splitlines()[-1:]}",
+        }
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -180,16 +190,20 @@ def main() -> None:
         return
 
     inputs = build_inputs(args.workdir, args.gib)
-    print(f"sources: {args.sources or 'cnn_tasks/sources.py (checkout)'}; bomb: one {args.gib:g} GiB member "
-          "of zeros; each row is a fresh child process")
-    print(f"{'stage':<6} {'input':<8} {'archive MiB':>11} {'peak RSS MiB':>12} {'wall s':>7} "
-          f"{'disk MiB':>9}  outcome")
+    print(
+        f"sources: {args.sources or 'cnn_tasks/sources.py (checkout)'}; bomb: one {args.gib:g} GiB member "
+        "of zeros; each row is a fresh child process"
+    )
+    print(f"{'stage':<6} {'input':<8} {'archive MiB':>11} {'peak RSS MiB':>12} {'wall s':>7} {'disk MiB':>9}  outcome")
     for stage in args.stages.split(","):
         rows = {}
         for name, archive in inputs.items():
             rows[name] = row = measure(stage, archive, args.sources)
-            print(f"{stage:<6} {name:<8} {archive.stat().st_size / 2**20:>11.1f} {row['peak_mib']:>12.0f} "
-                  f"{row['seconds']:>7.1f} {row['written_mib']:>9.1f}  {row['outcome']}", flush=True)
+            print(
+                f"{stage:<6} {name:<8} {archive.stat().st_size / 2**20:>11.1f} {row['peak_mib']:>12.0f} "
+                f"{row['seconds']:>7.1f} {row['written_mib']:>9.1f}  {row['outcome']}",
+                flush=True,
+            )
         for bomb in ("bomb", "bomb-tgz"):
             extra = rows[bomb]["peak_mib"] - rows["normal"]["peak_mib"]
             print(f"{stage:<6} {bomb + ' - normal peak RSS':<33} {extra:>6.0f} MiB (goal: < 100)")

@@ -60,21 +60,32 @@ def child(args) -> None:
     from cnn_tasks.config import PipelineConfig
     from cnn_tasks.context import RunContext
 
-    config = PipelineConfig.from_dict({
-        "store_uri": f"file://{work / 'store'}", "dataset_url": args.zip, "dataset_checksum": None,
-        "max_images_per_class": args.max_images or None, "rebalance": args.rebalance})
+    config = PipelineConfig.from_dict(
+        {
+            "store_uri": f"file://{work / 'store'}",
+            "dataset_url": args.zip,
+            "dataset_checksum": None,
+            "max_images_per_class": args.max_images or None,
+            "rebalance": args.rebalance,
+        }
+    )
     ctx = RunContext.create(config, "bench")
     sampler = PeakSampler()
     sampler.start()
     result = {"baseline_rss_mib": round(_rss_mib(), 1), "stages": {}}
     sampler.take()
     total = time.perf_counter()
-    for name, stage in (("download+validate", download.run), ("split+analysis", split.run),
-                        ("rebalance", rebalance.run)):
+    for name, stage in (
+        ("download+validate", download.run),
+        ("split+analysis", split.run),
+        ("rebalance", rebalance.run),
+    ):
         started = time.perf_counter()
         out = stage(ctx)
-        result["stages"][name] = {"seconds": round(time.perf_counter() - started, 2),
-                                  "peak_rss_mib": round(sampler.take(), 1)}
+        result["stages"][name] = {
+            "seconds": round(time.perf_counter() - started, 2),
+            "peak_rss_mib": round(sampler.take(), 1),
+        }
         if name == "download+validate":
             result["images"] = out["accepted"]
     result["seconds"] = round(time.perf_counter() - total, 2)
@@ -84,13 +95,24 @@ def child(args) -> None:
 
 def run_child(zip_path: str, max_images: int, rebalance: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as work:
-        cmd = [sys.executable, __file__, "--child", "--work", work, "--zip", zip_path,
-               "--max-images", str(max_images), "--rebalance", rebalance]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--work",
+            work,
+            "--zip",
+            zip_path,
+            "--max-images",
+            str(max_images),
+            "--rebalance",
+            rebalance,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
             sys.exit(f"benchmark child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        return json.loads(lines[-1][len("RESULT "):])
+        return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> None:
@@ -123,14 +145,19 @@ def main() -> None:
     print(f"{'images/s':36s}{small['images'] / small['seconds']:>22.0f}{full['images'] / full['seconds']:>22.0f}")
     print(f"{'RSS after imports (MiB)':36s}{small['baseline_rss_mib']:>22.0f}{full['baseline_rss_mib']:>22.0f}")
     for stage in full["stages"]:
-        print(f"{'peak RSS ' + stage + ' (MiB)':36s}{small['stages'][stage]['peak_rss_mib']:>22.0f}"
-              f"{full['stages'][stage]['peak_rss_mib']:>22.0f}")
+        print(
+            f"{'peak RSS ' + stage + ' (MiB)':36s}{small['stages'][stage]['peak_rss_mib']:>22.0f}"
+            f"{full['stages'][stage]['peak_rss_mib']:>22.0f}"
+        )
     print(f"{'peak RSS, ru_maxrss (MiB)':36s}{small['peak_rss_mib']:>22.0f}{full['peak_rss_mib']:>22.0f}")
     ratio = full["peak_rss_mib"] / small["peak_rss_mib"]
     growth = (full["peak_rss_mib"] - full["baseline_rss_mib"]) / max(
-        small["peak_rss_mib"] - small["baseline_rss_mib"], 1)
-    print(f"\nimages x{full['images'] / small['images']:.1f}  ->  peak memory x{ratio:.2f} "
-          f"(above the import baseline: x{growth:.2f})")
+        small["peak_rss_mib"] - small["baseline_rss_mib"], 1
+    )
+    print(
+        f"\nimages x{full['images'] / small['images']:.1f}  ->  peak memory x{ratio:.2f} "
+        f"(above the import baseline: x{growth:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,11 @@ def evaluate(ctx: RunContext, mid: str, classes: list[str], minority: tuple[str,
     predicted = model.predict(x, batch_size=256, verbose=0).argmax(axis=1)
     recall = recall_score(y, predicted, labels=range(len(classes)), average=None, zero_division=0)
     minority_ids = [classes.index(c) for c in minority if c in classes]
-    return {"accuracy": accuracy_score(y, predicted), "macro_f1": f1_score(y, predicted, average="macro"),
-            "minority_recall": float(np.mean(recall[minority_ids])) if minority_ids else float("nan")}
+    return {
+        "accuracy": accuracy_score(y, predicted),
+        "macro_f1": f1_score(y, predicted, average="macro"),
+        "minority_recall": float(np.mean(recall[minority_ids])) if minority_ids else float("nan"),
+    }
 
 
 def run_experiments(ctx: RunContext, info: dict, runs: list[tuple[str, str]], minority, label: str) -> list[dict]:
@@ -74,19 +77,31 @@ def run_experiments(ctx: RunContext, info: dict, runs: list[tuple[str, str]], mi
             checked.add(experiment)
         result = train.run(ctx, experiment, variant)
         mid = model_id(experiment, variant)
-        rows.append({"data": label, "model": mid, "epochs": result["epochs_run"],
-                     "wall_s": time.perf_counter() - start, **evaluate(ctx, mid, info["classes"], minority)})
+        rows.append(
+            {
+                "data": label,
+                "model": mid,
+                "epochs": result["epochs_run"],
+                "wall_s": time.perf_counter() - start,
+                **evaluate(ctx, mid, info["classes"], minority),
+            }
+        )
         print_rows(rows[-1:])
     return rows
 
 
 def print_rows(rows: list[dict], header: bool = False) -> None:
     if header:
-        print(f"\n{'data':<11} {'model':<26} {'test acc':>8} {'macro-F1':>8} {'minority recall':>15} "
-              f"{'epochs':>6} {'wall s':>8}")
+        print(
+            f"\n{'data':<11} {'model':<26} {'test acc':>8} {'macro-F1':>8} {'minority recall':>15} "
+            f"{'epochs':>6} {'wall s':>8}"
+        )
     for r in rows:
-        print(f"{r['data']:<11} {r['model']:<26} {r['accuracy']:>8.4f} {r['macro_f1']:>8.4f} "
-              f"{r['minority_recall']:>15.4f} {r['epochs']:>6} {r['wall_s']:>8.0f}", flush=True)
+        print(
+            f"{r['data']:<11} {r['model']:<26} {r['accuracy']:>8.4f} {r['macro_f1']:>8.4f} "
+            f"{r['minority_recall']:>15.4f} {r['epochs']:>6} {r['wall_s']:>8.0f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -96,8 +111,12 @@ def main() -> None:
     parser.add_argument("--max-per-class", type=int, default=None, help="cap images per class (default: all)")
     parser.add_argument("--experiments", default=",".join(names), help=f"comma-separated subset of {names}")
     parser.add_argument("--imbalanced-experiment", default=names[0], help="experiment for the imbalance study")
-    parser.add_argument("--imbalanced-max-per-class", type=int, default=None,
-                        help="cap per class before the minority cut (default: --max-per-class)")
+    parser.add_argument(
+        "--imbalanced-max-per-class",
+        type=int,
+        default=None,
+        help="cap per class before the minority cut (default: --max-per-class)",
+    )
     parser.add_argument("--minority", default=",".join(MINORITY), help="classes cut to a third")
     parser.add_argument("--rebalance", default="augment", help="strategy for the balanced variant")
     parser.add_argument("--image-size", type=int, default=64)
@@ -114,10 +133,18 @@ def main() -> None:
         os.environ.setdefault("CNN_CACHE_DIR", str(work / "cache"))
 
         def context(run_id: str, url: Path, cap: int | None = args.max_per_class) -> RunContext:
-            config = PipelineConfig.from_dict({
-                "store_uri": f"file://{work / 'store'}", "dataset_url": str(url), "dataset_checksum": None,
-                "max_images_per_class": cap, "image_size": args.image_size,
-                "epochs": args.epochs, "rebalance": args.rebalance, "min_images_per_class": 5})
+            config = PipelineConfig.from_dict(
+                {
+                    "store_uri": f"file://{work / 'store'}",
+                    "dataset_url": str(url),
+                    "dataset_checksum": None,
+                    "max_images_per_class": cap,
+                    "image_size": args.image_size,
+                    "epochs": args.epochs,
+                    "rebalance": args.rebalance,
+                    "min_images_per_class": 5,
+                }
+            )
             return RunContext.create(config, run_id)
 
         started = time.perf_counter()
@@ -131,8 +158,10 @@ def main() -> None:
             rows += run_experiments(ctx, prepare(ctx), runs, minority, "imbalanced")
         print_rows(rows, header=True)
         best = max((r for r in rows if r["data"] == "eurosat"), key=lambda r: r["accuracy"])
-        print(f"\nbest single model on EuroSAT: {best['model']} test accuracy {best['accuracy']:.4f} "
-              f"(target >= 0.96); total {time.perf_counter() - started:.0f}s")
+        print(
+            f"\nbest single model on EuroSAT: {best['model']} test accuracy {best['accuracy']:.4f} "
+            f"(target >= 0.96); total {time.perf_counter() - started:.0f}s"
+        )
 
 
 if __name__ == "__main__":

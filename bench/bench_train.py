@@ -65,7 +65,7 @@ def build_dataset(ctx: RunContext, zip_path: Path, total: int, image_size: int, 
             files.append((path, label))
             writer.write(raw, label, hashlib.sha256(raw).hexdigest())
             rgb = np.asarray(Image.open(path).convert("RGB"), np.float64).reshape(-1, 3)
-            sums, squares, pixels = sums + rgb.sum(0), squares + (rgb ** 2).sum(0), pixels + len(rgb)
+            sums, squares, pixels = sums + rgb.sum(0), squares + (rgb**2).sum(0), pixels + len(rgb)
     keys = []
     for path in writer.paths:
         keys.append(ctx.data_key("shards", "train", "unbalanced", path.name))
@@ -73,10 +73,16 @@ def build_dataset(ctx: RunContext, zip_path: Path, total: int, image_size: int, 
     mean = sums / pixels
     counts = np.bincount([label for _, label in members], minlength=len(classes)).tolist()
     part = {"shards": keys, "count": len(members), "class_counts": counts, "class_weight": None}
-    info = {"classes": classes, "image_size": image_size, "mean": mean.tolist(),
-            "std": np.sqrt(squares / pixels - mean ** 2).tolist(), "dataset_sha256": "bench",
-            "rebalance": "none", "figures": [],
-            "splits": {s: {"unbalanced": part, "balanced": part} for s in ("train", "val", "test")}}
+    info = {
+        "classes": classes,
+        "image_size": image_size,
+        "mean": mean.tolist(),
+        "std": np.sqrt(squares / pixels - mean**2).tolist(),
+        "dataset_sha256": "bench",
+        "rebalance": "none",
+        "figures": [],
+        "splits": {s: {"unbalanced": part, "balanced": part} for s in ("train", "val", "test")},
+    }
     ctx.store.put_json(ctx.data_key("dataset.json"), info)
     return files
 
@@ -104,18 +110,21 @@ class PilSequence(keras.utils.PyDataset):
         return int(np.ceil(len(self.files) / self.batch_size))
 
     def __getitem__(self, index):
-        chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         return pil_batch([self.files[i] for i in chosen], self.image_size)
 
 
 def pipeline_throughput(ctx, files, image_size: int, batch_size: int, rounds: int) -> dict[str, float]:
     """Median images/s over `rounds`, the feeds interleaved so load changes hit them alike."""
-    times = {"tf.data from shards, 1st pass (decode+resize+batch)": [], "tf.data from shards, cached pass": [],
-             "naive PIL loader": []}
+    times = {
+        "tf.data from shards, 1st pass (decode+resize+batch)": [],
+        "tf.data from shards, cached pass": [],
+        "naive PIL loader": [],
+    }
     count = len(files)
     for _ in range(rounds):
         ds = data.dataset(ctx, "train", batch_size=batch_size)  # a fresh dataset: its cache starts empty
-        naive = (pil_batch(files[i:i + batch_size], image_size) for i in range(0, count, batch_size))
+        naive = (pil_batch(files[i : i + batch_size], image_size) for i in range(0, count, batch_size))
         for name, source in zip(times, (ds, ds, naive)):
             times[name].append(timed_pass(source))
     return {name: count / float(np.median(values)) for name, values in times.items()}
@@ -136,13 +145,17 @@ def training_throughput(ctx, files, info: dict, epochs: int) -> dict[str, float]
     x, y, _ = data.load_split_arrays(ctx, "train")
     # The in-memory reference is built once (tensors resident, reshuffled each epoch): handing Keras
     # the NumPy arrays on every per-epoch fit() call would add a full copy per epoch to its time.
-    in_memory = (tf.data.Dataset.from_tensor_slices((tf.constant(x), tf.constant(y)))
-                 .shuffle(len(x), seed=0, reshuffle_each_iteration=True).batch(spec.batch_size)
-                 .prefetch(tf.data.AUTOTUNE))
+    in_memory = (
+        tf.data.Dataset.from_tensor_slices((tf.constant(x), tf.constant(y)))
+        .shuffle(len(x), seed=0, reshuffle_each_iteration=True)
+        .batch(spec.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     feeds = {
         # the real training pipeline (config.augment is off here, so all three feeds do the same work)
-        "real pipeline (tf.data, shards)": dict(x=data.dataset(ctx, "train", batch_size=spec.batch_size,
-                                                               training=True), shuffle=False),
+        "real pipeline (tf.data, shards)": dict(
+            x=data.dataset(ctx, "train", batch_size=spec.batch_size, training=True), shuffle=False
+        ),
         "in-memory tensors": dict(x=in_memory, shuffle=False),
         "naive PIL loader (PyDataset)": dict(x=PilSequence(files, size, spec.batch_size)),
     }
@@ -174,30 +187,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=7,
-                        help="training epochs per feed, interleaved (the first is excluded)")
+    parser.add_argument(
+        "--epochs", type=int, default=7, help="training epochs per feed, interleaved (the first is excluded)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--zip", type=Path, default=EUROSAT_ZIP)
     args = parser.parse_args()
     settings = runtime.configure_tensorflow()
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         tmp = Path(tmp)
-        config = PipelineConfig.from_dict({"store_uri": f"file://{tmp / 'store'}", "dataset_checksum": None,
-                                           "augment": False, "image_size": args.image_size})
+        config = PipelineConfig.from_dict(
+            {
+                "store_uri": f"file://{tmp / 'store'}",
+                "dataset_checksum": None,
+                "augment": False,
+                "image_size": args.image_size,
+            }
+        )
         os.environ["CNN_CACHE_DIR"] = str(tmp / "cache")  # keep the worker cache inside the temp folder
         ctx = RunContext.create(config, "bench")
         ctx.scratch_root = tmp / "scratch"
         start = time.perf_counter()
         files = build_dataset(ctx, args.zip, args.images, args.image_size, tmp)
         info = data.load_dataset_info(ctx)
-        print(f"{len(files)} EuroSAT images, {args.image_size} px, {settings['intra_op_threads']} threads; "
-              f"shards built in {time.perf_counter() - start:.1f}s", flush=True)
-        print_table("(a) input pipeline alone (median of 3 interleaved rounds)",
-                    pipeline_throughput(ctx, files, args.image_size, args.batch_size, rounds=3),
-                    "naive PIL loader")
+        print(
+            f"{len(files)} EuroSAT images, {args.image_size} px, {settings['intra_op_threads']} threads; "
+            f"shards built in {time.perf_counter() - start:.1f}s",
+            flush=True,
+        )
+        print_table(
+            "(a) input pipeline alone (median of 3 interleaved rounds)",
+            pipeline_throughput(ctx, files, args.image_size, args.batch_size, rounds=3),
+            "naive PIL loader",
+        )
         print("\n(b) training the baseline model", flush=True)
-        print_table("(b) training throughput (steady-state epochs)",
-                    training_throughput(ctx, files, info, args.epochs), "in-memory tensors")
+        print_table(
+            "(b) training throughput (steady-state epochs)",
+            training_throughput(ctx, files, info, args.epochs),
+            "in-memory tensors",
+        )
 
 
 if __name__ == "__main__":

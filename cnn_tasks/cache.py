@@ -51,7 +51,8 @@ def max_bytes(environ=os.environ) -> int | None:
     if not math.isfinite(value) or value < 0:
         raise CacheSettingError(
             f"{LIMIT_ENV}={raw!r} is not a size in GB: set it to a number such as {DEFAULT_MAX_GB:g} "
-            f"(the default) or 1.5, or to 0 for an unbounded worker cache")
+            f"(the default) or 1.5, or to 0 for an unbounded worker cache"
+        )
     return int(value * GB) or None
 
 
@@ -192,11 +193,20 @@ def enforce_limit(root: Path) -> list[Entry]:
     finally:
         os.close(fd)
     if evicted:
-        log.info("cache over %.1f GB: evicted %d entries, %.1f GB, least recently used first", limit / GB,
-                 len(evicted), sum(e.size for e in evicted) / GB)
+        log.info(
+            "cache over %.1f GB: evicted %d entries, %.1f GB, least recently used first",
+            limit / GB,
+            len(evicted),
+            sum(e.size for e in evicted) / GB,
+        )
     if left > limit:
-        log.warning("cache still holds %.1f GB, over its %.1f GB limit (%s): the rest is in use by running "
-                    "tasks on this worker", left / GB, limit / GB, LIMIT_ENV)
+        log.warning(
+            "cache still holds %.1f GB, over its %.1f GB limit (%s): the rest is in use by running "
+            "tasks on this worker",
+            left / GB,
+            limit / GB,
+            LIMIT_ENV,
+        )
     return evicted
 
 
@@ -212,8 +222,12 @@ def prune_stale_scratch(scratch_root: Path, current_run: str, max_age_s: float =
         if now - _last_touched(folder) > max_age_s:
             shutil.rmtree(folder, ignore_errors=True)
             pruned.append(folder)
-            log.info("removed the scratch folder of run %s: untouched for more than %.0f days (a task "
-                     "killed before it could clean up)", folder.name, max_age_s / 86400)
+            log.info(
+                "removed the scratch folder of run %s: untouched for more than %.0f days (a task "
+                "killed before it could clean up)",
+                folder.name,
+                max_age_s / 86400,
+            )
     return pruned
 
 

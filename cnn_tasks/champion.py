@@ -30,13 +30,20 @@ def candidate_rows(ctx) -> list[dict]:
     for key in ctx.store.list(ctx.key("eval") + "/"):
         if key.endswith("/metrics.json"):
             metrics = ctx.store.get_json(key)
-            rows.append({"name": metrics["model_id"], "kind": "model", "members": [metrics["model_id"]],
-                         **metrics["splits"]["test"]})
+            rows.append(
+                {
+                    "name": metrics["model_id"],
+                    "kind": "model",
+                    "members": [metrics["model_id"]],
+                    **metrics["splits"]["test"],
+                }
+            )
     return rows
 
 
 def pick_candidate(rows: list[dict], metric: str) -> tuple[dict, dict]:
     """(best row overall, deployable single-model row): the best member when the best is an ensemble."""
+
     def score(row):
         return -np.inf if row.get(metric) is None else row[metric]
 

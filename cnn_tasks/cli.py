@@ -41,8 +41,13 @@ from cnn_tasks.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 # Environment variables (and `run` options) that override a settings file, and their fields.
-OVERRIDES = {"PROFILE": "profile", "DATASET_URL": "dataset_url", "DATASET_CHECKSUM": "dataset_checksum",
-             "UNLABELLED_URL": "unlabelled_url", "STORE_URI": "store_uri"}
+OVERRIDES = {
+    "PROFILE": "profile",
+    "DATASET_URL": "dataset_url",
+    "DATASET_CHECKSUM": "dataset_checksum",
+    "UNLABELLED_URL": "unlabelled_url",
+    "STORE_URI": "store_uri",
+}
 LOCAL_PATH_FIELDS = ("dataset_url", "unlabelled_url")
 
 
@@ -70,8 +75,10 @@ def read_settings(path: str | Path) -> dict[str, Any]:
         try:
             json.dumps(value)
         except (TypeError, ValueError):  # e.g. an unquoted date, which YAML reads as a date
-            raise SettingsError(f"{path}: {name}: {value!r} is not a plain value (string, number, true/false, "
-                                "list or mapping): quote it") from None
+            raise SettingsError(
+                f"{path}: {name}: {value!r} is not a plain value (string, number, true/false, "
+                "list or mapping): quote it"
+            ) from None
     return values
 
 
@@ -146,11 +153,18 @@ def run_pipeline(conf: dict[str, Any]) -> int:
     config = PipelineConfig.from_dict(conf, given=set(conf))
     if config.dataset_url == EUROSAT_URL:
         check_reachable(config.dataset_url)
-    print(f"Running {DAG_ID} ({config.profile} profile) on {config.dataset_url}\n  store: {config.store_uri}",
-          flush=True)
+    print(
+        f"Running {DAG_ID} ({config.profile} profile) on {config.dataset_url}\n  store: {config.store_uri}", flush=True
+    )
     airflow("db", "migrate", stdout=subprocess.DEVNULL)
-    airflow("pools", "set", os.environ.get("CNN_TRAINING_POOL", "training"), "2", "CNN training tasks",
-            stdout=subprocess.DEVNULL)
+    airflow(
+        "pools",
+        "set",
+        os.environ.get("CNN_TRAINING_POOL", "training"),
+        "2",
+        "CNN training tasks",
+        stdout=subprocess.DEVNULL,
+    )
     store = open_store(config.store_uri, endpoint_url=config.s3_endpoint_url)
     before = run_ids(store)
     # `dags test` exits non-zero when the DAG run ends failed (any task failed: see the DAG docstring).
@@ -204,7 +218,7 @@ def download_tensorboard_logs(store, run_id: str, dest: Path) -> list[str]:
     prefix = f"runs/{safe_run_id(run_id)}/models/"
     found = set()
     for key in store.list(prefix):
-        model, _, rest = key[len(prefix):].partition("/tensorboard/")
+        model, _, rest = key[len(prefix) :].partition("/tensorboard/")
         if rest and "/" not in model:
             store.get_file(key, dest / model / rest)
             found.add(model)
@@ -237,11 +251,19 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a settings file (YAML or JSON) without running anything")
     v.add_argument("settings", type=Path)
     r = sub.add_parser("run", help="run the pipeline once (what `make run` does)")
-    r.add_argument("--conf", type=Path, default=os.environ.get("CONF") or None,
-                   help="settings file (YAML or JSON) with any config field; default: $CONF")
+    r.add_argument(
+        "--conf",
+        type=Path,
+        default=os.environ.get("CONF") or None,
+        help="settings file (YAML or JSON) with any config field; default: $CONF",
+    )
     for env, field in OVERRIDES.items():
-        r.add_argument(f"--{field.replace('_', '-')}", dest=env, default=os.environ.get(env),
-                       help=f"overrides {field} from the settings file; default: ${env}")
+        r.add_argument(
+            f"--{field.replace('_', '-')}",
+            dest=env,
+            default=os.environ.get(env),
+            help=f"overrides {field} from the settings file; default: ${env}",
+        )
     s = sub.add_parser("predict", help="classify a folder of images with the champion of a store")
     s.add_argument("folder", type=Path, help="folder of images (searched recursively)")
     s.add_argument("--store", required=True, help="file:///path or s3://bucket/prefix")
@@ -263,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             conf = build_conf(args.settings, overrides={})
             config = PipelineConfig.from_dict(conf, given=set(conf))
-            print(f"{args.settings}: valid ({config.profile} profile, {len(config.experiments)} experiment(s), "
-                  f"{config.image_size} px, dataset {config.dataset_url})")
+            print(
+                f"{args.settings}: valid ({config.profile} profile, {len(config.experiments)} experiment(s), "
+                f"{config.image_size} px, dataset {config.dataset_url})"
+            )
             return 0
         if args.command == "run":
             return run_pipeline(build_conf(args.conf, {env: getattr(args, env) for env in OVERRIDES}))

@@ -10,17 +10,26 @@ and the Airflow Params are generated from their JSON schema (`field_schemas`).
 import json
 import math
 import re
-from typing import Annotated, Any, Callable, Literal, get_args
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError,
-                      ValidationInfo, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from cnn_tasks.errors import PipelineError
 
 # The public EuroSAT RGB archive (wrapper folder `2750/` above the class folders).
 EUROSAT_URL = (
-    "https://huggingface.co/datasets/torchgeo/eurosat/resolve/"
-    "c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip"
+    "https://huggingface.co/datasets/torchgeo/eurosat/resolve/c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip"
 )
 EUROSAT_CHECKSUM = "md5:c8fa014336c82ac7804f0398fcb19387"
 
@@ -74,10 +83,12 @@ def _class_list(value: Any) -> Any:
 
 def _rule(ok: Callable[[Any], Any], message: str | Callable[[Any], str]) -> AfterValidator:
     """A check of a set value; the message is a function of the value or a format of {value}."""
+
     def check(value: Any) -> Any:
         if value is not None and not ok(value):
             raise ValueError(message(value) if callable(message) else message.format(value=value))
         return value
+
     return AfterValidator(check)
 
 
@@ -89,21 +100,30 @@ OptionalText = Annotated[str | None, BeforeValidator(_blank_is_none)]
 
 # Checks of single values, each with the message a user sees.
 NOT_EMPTY = _rule(str.strip, "must not be empty")
-CHECKSUM = _rule(re.compile(r"(md5:[0-9a-f]{32}|sha256:[0-9a-f]{64})").fullmatch,
-                 "{value!r} must look like 'md5:<32 hex>' or 'sha256:<64 hex>'")
-INSIDE_DATASET = _rule(lambda d: not d.startswith(("/", "\\")) and ".." not in re.split(r"[/\\]", d),
-                       "{value!r} must name a folder inside the dataset, relative to its top and without '..' "
-                       "(e.g. 'train_set' or 'data/train')")
+CHECKSUM = _rule(
+    re.compile(r"(md5:[0-9a-f]{32}|sha256:[0-9a-f]{64})").fullmatch,
+    "{value!r} must look like 'md5:<32 hex>' or 'sha256:<64 hex>'",
+)
+INSIDE_DATASET = _rule(
+    lambda d: not d.startswith(("/", "\\")) and ".." not in re.split(r"[/\\]", d),
+    "{value!r} must name a folder inside the dataset, relative to its top and without '..' "
+    "(e.g. 'train_set' or 'data/train')",
+)
 TWO_CLASSES = _rule(lambda c: len(c) >= 2, "select at least 2 classes (or leave empty for all)")
 DISTINCT_CLASSES = _rule(lambda c: len(set(c)) == len(c), "contains a class twice")
 POSITIVE_RATIOS = _rule(lambda s: all(r > 0 for r in s), lambda s: f"{list(s)}: every ratio must be > 0")
-SUMS_TO_ONE = _rule(lambda s: math.isclose(sum(s), 1.0, abs_tol=1e-6),
-                    lambda s: f"{list(s)} sums to {sum(s):.4f}; the ratios must sum to 1")
-DISTINCT_NAMES = _rule(lambda e: len({spec.name for spec in e}) == len(e),
-                       lambda e: f"duplicate experiment names in {[spec.name for spec in e]}")
+SUMS_TO_ONE = _rule(
+    lambda s: math.isclose(sum(s), 1.0, abs_tol=1e-6),
+    lambda s: f"{list(s)} sums to {sum(s):.4f}; the ratios must sum to 1",
+)
+DISTINCT_NAMES = _rule(
+    lambda e: len({spec.name for spec in e}) == len(e),
+    lambda e: f"duplicate experiment names in {[spec.name for spec in e]}",
+)
 STORE_SCHEME = _rule(lambda u: u.startswith(("file://", "s3://")), "{value!r} must start with file:// or s3://")
-SLUG = _rule(re.compile(r"[a-z0-9][a-z0-9_\-]{0,39}").fullmatch,
-             "{value!r}: use 1-40 lowercase letters, digits, '_' or '-'")
+SLUG = _rule(
+    re.compile(r"[a-z0-9][a-z0-9_\-]{0,39}").fullmatch, "{value!r}: use 1-40 lowercase letters, digits, '_' or '-'"
+)
 
 # Trigger-form sections (the Airflow Param `section`); fields without one come first, open.
 DATA = {"section": "Data preparation"}
@@ -157,9 +177,12 @@ DEFAULT_EXPERIMENTS: tuple[ExperimentSpec, ...] = (
         "3x3, max pooling), ReLU, batch norm, dropout, L2, global average pooling head; "
         "Adam 1e-3 with plateau decay, batch size 32.",
         conv=(
-            _block(32), _block(32, pool="max"),
-            _block(64), _block(64, pool="max"),
-            _block(128), _block(128, pool="max"),
+            _block(32),
+            _block(32, pool="max"),
+            _block(64),
+            _block(64, pool="max"),
+            _block(128),
+            _block(128, pool="max"),
         ),
     ),
     ExperimentSpec(
@@ -168,8 +191,10 @@ DEFAULT_EXPERIMENTS: tuple[ExperimentSpec, ...] = (
         "ELU activation; SGD with momentum 0.9 and a cosine schedule; batch size "
         "64. Tests whether learned downsampling and a different optimiser match the baseline.",
         conv=(
-            _block(48), _block(48, strides=2),
-            _block(96), _block(96, strides=2),
+            _block(48),
+            _block(48, strides=2),
+            _block(96),
+            _block(96, strides=2),
             _block(192, strides=2),
         ),
         activation="elu",
@@ -184,10 +209,14 @@ DEFAULT_EXPERIMENTS: tuple[ExperimentSpec, ...] = (
         "activation, AdamW and a cosine schedule, spatial dropout after each block; batch size "
         "64. Tests whether extra depth buys accuracy on 64 px images.",
         conv=(
-            _block(32), _block(32, pool="max"),
-            _block(64), _block(64, pool="max"),
-            _block(128), _block(128, pool="max"),
-            _block(256), _block(256, pool="max"),
+            _block(32),
+            _block(32, pool="max"),
+            _block(64),
+            _block(64, pool="max"),
+            _block(128),
+            _block(128, pool="max"),
+            _block(256),
+            _block(256, pool="max"),
         ),
         activation="swish",
         optimizer="adamw",
@@ -215,87 +244,234 @@ class PipelineConfig(_Settings):
     The fields are in trigger-form order: the profile and the most-used settings first.
     """
 
-    profile: Profile = Field("standard", title="Profile", description=(
-        "'quick' runs a few minutes on a laptop CPU (few classes, images and epochs); 'standard' is the real job. "
-        "Quick settings apply to fields left at their defaults."))
-    dataset_url: Annotated[str, NOT_EMPTY] = Field(EUROSAT_URL, title="Dataset", description=(
-        "Labelled images: http(s) URL, s3://bucket/key, or a local zip, tar(.gz) or folder with one sub-folder per "
-        "class."))
+    profile: Profile = Field(
+        "standard",
+        title="Profile",
+        description=(
+            "'quick' runs a few minutes on a laptop CPU (few classes, images and epochs); 'standard' is the real job. "
+            "Quick settings apply to fields left at their defaults."
+        ),
+    )
+    dataset_url: Annotated[str, NOT_EMPTY] = Field(
+        EUROSAT_URL,
+        title="Dataset",
+        description=(
+            "Labelled images: http(s) URL, s3://bucket/key, or a local zip, tar(.gz) or folder with one sub-folder per "
+            "class."
+        ),
+    )
     dataset_checksum: Annotated[OptionalText, CHECKSUM] = Field(
-        EUROSAT_CHECKSUM, title="Dataset checksum", description="Optional 'sha256:<hex>' or 'md5:<hex>' of the "
-        "archive; a mismatch stops the run. Leave empty when pointing at your own data.")
+        EUROSAT_CHECKSUM,
+        title="Dataset checksum",
+        description="Optional 'sha256:<hex>' or 'md5:<hex>' of the "
+        "archive; a mismatch stops the run. Leave empty when pointing at your own data.",
+    )
     classes: Annotated[tuple[str, ...] | None, BeforeValidator(_class_list), TWO_CLASSES, DISTINCT_CLASSES] = Field(
-        None, title="Classes", description="Subset of class-folder names to use; empty means all classes.")
-    classes_limit: OptionalInt = Field(None, ge=2, title="Number of classes", description=(
-        "Keep only the first N classes (alphabetical) when no subset is given; empty means all classes."))
-    max_images_per_class: OptionalInt = Field(None, ge=10, title="Images per class (cap)",
-                                              description="Seeded random sample per class; empty means all images.")
-    image_size: Int = Field(64, ge=16, le=512, title="Image size (px)",
-                            description="Images are resized to this square size before training.")
-    epochs: Int = Field(30, ge=1, le=1000, title="Epochs",
-                        description="Maximum epochs per training run (early stopping may end sooner).")
-    unlabelled_url: OptionalText = Field(None, title="Unlabelled images", description=(
-        "Optional folder, archive or URL of images to classify with the champion model after training (writes "
-        "predictions.csv)."))
+        None, title="Classes", description="Subset of class-folder names to use; empty means all classes."
+    )
+    classes_limit: OptionalInt = Field(
+        None,
+        ge=2,
+        title="Number of classes",
+        description=("Keep only the first N classes (alphabetical) when no subset is given; empty means all classes."),
+    )
+    max_images_per_class: OptionalInt = Field(
+        None,
+        ge=10,
+        title="Images per class (cap)",
+        description="Seeded random sample per class; empty means all images.",
+    )
+    image_size: Int = Field(
+        64,
+        ge=16,
+        le=512,
+        title="Image size (px)",
+        description="Images are resized to this square size before training.",
+    )
+    epochs: Int = Field(
+        30,
+        ge=1,
+        le=1000,
+        title="Epochs",
+        description="Maximum epochs per training run (early stopping may end sooner).",
+    )
+    unlabelled_url: OptionalText = Field(
+        None,
+        title="Unlabelled images",
+        description=(
+            "Optional folder, archive or URL of images to classify with the champion model after training (writes "
+            "predictions.csv)."
+        ),
+    )
 
     dataset_subdir: Annotated[OptionalText, INSIDE_DATASET] = Field(
-        None, title="Sub-folder", json_schema_extra=DATA,
-        description="Folder inside the archive that holds the class folders (e.g. train_set).")
-    predefined_split: PredefinedSplit = Field("auto", title="Predefined split", json_schema_extra=DATA, description=(
-        "What to do with train/val/test folders found in the dataset: 'auto' keeps a given test and validation split "
-        "and carves what is missing from the training split; 'ignore' pools every labelled image and splits it by "
-        "the split ratios; 'require' fails unless the dataset ships its own split."))
-    min_images_per_class: Int = Field(50, ge=1, title="Minimum images per class", json_schema_extra=DATA,
-                                      description="A class with fewer valid images stops the run.")
-    image_fit: ImageFit = Field("squash", title="Image fit", json_schema_extra=DATA, description=(
-        "How a non-square image becomes a square of image_size: 'squash' resizes it (distorting the aspect ratio), "
-        "'pad' letterboxes it with black borders, 'center_crop' keeps the central square."))
-    min_image_side: Int = Field(8, ge=1, le=4096, title="Minimum image side (px)", json_schema_extra=DATA,
-                                description="Images whose shorter side is below this are rejected (reason too_small).")
-    max_aspect_ratio: Float = Field(10.0, ge=1, le=1000, title="Maximum aspect ratio", json_schema_extra=DATA,
-                                    description="Images whose longer side exceeds the shorter side this many times "
-                                    "are rejected (reason extreme_aspect_ratio).")
+        None,
+        title="Sub-folder",
+        json_schema_extra=DATA,
+        description="Folder inside the archive that holds the class folders (e.g. train_set).",
+    )
+    predefined_split: PredefinedSplit = Field(
+        "auto",
+        title="Predefined split",
+        json_schema_extra=DATA,
+        description=(
+            "What to do with train/val/test folders found in the dataset: 'auto' keeps a given test and validation split "
+            "and carves what is missing from the training split; 'ignore' pools every labelled image and splits it by "
+            "the split ratios; 'require' fails unless the dataset ships its own split."
+        ),
+    )
+    min_images_per_class: Int = Field(
+        50,
+        ge=1,
+        title="Minimum images per class",
+        json_schema_extra=DATA,
+        description="A class with fewer valid images stops the run.",
+    )
+    image_fit: ImageFit = Field(
+        "squash",
+        title="Image fit",
+        json_schema_extra=DATA,
+        description=(
+            "How a non-square image becomes a square of image_size: 'squash' resizes it (distorting the aspect ratio), "
+            "'pad' letterboxes it with black borders, 'center_crop' keeps the central square."
+        ),
+    )
+    min_image_side: Int = Field(
+        8,
+        ge=1,
+        le=4096,
+        title="Minimum image side (px)",
+        json_schema_extra=DATA,
+        description="Images whose shorter side is below this are rejected (reason too_small).",
+    )
+    max_aspect_ratio: Float = Field(
+        10.0,
+        ge=1,
+        le=1000,
+        title="Maximum aspect ratio",
+        json_schema_extra=DATA,
+        description="Images whose longer side exceeds the shorter side this many times "
+        "are rejected (reason extreme_aspect_ratio).",
+    )
     split: Annotated[tuple[Float, ...], POSITIVE_RATIOS, SUMS_TO_ONE] = Field(
-        (0.7, 0.2, 0.1), min_length=3, max_length=3, title="Split ratios", json_schema_extra=DATA,
-        description="Train, validation and test fractions; must sum to 1.")
-    seed: Int = Field(42, ge=0, title="Seed", json_schema_extra=DATA, description=(
-        "Every random choice (split, shuffling, augmentation, initialisation) uses this seed."))
-    rebalance: Rebalance = Field("augment", title="Rebalance strategy", json_schema_extra=DATA, description=(
-        "How training and validation data are balanced for the 'balanced' variant; the test split is never touched."))
+        (0.7, 0.2, 0.1),
+        min_length=3,
+        max_length=3,
+        title="Split ratios",
+        json_schema_extra=DATA,
+        description="Train, validation and test fractions; must sum to 1.",
+    )
+    seed: Int = Field(
+        42,
+        ge=0,
+        title="Seed",
+        json_schema_extra=DATA,
+        description=("Every random choice (split, shuffling, augmentation, initialisation) uses this seed."),
+    )
+    rebalance: Rebalance = Field(
+        "augment",
+        title="Rebalance strategy",
+        json_schema_extra=DATA,
+        description=(
+            "How training and validation data are balanced for the 'balanced' variant; the test split is never touched."
+        ),
+    )
 
     experiments: Annotated[tuple[ExperimentSpec, ...], DISTINCT_NAMES] = Field(
-        DEFAULT_EXPERIMENTS, min_length=1, title="Model experiments", json_schema_extra=TRAINING, description=(
+        DEFAULT_EXPERIMENTS,
+        min_length=1,
+        title="Model experiments",
+        json_schema_extra=TRAINING,
+        description=(
             "Sequential CNN specs (>= 4 conv layers each); every experiment is trained on the unbalanced and on the "
-            "balanced data."))
-    early_stopping_patience: Int = Field(6, ge=1, le=100, title="Early-stopping patience", json_schema_extra=TRAINING,
-                                         description="Epochs without validation-loss improvement before training "
-                                         "stops and the best weights are restored.")
-    augment: StrictBool = Field(True, title="Augment training images", json_schema_extra=TRAINING,
-                                description="Random flips, small rotations, zoom and contrast on training batches.")
-    single_batch_steps: Int = Field(150, ge=10, le=5000, title="Single-batch check steps", json_schema_extra=TRAINING,
-                                    description="Step budget for overfitting one batch before training.")
-    mixed_precision: StrictBool = Field(False, title="Mixed precision", json_schema_extra=TRAINING,
-                                        description="float16 compute on a GPU (leave off on CPU).")
-    deterministic: StrictBool = Field(False, title="Deterministic ops", json_schema_extra=TRAINING,
-                                      description="Bit-for-bit reproducible TensorFlow ops (slower).")
-    filter_pattern_steps: Int = Field(30, ge=1, le=500, title="Filter-pattern steps", json_schema_extra=TRAINING,
-                                      description="Gradient-ascent steps per filter visualisation.")
+            "balanced data."
+        ),
+    )
+    early_stopping_patience: Int = Field(
+        6,
+        ge=1,
+        le=100,
+        title="Early-stopping patience",
+        json_schema_extra=TRAINING,
+        description="Epochs without validation-loss improvement before training "
+        "stops and the best weights are restored.",
+    )
+    augment: StrictBool = Field(
+        True,
+        title="Augment training images",
+        json_schema_extra=TRAINING,
+        description="Random flips, small rotations, zoom and contrast on training batches.",
+    )
+    single_batch_steps: Int = Field(
+        150,
+        ge=10,
+        le=5000,
+        title="Single-batch check steps",
+        json_schema_extra=TRAINING,
+        description="Step budget for overfitting one batch before training.",
+    )
+    mixed_precision: StrictBool = Field(
+        False,
+        title="Mixed precision",
+        json_schema_extra=TRAINING,
+        description="float16 compute on a GPU (leave off on CPU).",
+    )
+    deterministic: StrictBool = Field(
+        False,
+        title="Deterministic ops",
+        json_schema_extra=TRAINING,
+        description="Bit-for-bit reproducible TensorFlow ops (slower).",
+    )
+    filter_pattern_steps: Int = Field(
+        30,
+        ge=1,
+        le=500,
+        title="Filter-pattern steps",
+        json_schema_extra=TRAINING,
+        description="Gradient-ascent steps per filter visualisation.",
+    )
 
-    promotion_metric: PromotionMetric = Field("macro_f1", title="Promotion metric", json_schema_extra=PROMOTION,
-                                              description="Test metric a new model must beat the champion on.")
-    promotion_margin: Float = Field(0.0, ge=0, le=1, title="Promotion margin", json_schema_extra=PROMOTION,
-                                    description="How much better (absolute) the new model must be to be promoted.")
-    promotion_min_accuracy: Float = Field(0.5, ge=0, le=1, title="Minimum accuracy to promote",
-                                          json_schema_extra=PROMOTION,
-                                          description="Guard: a model below this test accuracy is never promoted.")
+    promotion_metric: PromotionMetric = Field(
+        "macro_f1",
+        title="Promotion metric",
+        json_schema_extra=PROMOTION,
+        description="Test metric a new model must beat the champion on.",
+    )
+    promotion_margin: Float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        title="Promotion margin",
+        json_schema_extra=PROMOTION,
+        description="How much better (absolute) the new model must be to be promoted.",
+    )
+    promotion_min_accuracy: Float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        title="Minimum accuracy to promote",
+        json_schema_extra=PROMOTION,
+        description="Guard: a model below this test accuracy is never promoted.",
+    )
 
     store_uri: Annotated[str, STORE_SCHEME] = Field(
-        "file://artifacts", title="Artifact store", json_schema_extra=STORAGE,
-        description="file:///path or s3://bucket/prefix where every artifact and the report go.")
-    s3_endpoint_url: OptionalText = Field(None, title="S3 endpoint", json_schema_extra=STORAGE,
-                                          description="For MinIO or another S3-compatible store; empty means AWS.")
-    aws_conn_id: str = Field("aws_default", title="AWS connection id", json_schema_extra=STORAGE,
-                             description="Airflow connection holding the S3 credentials.")
+        "file://artifacts",
+        title="Artifact store",
+        json_schema_extra=STORAGE,
+        description="file:///path or s3://bucket/prefix where every artifact and the report go.",
+    )
+    s3_endpoint_url: OptionalText = Field(
+        None,
+        title="S3 endpoint",
+        json_schema_extra=STORAGE,
+        description="For MinIO or another S3-compatible store; empty means AWS.",
+    )
+    aws_conn_id: str = Field(
+        "aws_default",
+        title="AWS connection id",
+        json_schema_extra=STORAGE,
+        description="Airflow connection holding the S3 credentials.",
+    )
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -350,8 +526,10 @@ class PipelineConfig(_Settings):
                 explicit_empty = name in given and name in values and values[name] is None
                 if not explicit_empty and merged.get(name, defaults[name]) == defaults[name]:
                     merged[name] = quick_value
-        if (merged.get("dataset_url", EUROSAT_URL) != EUROSAT_URL
-                and merged.get("dataset_checksum", EUROSAT_CHECKSUM) == EUROSAT_CHECKSUM):
+        if (
+            merged.get("dataset_url", EUROSAT_URL) != EUROSAT_URL
+            and merged.get("dataset_checksum", EUROSAT_CHECKSUM) == EUROSAT_CHECKSUM
+        ):
             merged["dataset_checksum"] = None  # the pinned checksum belongs to the EuroSAT archive only
         return merged
 
@@ -368,14 +546,20 @@ def check_downsampling(spec: ExperimentSpec, image_size: int, where: str) -> Non
     for j, block in enumerate(spec.conv):
         field_name, layer = f"{where}.conv[{j}]", j + 1
         if block.strides > 1 and size < 2:
-            raise ConfigError(f"{field_name}.strides", f"conv{layer} cannot downsample a {size}x{size} feature "
-                              f"map (image_size {image_size}): too many downsamplings for this image size")
+            raise ConfigError(
+                f"{field_name}.strides",
+                f"conv{layer} cannot downsample a {size}x{size} feature "
+                f"map (image_size {image_size}): too many downsamplings for this image size",
+            )
         size = math.ceil(size / block.strides)  # 'same' padding
         if block.pool != "none":
             if size < 2:
-                raise ConfigError(f"{field_name}.pool", f"pool{layer} needs a feature map of at least 2x2 but "
-                                  f"conv{layer} outputs {size}x{size} at image_size {image_size}: too many "
-                                  "downsamplings for this image size")
+                raise ConfigError(
+                    f"{field_name}.pool",
+                    f"pool{layer} needs a feature map of at least 2x2 but "
+                    f"conv{layer} outputs {size}x{size} at image_size {image_size}: too many "
+                    "downsamplings for this image size",
+                )
             size //= 2
 
 
@@ -387,13 +571,18 @@ _LENGTH_MESSAGES = {
     "conv": "has {actual_length} conv layers; at least {min_length} are required",
 }
 _TYPE_MESSAGES = {
-    "int_parsing": "{input!r} is not a valid int", "int_type": "{input!r} is not a valid int",
+    "int_parsing": "{input!r} is not a valid int",
+    "int_type": "{input!r} is not a valid int",
     "int_from_float": "{input!r} must be a whole number",
-    "float_parsing": "{input!r} is not a valid float", "float_type": "{input!r} is not a valid float",
-    "bool_type": "{input!r} must be true or false", "string_type": "{input!r} must be text",
+    "float_parsing": "{input!r} is not a valid float",
+    "float_type": "{input!r} is not a valid float",
+    "bool_type": "{input!r} must be true or false",
+    "string_type": "{input!r} must be text",
     "literal_error": "{input!r} is not one of {expected}",
-    "tuple_type": "must be a list", "list_type": "must be a list",
-    "model_type": "must be an object", "dict_type": "must be an object",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+    "model_type": "must be an object",
+    "dict_type": "must be an object",
     "missing": "is required",
 }
 

@@ -55,7 +55,7 @@ class RunContext:
         cache.max_bytes()  # a bad CNN_CACHE_MAX_GB fails the task at its start, not in its cleanup
 
     @classmethod
-    def create(cls, config: PipelineConfig, run_id: str, s3_client=None) -> "RunContext":
+    def create(cls, config: PipelineConfig, run_id: str, s3_client=None) -> RunContext:
         store = open_store(config.store_uri, endpoint_url=config.s3_endpoint_url, s3_client=s3_client)
         return cls(config=config, store=store, run_id=run_id, s3_client=s3_client)
 
@@ -158,8 +158,10 @@ class RunContext:
             self.store.get_file(key, path)
             if sha256 is not None and file_sha256(path) != sha256:
                 path.unlink()
-                raise StoreError(f"{self.store.url(key)} does not match the sha256 recorded for it in "
-                                 "dataset.json: it changed after the rebalance stage wrote it; re-run rebalance")
+                raise StoreError(
+                    f"{self.store.url(key)} does not match the sha256 recorded for it in "
+                    "dataset.json: it changed after the rebalance stage wrote it; re-run rebalance"
+                )
         return path
 
 
@@ -173,4 +175,3 @@ def _rmdir_if_empty(folder: Path) -> None:
 def model_id(experiment: str, variant: str) -> str:
     """The id of one trained model: experiment x data variant (unbalanced | balanced)."""
     return f"{experiment}__{variant}"
-

@@ -217,14 +217,22 @@ class Summary(Contract):
     artifacts: dict[str, Any]
 
 
-CONTRACTS: dict[str, type[Contract]] = {"dataset": DatasetInfo, "meta": ModelMeta, "metrics": ModelMetrics,
-                                        "ensemble": EnsembleSummary, "promotion": Promotion, "summary": Summary}
+CONTRACTS: dict[str, type[Contract]] = {
+    "dataset": DatasetInfo,
+    "meta": ModelMeta,
+    "metrics": ModelMetrics,
+    "ensemble": EnsembleSummary,
+    "promotion": Promotion,
+    "summary": Summary,
+}
 
 
 def schemas() -> dict[str, str]:
     """file name -> the JSON Schema text of each contract, as checked in under docs/schemas/."""
-    return {f"{name}.schema.json": json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
-            for name, model in CONTRACTS.items()}
+    return {
+        f"{name}.schema.json": json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
+        for name, model in CONTRACTS.items()
+    }
 
 
 def main() -> int:

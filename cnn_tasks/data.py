@@ -39,8 +39,11 @@ def read_csv(ctx: RunContext, name: str):
 
     import pandas as pd
 
-    return pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key(name))),
-                       dtype={"key": str, "class": str, "given_split": str}, keep_default_na=False)
+    return pd.read_csv(
+        io.StringIO(ctx.store.get_text(ctx.data_key(name))),
+        dtype={"key": str, "class": str, "given_split": str},
+        keep_default_na=False,
+    )
 
 
 def split_info(info: dict, split: str, variant: str = "unbalanced") -> dict:
@@ -75,11 +78,13 @@ def decode_and_resize(image_bytes, image_size: int, fit: str = "squash"):
         image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
     elif fit == "pad":
         # Resize first, then pad: the black bars never blur into the picture.
-        image = tf.cond(height == width, lambda: image,
-                        lambda: tf.image.resize_with_pad(image, image_size, image_size, antialias=True))
+        image = tf.cond(
+            height == width,
+            lambda: image,
+            lambda: tf.image.resize_with_pad(image, image_size, image_size, antialias=True),
+        )
     same_size = tf.logical_and(tf.shape(image)[0] == image_size, tf.shape(image)[1] == image_size)
-    image = tf.cond(same_size, lambda: image,
-                    lambda: tf.image.resize(image, [image_size, image_size], antialias=True))
+    image = tf.cond(same_size, lambda: image, lambda: tf.image.resize(image, [image_size, image_size], antialias=True))
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
@@ -88,8 +93,14 @@ def image_fit(info: dict) -> str:
     return info.get("image_fit") or "squash"
 
 
-def dataset(ctx: RunContext, split: str, variant: str = "unbalanced", batch_size: int = 32,
-            training: bool = False, cache: bool = True):
+def dataset(
+    ctx: RunContext,
+    split: str,
+    variant: str = "unbalanced",
+    batch_size: int = 32,
+    training: bool = False,
+    cache: bool = True,
+):
     """Batches of (images float32 [B,S,S,3] 0..255, labels int32) from the split's shards.
 
     training=True shuffles every epoch (seeded) and, when config.augment, augments batches.
@@ -152,12 +163,15 @@ def augmenter(seed: int):
     """Random flips, small rotations, zoom and contrast for training batches (0..255 pixels)."""
     import keras
 
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-        keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
-        keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
-        keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 3),
-    ], name="augment")
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
+            keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 3),
+        ],
+        name="augment",
+    )
 
 
 def class_weight_vector(class_weight: dict, num_classes: int):
@@ -168,8 +182,14 @@ def class_weight_vector(class_weight: dict, num_classes: int):
     return _tf().constant(weights)
 
 
-def load_split_arrays(ctx: RunContext, split: str, variant: str = "unbalanced", limit: int | None = None,
-                      size: int | None = None, fit: str | None = None):
+def load_split_arrays(
+    ctx: RunContext,
+    split: str,
+    variant: str = "unbalanced",
+    limit: int | None = None,
+    size: int | None = None,
+    fit: str | None = None,
+):
     """(x float32 [N,S,S,3] 0..255, y int32 [N], keys list[str]) in shard order; deterministic.
 
     `size` and `fit` default to this run's; another model (the champion) passes its own."""
@@ -235,11 +255,17 @@ def load_split_sample(ctx: RunContext, split: str, max_images: int, variant: str
             break
     n, total, seed = int(taken.sum()), int(sum(counts)), ctx.config.seed
     full = n == total
-    sample = {"images": n, "split_images": total, "max_images": max_images, "full_split": full,
-              "seed": None if full else seed,
-              "description": f"full {split} split, {n} images" if full else
-              f"seeded stratified sample of {n} of {total} {split} images (seed {seed}, at most "
-              f"{max_images}, every class present)"}
+    sample = {
+        "images": n,
+        "split_images": total,
+        "max_images": max_images,
+        "full_split": full,
+        "seed": None if full else seed,
+        "description": f"full {split} split, {n} images"
+        if full
+        else f"seeded stratified sample of {n} of {total} {split} images (seed {seed}, at most "
+        f"{max_images}, every class present)",
+    }
     if not xs:
         return np.zeros((0, size, size, 3), np.float32), np.zeros((0,), np.int32), [], sample
     return np.concatenate(xs), np.concatenate(ys), keys, sample

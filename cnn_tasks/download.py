@@ -43,8 +43,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnn_tasks import SPLITS, images, sources
-from cnn_tasks.layout import (DatasetError, Layout, detect_layout, list_class_files, raw_rel, readable,
-                              sample_files, select_classes)
+from cnn_tasks.layout import (
+    DatasetError,
+    Layout,
+    detect_layout,
+    list_class_files,
+    raw_rel,
+    readable,
+    sample_files,
+    select_classes,
+)
 from cnn_tasks.shards import ShardWriter
 from cnn_tasks.sources import PROGRESS_EVERY_S
 
@@ -58,8 +66,26 @@ HELD_OUT_FIRST = ("test", "val", "train", "")  # which copy of a cross-split dup
 
 
 # ================================================================== run
-MANIFEST_FIELDS = ["key", "class", "label", "given_split", "source", "width", "height", "mode", "format", "pixels",
-                   "sum_r", "sum_g", "sum_b", "sumsq_r", "sumsq_g", "sumsq_b", "shard", "index"]
+MANIFEST_FIELDS = [
+    "key",
+    "class",
+    "label",
+    "given_split",
+    "source",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "pixels",
+    "sum_r",
+    "sum_g",
+    "sum_b",
+    "sumsq_r",
+    "sumsq_g",
+    "sumsq_b",
+    "shard",
+    "index",
+]
 REJECTED_FIELDS = ["source", "class", "reason", "detail", "duplicate_of"]
 
 
@@ -90,8 +116,15 @@ def run(ctx) -> dict:
     folder, skipped = _fetch(ctx)
     found = detect_layout(folder, subdir=cfg.dataset_subdir, predefined_split=cfg.predefined_split)
     classes = select_classes(found.classes, cfg.classes, cfg.classes_limit)
-    log.info("dataset at %s: layout %s%s; %d classes available, using %d: %s", folder, found.kind,
-             f" below {found.wrapper}/" if found.wrapper else "", len(found.classes), len(classes), ", ".join(classes))
+    log.info(
+        "dataset at %s: layout %s%s; %d classes available, using %d: %s",
+        folder,
+        found.kind,
+        f" below {found.wrapper}/" if found.wrapper else "",
+        len(found.classes),
+        len(classes),
+        ", ".join(classes),
+    )
     for warning in found.warnings:
         log.warning("dataset layout: %s", warning)
 
@@ -120,30 +153,49 @@ def run(ctx) -> dict:
         raise DatasetError(
             f"min_images_per_class: {ingest['error']}, fewer than min_images_per_class="
             f"{cfg.min_images_per_class}; see {ctx.data_key('rejected.csv')} for what was rejected, or "
-            "lower min_images_per_class / drop the class with the classes setting")
+            "lower min_images_per_class / drop the class with the classes setting"
+        )
 
     manifest, shards = _write_shards(ctx, kept, spool_path, scratch)
     spool_path.unlink(missing_ok=True)
     manifest_text = _csv(MANIFEST_FIELDS, manifest)
     ingest["clean_shards"] = [key for key, _ in shards]
     ingest["seconds"] = round(time.monotonic() - started, 2)
-    _check_serialisable(("rejected.csv", rejected_text), ("ingest.json", ingest),
-                        ("manifest.csv", manifest_text))  # before anything is uploaded
+    _check_serialisable(
+        ("rejected.csv", rejected_text), ("ingest.json", ingest), ("manifest.csv", manifest_text)
+    )  # before anything is uploaded
     for key, path in shards:
         ctx.store.put_file(key, path)
     shutil.rmtree(scratch / "clean", ignore_errors=True)
     ctx.store.put_text(ctx.data_key("rejected.csv"), rejected_text)
     ctx.store.put_text(ctx.data_key("manifest.csv"), manifest_text)
     ctx.store.put_json(ctx.data_key("ingest.json"), ingest)
-    log.info("ingest done: %d accepted, %d rejected %s, %.1f s", len(kept), len(rejected), by_reason,
-             ingest["seconds"])
-    return {"accepted": len(kept), "rejected": len(rejected), "rejected_by_reason": by_reason,
-            "classes": classes, "layout": found.kind, "manifest": ingest["manifest"],
-            "ingest": ctx.data_key("ingest.json"), "clean_shards": len(shards)}
+    log.info("ingest done: %d accepted, %d rejected %s, %.1f s", len(kept), len(rejected), by_reason, ingest["seconds"])
+    return {
+        "accepted": len(kept),
+        "rejected": len(rejected),
+        "rejected_by_reason": by_reason,
+        "classes": classes,
+        "layout": found.kind,
+        "manifest": ingest["manifest"],
+        "ingest": ctx.data_key("ingest.json"),
+        "clean_shards": len(shards),
+    }
 
 
-def _ingest_record(ctx, folder: Path, found: Layout, classes: list[str], metadata: list[Path], plan: list,
-                   kept: list[_Candidate], rejected: list[dict], per_class: dict, ignored: int, stats: Counter) -> dict:
+def _ingest_record(
+    ctx,
+    folder: Path,
+    found: Layout,
+    classes: list[str],
+    metadata: list[Path],
+    plan: list,
+    kept: list[_Candidate],
+    rejected: list[dict],
+    per_class: dict,
+    ignored: int,
+    stats: Counter,
+) -> dict:
     """ingest.json: what was found, considered, accepted and rejected, per class and given split
     (adds the accepted and rejected counts to `per_class`)."""
     cfg = ctx.config
@@ -161,8 +213,11 @@ def _ingest_record(ctx, folder: Path, found: Layout, classes: list[str], metadat
         "source": readable(cfg.dataset_url),  # a local path may hold non-UTF-8 bytes
         "local_folder": readable(os.fspath(folder)),
         "class_root": found.wrapper or ".",
-        "layout": {**described, "predefined_split": cfg.predefined_split,
-                   "given_counts": {s: {c: given[s][c] for c in classes} for s in SPLITS if s in found.splits}},
+        "layout": {
+            **described,
+            "predefined_split": cfg.predefined_split,
+            "given_counts": {s: {c: given[s][c] for c in classes} for s in SPLITS if s in found.splits},
+        },
         "available_classes": found.classes,
         "classes": classes,
         "files_found": sum(c["found"] for c in per_class.values()),
@@ -174,8 +229,10 @@ def _ingest_record(ctx, folder: Path, found: Layout, classes: list[str], metadat
         "ignored_hidden_files": ignored,
         "converted_from_mode": dict(sorted(stats.items())),
         "reencoded_png": sum(1 for c in kept if c.row["reencoded"]),
-        "per_class": {c: {k: per_class[c][k] for k in ("found", "considered", "not_sampled", "accepted",
-                                                        "rejected")} for c in classes},
+        "per_class": {
+            c: {k: per_class[c][k] for k in ("found", "considered", "not_sampled", "accepted", "rejected")}
+            for c in classes
+        },
         "max_images_per_class": cfg.max_images_per_class,
         "min_images_per_class": cfg.min_images_per_class,
         "manifest": ctx.data_key("manifest.csv"),
@@ -232,9 +289,14 @@ def _sample(by_split: dict[str, list[Path]], limit: int | None, seed: int, name:
 
 def _loose_row(found: Layout, path: Path) -> dict:
     where = found.rel(path.parent)
-    return {"source": found.source(path), "class": "", "reason": NOT_IN_A_CLASS_FOLDER,
-            "detail": f"lies in {where!r} beside the class folders, not inside one, so it has no label; move it "
-                      "into its class folder", "duplicate_of": ""}
+    return {
+        "source": found.source(path),
+        "class": "",
+        "reason": NOT_IN_A_CLASS_FOLDER,
+        "detail": f"lies in {where!r} beside the class folders, not inside one, so it has no label; move it "
+        "into its class folder",
+        "duplicate_of": "",
+    }
 
 
 def _skipped_rows(found: Layout, skipped: list[dict]) -> list[dict]:
@@ -245,9 +307,16 @@ def _skipped_rows(found: Layout, skipped: list[dict]) -> list[dict]:
     for item in skipped:
         path = str(item.get("source", ""))  # relative to the dataset root
         name = next((n for prefix, n in folders.items() if path.startswith(prefix)), "")
-        source = path[len(base):] if base and path.startswith(base) else path  # as the manifest names files
-        rows.append({"source": source, "class": name, "reason": str(item.get("reason", "")),
-                     "detail": str(item.get("detail", "")), "duplicate_of": ""})
+        source = path[len(base) :] if base and path.startswith(base) else path  # as the manifest names files
+        rows.append(
+            {
+                "source": source,
+                "class": name,
+                "reason": str(item.get("reason", "")),
+                "detail": str(item.get("detail", "")),
+                "duplicate_of": "",
+            }
+        )
     return rows
 
 
@@ -261,9 +330,11 @@ def _check_serialisable(*outputs: tuple[str, object]) -> None:
         except UnicodeEncodeError as exc:
             line_start = text.rfind("\n", 0, exc.start) + 1
             line_end = text.find("\n", exc.end) % (len(text) + 1)
-            line = text[max(line_start, exc.start - 150):min(line_end, exc.end + 150)]
-            raise DatasetError(f"cannot store {name}: it would hold text that is not valid Unicode "
-                               f"({exc.reason}) in {ascii(line)}; rename the file or folder it names") from exc
+            line = text[max(line_start, exc.start - 150) : min(line_end, exc.end + 150)]
+            raise DatasetError(
+                f"cannot store {name}: it would hold text that is not valid Unicode "
+                f"({exc.reason}) in {ascii(line)}; rename the file or folder it names"
+            ) from exc
 
 
 def _validate_all(plan: list[_Planned], spool, rejected: list[dict], stats: Counter, cfg) -> list[_Candidate]:
@@ -274,23 +345,45 @@ def _validate_all(plan: list[_Planned], spool, rejected: list[dict], stats: Coun
         try:
             img = images.validate(item.path, min_side=cfg.min_image_side, max_aspect_ratio=cfg.max_aspect_ratio)
         except images.ImageRejected as exc:
-            rejected.append({"source": item.source, "class": item.name, "reason": exc.reason, "detail": exc.detail,
-                             "duplicate_of": ""})
+            rejected.append(
+                {
+                    "source": item.source,
+                    "class": item.name,
+                    "reason": exc.reason,
+                    "detail": exc.detail,
+                    "duplicate_of": "",
+                }
+            )
             continue
         if img.original_mode != "RGB":
             stats[img.original_mode] += 1
         offset = spool.tell()
         spool.write(img.encoded)
-        row = {"key": img.key, "class": item.name, "label": item.label, "given_split": item.split,
-               "source": item.source, "width": img.width, "height": img.height, "mode": img.original_mode,
-               "format": img.original_format, "pixels": img.width * img.height, "reencoded": img.reencoded,
-               **{f"sum_{c}": v for c, v in zip("rgb", img.channel_sum)},
-               **{f"sumsq_{c}": v for c, v in zip("rgb", img.channel_sumsq)}}
+        row = {
+            "key": img.key,
+            "class": item.name,
+            "label": item.label,
+            "given_split": item.split,
+            "source": item.source,
+            "width": img.width,
+            "height": img.height,
+            "mode": img.original_mode,
+            "format": img.original_format,
+            "pixels": img.width * img.height,
+            "reencoded": img.reencoded,
+            **{f"sum_{c}": v for c, v in zip("rgb", img.channel_sum)},
+            **{f"sumsq_{c}": v for c, v in zip("rgb", img.channel_sumsq)},
+        }
         candidates.append(_Candidate(row, offset, len(img.encoded)))
         if time.monotonic() - last >= PROGRESS_EVERY_S:
             last = time.monotonic()
-            log.info("validated %d/%d files (%.0f/s), %d rejected so far", done, len(plan),
-                     done / (last - started), len(rejected))
+            log.info(
+                "validated %d/%d files (%.0f/s), %d rejected so far",
+                done,
+                len(plan),
+                done / (last - started),
+                len(rejected),
+            )
     return candidates
 
 
@@ -307,28 +400,46 @@ def _drop_duplicates(candidates: list[_Candidate], rejected: list[dict], by_spli
         if len({c.row["class"] for c in copies}) > 1:
             for cand in copies:
                 others = [o.row["source"] for o in copies if o is not cand]
-                rejected.append({"source": cand.row["source"], "class": cand.row["class"],
-                                 "reason": DUPLICATE_ACROSS_CLASSES,
-                                 "detail": "identical pixels in classes " + ", ".join(
-                                     sorted({c.row["class"] for c in copies})) + ": the label is ambiguous",
-                                 "duplicate_of": ";".join(others)})
+                rejected.append(
+                    {
+                        "source": cand.row["source"],
+                        "class": cand.row["class"],
+                        "reason": DUPLICATE_ACROSS_CLASSES,
+                        "detail": "identical pixels in classes "
+                        + ", ".join(sorted({c.row["class"] for c in copies}))
+                        + ": the label is ambiguous",
+                        "duplicate_of": ";".join(others),
+                    }
+                )
                 drop.add(id(cand))
             continue
         splits = {c.row["given_split"] for c in copies}
-        first = (min(copies, key=lambda c: HELD_OUT_FIRST.index(c.row["given_split"]))
-                 if by_split and len(splits) > 1 else copies[0])
+        first = (
+            min(copies, key=lambda c: HELD_OUT_FIRST.index(c.row["given_split"]))
+            if by_split and len(splits) > 1
+            else copies[0]
+        )
         for cand in copies:
             if cand is first:
                 continue
             if by_split and cand.row["given_split"] != first.row["given_split"]:
                 reason = DUPLICATE_ACROSS_SPLITS
-                detail = (f"identical pixels in the given {cand.row['given_split']} and {first.row['given_split']} "
-                          f"splits: the {first.row['given_split']} copy is kept so no held-out image is trained "
-                          "or tuned on")
+                detail = (
+                    f"identical pixels in the given {cand.row['given_split']} and {first.row['given_split']} "
+                    f"splits: the {first.row['given_split']} copy is kept so no held-out image is trained "
+                    "or tuned on"
+                )
             else:
                 reason, detail = DUPLICATE, "identical pixels"
-            rejected.append({"source": cand.row["source"], "class": cand.row["class"], "reason": reason,
-                             "detail": detail, "duplicate_of": first.row["source"]})
+            rejected.append(
+                {
+                    "source": cand.row["source"],
+                    "class": cand.row["class"],
+                    "reason": reason,
+                    "detail": detail,
+                    "duplicate_of": first.row["source"],
+                }
+            )
             drop.add(id(cand))
     return [c for c in candidates if id(c) not in drop]
 
@@ -361,4 +472,3 @@ def _csv(fields: list[str], rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class MissingMemberError(PipelineError, FileNotFoundError):
     """A model the ensemble was asked to combine has no saved predictions."""
 
+
 METHODS = ("soft", "hard", "weighted")
 TABLE_COLUMNS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc", "ece")
 
@@ -62,9 +63,15 @@ def fit_weights(probas: list[np.ndarray], y: np.ndarray) -> np.ndarray:
         return -np.mean(picked / np.clip(w @ picked, 1e-12, None), axis=1)
 
     m = len(probas)
-    result = minimize(loss, np.full(m, 1 / m), jac=grad, method="SLSQP", bounds=[(0, 1)] * m,
-                      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(m)}],
-                      options={"maxiter": 500, "ftol": 1e-10})
+    result = minimize(
+        loss,
+        np.full(m, 1 / m),
+        jac=grad,
+        method="SLSQP",
+        bounds=[(0, 1)] * m,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(m)}],
+        options={"maxiter": 500, "ftol": 1e-10},
+    )
     weights = np.clip(result.x, 0, None)
     return weights / weights.sum()
 
@@ -72,9 +79,11 @@ def fit_weights(probas: list[np.ndarray], y: np.ndarray) -> np.ndarray:
 def subsets(model_ids: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """Member lists for 'all', 'balanced' and 'unbalanced'; a subset with < 2 models or identical
     to 'all' is skipped, with the reason returned."""
-    groups = {"all": list(model_ids),
-              "balanced": [m for m in model_ids if m.endswith("__balanced")],
-              "unbalanced": [m for m in model_ids if m.endswith("__unbalanced")]}
+    groups = {
+        "all": list(model_ids),
+        "balanced": [m for m in model_ids if m.endswith("__balanced")],
+        "unbalanced": [m for m in model_ids if m.endswith("__unbalanced")],
+    }
     kept, skipped = {}, []
     for name, members in groups.items():
         if len(members) < 2:
@@ -93,13 +102,20 @@ def build_ensembles(preds: dict[str, dict], groups: dict[str, list[str]]) -> dic
         p_test = [preds[m]["p_test"] for m in members]
         p_val = [preds[m]["p_val"] for m in members]
         weights = fit_weights(p_val, preds[members[0]]["y_val"])
-        combos = {"soft": (soft_vote(p_test), soft_vote(p_val), None),
-                  "hard": (hard_vote(p_test), hard_vote(p_val), None),
-                  "weighted": (weighted_vote(p_test, weights), weighted_vote(p_val, weights), weights)}
+        combos = {
+            "soft": (soft_vote(p_test), soft_vote(p_val), None),
+            "hard": (hard_vote(p_test), hard_vote(p_val), None),
+            "weighted": (weighted_vote(p_test, weights), weighted_vote(p_val, weights), weights),
+        }
         for method, (test, val, w) in combos.items():
             out[f"{method}[{subset}]"] = {
-                "method": method, "subset": subset, "members": members, "p_test": test, "p_val": val,
-                "weights": None if w is None else {m: float(x) for m, x in zip(members, w)}}
+                "method": method,
+                "subset": subset,
+                "members": members,
+                "p_test": test,
+                "p_val": val,
+                "weights": None if w is None else {m: float(x) for m, x in zip(members, w)},
+            }
     return out
 
 
@@ -107,12 +123,24 @@ def comparison_rows(preds: dict[str, dict], ensembles: dict[str, dict], classes:
     """One row per single model and per ensemble (test split); the best by `metric` is flagged."""
     rows = []
     for name, p in preds.items():
-        rows.append({"name": name, "kind": "model", "members": [name],
-                     **_row_metrics(classification_metrics(p["y_test"], p["p_test"], classes))})
+        rows.append(
+            {
+                "name": name,
+                "kind": "model",
+                "members": [name],
+                **_row_metrics(classification_metrics(p["y_test"], p["p_test"], classes)),
+            }
+        )
     y_test = next(iter(preds.values()))["y_test"]
     for name, e in ensembles.items():
-        rows.append({"name": name, "kind": "ensemble", "members": e["members"],
-                     **_row_metrics(classification_metrics(y_test, e["p_test"], classes))})
+        rows.append(
+            {
+                "name": name,
+                "kind": "ensemble",
+                "members": e["members"],
+                **_row_metrics(classification_metrics(y_test, e["p_test"], classes)),
+            }
+        )
     best = best_row(rows, metric)
     for row in rows:
         row["best"] = row["name"] == best["name"]
@@ -133,8 +161,9 @@ def check_same_test_set(preds: dict[str, dict]) -> None:
     for model_id, p in preds.items():
         for name in ("y_test", "y_val", "keys_test"):
             if name in p and name in first and not np.array_equal(p[name], first[name]):
-                raise ValueError(f"{model_id} and {first_id} were evaluated on different {name}: "
-                                 "ensembles need identical splits")
+                raise ValueError(
+                    f"{model_id} and {first_id} were evaluated on different {name}: ensembles need identical splits"
+                )
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -150,10 +179,11 @@ def run(ctx, model_ids: list[str]) -> dict:
     missing = [m for m in model_ids if not store.exists(ctx.eval_key(m, "predictions.npz"))]
     if missing:  # an ensemble (and the champion it picks) without one of its models must not pass for complete
         raise MissingMemberError(
-            "cannot build the ensembles: " + ", ".join(f"{m} has no {ctx.store.url(ctx.eval_key(m, 'predictions.npz'))}"
-                                                       for m in sorted(missing))
+            "cannot build the ensembles: "
+            + ", ".join(f"{m} has no {ctx.store.url(ctx.eval_key(m, 'predictions.npz'))}" for m in sorted(missing))
             + ". Its evaluate task did not write it or it was deleted since: clear that evaluate task "
-            "(and this one) to evaluate it again.")
+            "(and this one) to evaluate it again."
+        )
     model_ids = sorted(model_ids)
     if not model_ids:
         raise ValueError("ensemble: no models given")
@@ -172,21 +202,39 @@ def run(ctx, model_ids: list[str]) -> dict:
         best_ensemble = best_row(ensemble_rows, metric)["name"]
         e, y = ensembles[best_ensemble], preds[model_ids[0]]
         safe = best_ensemble.replace("[", "_").replace("]", "")
-        result = evaluate_predictions(store, lambda n: ctx.eval_key("ensemble", f"{safe}_{n}"), classes,
-                                      {"test": (y["y_test"], e["p_test"])}, name=f"best ensemble {best_ensemble}")
+        result = evaluate_predictions(
+            store,
+            lambda n: ctx.eval_key("ensemble", f"{safe}_{n}"),
+            classes,
+            {"test": (y["y_test"], e["p_test"])},
+            name=f"best ensemble {best_ensemble}",
+        )
         figures = result["figures"]
     best = next(r for r in rows if r["best"])
     summary = {
-        "metric": metric, "classes": classes, "members": model_ids, "skipped": skipped,
+        "metric": metric,
+        "classes": classes,
+        "members": model_ids,
+        "skipped": skipped,
         "tie_break": "hard voting: ties between classes with equal votes go to the class with the highest "
-                     "mean probability over the members; its probabilities are vote shares, so its ECE and AUC "
-                     "are not comparable with soft ones",
+        "mean probability over the members; its probabilities are vote shares, so its ECE and AUC "
+        "are not comparable with soft ones",
         "ensembles": {n: {k: e[k] for k in ("method", "subset", "members", "weights")} for n, e in ensembles.items()},
-        "comparison": rows, "comparison_key": comparison_key, "best": best["name"], "best_kind": best["kind"],
-        "best_ensemble": best_ensemble, "figures": figures,
+        "comparison": rows,
+        "comparison_key": comparison_key,
+        "best": best["name"],
+        "best_kind": best["kind"],
+        "best_ensemble": best_ensemble,
+        "figures": figures,
         "not_run": None if ensembles else "fewer than 2 evaluated models: " + "; ".join(skipped),
     }
     EnsembleSummary.write(store, ctx.eval_key("ensemble", "ensemble.json"), summary)
     log.info("ensembles: %d built, best overall %s (%s = %s)", len(ensembles), best["name"], metric, best[metric])
-    return {"ensembles": len(ensembles), "best": best["name"], "best_kind": best["kind"], metric: best[metric],
-            "best_ensemble": best_ensemble, "ensemble_key": ctx.eval_key("ensemble", "ensemble.json")}
+    return {
+        "ensembles": len(ensembles),
+        "best": best["name"],
+        "best_kind": best["kind"],
+        metric: best[metric],
+        "best_ensemble": best_ensemble,
+        "ensemble_key": ctx.eval_key("ensemble", "ensemble.json"),
+    }

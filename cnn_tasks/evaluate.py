@@ -85,13 +85,23 @@ def predict_split(ctx, model, split: str, max_images: int | None = None) -> dict
             index.append(streamed + np.flatnonzero(keep))
         streamed += len(y)
     n, seed = int(sum(len(v) for v in ys)), ctx.config.seed
-    evaluated = full_split(n) if chosen is None else {
-        "images": n, "split_images": streamed, "full_split": False, "seed": seed,
-        "description": f"seeded stratified sample of {n} of {streamed} images (seed {seed})"}
-    return {"y": np.concatenate(ys) if ys else np.zeros(0, dtype=int),
-            "proba": np.concatenate(probas) if probas else np.zeros((0, len(counts))),
-            "index": np.concatenate(index) if index else np.zeros(0, dtype=int), "evaluated": evaluated}
-
+    evaluated = (
+        full_split(n)
+        if chosen is None
+        else {
+            "images": n,
+            "split_images": streamed,
+            "full_split": False,
+            "seed": seed,
+            "description": f"seeded stratified sample of {n} of {streamed} images (seed {seed})",
+        }
+    )
+    return {
+        "y": np.concatenate(ys) if ys else np.zeros(0, dtype=int),
+        "proba": np.concatenate(probas) if probas else np.zeros((0, len(counts))),
+        "index": np.concatenate(index) if index else np.zeros(0, dtype=int),
+        "evaluated": evaluated,
+    }
 
 
 def run(ctx, model_id: str) -> dict:
@@ -110,8 +120,15 @@ def run(ctx, model_id: str) -> dict:
     return write_results(ctx, model_id, classes, splits, test_images, [str(k) for k in keys_test], evaluated)
 
 
-def write_results(ctx, model_id: str, classes: list[str], splits: dict, test_images, keys_test: list[str],
-                  evaluated: dict | None = None) -> dict:
+def write_results(
+    ctx,
+    model_id: str,
+    classes: list[str],
+    splits: dict,
+    test_images,
+    keys_test: list[str],
+    evaluated: dict | None = None,
+) -> dict:
     """Metrics, figures, classification report and predictions.npz of one model under eval/<model_id>/.
 
     evaluated: {split: {"images", "split_images", "full_split", "seed", "description"}} (from
@@ -119,26 +136,54 @@ def write_results(ctx, model_id: str, classes: list[str], splits: dict, test_ima
     """
     store = ctx.store
     evaluated = {split: (evaluated or {}).get(split) or full_split(len(y)) for split, (y, _) in splits.items()}
-    result = evaluate_predictions(store, lambda name: ctx.eval_key(model_id, name), classes, splits,
-                                  test_images, name=model_id,
-                                  evaluated={split: e["description"] for split, e in evaluated.items()})
+    result = evaluate_predictions(
+        store,
+        lambda name: ctx.eval_key(model_id, name),
+        classes,
+        splits,
+        test_images,
+        name=model_id,
+        evaluated={split: e["description"] for split, e in evaluated.items()},
+    )
     table = result.pop("table")
     store.put_text(ctx.eval_key(model_id, "classification_report.csv"), table.to_csv(index=False), "text/csv")
-    store.put_text(ctx.eval_key(model_id, "classification_report.json"),
-                   table.to_json(orient="records", indent=2), "application/json")
-    save_predictions(store, ctx.eval_key(model_id, "predictions.npz"),
-                     y_test=splits["test"][0], p_test=splits["test"][1], y_val=splits["val"][0],
-                     p_val=splits["val"][1], keys_test=np.asarray(keys_test, dtype=str))
+    store.put_text(
+        ctx.eval_key(model_id, "classification_report.json"),
+        table.to_json(orient="records", indent=2),
+        "application/json",
+    )
+    save_predictions(
+        store,
+        ctx.eval_key(model_id, "predictions.npz"),
+        y_test=splits["test"][0],
+        p_test=splits["test"][1],
+        y_val=splits["val"][0],
+        p_val=splits["val"][1],
+        keys_test=np.asarray(keys_test, dtype=str),
+    )
     test = result["splits"]["test"]
-    metrics = {"model_id": model_id, "classes": classes, "evaluated": evaluated, "splits": result["splits"],
-               "confusion_matrices": result["confusion"], "figures": result["figures"],
-               "classification_report": json.loads(table.to_json(orient="records")),
-               "reliability_test": reliability_table(*splits["test"]),
-               "classification_report_key": ctx.eval_key(model_id, "classification_report.csv"),
-               "predictions_key": ctx.eval_key(model_id, "predictions.npz")}
+    metrics = {
+        "model_id": model_id,
+        "classes": classes,
+        "evaluated": evaluated,
+        "splits": result["splits"],
+        "confusion_matrices": result["confusion"],
+        "figures": result["figures"],
+        "classification_report": json.loads(table.to_json(orient="records")),
+        "reliability_test": reliability_table(*splits["test"]),
+        "classification_report_key": ctx.eval_key(model_id, "classification_report.csv"),
+        "predictions_key": ctx.eval_key(model_id, "predictions.npz"),
+    }
     ModelMetrics.write(store, ctx.eval_key(model_id, "metrics.json"), metrics)
-    log.info("%s: test accuracy %.4f, macro F1 %.4f, ECE %.4f", model_id, test["accuracy"], test["macro_f1"],
-             test["ece"])
-    return {"model_id": model_id, "accuracy": test["accuracy"], "balanced_accuracy": test["balanced_accuracy"],
-            "macro_f1": test["macro_f1"], "macro_auc": test["macro_auc"], "ece": test["ece"],
-            "metrics_key": ctx.eval_key(model_id, "metrics.json")}
+    log.info(
+        "%s: test accuracy %.4f, macro F1 %.4f, ECE %.4f", model_id, test["accuracy"], test["macro_f1"], test["ece"]
+    )
+    return {
+        "model_id": model_id,
+        "accuracy": test["accuracy"],
+        "balanced_accuracy": test["balanced_accuracy"],
+        "macro_f1": test["macro_f1"],
+        "macro_auc": test["macro_auc"],
+        "ece": test["ece"],
+        "metrics_key": ctx.eval_key(model_id, "metrics.json"),
+    }

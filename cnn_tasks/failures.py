@@ -12,7 +12,7 @@ succeeds records its wall time, for the report's "wall time per stage".
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,30 @@ def describe(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, one_line(str(exc)) or "(no message)"
 
 
-def record_failure(store, prefix: str, task_id: str, map_index: int, label: str | None, exc: BaseException,
-                   try_number: int | None = None, final: bool | None = None) -> dict | None:
+def record_failure(
+    store,
+    prefix: str,
+    task_id: str,
+    map_index: int,
+    label: str | None,
+    exc: BaseException,
+    try_number: int | None = None,
+    final: bool | None = None,
+) -> dict | None:
     """Write the failure record; never raises (the store may be the very thing that failed)."""
     error, message = describe(exc)
-    record = {"status": FAILED, "task_id": task_id, "map_index": map_index, "label": label,
-              "task": task_name(task_id, map_index, label), "error": error, "message": message,
-              "try_number": try_number, "final": final, "at": datetime.now(timezone.utc).isoformat()}
+    record = {
+        "status": FAILED,
+        "task_id": task_id,
+        "map_index": map_index,
+        "label": label,
+        "task": task_name(task_id, map_index, label),
+        "error": error,
+        "message": message,
+        "try_number": try_number,
+        "final": final,
+        "at": datetime.now(UTC).isoformat(),
+    }
     try:
         store.put_json(failure_key(prefix, task_id, map_index), record)
     except Exception as store_exc:  # noqa: BLE001 - the original error is what the task raises
@@ -75,16 +92,23 @@ def record_recovered(store, prefix: str, task_id: str, map_index: int) -> None:
     try:
         if store.exists(key):
             record = store.get_json(key)
-            store.put_json(key, {**record, "status": RECOVERED, "recovered_at": datetime.now(timezone.utc).isoformat()})
+            store.put_json(key, {**record, "status": RECOVERED, "recovered_at": datetime.now(UTC).isoformat()})
     except Exception as exc:  # noqa: BLE001 - a success stays a success
         log.warning("could not mark the earlier failure of %s as recovered: %s", key, exc)
 
 
-def record_timing(store, prefix: str, task_id: str, map_index: int, label: str | None, seconds: float,
-                  try_number: int | None = None) -> None:
+def record_timing(
+    store, prefix: str, task_id: str, map_index: int, label: str | None, seconds: float, try_number: int | None = None
+) -> None:
     """The wall time of a task's successful try; never raises (timing is not worth failing for)."""
-    record = {"task_id": task_id, "map_index": map_index, "task": task_name(task_id, map_index, label),
-              "seconds": round(seconds, 3), "try_number": try_number, "at": datetime.now(timezone.utc).isoformat()}
+    record = {
+        "task_id": task_id,
+        "map_index": map_index,
+        "task": task_name(task_id, map_index, label),
+        "seconds": round(seconds, 3),
+        "try_number": try_number,
+        "at": datetime.now(UTC).isoformat(),
+    }
     try:
         store.put_json(timing_key(prefix, task_id, map_index), record)
     except Exception as exc:  # noqa: BLE001 - a success stays a success
@@ -110,8 +134,13 @@ def read_failures(store, prefix: str) -> list[dict]:
             try:
                 record = store.get_json(key)
             except Exception as exc:  # noqa: BLE001 - an unreadable record must not hide the others
-                record = {"status": FAILED, "task": key.rsplit("/", 1)[-1][:-5], "error": type(exc).__name__,
-                          "message": f"failure record {key} unreadable: {exc}", "at": ""}
+                record = {
+                    "status": FAILED,
+                    "task": key.rsplit("/", 1)[-1][:-5],
+                    "error": type(exc).__name__,
+                    "message": f"failure record {key} unreadable: {exc}",
+                    "at": "",
+                }
             if record.get("status") == FAILED:
                 records.append(record)
     return sorted(records, key=lambda r: (r.get("at") or "", r.get("task") or ""))
@@ -137,11 +166,17 @@ def summary_line(failures: list[dict], not_run: list[str] = ()) -> str:
 
 def record_unexplained(store, prefix: str, task_id: str, map_index: int) -> dict:
     """A task Airflow marks failed that recorded no error (killed, out of memory, timed out, lost worker)."""
-    record = {"status": FAILED, "task_id": task_id, "map_index": map_index, "label": None,
-              "task": task_name(task_id, map_index), "error": "NoErrorRecorded",
-              "message": "the task failed without recording an error (killed, out of memory, timed out or its "
-                         "worker was lost): see its log",
-              "at": datetime.now(timezone.utc).isoformat()}
+    record = {
+        "status": FAILED,
+        "task_id": task_id,
+        "map_index": map_index,
+        "label": None,
+        "task": task_name(task_id, map_index),
+        "error": "NoErrorRecorded",
+        "message": "the task failed without recording an error (killed, out of memory, timed out or its "
+        "worker was lost): see its log",
+        "at": datetime.now(UTC).isoformat(),
+    }
     try:
         store.put_json(failure_key(prefix, task_id, map_index), record)
     except Exception as exc:  # noqa: BLE001

@@ -32,12 +32,12 @@ class Preprocessing:
     max_aspect_ratio: float | None = None
 
     @classmethod
-    def from_config(cls, config, fit: str | None = None) -> "Preprocessing":
+    def from_config(cls, config, fit: str | None = None) -> Preprocessing:
         """This run's limits (as ingest applied them), with `fit` (default: the config's)."""
         return cls(fit or config.image_fit, config.min_image_side, config.max_aspect_ratio)
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "Preprocessing":
+    def from_meta(cls, meta: dict) -> Preprocessing:
         """What a model's meta.json records; older files without the fields mean squash, no limits."""
         config = meta.get("config") or {}
         return cls(data.image_fit(meta), int(config.get("min_image_side") or 1), config.get("max_aspect_ratio"))
@@ -55,8 +55,10 @@ def list_files(folder: Path) -> tuple[list[Path], int]:
     folder = Path(folder)
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
-        raise PredictError(f"the folder of images to predict, {layout.readable(str(folder))}, {what}: point "
-                           "unlabelled_url (or the CLI's FOLDER) at a folder of images")
+        raise PredictError(
+            f"the folder of images to predict, {layout.readable(str(folder))}, {what}: point "
+            "unlabelled_url (or the CLI's FOLDER) at a folder of images"
+        )
     files, ignored = layout.list_class_files(folder)
     return sorted(files), ignored
 
@@ -76,8 +78,7 @@ def _rejection(name: str, exc: Exception) -> dict:
     return {"image": name, "reason": str(exc) or type(exc).__name__}  # anything unreadable is listed too
 
 
-def iter_image_batches(folder: Path, size: int, batch_size: int | None = None,
-                       prep: Preprocessing = Preprocessing()):
+def iter_image_batches(folder: Path, size: int, batch_size: int | None = None, prep: Preprocessing = Preprocessing()):
     """Yield (names, pixels [B,S,S,3], rejected [{"image", "reason"}]) for the files under `folder`
     (`list_files`), in file order, `batch_size` (default BATCH) usable images at a time: memory
     holds one batch whatever the folder size. `rejected` lists the unusable files met since the
@@ -98,8 +99,9 @@ def iter_image_batches(folder: Path, size: int, batch_size: int | None = None,
         yield names, np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.float32), rejected
 
 
-def read_images(folder: Path, size: int, prep: Preprocessing = Preprocessing()
-                ) -> tuple[list[str], np.ndarray, list[dict]]:
+def read_images(
+    folder: Path, size: int, prep: Preprocessing = Preprocessing()
+) -> tuple[list[str], np.ndarray, list[dict]]:
     """(names, pixels [N,S,S,3], rejected) for every file under `folder`, all in memory at once:
     for small folders (the visualise CLI); prediction streams with `iter_image_batches`."""
     names, batches, rejected = [], [], []

@@ -103,14 +103,16 @@ class ValidatedImage:
     channel_sumsq: tuple[int, int, int]
 
 
-def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS, *, min_side: int = 1,
-             max_aspect_ratio: float | None = None) -> Image.Image:
+def load_rgb(
+    path: str | Path, max_pixels: int = MAX_PIXELS, *, min_side: int = 1, max_aspect_ratio: float | None = None
+) -> Image.Image:
     """Decode `path` once and return an 8-bit RGB image; raise ImageRejected for bad files."""
     return decode_bytes(_read(path), max_pixels, min_side=min_side, max_aspect_ratio=max_aspect_ratio).image
 
 
-def validate(path: str | Path, max_pixels: int = MAX_PIXELS, *, min_side: int = 1,
-             max_aspect_ratio: float | None = None) -> ValidatedImage:
+def validate(
+    path: str | Path, max_pixels: int = MAX_PIXELS, *, min_side: int = 1, max_aspect_ratio: float | None = None
+) -> ValidatedImage:
     """Decode and check one file; return its key, statistics and shard bytes (re-encoded PNG)."""
     data = _read(path)
     decoded = decode_bytes(data, max_pixels, min_side=min_side, max_aspect_ratio=max_aspect_ratio)
@@ -168,13 +170,20 @@ def _check_file(info: os.stat_result) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise ImageRejected(SPECIAL_FILE, f"{_file_kind(info.st_mode)}: not a regular file, not read")
     if info.st_size > MAX_FILE_BYTES:
-        raise ImageRejected(OVERSIZED_FILE, f"{info.st_size} bytes, over the {MAX_FILE_BYTES}-byte limit per file "
-                                            "(MAX_FILE_BYTES): not read")
+        raise ImageRejected(
+            OVERSIZED_FILE,
+            f"{info.st_size} bytes, over the {MAX_FILE_BYTES}-byte limit per file (MAX_FILE_BYTES): not read",
+        )
 
 
 def _file_kind(mode: int) -> str:
-    kinds = [(stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
+    kinds = [
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ]
     return next((name for test, name in kinds if test(mode)), "a special file")
 
 
@@ -189,15 +198,15 @@ def check_png_chunks(data: bytes) -> None:
     first IDAT chunk is left to the decoder, which reads what it can or calls it truncated.
     """
     pos, has_pixels = len(PNG_SIGNATURE), False
-    if len(data) >= pos + 8 and data[pos + 4:pos + 8] != b"IHDR":
+    if len(data) >= pos + 8 and data[pos + 4 : pos + 8] != b"IHDR":
         raise ImageRejected(CORRUPT, "the file starts like a PNG image but its first chunk is not the IHDR header")
     while pos + 12 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         end = pos + 8 + length
         if end + 4 > len(data):
             break
-        (stored,) = struct.unpack(">I", data[end:end + 4])
-        if zlib.crc32(data[pos + 4:end]) != stored:
+        (stored,) = struct.unpack(">I", data[end : end + 4])
+        if zlib.crc32(data[pos + 4 : end]) != stored:
             name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
             raise ImageRejected(CORRUPT, f"PNG chunk {name} at byte {pos} fails its CRC check: the file is damaged")
         if kind == b"IEND":
@@ -214,16 +223,20 @@ def check_shape(width: int, height: int, min_side: int = 1, max_aspect_ratio: fl
     if short < min_side:
         raise ImageRejected(TOO_SMALL, f"the shorter side is {short} px, below min_image_side={min_side}")
     if max_aspect_ratio is not None and long > max_aspect_ratio * short:
-        raise ImageRejected(EXTREME_ASPECT_RATIO, f"{width}x{height} has aspect ratio {_number(long / short)}, "
-                                                  f"above max_aspect_ratio={_number(max_aspect_ratio)}")
+        raise ImageRejected(
+            EXTREME_ASPECT_RATIO,
+            f"{width}x{height} has aspect ratio {_number(long / short)}, "
+            f"above max_aspect_ratio={_number(max_aspect_ratio)}",
+        )
 
 
 def _number(value: float) -> str:
     return f"{round(value, 2):g}"  # 500.0 -> "500", 33.333 -> "33.33"
 
 
-def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, *, min_side: int = 1,
-                 max_aspect_ratio: float | None = None) -> Decoded:
+def decode_bytes(
+    data: bytes, max_pixels: int = MAX_PIXELS, *, min_side: int = 1, max_aspect_ratio: float | None = None
+) -> Decoded:
     """Decode encoded image bytes to RGB (see the module docstring for the rules)."""
     if not data:
         raise ImageRejected(EMPTY, "the file has 0 bytes")
@@ -245,8 +258,9 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, *, min_side: int = 1
             raise _decode_error(exc) from None
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageRejected(TOO_MANY_PIXELS, f"{width}x{height} = {width * height} pixels is over the "
-                                                 f"limit of {max_pixels}")
+            raise ImageRejected(
+                TOO_MANY_PIXELS, f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
+            )
         check_shape(width, height, min_side, max_aspect_ratio)
         original_mode, original_format = image.mode, image.format or "unknown"
         try:
@@ -260,8 +274,14 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, *, min_side: int = 1
     return Decoded(rgb, original_mode, original_format, rotated=orientation in range(2, 9))
 
 
-_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
-               b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
 
 
 def _signature(data: bytes) -> str | None:
@@ -276,9 +296,12 @@ def _decode_error(exc: Exception) -> ImageRejected:
     if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
         return ImageRejected(TRUNCATED, f"the file ends before the image does ({type(exc).__name__}: {exc})")
     if isinstance(exc, ValueError) and "MAX_TEXT_CHUNK" in str(exc):
-        return ImageRejected(CORRUPT, "a compressed metadata chunk (text or colour profile) expands beyond "
-                                      "Pillow's safety limit (PngImagePlugin.MAX_TEXT_CHUNK): refused as a "
-                                      "possible decompression bomb")
+        return ImageRejected(
+            CORRUPT,
+            "a compressed metadata chunk (text or colour profile) expands beyond "
+            "Pillow's safety limit (PngImagePlugin.MAX_TEXT_CHUNK): refused as a "
+            "possible decompression bomb",
+        )
     return ImageRejected(CORRUPT, f"{type(exc).__name__}: {exc}")
 
 

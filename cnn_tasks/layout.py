@@ -42,22 +42,93 @@ _SPLIT_WORDS = {
     "test": "test|testing|eval|evaluation|holdout",
     UNLABELLED: "unlabell?ed|predict|pred|predictions?|inference",
 }
-_SPLIT_NAME = re.compile("(?:" + "|".join(f"(?P<{role}>{words})" for role, words in _SPLIT_WORDS.items())
-                         + ")(?:set|data|images|imgs)?")
+_SPLIT_NAME = re.compile(
+    "(?:" + "|".join(f"(?P<{role}>{words})" for role, words in _SPLIT_WORDS.items()) + ")(?:set|data|images|imgs)?"
+)
 # A split folder holding just one such folder of images holds unlabelled images (test/images/*.jpg).
 # Keras' flow_from_directory convention puts unlabelled test images in test/unknown/ (one folder).
-_GENERIC_IMAGE_FOLDERS = {"images", "imgs", "img", "data", "pictures", "pics", "photos", "samples", "all",
-                          "unknown", "unlabelled", "unlabeled", "nolabel", "unlabelledimages", "unlabeledimages"}
+_GENERIC_IMAGE_FOLDERS = {
+    "images",
+    "imgs",
+    "img",
+    "data",
+    "pictures",
+    "pics",
+    "photos",
+    "samples",
+    "all",
+    "unknown",
+    "unlabelled",
+    "unlabeled",
+    "nolabel",
+    "unlabelledimages",
+    "unlabeledimages",
+}
 # Files that describe a dataset rather than belong to it.
-_METADATA_STEMS = {"readme", "license", "licence", "copying", "citation", "notice", "authors", "changelog",
-                   "manifest", "info", "metadata"}
-_METADATA_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".csv", ".tsv", ".json", ".jsonl", ".yaml", ".yml",
-                      ".xml", ".html", ".htm", ".pdf", ".py", ".ipynb", ".sh", ".mat", ".toml", ".cfg", ".ini",
-                      ".names", ".log", ".doc", ".docx"}
+_METADATA_STEMS = {
+    "readme",
+    "license",
+    "licence",
+    "copying",
+    "citation",
+    "notice",
+    "authors",
+    "changelog",
+    "manifest",
+    "info",
+    "metadata",
+}
+_METADATA_SUFFIXES = {
+    ".txt",
+    ".md",
+    ".markdown",
+    ".rst",
+    ".csv",
+    ".tsv",
+    ".json",
+    ".jsonl",
+    ".yaml",
+    ".yml",
+    ".xml",
+    ".html",
+    ".htm",
+    ".pdf",
+    ".py",
+    ".ipynb",
+    ".sh",
+    ".mat",
+    ".toml",
+    ".cfg",
+    ".ini",
+    ".names",
+    ".log",
+    ".doc",
+    ".docx",
+}
 # Mapping files (index or folder id -> readable class name), nearest one first.
-_MAPPING_STEMS = {"mapping", "labels", "label", "classes", "class", "classnames", "labelmap", "labelsmap",
-                  "classmap", "classmapping", "labelmapping", "classindex", "classindices", "synsets",
-                  "synsetwords", "wnids", "words", "names", "locsynsetmapping", "idx2label", "index2label"}
+_MAPPING_STEMS = {
+    "mapping",
+    "labels",
+    "label",
+    "classes",
+    "class",
+    "classnames",
+    "labelmap",
+    "labelsmap",
+    "classmap",
+    "classmapping",
+    "labelmapping",
+    "classindex",
+    "classindices",
+    "synsets",
+    "synsetwords",
+    "wnids",
+    "words",
+    "names",
+    "locsynsetmapping",
+    "idx2label",
+    "index2label",
+}
 _MAPPING_SUFFIXES = {"", ".txt", ".csv", ".tsv", ".json", ".names"}
 _WNID = re.compile(r"^[a-z]\d{5,}$")  # WordNet ids as ImageNet names its class folders
 _MAPPING_LINE = re.compile(r"^\s*([^\s:,;=]+)\s*(?:[:,;=\t]|\s)\s*(.*?)\s*$")
@@ -212,8 +283,14 @@ class Layout:
             "wrapper": self.wrapper,
             "splits": self.splits,
             "split_classes": {g.split or "": sorted(g.classes) for g in self.groups},
-            "unlabelled": [{"folder": self.rel(p), "path": raw_rel(p, self.root),
-                            "files": sum(len(names) for _, names, _ in walk_visible(p))} for p in self.unlabelled],
+            "unlabelled": [
+                {
+                    "folder": self.rel(p),
+                    "path": raw_rel(p, self.root),
+                    "files": sum(len(names) for _, names, _ in walk_visible(p)),
+                }
+                for p in self.unlabelled
+            ],
             "loose_files": [self.source(p) for p in self.loose],
             "metadata_files": [self.rel(p) for p in self.metadata],
             "mapping_file": self.rel(self.mapping_file) if self.mapping_file else None,
@@ -273,23 +350,25 @@ def _find_subdir(root: Path, subdir: str) -> Path:
     """config.dataset_subdir at the root or below wrapper folders; never outside the dataset."""
     parts = PurePosixPath(subdir.replace("\\", "/"))
     if parts.is_absolute() or ".." in parts.parts:
-        raise DatasetError(f"dataset_subdir: {subdir!r} must name a folder inside the dataset, relative to its "
-                           "top and without '..' (e.g. 'train_set' or 'data/train')")
+        raise DatasetError(
+            f"dataset_subdir: {subdir!r} must name a folder inside the dataset, relative to its "
+            "top and without '..' (e.g. 'train_set' or 'data/train')"
+        )
     node = root
     for _ in range(50):
         if (node / subdir).is_dir():
             found = node / subdir
             if not _inside(found, root):
-                raise DatasetError(f"dataset_subdir: {subdir!r} leads outside the dataset (through a link); "
-                                   "name a folder inside it")
+                raise DatasetError(
+                    f"dataset_subdir: {subdir!r} leads outside the dataset (through a link); name a folder inside it"
+                )
             return found
         dirs = _entries(node)[0]
         if len(dirs) != 1:
             break
         node = dirs[0]
     seen = ", ".join(readable(d.name) for d in _entries(root)[0]) or "nothing"
-    raise DatasetError(f"dataset_subdir: {subdir!r} is not in the dataset (its top level holds: {seen})\n"
-                       + tree(root))
+    raise DatasetError(f"dataset_subdir: {subdir!r} is not in the dataset (its top level holds: {seen})\n" + tree(root))
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -298,8 +377,10 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _unreadable(folder, exc: OSError) -> DatasetError:
-    return DatasetError(f"cannot read the dataset folder {readable(os.fspath(folder))!r}: "
-                        f"{exc.strerror or exc}; make it readable (e.g. chmod -R u+rX) or remove it")
+    return DatasetError(
+        f"cannot read the dataset folder {readable(os.fspath(folder))!r}: "
+        f"{exc.strerror or exc}; make it readable (e.g. chmod -R u+rX) or remove it"
+    )
 
 
 def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -367,7 +448,8 @@ def _warn_unused_split_lists(layout: Layout) -> None:
         layout.warnings.append(
             f"the split list files {', '.join(repr(layout.rel(p)) for p in lists[:4])} are not used: the given "
             "splits are read from folders only, so the splits are carved from the labelled images by the split "
-            "setting; move the images into train/test folders to keep the dataset's own split")
+            "setting; move the images into train/test folders to keep the dataset's own split"
+        )
 
 
 def _images_only(folder: Path) -> bool:
@@ -387,10 +469,14 @@ def _split_names_as_classes(layout: Layout, dirs: list[Path], roles: dict, prede
         return
     for d in named:
         if split_role(d.name):  # loosely read names (train_station) are plain classes
-            why = ("predefined_split=ignore" if predefined_split == "ignore"
-                   else "it holds images directly, as the class folders beside it do")
-            layout.warnings.append(f"folder {layout.rel(d)!r} is read as a class: it is named like a {roles[d]} "
-                                   f"split, but {why}")
+            why = (
+                "predefined_split=ignore"
+                if predefined_split == "ignore"
+                else "it holds images directly, as the class folders beside it do"
+            )
+            layout.warnings.append(
+                f"folder {layout.rel(d)!r} is read as a class: it is named like a {roles[d]} split, but {why}"
+            )
         roles[d] = None
 
 
@@ -400,14 +486,17 @@ def _flat_layout(layout: Layout, dirs: list[Path], roles: dict) -> None:
     for d in dirs:
         if roles[d] == UNLABELLED:
             layout.unlabelled.append(d)
-            layout.warnings.append(f"folder {layout.rel(d)!r} beside the class folders is read as unlabelled images "
-                                   "(its name says so): they are predicted, not trained on; rename the folder if "
-                                   "it is a class")
+            layout.warnings.append(
+                f"folder {layout.rel(d)!r} beside the class folders is read as unlabelled images "
+                "(its name says so): they are predicted, not trained on; rename the folder if "
+                "it is a class"
+            )
     if len(classes) < 2:
         raise DatasetError(
             f"no class folders found in the dataset: expected one folder per class (at the top, below "
             f"wrapper folders, in train/val/test split folders, or in dataset_subdir), with at least 2 "
-            f"classes; found {len(classes)} class folder(s) in {layout.rel(layout.base)!r}:\n" + tree(layout.base))
+            f"classes; found {len(classes)} class folder(s) in {layout.rel(layout.base)!r}:\n" + tree(layout.base)
+        )
     layout.groups.append(Group("", layout.base, _class_folders(layout, classes)))
 
 
@@ -424,8 +513,9 @@ def _split_layout(layout: Layout, dirs: list[Path], roles: dict) -> None:
             f"ambiguous layout in {layout.rel(base)!r}: split folders "
             f"({', '.join(readable(d.name) for d in dirs if roles[d])}) lie beside other folders holding "
             f"files ({names}), so it is unclear which folders are classes. Set dataset_subdir to the folder "
-            f"whose sub-folders are the classes{example}, or move the extra folders away:\n" + tree(base))
-    layout.metadata += [d for d in others]  # folders holding no files at all (or only hidden ones)
+            f"whose sub-folders are the classes{example}, or move the extra folders away:\n" + tree(base)
+        )
+    layout.metadata += list(others)  # folders holding no files at all (or only hidden ones)
     by_role: dict[str, list[Path]] = {}
     for d in dirs:
         if roles[d]:
@@ -435,7 +525,8 @@ def _split_layout(layout: Layout, dirs: list[Path], roles: dict) -> None:
             raise DatasetError(
                 f"ambiguous layout: {len(folders)} folders are a {role} split "
                 f"({', '.join(repr(readable(f.name)) for f in folders)}); keep one, or set dataset_subdir to "
-                "the one to use (its sub-folders are then the classes):\n" + tree(base))
+                "the one to use (its sub-folders are then the classes):\n" + tree(base)
+            )
     for d in dirs:
         if roles[d]:
             _read_split_folder(layout, roles[d], d)
@@ -452,8 +543,12 @@ def _read_split_folder(layout: Layout, role: str, folder: Path) -> None:
     loose, metadata = [], []
     _sort_files(files, loose, metadata)
     layout.metadata += metadata
-    if (len(dirs) == 1 and not loose and _squash(readable(dirs[0].name)) in _GENERIC_IMAGE_FOLDERS
-            and not _entries(dirs[0])[0]):  # test/images/*.jpg, Keras' test/unknown/*.jpg
+    if (
+        len(dirs) == 1
+        and not loose
+        and _squash(readable(dirs[0].name)) in _GENERIC_IMAGE_FOLDERS
+        and not _entries(dirs[0])[0]
+    ):  # test/images/*.jpg, Keras' test/unknown/*.jpg
         layout.unlabelled.append(dirs[0])
     elif dirs:
         layout.loose += loose
@@ -475,13 +570,13 @@ def _class_folders(layout: Layout, dirs: list[Path]) -> dict[str, Path]:
     for d in dirs:
         name = class_name(d.name)
         if not name:
-            raise DatasetError(f"class folder {layout.rel(d)!r} has an empty name once spaces are stripped: "
-                               "rename it")
+            raise DatasetError(f"class folder {layout.rel(d)!r} has an empty name once spaces are stripped: rename it")
         if name in found:
             raise DatasetError(
                 f"class folders {ascii(found[name].name)} and {ascii(d.name)} in {layout.rel(d.parent)!r} "
                 f"have the same name {name!r} once decoded and Unicode-normalised (NFC): they look identical "
-                "but are two folders. Merge them into one folder or rename one of them")
+                "but are two folders. Merge them into one folder or rename one of them"
+            )
         found[name] = d
     return found
 
@@ -500,7 +595,8 @@ def _check_nested(layout: Layout) -> None:
                 f"({', '.join(repr(readable(d.name)) for d in found[:5])}), so it is unclear whether "
                 f"the classes are the folders of {layout.rel(group.folder)!r} or the folders inside them. "
                 f"Set dataset_subdir to the folder whose sub-folders are the classes (e.g. dataset_subdir="
-                f"{layout.rel(folder)!r}), or flatten the class folders:\n" + tree(group.folder))
+                f"{layout.rel(folder)!r}), or flatten the class folders:\n" + tree(group.folder)
+            )
 
 
 def _holds_files_directly(folder: Path) -> bool:
@@ -527,10 +623,15 @@ def _name_classes(layout: Layout) -> None:
                 layout.mapping, layout.mapping_file = mapping, path
                 break
         else:
-            why = (f"{', '.join(repr(layout.rel(c)) for c in candidates)} does not name every one"
-                   if candidates else "no mapping file (mapping.txt, labels.txt, classes.txt, ...) names them")
-            layout.warnings.append(f"the class folders are numbers or ids ({', '.join(folder_names[:4])}, ...) "
-                                   f"and {why}: the folder names are used as class names")
+            why = (
+                f"{', '.join(repr(layout.rel(c)) for c in candidates)} does not name every one"
+                if candidates
+                else "no mapping file (mapping.txt, labels.txt, classes.txt, ...) names them"
+            )
+            layout.warnings.append(
+                f"the class folders are numbers or ids ({', '.join(folder_names[:4])}, ...) "
+                f"and {why}: the folder names are used as class names"
+            )
         if layout.mapping:
             for group in layout.groups:
                 group.classes = {layout.mapping[n]: p for n, p in group.classes.items()}
@@ -540,8 +641,10 @@ def _name_classes(layout: Layout) -> None:
         by_fold.setdefault(n.casefold(), []).append(n)
     for same in by_fold.values():
         if len(same) > 1:
-            layout.warnings.append(f"class names {', '.join(map(repr, same))} differ only by case: they are kept "
-                                   "as separate classes; merge their folders if they are the same class")
+            layout.warnings.append(
+                f"class names {', '.join(map(repr, same))} differ only by case: they are kept "
+                "as separate classes; merge their folders if they are the same class"
+            )
 
 
 def _nearest_first(layout: Layout) -> list[Path]:
@@ -595,8 +698,10 @@ def _parse_mapping(text: str, suffix: str) -> tuple[list[tuple[str, str]], list[
         except ValueError:
             return [], []
         if isinstance(data, dict):
-            return [(str(k), v if isinstance(v, str) else str((v or [""])[-1] if isinstance(v, list) else v))
-                    for k, v in data.items()], []
+            return [
+                (str(k), v if isinstance(v, str) else str((v or [""])[-1] if isinstance(v, list) else v))
+                for k, v in data.items()
+            ], []
         if isinstance(data, list):
             return [], [str(v) for v in data]
         return [], []
@@ -642,8 +747,10 @@ def _agree_across_splits(layout: Layout, predefined_split: str) -> None:
             continue
         folders = ", ".join(f"{s} ({layout.splits[s]!r})" for s in missing)
         if present == ["test"]:
-            problems.append(f"class {name!r} is only in the test split ({layout.splits['test']!r}): no model "
-                            "can learn it from the training split")
+            problems.append(
+                f"class {name!r} is only in the test split ({layout.splits['test']!r}): no model "
+                "can learn it from the training split"
+            )
         else:
             problems.append(f"class {name!r} is missing from the {folders} split folder(s)")
     if problems:
@@ -651,7 +758,8 @@ def _agree_across_splits(layout: Layout, predefined_split: str) -> None:
         raise DatasetError(
             f"the labelled splits do not hold the same class folders: {shown}. Add the missing class "
             "folders, or set predefined_split=ignore to pool every labelled image and split it by the "
-            "split ratios")
+            "split ratios"
+        )
 
 
 def _ordered(names: set[str]) -> list[str]:
@@ -668,8 +776,10 @@ def _describe_kind(layout: Layout) -> None:
     else:
         layout.kind = "wrapper" if layout.base != layout.root else "flat"
     if layout.unlabelled:
-        roles = [next((r for r in (split_role(p.name), split_role(p.parent.name)) if r in SPLITS), UNLABELLED)
-                 for p in layout.unlabelled]
+        roles = [
+            next((r for r in (split_role(p.name), split_role(p.parent.name)) if r in SPLITS), UNLABELLED)
+            for p in layout.unlabelled
+        ]
         shown = ["images" if r == UNLABELLED else r for r in roles]
         layout.kind += " + unlabelled " + "/".join(dict.fromkeys(shown))
 
@@ -678,21 +788,28 @@ def _check_policy(layout: Layout, predefined_split: str) -> None:
     given = set(layout.splits)
     if not layout.groups:
         folders = [p for p in layout.unlabelled if p.parent == layout.base]
-        hint = (" (or set predefined_split=ignore to read each of these folders as a class)"
-                if len(folders) >= 2 and all(map(_images_only, folders)) else "")
-        raise DatasetError("the dataset holds no labelled images: every split folder holds images without class "
-                           "folders (found: " + layout.kind + "); put each class's images in a folder named "
-                           "after the class" + hint + ":\n" + tree(layout.base))
+        hint = (
+            " (or set predefined_split=ignore to read each of these folders as a class)"
+            if len(folders) >= 2 and all(map(_images_only, folders))
+            else ""
+        )
+        raise DatasetError(
+            "the dataset holds no labelled images: every split folder holds images without class "
+            "folders (found: " + layout.kind + "); put each class's images in a folder named "
+            "after the class" + hint + ":\n" + tree(layout.base)
+        )
     if predefined_split == "require" and not ("train" in given and given & {"val", "test"}):
         raise DatasetError(
             f"predefined_split=require: the dataset does not ship a train split and a test (or val) split "
             f"with class folders (found layout: {layout.kind}); set predefined_split=auto to carve the missing "
-            "splits from the labelled images:\n" + tree(layout.base))
+            "splits from the labelled images:\n" + tree(layout.base)
+        )
     if predefined_split != "ignore" and given and "train" not in given:
         raise DatasetError(
             f"the dataset has {' and '.join(sorted(given))} split folder(s) but no training split (found layout: "
             f"{layout.kind}); set predefined_split=ignore to pool every labelled image and split it by the split "
-            "ratios:\n" + tree(layout.base))
+            "ratios:\n" + tree(layout.base)
+        )
 
 
 # ================================================================== the error's picture
@@ -706,8 +823,9 @@ def tree(folder: Path, levels: int = 2, limit: int = TREE_ENTRIES) -> str:
         for entry in entries[:limit]:
             if entry.is_dir():
                 sub_dirs, sub_files = _entries(entry)
-                lines.append(f"{'  ' * (depth + 1)}{readable(entry.name)}/  ({len(sub_dirs)} folders, "
-                             f"{len(sub_files)} files)")
+                lines.append(
+                    f"{'  ' * (depth + 1)}{readable(entry.name)}/  ({len(sub_dirs)} folders, {len(sub_files)} files)"
+                )
                 if depth < levels:
                     walk(entry, depth + 1)
             else:
@@ -726,8 +844,10 @@ def select_classes(available: list[str], wanted: tuple[str, ...] | None, limit: 
         wanted = tuple(unicodedata.normalize("NFC", w) for w in wanted)
         unknown = [c for c in wanted if c not in available]
         if unknown:
-            raise DatasetError(f"classes: {', '.join(map(repr, unknown))} not in the dataset; "
-                               f"available classes: {', '.join(available)}")
+            raise DatasetError(
+                f"classes: {', '.join(map(repr, unknown))} not in the dataset; "
+                f"available classes: {', '.join(available)}"
+            )
         return [c for c in available if c in wanted]
     return available[:limit] if limit else list(available)
 

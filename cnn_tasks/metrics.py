@@ -13,6 +13,7 @@ from cnn_tasks.plots import figure_entry, new_figure, save_figure
 ECE_BINS = 15
 EXAMPLES_PER_GRID = 16
 
+
 # ----------------------------------------------------------------------------- metrics
 def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
     return np.eye(n_classes, dtype=np.float32)[np.asarray(y, dtype=int)]
@@ -37,8 +38,15 @@ def reliability_table(y: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) 
     for b in range(n_bins):
         mask = bins == b
         if mask.any():
-            rows.append({"lo": b / n_bins, "hi": (b + 1) / n_bins, "count": int(mask.sum()),
-                         "confidence": float(confidence[mask].mean()), "accuracy": float(correct[mask].mean())})
+            rows.append(
+                {
+                    "lo": b / n_bins,
+                    "hi": (b + 1) / n_bins,
+                    "count": int(mask.sum()),
+                    "confidence": float(confidence[mask].mean()),
+                    "accuracy": float(correct[mask].mean()),
+                }
+            )
     return rows
 
 
@@ -64,16 +72,25 @@ def _mean_defined(values: list) -> float | None:
 def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
     """Every headline number of one split: accuracy, balanced accuracy, macro/weighted P/R/F1,
     macro ROC-AUC and AP (over classes where defined), micro AUC/AP, log-loss and ECE."""
-    from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, log_loss,
-                                 precision_recall_fscore_support, roc_auc_score)
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        balanced_accuracy_score,
+        log_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
 
     y = np.asarray(y, dtype=int)
     proba = np.asarray(proba, dtype=np.float64)
     proba = proba / proba.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 only within ~1e-6
     pred = proba.argmax(axis=1)
     labels = list(range(len(classes)))
-    out = {"count": int(len(y)), "accuracy": float(accuracy_score(y, pred)),
-           "balanced_accuracy": float(balanced_accuracy_score(y, pred))}
+    out = {
+        "count": int(len(y)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+    }
     for average in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(y, pred, labels=labels, average=average, zero_division=0)
         out.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
@@ -97,8 +114,9 @@ def classification_table(y: np.ndarray, proba: np.ndarray, classes: list[str]):
 
     y = np.asarray(y, dtype=int)
     pred = proba.argmax(axis=1)
-    report = classification_report(y, pred, labels=list(range(len(classes))), target_names=classes,
-                                   output_dict=True, zero_division=0)
+    report = classification_report(
+        y, pred, labels=list(range(len(classes))), target_names=classes, output_dict=True, zero_division=0
+    )
     aucs, aps = per_class_auc(y, proba)
     rows = []
     for c, name in enumerate(classes):
@@ -108,10 +126,10 @@ def classification_table(y: np.ndarray, proba: np.ndarray, classes: list[str]):
     total = int(len(y))
     accuracy = float(report["accuracy"]) if "accuracy" in report else float(np.mean(pred == y))
     rows.append({"class": "accuracy", "f1-score": accuracy, "support": total})
-    rows.append({"class": "balanced accuracy", "f1-score": float(balanced_accuracy_score(y, pred)),
-                 "support": total})
-    table = pd.DataFrame(rows, columns=["class", "precision", "recall", "f1-score", "support", "roc_auc",
-                                        "average_precision"])
+    rows.append({"class": "balanced accuracy", "f1-score": float(balanced_accuracy_score(y, pred)), "support": total})
+    table = pd.DataFrame(
+        rows, columns=["class", "precision", "recall", "f1-score", "support", "roc_auc", "average_precision"]
+    )
     table["support"] = table["support"].astype(int)
     return table
 
@@ -127,8 +145,17 @@ def plot_confusion(store, key: str, y, proba, classes: list[str], title: str) ->
     pred = np.asarray(proba).argmax(axis=1)
     for ax, normalize, fmt, label in ((axes[0], None, "d", "counts"), (axes[1], "true", ".2f", "row-normalised")):
         ConfusionMatrixDisplay.from_predictions(
-            y, pred, labels=list(range(n)), display_labels=classes, normalize=normalize, values_format=fmt,
-            cmap="Blues", ax=ax, colorbar=False, xticks_rotation=45)
+            y,
+            pred,
+            labels=list(range(n)),
+            display_labels=classes,
+            normalize=normalize,
+            values_format=fmt,
+            cmap="Blues",
+            ax=ax,
+            colorbar=False,
+            xticks_rotation=45,
+        )
         ax.set_title(f"{title}: {label}")
     fig.tight_layout()
     return save_figure(store, key, fig)
@@ -174,8 +201,13 @@ def plot_pr(store, key: str, y, proba, classes: list[str], title: str) -> str:
     for c in present:
         PrecisionRecallDisplay.from_predictions(target[:, c], proba[:, c], name=classes[c], ax=ax)
     if present:
-        PrecisionRecallDisplay.from_predictions(target.ravel(), proba.ravel(), ax=ax, name="micro-average",
-                                                curve_kwargs={"linestyle": ":", "color": "k", "linewidth": 2.5})
+        PrecisionRecallDisplay.from_predictions(
+            target.ravel(),
+            proba.ravel(),
+            ax=ax,
+            name="micro-average",
+            curve_kwargs={"linestyle": ":", "color": "k", "linewidth": 2.5},
+        )
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="Recall", ylabel="Precision", title=title)
     ax.legend(loc="lower left", fontsize="small")
     return save_figure(store, key, fig)
@@ -189,13 +221,26 @@ def plot_reliability(store, key: str, y, proba, title: str) -> str:
     centers = [row["lo"] + width / 2 for row in table]
     accuracy = [row["accuracy"] for row in table]
     ax.bar(centers, accuracy, width=width, edgecolor="k", color="tab:blue", alpha=0.8, label="accuracy in bin")
-    ax.scatter(centers, [row["confidence"] for row in table], marker="_", s=300, linewidths=3, color="tab:red",
-               label="mean confidence in bin", zorder=3)
+    ax.scatter(
+        centers,
+        [row["confidence"] for row in table],
+        marker="_",
+        s=300,
+        linewidths=3,
+        color="tab:red",
+        label="mean confidence in bin",
+        zorder=3,
+    )
     for x, acc, row in zip(centers, accuracy, table):
         ax.annotate(str(row["count"]), (x, min(acc, 0.93) + 0.02), ha="center", fontsize=7)
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top label); numbers = images per bin", ylabel="accuracy",
-           title=f"{title} (ECE = {expected_calibration_error(y, proba):.3f}, {ECE_BINS} bins)")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (top label); numbers = images per bin",
+        ylabel="accuracy",
+        title=f"{title} (ECE = {expected_calibration_error(y, proba):.3f}, {ECE_BINS} bins)",
+    )
     ax.legend(loc="upper left")
     return save_figure(store, key, fig)
 
@@ -219,8 +264,11 @@ def plot_examples(store, key: str, images, y, proba, classes: list[str], indices
     for ax, i in zip(axes.ravel(), indices):
         p = int(proba[i].argmax())
         ax.imshow(np.clip(images[i] / 255.0, 0, 1))
-        ax.set_title(f"true: {classes[int(y[i])]}\npred: {classes[p]} ({proba[i, p]:.2f})", fontsize=8,
-                     color="darkgreen" if p == int(y[i]) else "darkred")
+        ax.set_title(
+            f"true: {classes[int(y[i])]}\npred: {classes[p]} ({proba[i, p]:.2f})",
+            fontsize=8,
+            color="darkgreen" if p == int(y[i]) else "darkred",
+        )
     if len(indices) == 0:
         axes[0, 0].text(0, 0.5, "none", fontsize=14)
     fig.suptitle(title)
@@ -231,12 +279,18 @@ def plot_examples(store, key: str, images, y, proba, classes: list[str], indices
 # ----------------------------------------------------------------------------- one model, plain arrays
 def full_split(images: int) -> dict:
     """The `evaluated` entry (see `write_results`) of a split evaluated in full."""
-    return {"images": images, "split_images": images, "full_split": True, "seed": None,
-            "description": f"full split, {images} images"}
+    return {
+        "images": images,
+        "split_images": images,
+        "full_split": True,
+        "seed": None,
+        "description": f"full split, {images} images",
+    }
 
 
-def evaluate_predictions(store, key_of, classes: list[str], splits: dict, test_images=None, name: str = "",
-                         evaluated: dict | None = None) -> dict:
+def evaluate_predictions(
+    store, key_of, classes: list[str], splits: dict, test_images=None, name: str = "", evaluated: dict | None = None
+) -> dict:
     """Metrics and figures for one model (or ensemble) from its predictions.
 
     splits: {"test": (y, proba), "val": (y, proba), ...}; key_of(filename) -> store key.
@@ -252,33 +306,72 @@ def evaluate_predictions(store, key_of, classes: list[str], splits: dict, test_i
     figures, metrics, confusion = [], {}, {}
     for split, (y, proba) in splits.items():
         metrics[split] = classification_metrics(y, proba, classes)
-        confusion[split] = confusion_matrix(y, np.asarray(proba).argmax(axis=1),
-                                            labels=list(range(len(classes)))).tolist()
-        key = plot_confusion(store, key_of(f"confusion_{split}.png"), y, proba, classes,
-                             f"{name} {split} ({len(y)} images)")
-        figures.append(figure_entry(key, f"{name}: confusion matrix on the {split} split ({what[split]}), counts "
-                                         "(left) and row-normalised so the diagonal is each class's recall (right)."))
+        confusion[split] = confusion_matrix(
+            y, np.asarray(proba).argmax(axis=1), labels=list(range(len(classes)))
+        ).tolist()
+        key = plot_confusion(
+            store, key_of(f"confusion_{split}.png"), y, proba, classes, f"{name} {split} ({len(y)} images)"
+        )
+        figures.append(
+            figure_entry(
+                key,
+                f"{name}: confusion matrix on the {split} split ({what[split]}), counts "
+                "(left) and row-normalised so the diagonal is each class's recall (right).",
+            )
+        )
     y, proba = splits["test"]
     test = what["test"]
     roc = plot_roc(store, key_of("roc_test.png"), y, proba, classes, f"{name} ROC (test)")
-    figures.append(figure_entry(roc, f"{name}: one-vs-rest ROC curves per class on the test split ({test}) with "
-                                     "AUC, plus micro and macro averages."))
+    figures.append(
+        figure_entry(
+            roc,
+            f"{name}: one-vs-rest ROC curves per class on the test split ({test}) with "
+            "AUC, plus micro and macro averages.",
+        )
+    )
     pr = plot_pr(store, key_of("pr_test.png"), y, proba, classes, f"{name} precision-recall (test)")
-    figures.append(figure_entry(pr, f"{name}: precision-recall curves per class on the test split ({test}) with "
-                                    "average precision, plus the micro average."))
+    figures.append(
+        figure_entry(
+            pr,
+            f"{name}: precision-recall curves per class on the test split ({test}) with "
+            "average precision, plus the micro average.",
+        )
+    )
     reliability = plot_reliability(store, key_of("reliability_test.png"), y, proba, f"{name} reliability")
-    figures.append(figure_entry(reliability, f"{name}: reliability diagram on the test split ({test}); bars below "
-                                             "the diagonal mean over-confidence (red marks: mean confidence)."))
+    figures.append(
+        figure_entry(
+            reliability,
+            f"{name}: reliability diagram on the test split ({test}); bars below "
+            "the diagonal mean over-confidence (red marks: mean confidence).",
+        )
+    )
     if test_images is not None:
         for correct, label in ((True, "correct"), (False, "wrong")):
             idx = select_examples(y, proba, correct)
             order = "a seeded sample" if correct else "most confident mistakes first"
-            key = plot_examples(store, key_of(f"examples_{label}.png"), test_images, y, proba, classes, idx,
-                                f"{name}: {label} test predictions")
-            figures.append(figure_entry(key, f"{name}: {len(idx)} {label}ly predicted test images ({order}, from "
-                                             f"the {test}) with true class, predicted class and confidence."))
-    return {"splits": metrics, "confusion": confusion, "figures": figures,
-            "table": classification_table(y, proba, classes)}
+            key = plot_examples(
+                store,
+                key_of(f"examples_{label}.png"),
+                test_images,
+                y,
+                proba,
+                classes,
+                idx,
+                f"{name}: {label} test predictions",
+            )
+            figures.append(
+                figure_entry(
+                    key,
+                    f"{name}: {len(idx)} {label}ly predicted test images ({order}, from "
+                    f"the {test}) with true class, predicted class and confidence.",
+                )
+            )
+    return {
+        "splits": metrics,
+        "confusion": confusion,
+        "figures": figures,
+        "table": classification_table(y, proba, classes),
+    }
 
 
 # ----------------------------------------------------------------------------- predictions.npz

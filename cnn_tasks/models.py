@@ -29,8 +29,10 @@ def build_model(spec: ExperimentSpec, num_classes: int, image_size: int, mean, s
         raise ConfigError("classes", f"{num_classes} class(es); at least 2 are needed")
     check_downsampling(spec, image_size, spec.name)
     variance = [float(s) ** 2 for s in std]
-    layers = [keras.Input((image_size, image_size, 3), name="pixels"),
-              keras.layers.Normalization(mean=list(map(float, mean)), variance=variance, name="standardize")]
+    layers = [
+        keras.Input((image_size, image_size, 3), name="pixels"),
+        keras.layers.Normalization(mean=list(map(float, mean)), variance=variance, name="standardize"),
+    ]
     for i, block in enumerate(spec.conv, start=1):
         layers += _conv_unit(spec, block, i)
     layers += _head(spec, num_classes)
@@ -40,8 +42,17 @@ def build_model(spec: ExperimentSpec, num_classes: int, image_size: int, mean, s
 def _conv_unit(spec: ExperimentSpec, block, i: int) -> list:
     keras = _keras()
     regularizer = keras.regularizers.L2(spec.l2) if spec.l2 > 0 else None
-    layers = [keras.layers.Conv2D(block.filters, block.kernel_size, strides=block.strides, padding="same",
-                                  use_bias=not spec.batch_norm, kernel_regularizer=regularizer, name=f"conv{i}")]
+    layers = [
+        keras.layers.Conv2D(
+            block.filters,
+            block.kernel_size,
+            strides=block.strides,
+            padding="same",
+            use_bias=not spec.batch_norm,
+            kernel_regularizer=regularizer,
+            name=f"conv{i}",
+        )
+    ]
     if spec.batch_norm:
         # momentum 0.9 (Keras default 0.99): moving statistics settle within tens of steps, so
         # short runs (quick profile, small datasets) validate with the statistics they trained with.
@@ -59,18 +70,24 @@ def _conv_unit(spec: ExperimentSpec, block, i: int) -> list:
 def _head(spec: ExperimentSpec, num_classes: int) -> list:
     keras = _keras()
     regularizer = keras.regularizers.L2(spec.l2) if spec.l2 > 0 else None
-    pooling = {"flatten": keras.layers.Flatten(name="flatten"),
-               "global_average": keras.layers.GlobalAveragePooling2D(name="global_pool"),
-               "global_max": keras.layers.GlobalMaxPooling2D(name="global_pool")}[spec.head]
+    pooling = {
+        "flatten": keras.layers.Flatten(name="flatten"),
+        "global_average": keras.layers.GlobalAveragePooling2D(name="global_pool"),
+        "global_max": keras.layers.GlobalMaxPooling2D(name="global_pool"),
+    }[spec.head]
     layers = [pooling]
     if spec.dropout > 0:
         layers.append(keras.layers.Dropout(spec.dropout, name="dropout1"))
-    layers += [keras.layers.Dense(spec.dense_units, kernel_regularizer=regularizer, name="dense"),
-               keras.layers.Activation(spec.activation, name="dense_act")]
+    layers += [
+        keras.layers.Dense(spec.dense_units, kernel_regularizer=regularizer, name="dense"),
+        keras.layers.Activation(spec.activation, name="dense_act"),
+    ]
     if spec.dropout > 0:
         layers.append(keras.layers.Dropout(spec.dropout, name="dropout2"))
-    layers += [keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="logits"),
-               keras.layers.Activation("softmax", dtype="float32", name="softmax")]
+    layers += [
+        keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="logits"),
+        keras.layers.Activation("softmax", dtype="float32", name="softmax"),
+    ]
     return layers
 
 
@@ -81,8 +98,14 @@ def load_model(path):
 
 def describe(model) -> dict:
     """The layer table for the report: name, type, output shape, parameter count; plus totals."""
-    rows = [{"name": layer.name, "type": type(layer).__name__,
-             "output_shape": list(layer.output.shape), "params": int(layer.count_params())}
-            for layer in model.layers]
+    rows = [
+        {
+            "name": layer.name,
+            "type": type(layer).__name__,
+            "output_shape": list(layer.output.shape),
+            "params": int(layer.count_params()),
+        }
+        for layer in model.layers
+    ]
     trainable = sum(int(math.prod(v.shape)) for v in model.trainable_weights)
     return {"layers": rows, "total_params": int(model.count_params()), "trainable_params": trainable}

@@ -28,8 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from cnn_tasks import champion, data, layout, models, sources
-from cnn_tasks.image_folder import (PredictError, Preprocessing, classes_beside, iter_image_batches, list_files,
-                                    preprocessing_beside)
+from cnn_tasks.image_folder import (
+    PredictError,
+    Preprocessing,
+    classes_beside,
+    iter_image_batches,
+    list_files,
+    preprocessing_beside,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +56,9 @@ def prediction_rows(names: list[str], proba: np.ndarray, classes: list[str]) -> 
     return rows
 
 
-def predict_folder(model, folder: Path, classes: list[str], prep: Preprocessing = Preprocessing()
-                   ) -> tuple[list[dict], list[dict]]:
+def predict_folder(
+    model, folder: Path, classes: list[str], prep: Preprocessing = Preprocessing()
+) -> tuple[list[dict], list[dict]]:
     """(prediction rows, rejected rows) for every file under `folder`, read with `prep`.
 
     Streams: each batch of BATCH images is read, preprocessed and predicted before the next is
@@ -76,7 +83,8 @@ def csv_text(rows: list[dict], columns: list[str]) -> str:
 
 
 PREDICTION_COLUMNS = ["image", "predicted_class", "confidence"] + [
-    f"top{k}_{part}" for k in range(1, TOP_K + 1) for part in ("class", "prob")]
+    f"top{k}_{part}" for k in range(1, TOP_K + 1) for part in ("class", "prob")
+]
 REJECTED_COLUMNS = ["image", "reason"]
 
 
@@ -95,17 +103,26 @@ def choose_model(ctx, classes: list[str]) -> dict:
     if store.exists(champion.CHAMPION_KEY):
         current = store.get_json(champion.CHAMPION_KEY)
         if list(current.get("classes") or []) == classes and store.exists(current["model_key"]):
-            return {"source": "champion", "model_id": current["model_id"], "model_key": current["model_key"],
-                    "run_id": current["run_id"], "meta_key": _meta_key(current.get("source_model_key"))}
+            return {
+                "source": "champion",
+                "model_id": current["model_id"],
+                "model_key": current["model_key"],
+                "run_id": current["run_id"],
+                "meta_key": _meta_key(current.get("source_model_key")),
+            }
         why = "champion classes differ from this run's" if current.get("classes") != classes else "model missing"
         log.info("not using the champion (%s); using this run's best model", why)
     rows = champion.candidate_rows(ctx)
     if not rows:
         raise RuntimeError("no champion and no evaluated model in this run: nothing to predict with")
     _, deployable = champion.pick_candidate(rows, ctx.config.promotion_metric)
-    return {"source": "this run's best model", "model_id": deployable["name"],
-            "model_key": ctx.model_key(deployable["name"], "model.keras"), "run_id": ctx.run_id,
-            "meta_key": ctx.model_key(deployable["name"], "meta.json")}
+    return {
+        "source": "this run's best model",
+        "model_id": deployable["name"],
+        "model_key": ctx.model_key(deployable["name"], "model.keras"),
+        "run_id": ctx.run_id,
+        "meta_key": ctx.model_key(deployable["name"], "meta.json"),
+    }
 
 
 def _meta_key(model_key: str | None) -> str | None:
@@ -132,8 +149,10 @@ def run(ctx) -> dict:
     url = ctx.config.unlabelled_url
     found = dataset_unlabelled(ctx)
     if url is None and not found:
-        reason = ("config.unlabelled_url is not set and the dataset holds no unlabelled folder: no unlabelled "
-                  "images to predict")
+        reason = (
+            "config.unlabelled_url is not set and the dataset holds no unlabelled folder: no unlabelled "
+            "images to predict"
+        )
         log.info("predict: skipped, %s", reason)
         ctx.store.put_json(record_key, {"status": "skipped", "reason": reason})
         return {"status": "skipped", "reason": reason, "record_key": record_key}
@@ -144,18 +163,20 @@ def run(ctx) -> dict:
         folder = sources.fetch(ctx, url)
         folders, described = [("", folder)], url
         if found:
-            note = ("unlabelled_url is set, so it is predicted instead of the dataset's unlabelled folder(s) "
-                    + ", ".join(f"{f['folder']}/ ({f['files']} files)" for f in found))
+            note = (
+                "unlabelled_url is set, so it is predicted instead of the dataset's unlabelled folder(s) "
+                + ", ".join(f"{f['folder']}/ ({f['files']} files)" for f in found)
+            )
     else:
         root = sources.fetch(ctx, ctx.config.dataset_url, ctx.config.dataset_checksum)
-        folders = [(f"{f['folder']}/" if len(found) > 1 else "", root / layout.unescape_path(f["path"]))
-                   for f in found]
+        folders = [(f"{f['folder']}/" if len(found) > 1 else "", root / layout.unescape_path(f["path"])) for f in found]
         for f, (_, folder) in zip(found, folders):
             if not folder.is_dir():  # before any prediction: the dataset changed since download
                 raise PredictError(
                     f"the dataset's unlabelled folder {f['folder']}/ ({f['files']} files when download ran) is "
                     f"missing from {ctx.config.dataset_url} now: the dataset changed after the download stage; "
-                    "run the whole DAG again so that every stage sees the same dataset")
+                    "run the whole DAG again so that every stage sees the same dataset"
+                )
         described = f"{ctx.config.dataset_url}: " + ", ".join(f"{f['folder']}/" for f in found)
         note = "the dataset's own unlabelled folder(s), found by the download stage (no unlabelled_url is set)"
     model = models.load_model(ctx.cached(chosen["model_key"]))
@@ -169,21 +190,43 @@ def run(ctx) -> dict:
     ctx.store.put_text(csv_key, csv_text(rows, PREDICTION_COLUMNS), "text/csv")
     ctx.store.put_text(rejected_key, csv_text(rejected, REJECTED_COLUMNS), "text/csv")
     counts = {c: sum(r["predicted_class"] == c for r in rows) for c in classes}
-    record = {"status": "done", "url": described, "model": chosen, "predicted": len(rows), "rejected": len(rejected),
-              "ignored_hidden_files": ignored, "class_counts": counts, "predictions_key": csv_key,
-              "rejected_key": rejected_key, "images_from": "unlabelled_url" if url is not None else "dataset",
-              "note": note}
+    record = {
+        "status": "done",
+        "url": described,
+        "model": chosen,
+        "predicted": len(rows),
+        "rejected": len(rejected),
+        "ignored_hidden_files": ignored,
+        "class_counts": counts,
+        "predictions_key": csv_key,
+        "rejected_key": rejected_key,
+        "images_from": "unlabelled_url" if url is not None else "dataset",
+        "note": note,
+    }
     ctx.store.put_json(record_key, record)
-    log.info("predict: %d images predicted with %s (%s), %d rejected, %d hidden/system files skipped%s", len(rows),
-             chosen["model_id"], chosen["source"], len(rejected), ignored, f"; {note}" if note else "")
-    return {"status": "done", "predicted": len(rows), "rejected": len(rejected), "record_key": record_key,
-            "predictions_key": csv_key}
+    log.info(
+        "predict: %d images predicted with %s (%s), %d rejected, %d hidden/system files skipped%s",
+        len(rows),
+        chosen["model_id"],
+        chosen["source"],
+        len(rejected),
+        ignored,
+        f"; {note}" if note else "",
+    )
+    return {
+        "status": "done",
+        "predicted": len(rows),
+        "rejected": len(rejected),
+        "record_key": record_key,
+        "predictions_key": csv_key,
+    }
 
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnn_tasks.predict",
-                                     description="Predict the class of every image in a folder.")
+    parser = argparse.ArgumentParser(
+        prog="python -m cnn_tasks.predict", description="Predict the class of every image in a folder."
+    )
     parser.add_argument("model", type=Path, help="a model.keras file (meta.json beside it gives class names)")
     parser.add_argument("folder", type=Path, help="folder of images (searched recursively)")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")

@@ -17,7 +17,7 @@ deleted: every champion keeps its history record and its model copy.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -30,8 +30,15 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- the decision
-def decide(value: float, accuracy: float, champion_value: float | None, comparable: bool, has_champion: bool,
-           margin: float, min_accuracy: float) -> tuple[bool, str]:
+def decide(
+    value: float,
+    accuracy: float,
+    champion_value: float | None,
+    comparable: bool,
+    has_champion: bool,
+    margin: float,
+    min_accuracy: float,
+) -> tuple[bool, str]:
     """Promote only when every guard passes and the candidate beats the champion by more than `margin`."""
     if accuracy < min_accuracy:
         return False, f"guard failed: test accuracy {accuracy:.4f} < promotion_min_accuracy {min_accuracy:.4f}"
@@ -46,8 +53,10 @@ def decide(value: float, accuracy: float, champion_value: float | None, comparab
 
 def champion_comparability(champion: dict, classes: list[str]) -> tuple[bool, str]:
     if list(champion.get("classes") or []) != list(classes):
-        return False, (f"champion classes {champion.get('classes')} differ from this run's {list(classes)}: "
-                       "the models solve different tasks")
+        return False, (
+            f"champion classes {champion.get('classes')} differ from this run's {list(classes)}: "
+            "the models solve different tasks"
+        )
     return True, "same classes: re-evaluated on this run's test split"
 
 
@@ -64,7 +73,7 @@ def evaluate_champion(model, x: np.ndarray, y: np.ndarray, classes: list[str]) -
 
 # ----------------------------------------------------------------------------- writing the champion
 def utc_stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 def install_champion(store, champion: dict, source_model_key: str, previous: dict | None) -> dict:
@@ -91,8 +100,9 @@ def _champion_on_this_test(ctx, champion: dict, classes: list[str]) -> dict:
     if not ctx.store.exists(champion["model_key"]):
         return {"comparable": False, "why": f"champion model {champion['model_key']} is missing", "metrics": None}
     # The champion sees the test images prepared as it was trained (its size and image_fit).
-    x, y, _ = data.load_split_arrays(ctx, "test", variant="unbalanced", size=champion.get("image_size"),
-                                     fit=data.image_fit(champion))
+    x, y, _ = data.load_split_arrays(
+        ctx, "test", variant="unbalanced", size=champion.get("image_size"), fit=data.image_fit(champion)
+    )
     model = models.load_model(ctx.cached(champion["model_key"]))
     metrics = evaluate_champion(model, x, np.asarray(y, dtype=int), classes)
     return {"comparable": True, "why": why, "metrics": metrics}
@@ -112,37 +122,74 @@ def run(ctx) -> dict:
     best, deployable = pick_candidate(rows, metric)
     previous = store.get_json(CHAMPION_KEY) if store.exists(CHAMPION_KEY) else None
     if previous and previous.get("run_id") == ctx.run_id:  # installed by an earlier try, then interrupted
-        record = {"run_id": ctx.run_id, "metric": metric, "promoted": True, "decision": "promoted",
-                  "reason": "promoted by an earlier try of this task", "candidate": {"name": previous["model_id"],
-                  metric: previous["value"]}, "new_champion": previous, "champion_on_this_test": None}
+        record = {
+            "run_id": ctx.run_id,
+            "metric": metric,
+            "promoted": True,
+            "decision": "promoted",
+            "reason": "promoted by an earlier try of this task",
+            "candidate": {"name": previous["model_id"], metric: previous["value"]},
+            "new_champion": previous,
+            "champion_on_this_test": None,
+        }
         Promotion.write(store, ctx.key("promotion.json"), record)
         return _result(ctx, record)
     champion = _champion_on_this_test(ctx, previous, classes) if previous else None
     champion_value = champion["metrics"][metric] if champion and champion["metrics"] else None
     value, accuracy = deployable[metric], deployable["accuracy"]
-    promoted, reason = decide(value, accuracy, champion_value, bool(champion and champion["comparable"]),
-                              previous is not None, cfg.promotion_margin, cfg.promotion_min_accuracy)
+    promoted, reason = decide(
+        value,
+        accuracy,
+        champion_value,
+        bool(champion and champion["comparable"]),
+        previous is not None,
+        cfg.promotion_margin,
+        cfg.promotion_min_accuracy,
+    )
     record = {
-        "run_id": ctx.run_id, "metric": metric, "margin": cfg.promotion_margin,
-        "min_accuracy": cfg.promotion_min_accuracy, "promoted": promoted,
+        "run_id": ctx.run_id,
+        "metric": metric,
+        "margin": cfg.promotion_margin,
+        "min_accuracy": cfg.promotion_min_accuracy,
+        "promoted": promoted,
         "decision": "promoted" if promoted else "kept current champion" if previous else "no champion",
-        "reason": reason, "best": best, "candidate": deployable,
-        "candidate_note": None if best["kind"] == "model" else
-        f"best row is ensemble {best['name']} ({metric} {best[metric]:.4f}); its best member "
+        "reason": reason,
+        "best": best,
+        "candidate": deployable,
+        "candidate_note": None
+        if best["kind"] == "model"
+        else f"best row is ensemble {best['name']} ({metric} {best[metric]:.4f}); its best member "
         f"{deployable['name']} is the deployable candidate and is compared on its own score",
-        "guards": [{"name": "test accuracy >= promotion_min_accuracy", "value": accuracy,
-                    "threshold": cfg.promotion_min_accuracy, "ok": accuracy >= cfg.promotion_min_accuracy}],
-        "previous_champion": previous, "champion_on_this_test": champion,
+        "guards": [
+            {
+                "name": "test accuracy >= promotion_min_accuracy",
+                "value": accuracy,
+                "threshold": cfg.promotion_min_accuracy,
+                "ok": accuracy >= cfg.promotion_min_accuracy,
+            }
+        ],
+        "previous_champion": previous,
+        "champion_on_this_test": champion,
     }
     if promoted:
-        new = {"run_id": ctx.run_id, "model_id": deployable["name"], "model_key": champion_model_key(ctx.run_id),
-               "source_model_key": ctx.model_key(deployable["name"], "model.keras"), "metric": metric,
-               "value": value, "metrics": {k: deployable.get(k) for k in ("accuracy", "balanced_accuracy",
-                                                                          "macro_f1", "macro_auc", "ece")},
-               "classes": classes, "image_size": info.get("image_size"), "image_fit": data.image_fit(info),
-               "dataset_sha256": info.get("dataset_sha256"), "promoted_at": utc_stamp(),
-               "ensemble": None if best["kind"] == "model" else {"name": best["name"], "value": best[metric]},
-               "previous_run_id": previous.get("run_id") if previous else None}
+        new = {
+            "run_id": ctx.run_id,
+            "model_id": deployable["name"],
+            "model_key": champion_model_key(ctx.run_id),
+            "source_model_key": ctx.model_key(deployable["name"], "model.keras"),
+            "metric": metric,
+            "value": value,
+            "metrics": {
+                k: deployable.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
+            },
+            "classes": classes,
+            "image_size": info.get("image_size"),
+            "image_fit": data.image_fit(info),
+            "dataset_sha256": info.get("dataset_sha256"),
+            "promoted_at": utc_stamp(),
+            "ensemble": None if best["kind"] == "model" else {"name": best["name"], "value": best[metric]},
+            "previous_run_id": previous.get("run_id") if previous else None,
+        }
         record.update(install_champion(store, new, new["source_model_key"], previous))
         record["new_champion"] = new
     Promotion.write(store, ctx.key("promotion.json"), record)
@@ -153,7 +200,13 @@ def run(ctx) -> dict:
 def _result(ctx, record: dict) -> dict:
     """The small XCom summary of a promotion record."""
     metric, champion = record["metric"], record.get("champion_on_this_test") or {}
-    return {"promoted": record["promoted"], "decision": record["decision"], "reason": record["reason"],
-            "metric": metric, "candidate": record["candidate"]["name"], "value": record["candidate"][metric],
-            "champion_value": (champion.get("metrics") or {}).get(metric),
-            "promotion_key": ctx.key("promotion.json")}
+    return {
+        "promoted": record["promoted"],
+        "decision": record["decision"],
+        "reason": record["reason"],
+        "metric": metric,
+        "candidate": record["candidate"]["name"],
+        "value": record["candidate"][metric],
+        "champion_value": (champion.get("metrics") or {}).get(metric),
+        "promotion_key": ctx.key("promotion.json"),
+    }

@@ -27,8 +27,8 @@ import numpy as np
 from cnn_tasks import plots
 from cnn_tasks.context import file_sha256
 from cnn_tasks.contracts import DatasetInfo
-from cnn_tasks.shards import ShardWriter
 from cnn_tasks.data import SPLIT_NAMES, SPLITS, read_csv
+from cnn_tasks.shards import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,17 @@ def run(ctx) -> dict:
     table = read_csv(ctx, "split.csv")
     manifest = read_csv(ctx, "manifest.csv")
     split_of = dict(zip(table["key"], table["split"]))
-    plans = {s: plan_split(table[table["split"] == s], cfg.rebalance, cfg.seed, i)
-             for i, s in enumerate(BALANCED_SPLITS)}
+    plans = {
+        s: plan_split(table[table["split"] == s], cfg.rebalance, cfg.seed, i) for i, s in enumerate(BALANCED_SPLITS)
+    }
 
     scratch = ctx.scratch("rebalance")
     shutil.rmtree(scratch, ignore_errors=True)
-    writers = {(s, "unbalanced"): ShardWriter(scratch / s / "unbalanced", f"{s}-unbalanced")
-               for s in SPLITS}
+    writers = {(s, "unbalanced"): ShardWriter(scratch / s / "unbalanced", f"{s}-unbalanced") for s in SPLITS}
     if cfg.rebalance in OWN_SHARDS:
-        writers.update({(s, "balanced"): ShardWriter(scratch / s / "balanced", f"{s}-balanced")
-                        for s in BALANCED_SPLITS})
+        writers.update(
+            {(s, "balanced"): ShardWriter(scratch / s / "balanced", f"{s}-balanced") for s in BALANCED_SPLITS}
+        )
     counts = {name: Counter() for name in writers}
     clean = list(dict.fromkeys(manifest["shard"]))  # shard keys in manifest order
     for image, label, key in iter_clean_records(ctx, clean):
@@ -75,8 +76,10 @@ def run(ctx) -> dict:
     for split in SPLITS:
         got = sum(counts[(split, "unbalanced")].values())
         if got != expected[split]:
-            raise RuntimeError(f"the clean shards hold {got} {split} images but split.csv lists "
-                               f"{expected[split]}: re-run the download and split stages")
+            raise RuntimeError(
+                f"the clean shards hold {got} {split} images but split.csv lists "
+                f"{expected[split]}: re-run the download and split stages"
+            )
 
     variants = {}
     for (split, variant), writer in writers.items():
@@ -84,9 +87,13 @@ def run(ctx) -> dict:
         for key, path in zip(keys, writer.paths):
             ctx.store.put_file(key, path)
         class_counts = [counts[(split, variant)][i] for i in range(len(classes))]
-        variants[(split, variant)] = {"shards": keys, "sha256": [file_sha256(p) for p in writer.paths],
-                                      "count": sum(class_counts), "class_counts": class_counts,
-                                      "class_weight": None}
+        variants[(split, variant)] = {
+            "shards": keys,
+            "sha256": [file_sha256(p) for p in writer.paths],
+            "count": sum(class_counts),
+            "class_counts": class_counts,
+            "class_weight": None,
+        }
     shutil.rmtree(scratch, ignore_errors=True)
 
     splits = {s: {"unbalanced": variants[(s, "unbalanced")]} for s in SPLITS}
@@ -224,5 +231,8 @@ def before_after_figure(ctx, split: str, classes: list[str], variants: dict, str
     ax.set_title(f"{SPLIT_NAMES[split].capitalize()} split before and after rebalance={strategy!r}")
     ax.legend(fontsize=8, loc="upper right", ncol=2)
     key = plots.save_figure(ctx.store, ctx.data_key("figures", f"rebalance_{split}.png"), fig)
-    return plots.figure_entry(key, f"Images per class in the {SPLIT_NAMES[split]} split before (grey) and "
-                                   f"after (green) rebalancing with strategy {strategy!r}.")
+    return plots.figure_entry(
+        key,
+        f"Images per class in the {SPLIT_NAMES[split]} split before (grey) and "
+        f"after (green) rebalancing with strategy {strategy!r}.",
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import jinja2
 
@@ -25,8 +25,17 @@ log = logging.getLogger(__name__)
 PREVIEW_ROWS = 20
 REPORT_COLUMNS = ["class", "precision", "recall", "f1-score", "support", "roc_auc", "average_precision"]
 EVAL_COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece", "log_loss")
-ENSEMBLE_COLUMNS = ["name", "kind", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1",
-                    "macro_auc", "ece"]
+ENSEMBLE_COLUMNS = [
+    "name",
+    "kind",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "macro_auc",
+    "ece",
+]
 
 
 # ----------------------------------------------------------------------------- values and templates
@@ -63,8 +72,13 @@ def kv_rows(values: dict) -> list[dict]:
     return [{"name": k, "value": v} for k, v in values.items()]
 
 
-ENV = jinja2.Environment(loader=jinja2.PackageLoader("cnn_tasks", "templates"), autoescape=True,
-                         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("cnn_tasks", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 ENV.filters.update(fmt=fmt, duration=duration)
 ENV.tests.update(flat=is_flat, records=is_records)
 ENV.globals.update(columns_of=columns_of, kv_rows=kv_rows)
@@ -93,7 +107,7 @@ def read_json(ctx, key: str) -> dict | None:
 
 def trained_model_ids(ctx) -> list[str]:
     prefix = ctx.key("models") + "/"
-    return sorted({k[len(prefix):].split("/")[0] for k in ctx.store.list(prefix) if k.endswith("/meta.json")})
+    return sorted({k[len(prefix) :].split("/")[0] for k in ctx.store.list(prefix) if k.endswith("/meta.json")})
 
 
 def expected_model_ids(ctx) -> list[str]:
@@ -111,7 +125,8 @@ class Run:
         self.ctx = ctx
         self.base = ctx.report_key()  # runs/<id>/report
         self.dataset, self.analysis, self.ingest = (
-            read_json(ctx, ctx.data_key(n)) for n in ("dataset.json", "analysis.json", "ingest.json"))
+            read_json(ctx, ctx.data_key(n)) for n in ("dataset.json", "analysis.json", "ingest.json")
+        )
         self.model_ids = trained_model_ids(ctx)
         self.metas = {m: read_json(ctx, ctx.model_key(m, "meta.json")) for m in self.model_ids}
         self.evals = {m: e for m in self.model_ids if (e := read_json(ctx, ctx.eval_key(m, "metrics.json")))}
@@ -156,8 +171,13 @@ def best_ensemble(ensemble: dict | None) -> dict | None:
     if not ensemble or not ensemble.get("best_ensemble"):
         return None
     row = next((r for r in ensemble["comparison"] if r.get("name") == ensemble["best_ensemble"]), {})
-    return {"name": ensemble["best_ensemble"], "accuracy": row.get("accuracy"), "macro_f1": row.get("macro_f1"),
-            "overall_best": ensemble.get("best"), "metric": ensemble.get("metric")}
+    return {
+        "name": ensemble["best_ensemble"],
+        "accuracy": row.get("accuracy"),
+        "macro_f1": row.get("macro_f1"),
+        "overall_best": ensemble.get("best"),
+        "metric": ensemble.get("metric"),
+    }
 
 
 def dataset_line(run: Run) -> str | None:
@@ -184,12 +204,14 @@ def dataset_line(run: Run) -> str | None:
 def stage_times(run: Run) -> list[dict]:
     """Wall time of each task's successful try, in the order the tasks finished (runs/<id>/timings/,
     written by the DAG), with the epochs each training ran."""
+
     def epochs(record: dict) -> str:
         meta = run.metas.get(model_id_of(record)) or {}
         return f"{meta['epochs_run']} of {run.ctx.config.epochs}" if "epochs_run" in meta else ""
 
-    return [{"task": t.get("task", "?"), "wall time": duration(t.get("seconds")), "epochs": epochs(t)}
-            for t in run.timings]
+    return [
+        {"task": t.get("task", "?"), "wall time": duration(t.get("seconds")), "epochs": epochs(t)} for t in run.timings
+    ]
 
 
 def model_id_of(record: dict) -> str:
@@ -205,8 +227,10 @@ def warnings(run: Run) -> list[str]:
     analysis, ingest = run.analysis or {}, run.ingest or {}
     for split, m in (analysis.get("imbalance") or {}).items():
         if m.get("severity") not in (None, "balanced"):
-            out.append(f"{SPLIT_NAMES.get(split, split)} split: {m['severity']} class imbalance "
-                       f"(largest/smallest = {m['max_min_ratio']:.2f}).")
+            out.append(
+                f"{SPLIT_NAMES.get(split, split)} split: {m['severity']} class imbalance "
+                f"(largest/smallest = {m['max_min_ratio']:.2f})."
+            )
     if analysis.get("shortfalls"):
         out.append(analysis["shortfall_text"])
     if analysis and not analysis.get("no_leakage"):
@@ -227,12 +251,23 @@ def warnings(run: Run) -> list[str]:
 
 def results(run: Run) -> dict:
     promotion = run.promotion
-    champion = None if promotion is None else {
-        **{k: promotion.get(k) for k in ("decision", "reason", "metric")},
-        "candidate": (promotion.get("candidate") or {}).get("name")}
-    return {"best_model": best_model(run.evals), "best_ensemble": best_ensemble(run.ensemble), "champion": champion,
-            "dataset": dataset_line(run), "stage_times": stage_times(run), "warnings": warnings(run),
-            "models": len(run.model_ids)}
+    champion = (
+        None
+        if promotion is None
+        else {
+            **{k: promotion.get(k) for k in ("decision", "reason", "metric")},
+            "candidate": (promotion.get("candidate") or {}).get("name"),
+        }
+    )
+    return {
+        "best_model": best_model(run.evals),
+        "best_ensemble": best_ensemble(run.ensemble),
+        "champion": champion,
+        "dataset": dataset_line(run),
+        "stage_times": stage_times(run),
+        "warnings": warnings(run),
+        "models": len(run.model_ids),
+    }
 
 
 # ----------------------------------------------------------------------------- sections
@@ -240,28 +275,50 @@ def section_overview(run: Run) -> dict:
     ctx = run.ctx
     cfg = ctx.config.to_dict()
     cfg.pop("experiments")  # shown per experiment in Models
-    facts = {"run id": ctx.run_id, "store": ctx.store.uri,
-             "dataset sha256": (run.dataset or {}).get("dataset_sha256", "not run: data/dataset.json missing"),
-             "generated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    return section("overview", "Run id, configuration and package versions", facts=facts, config=cfg,
-                   versions=run.versions)
+    facts = {
+        "run id": ctx.run_id,
+        "store": ctx.store.uri,
+        "dataset sha256": (run.dataset or {}).get("dataset_sha256", "not run: data/dataset.json missing"),
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return section(
+        "overview", "Run id, configuration and package versions", facts=facts, config=cfg, versions=run.versions
+    )
 
 
 def section_data(run: Run) -> dict:
     ctx, analysis, dataset = run.ctx, run.analysis, run.dataset
-    data = {"analysis": None, "dataset": None,
-            "analysis_missing": f"{ctx.data_key('analysis.json')} missing: the split stage did not run",
-            "dataset_missing": f"{ctx.data_key('dataset.json')} missing: the rebalance stage did not run"}
+    data = {
+        "analysis": None,
+        "dataset": None,
+        "analysis_missing": f"{ctx.data_key('analysis.json')} missing: the split stage did not run",
+        "dataset_missing": f"{ctx.data_key('dataset.json')} missing: the rebalance stage did not run",
+    }
     if analysis is not None:
-        data["analysis"] = {"conclusion": analysis["conclusion"], "shortfall_text": analysis.get("shortfall_text"),
-                            "layout": layout_part(analysis), **analysis_tables(analysis),
-                            "figures": run.figures(analysis.get("figures"))}
+        data["analysis"] = {
+            "conclusion": analysis["conclusion"],
+            "shortfall_text": analysis.get("shortfall_text"),
+            "layout": layout_part(analysis),
+            **analysis_tables(analysis),
+            "figures": run.figures(analysis.get("figures")),
+        }
     if dataset is not None:
-        rows = [{"split": s, "variant": v, "count": d.get("count"), "class_counts": d.get("class_counts"),
-                 "class_weight": d.get("class_weight")}
-                for s, variants in dataset.get("splits", {}).items() for v, d in variants.items()]
-        data["dataset"] = {"facts": {k: dataset.get(k) for k in ("classes", "image_size", "rebalance", "mean", "std")},
-                           "rows": rows, "figures": run.figures(dataset.get("figures"))}
+        rows = [
+            {
+                "split": s,
+                "variant": v,
+                "count": d.get("count"),
+                "class_counts": d.get("class_counts"),
+                "class_weight": d.get("class_weight"),
+            }
+            for s, variants in dataset.get("splits", {}).items()
+            for v, d in variants.items()
+        ]
+        data["dataset"] = {
+            "facts": {k: dataset.get(k) for k in ("classes", "image_size", "rebalance", "mean", "std")},
+            "rows": rows,
+            "figures": run.figures(dataset.get("figures")),
+        }
     return section("data", "Dataset analysis and imbalance", "ok" if analysis and dataset else "partial", **data)
 
 
@@ -273,49 +330,91 @@ def layout_part(analysis: dict) -> dict | None:
     where = f" below {found['wrapper']}/" if found.get("wrapper") else ""
     text = f"Layout found: {found.get('kind', '?')}{where} (predefined_split={found.get('predefined_split', 'auto')})."
     if found.get("splits"):
-        text += " Given splits: " + ", ".join(f"{s} = {found['splits'][s]}/" for s in SPLITS
-                                              if s in found["splits"]) + "."
+        text += (
+            " Given splits: " + ", ".join(f"{s} = {found['splits'][s]}/" for s in SPLITS if s in found["splits"]) + "."
+        )
     if found.get("mapping_file"):
         text += f" Class names read from {found['mapping_file']}."
     totals = analysis.get("totals", {})
     notes = []
     if found.get("splits"):
-        notes.append("Identical images in two given splits would leak held-out images into training: only the "
-                     "copy in the most held-out split (test, then validation, then training) is kept, the "
-                     "others are listed in rejected.csv as duplicate_across_splits.")
-    notes += [f"{entry['folder']}/ holds {entry['files']} unlabelled files: they are not training data and are "
-              "predicted with the champion unless unlabelled_url is set (see Predictions)."
-              for entry in found.get("unlabelled", [])]
+        notes.append(
+            "Identical images in two given splits would leak held-out images into training: only the "
+            "copy in the most held-out split (test, then validation, then training) is kept, the "
+            "others are listed in rejected.csv as duplicate_across_splits."
+        )
+    notes += [
+        f"{entry['folder']}/ holds {entry['files']} unlabelled files: they are not training data and are "
+        "predicted with the champion unless unlabelled_url is set (see Predictions)."
+        for entry in found.get("unlabelled", [])
+    ]
     warns = list(found.get("warnings", []))
     if found.get("loose_files"):
-        warns.insert(0, f"{len(found['loose_files'])} file(s) lay beside the class folders, outside any class: "
-                        "listed in rejected.csv as not_in_a_class_folder.")
-    return {"text": text, "notes": notes, "warnings": warns,
-            "origins": [{"split": SPLIT_NAMES[s], "images come from": analysis["origin"].get(s, "-"),
-                         "images": totals.get(s, "-")} for s in SPLITS if s in analysis.get("origin", {})]}
+        warns.insert(
+            0,
+            f"{len(found['loose_files'])} file(s) lay beside the class folders, outside any class: "
+            "listed in rejected.csv as not_in_a_class_folder.",
+        )
+    return {
+        "text": text,
+        "notes": notes,
+        "warnings": warns,
+        "origins": [
+            {"split": SPLIT_NAMES[s], "images come from": analysis["origin"].get(s, "-"), "images": totals.get(s, "-")}
+            for s in SPLITS
+            if s in analysis.get("origin", {})
+        ],
+    }
 
 
 def analysis_tables(analysis: dict) -> dict:
     """The split stage's numbers as tables a person reads: counts, imbalance, sizes, channels."""
     splits = [s for s in SPLITS if s in analysis["counts"]]
     short = {(row["class"], row["split"]) for row in analysis.get("shortfalls", [])}
-    counts = [{"class": c, **{SPLIT_NAMES[s]: f"{analysis['counts'][s][c]}{' *' if (c, s) in short else ''}"
-                              for s in splits},
-               "total": sum(analysis["counts"][s][c] for s in splits)} for c in analysis["classes"]]
-    imbalance = [{"split": SPLIT_NAMES[s], "largest class": f"{m['largest']} ({m['largest_count']})",
-                  "smallest class": f"{m['smallest']} ({m['smallest_count']})", "max/min ratio": m["max_min_ratio"],
-                  "normalised entropy": m["normalised_entropy"], "verdict": m["severity"]}
-                 for s, m in analysis["imbalance"].items()]
-    sizes = [{"split": SPLIT_NAMES[s], "width min/median/max": _range(d["width"]),
-              "height min/median/max": _range(d["height"]),
-              "most common size": "{}x{} ({} images)".format(*d["most_common"][0]) if d.get("most_common") else "-"}
-             for s, d in analysis["image_sizes"].items()]
-    channels = [{"channel": name, "mean": m, "std": sd}
-                for name, m, sd in zip("RGB", analysis["mean"], analysis["std"])]
-    leakage = ("No image appears in more than one split (checked by content hash)." if analysis.get("no_leakage")
-               else "Leakage check did not pass.")
-    return {"counts": counts, "short": bool(short), "imbalance": imbalance, "sizes": sizes, "channels": channels,
-            "leakage": leakage}
+    counts = [
+        {
+            "class": c,
+            **{SPLIT_NAMES[s]: f"{analysis['counts'][s][c]}{' *' if (c, s) in short else ''}" for s in splits},
+            "total": sum(analysis["counts"][s][c] for s in splits),
+        }
+        for c in analysis["classes"]
+    ]
+    imbalance = [
+        {
+            "split": SPLIT_NAMES[s],
+            "largest class": f"{m['largest']} ({m['largest_count']})",
+            "smallest class": f"{m['smallest']} ({m['smallest_count']})",
+            "max/min ratio": m["max_min_ratio"],
+            "normalised entropy": m["normalised_entropy"],
+            "verdict": m["severity"],
+        }
+        for s, m in analysis["imbalance"].items()
+    ]
+    sizes = [
+        {
+            "split": SPLIT_NAMES[s],
+            "width min/median/max": _range(d["width"]),
+            "height min/median/max": _range(d["height"]),
+            "most common size": "{}x{} ({} images)".format(*d["most_common"][0]) if d.get("most_common") else "-",
+        }
+        for s, d in analysis["image_sizes"].items()
+    ]
+    channels = [
+        {"channel": name, "mean": m, "std": sd} for name, m, sd in zip("RGB", analysis["mean"], analysis["std"])
+    ]
+    leakage = (
+        "No image appears in more than one split (checked by content hash)."
+        if analysis.get("no_leakage")
+        else "Leakage check did not pass."
+    )
+    return {
+        "counts": counts,
+        "short": bool(short),
+        "imbalance": imbalance,
+        "sizes": sizes,
+        "channels": channels,
+        "leakage": leakage,
+    }
 
 
 def _range(d: dict) -> str:
@@ -325,10 +424,16 @@ def _range(d: dict) -> str:
 def section_rejected(run: Run) -> dict:
     ctx, ingest = run.ctx, run.ingest
     if ingest is None:
-        return not_run("rejected", "Rejected files",
-                       f"{ctx.data_key('ingest.json')} missing: the download stage did not run")
-    return section("rejected", "Rejected files", fields=fields(ingest), figures=run.figures(ingest.get("figures")),
-                   csv=run.file(ctx.data_key("rejected.csv"), "rejected.csv: every rejected file with its reason"))
+        return not_run(
+            "rejected", "Rejected files", f"{ctx.data_key('ingest.json')} missing: the download stage did not run"
+        )
+    return section(
+        "rejected",
+        "Rejected files",
+        fields=fields(ingest),
+        figures=run.figures(ingest.get("figures")),
+        csv=run.file(ctx.data_key("rejected.csv"), "rejected.csv: every rejected file with its reason"),
+    )
 
 
 def spec_differences(specs) -> dict[str, list[dict]]:
@@ -339,15 +444,21 @@ def spec_differences(specs) -> dict[str, list[dict]]:
     out = {}
     for spec in specs:
         values = spec.model_dump()
-        out[spec.name] = [{"setting": k, specs[0].name: _short(reference[k]), spec.name: _short(v)}
-                          for k, v in values.items() if k not in ("name", "description") and v != reference[k]]
+        out[spec.name] = [
+            {"setting": k, specs[0].name: _short(reference[k]), spec.name: _short(v)}
+            for k, v in values.items()
+            if k not in ("name", "description") and v != reference[k]
+        ]
     return out
 
 
 def _short(value) -> str:
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], dict):
-        return " ".join(f"{b['filters']}/{b['kernel_size']}x{b['kernel_size']}/s{b['strides']}"
-                        + (f"+{b['pool']}" if b["pool"] != "none" else "") for b in value)
+        return " ".join(
+            f"{b['filters']}/{b['kernel_size']}x{b['kernel_size']}/s{b['strides']}"
+            + (f"+{b['pool']}" if b["pool"] != "none" else "")
+            for b in value
+        )
     return str(value)
 
 
@@ -362,8 +473,10 @@ def section_models(run: Run) -> dict:
         note = REBALANCE_NONE_NOTE + "."
     specs = list(ctx.config.experiments)
     diffs = spec_differences(specs)
-    experiments = [{"name": s.name, "description": s.description or "(no description)",
-                    "diffs": None if i == 0 else diffs[s.name]} for i, s in enumerate(specs)]
+    experiments = [
+        {"name": s.name, "description": s.description or "(no description)", "diffs": None if i == 0 else diffs[s.name]}
+        for i, s in enumerate(specs)
+    ]
     expected = expected_model_ids(ctx)
     trained = []
     for mid in expected + [m for m in run.model_ids if m not in expected]:
@@ -372,12 +485,19 @@ def section_models(run: Run) -> dict:
             why = f"{ctx.model_key(mid, 'meta.json')} missing: this model was not trained"
             trained.append({"id": mid, "missing": why})
             continue
-        trained.append({"id": mid, "missing": None, "params": meta.get("params"), "layers": meta.get("layers", []),
-                        # classes, config and versions are shown once, at the end
-                        "fields": fields(meta, skip=("figures", "classes", "config", "description", "layers",
-                                                     "versions"))})
-    return section("models", "Models", rebalance_note=note, reference=specs[0].name, experiments=experiments,
-                   models=trained)
+        trained.append(
+            {
+                "id": mid,
+                "missing": None,
+                "params": meta.get("params"),
+                "layers": meta.get("layers", []),
+                # classes, config and versions are shown once, at the end
+                "fields": fields(meta, skip=("figures", "classes", "config", "description", "layers", "versions")),
+            }
+        )
+    return section(
+        "models", "Models", rebalance_note=note, reference=specs[0].name, experiments=experiments, models=trained
+    )
 
 
 def section_checks(run: Run) -> dict:
@@ -385,9 +505,16 @@ def section_checks(run: Run) -> dict:
     for spec in ctx.config.experiments:
         key = ctx.check_key(spec.name, "single_batch.json")
         check = read_json(ctx, key)
-        checks.append({"name": spec.name, "missing": f"{key} missing"} if check is None else
-                      {"name": spec.name, "missing": None, "fields": fields(check),
-                       "figures": run.figures(check.get("figures"))})
+        checks.append(
+            {"name": spec.name, "missing": f"{key} missing"}
+            if check is None
+            else {
+                "name": spec.name,
+                "missing": None,
+                "fields": fields(check),
+                "figures": run.figures(check.get("figures")),
+            }
+        )
     missing = sum(1 for c in checks if c["missing"])
     return section("checks", "Single-batch checks", "ok" if not missing else f"{missing} missing", checks=checks)
 
@@ -410,75 +537,121 @@ def section_viz(run: Run) -> dict:
     for mid in run.model_ids:
         viz = read_json(ctx, ctx.viz_key(mid, "viz.json"))
         if viz is None:
-            models.append({"id": mid, "missing": f"{ctx.viz_key(mid, 'viz.json')} missing: the visualise stage did "
-                                                 "not run"})
+            models.append(
+                {"id": mid, "missing": f"{ctx.viz_key(mid, 'viz.json')} missing: the visualise stage did not run"}
+            )
             continue
         explanation = viz.get("explanation")
-        models.append({"id": mid, "missing": None,
-                       "explanation": explanation if isinstance(explanation, list) else [explanation] if explanation
-                       else [], "dead_channels": viz.get("dead_channels"), "figures": run.figures(viz.get("figures"))})
+        models.append(
+            {
+                "id": mid,
+                "missing": None,
+                "explanation": explanation if isinstance(explanation, list) else [explanation] if explanation else [],
+                "dead_channels": viz.get("dead_channels"),
+                "figures": run.figures(viz.get("figures")),
+            }
+        )
     return section("viz", "Visualisations", models=models)
 
 
 def section_evaluation(run: Run) -> dict:
     ctx, evals = run.ctx, run.evals
     if not evals:
-        return not_run("evaluation", "Per-model evaluation",
-                       "no eval/<model_id>/metrics.json: the evaluate stage did not run")
+        return not_run(
+            "evaluation", "Per-model evaluation", "no eval/<model_id>/metrics.json: the evaluate stage did not run"
+        )
     rows = []
     for mid, m in evals.items():
         test, val, train = (m["splits"].get(s, {}) for s in ("test", "val", "train"))
-        rows.append({"model": mid, **{f"test {c}": test.get(c) for c in EVAL_COLUMNS},
-                     "val accuracy": val.get("accuracy"), "train accuracy": train.get("accuracy")})
-    models = [{"id": mid, "missing": f"{ctx.eval_key(mid, 'metrics.json')} missing: this model was not evaluated"}
-              if mid not in evals else
-              {"id": mid, "missing": None, "report": evals[mid].get("classification_report", []),
-               "csv": run.file(ctx.eval_key(mid, "classification_report.csv"), "classification_report.csv"),
-               "figures": run.figures(evals[mid].get("figures"))} for mid in run.model_ids]
+        rows.append(
+            {
+                "model": mid,
+                **{f"test {c}": test.get(c) for c in EVAL_COLUMNS},
+                "val accuracy": val.get("accuracy"),
+                "train accuracy": train.get("accuracy"),
+            }
+        )
+    models = [
+        {"id": mid, "missing": f"{ctx.eval_key(mid, 'metrics.json')} missing: this model was not evaluated"}
+        if mid not in evals
+        else {
+            "id": mid,
+            "missing": None,
+            "report": evals[mid].get("classification_report", []),
+            "csv": run.file(ctx.eval_key(mid, "classification_report.csv"), "classification_report.csv"),
+            "figures": run.figures(evals[mid].get("figures")),
+        }
+        for mid in run.model_ids
+    ]
     return section("evaluation", "Per-model evaluation", rows=rows, report_columns=REPORT_COLUMNS, models=models)
 
 
 def section_ensembles(run: Run) -> dict:
     ctx, ensemble = run.ctx, run.ensemble
     if ensemble is None:
-        return not_run("ensembles", "Ensembles",
-                       f"{ctx.eval_key('ensemble', 'ensemble.json')} missing: the ensemble stage did not run")
+        return not_run(
+            "ensembles",
+            "Ensembles",
+            f"{ctx.eval_key('ensemble', 'ensemble.json')} missing: the ensemble stage did not run",
+        )
     weights = [{"ensemble": n, **e["weights"]} for n, e in ensemble.get("ensembles", {}).items() if e.get("weights")]
-    return section("ensembles", "Ensembles", ensemble_not_run=ensemble.get("not_run"), metric=ensemble["metric"],
-                   best=ensemble["best"], rows=ensemble["comparison"], columns=ENSEMBLE_COLUMNS,
-                   csv=run.file(ensemble["comparison_key"], "comparison.csv"), tie_break=ensemble.get("tie_break"),
-                   skipped=ensemble.get("skipped") or [], weights=weights,
-                   best_ensemble=ensemble.get("best_ensemble"), figures=run.figures(ensemble.get("figures")))
+    return section(
+        "ensembles",
+        "Ensembles",
+        ensemble_not_run=ensemble.get("not_run"),
+        metric=ensemble["metric"],
+        best=ensemble["best"],
+        rows=ensemble["comparison"],
+        columns=ENSEMBLE_COLUMNS,
+        csv=run.file(ensemble["comparison_key"], "comparison.csv"),
+        tie_break=ensemble.get("tie_break"),
+        skipped=ensemble.get("skipped") or [],
+        weights=weights,
+        best_ensemble=ensemble.get("best_ensemble"),
+        figures=run.figures(ensemble.get("figures")),
+    )
 
 
 def section_champion(run: Run) -> dict:
     ctx, promotion = run.ctx, run.promotion
     if promotion is None:
-        return not_run("champion", "Champion decision", f"{ctx.key('promotion.json')} missing: the promote stage "
-                                                        "did not run")
+        return not_run(
+            "champion", "Champion decision", f"{ctx.key('promotion.json')} missing: the promote stage did not run"
+        )
     metric = promotion["metric"]
     champion = promotion.get("champion_on_this_test") or {}
     previous = promotion.get("previous_champion") or {}
     facts = {
-        "metric": metric, "margin": promotion.get("margin"), "candidate": promotion["candidate"]["name"],
+        "metric": metric,
+        "margin": promotion.get("margin"),
+        "candidate": promotion["candidate"]["name"],
         f"candidate {metric}": promotion["candidate"].get(metric),
         "candidate test accuracy": promotion["candidate"].get("accuracy"),
-        "best row": promotion["best"]["name"], f"best row {metric}": promotion["best"].get(metric),
+        "best row": promotion["best"]["name"],
+        f"best row {metric}": promotion["best"].get(metric),
         "previous champion": f"{previous.get('model_id')} from run {previous.get('run_id')}" if previous else "none",
         "previous champion's recorded value": previous.get("value"),
         f"previous champion {metric} on this test split": (champion.get("metrics") or {}).get(metric),
         "champion comparable": champion.get("why") if champion else "no champion",
-        "new champion key": promotion.get("champion_key"), "history record": promotion.get("history_key")}
-    return section("champion", "Champion decision",
-                   decision=f"Decision: {promotion['decision']}. {promotion['reason']}",
-                   candidate_note=promotion.get("candidate_note"), facts=facts, guards=promotion.get("guards", []))
+        "new champion key": promotion.get("champion_key"),
+        "history record": promotion.get("history_key"),
+    }
+    return section(
+        "champion",
+        "Champion decision",
+        decision=f"Decision: {promotion['decision']}. {promotion['reason']}",
+        candidate_note=promotion.get("candidate_note"),
+        facts=facts,
+        guards=promotion.get("guards", []),
+    )
 
 
 def section_predictions(run: Run) -> dict:
     ctx, predictions = run.ctx, run.predictions
     if predictions is None:
-        return not_run("predictions", "Predictions",
-                       f"{ctx.report_key('predictions.json')} missing: the predict stage did not run")
+        return not_run(
+            "predictions", "Predictions", f"{ctx.report_key('predictions.json')} missing: the predict stage did not run"
+        )
     if predictions["status"] != "done":
         return not_run("predictions", "Predictions", predictions.get("reason", "skipped"))
     import io
@@ -486,25 +659,46 @@ def section_predictions(run: Run) -> dict:
     import pandas as pd
 
     preview = pd.read_csv(io.StringIO(ctx.store.get_text(predictions["predictions_key"])), nrows=PREVIEW_ROWS)
-    return section("predictions", "Predictions",
-                   facts={k: predictions[p] for k, p in (("images", "url"), ("model", "model"),
-                                                         ("predicted", "predicted"), ("rejected", "rejected"))},
-                   class_counts=predictions.get("class_counts", {}), preview=preview.to_dict("records"),
-                   files=[run.file(predictions["predictions_key"], "predictions.csv (all images)"),
-                          run.file(predictions["rejected_key"],
-                                   "predictions_rejected.csv (unreadable files with reasons)")])
+    return section(
+        "predictions",
+        "Predictions",
+        facts={
+            k: predictions[p]
+            for k, p in (("images", "url"), ("model", "model"), ("predicted", "predicted"), ("rejected", "rejected"))
+        },
+        class_counts=predictions.get("class_counts", {}),
+        preview=preview.to_dict("records"),
+        files=[
+            run.file(predictions["predictions_key"], "predictions.csv (all images)"),
+            run.file(predictions["rejected_key"], "predictions_rejected.csv (unreadable files with reasons)"),
+        ],
+    )
 
 
-SECTIONS = (section_data, section_rejected, section_models, section_checks, section_curves, section_viz,
-            section_evaluation, section_ensembles, section_champion, section_predictions, section_overview)
+SECTIONS = (
+    section_data,
+    section_rejected,
+    section_models,
+    section_checks,
+    section_curves,
+    section_viz,
+    section_evaluation,
+    section_ensembles,
+    section_champion,
+    section_predictions,
+    section_overview,
+)
 
 
 # ----------------------------------------------------------------------------- the stage
 def render(run: Run, sections: list[dict], headline: dict) -> str:
     return ENV.get_template("report.html").render(
-        title=f"CNN image classification report: {run.ctx.run_id}", run_id=run.ctx.run_id,
+        title=f"CNN image classification report: {run.ctx.run_id}",
+        run_id=run.ctx.run_id,
         failures=[{k: f.get(k) for k in ("task", "error", "message")} for f in run.failures],
-        results=headline, sections=sections)
+        results=headline,
+        sections=sections,
+    )
 
 
 def promotion_summary(promotion: dict | None) -> dict | None:
@@ -512,10 +706,25 @@ def promotion_summary(promotion: dict | None) -> dict | None:
         return None
     metric = promotion["metric"]
     champion_metrics = (promotion.get("champion_on_this_test") or {}).get("metrics") or {}
-    return {**{k: promotion.get(k) for k in ("decision", "promoted", "reason", "metric", "margin", "candidate_note",
-                                             "champion_key", "history_key")},
-            "candidate": promotion["candidate"]["name"], "value": promotion["candidate"].get(metric),
-            "best": promotion["best"]["name"], "champion_value": champion_metrics.get(metric)}
+    return {
+        **{
+            k: promotion.get(k)
+            for k in (
+                "decision",
+                "promoted",
+                "reason",
+                "metric",
+                "margin",
+                "candidate_note",
+                "champion_key",
+                "history_key",
+            )
+        },
+        "candidate": promotion["candidate"]["name"],
+        "value": promotion["candidate"].get(metric),
+        "best": promotion["best"]["name"],
+        "champion_value": champion_metrics.get(metric),
+    }
 
 
 def build_summary(run: Run, sections: list[dict], headline: dict) -> dict:
@@ -526,24 +735,36 @@ def build_summary(run: Run, sections: list[dict], headline: dict) -> dict:
         return evals[mid]["splits"] if mid in evals else {"test": None, "status": "not evaluated"}
 
     return {
-        "run_id": ctx.run_id, "config": ctx.config.to_dict(), "versions": run.versions,
+        "run_id": ctx.run_id,
+        "config": ctx.config.to_dict(),
+        "versions": run.versions,
         "dataset": {k: (run.dataset or {}).get(k) for k in ("dataset_sha256", "classes", "image_size", "rebalance")},
-        "models": {mid: {**split_metrics(mid), "params": metas[mid].get("params"),
-                         "best_epoch": metas[mid].get("best_epoch")} for mid in run.model_ids},
-        "ensembles": None if ensemble is None else {
-            "best": ensemble["best"], "best_ensemble": ensemble["best_ensemble"], "comparison": ensemble["comparison"],
-            "weights": {n: e["weights"] for n, e in ensemble["ensembles"].items() if e.get("weights")}},
+        "models": {
+            mid: {**split_metrics(mid), "params": metas[mid].get("params"), "best_epoch": metas[mid].get("best_epoch")}
+            for mid in run.model_ids
+        },
+        "ensembles": None
+        if ensemble is None
+        else {
+            "best": ensemble["best"],
+            "best_ensemble": ensemble["best_ensemble"],
+            "comparison": ensemble["comparison"],
+            "weights": {n: e["weights"] for n, e in ensemble["ensembles"].items() if e.get("weights")},
+        },
         "promotion": promotion_summary(run.promotion),
         "predictions": run.predictions,
         "results": headline,
         "sections": {s["anchor"]: s["status"] for s in sections},
         "failures": [{k: f.get(k) for k in ("task", "error", "message")} for f in run.failures],
-        "artifacts": {"report": ctx.report_key("index.html"), "summary": ctx.report_key("summary.json"),
-                      "models": {mid: ctx.model_key(mid, "model.keras") for mid in run.model_ids},
-                      "metrics": {mid: ctx.eval_key(mid, "metrics.json") for mid in evals},
-                      "predictions": {mid: ctx.eval_key(mid, "predictions.npz") for mid in evals},
-                      "ensemble": ctx.eval_key("ensemble", "ensemble.json") if ensemble else None,
-                      "promotion": ctx.key("promotion.json") if run.promotion else None},
+        "artifacts": {
+            "report": ctx.report_key("index.html"),
+            "summary": ctx.report_key("summary.json"),
+            "models": {mid: ctx.model_key(mid, "model.keras") for mid in run.model_ids},
+            "metrics": {mid: ctx.eval_key(mid, "metrics.json") for mid in evals},
+            "predictions": {mid: ctx.eval_key(mid, "predictions.npz") for mid in evals},
+            "ensemble": ctx.eval_key("ensemble", "ensemble.json") if ensemble else None,
+            "promotion": ctx.key("promotion.json") if run.promotion else None,
+        },
     }
 
 

@@ -19,8 +19,18 @@ log = logging.getLogger(__name__)
 _applied: dict | None = None  # the settings this process already runs with
 
 # Packages whose versions are recorded; a tuple names alternative distributions of one package.
-VERSION_PACKAGES = (("tensorflow", "tensorflow-cpu"), "keras", "numpy", "pandas", "scikit-learn", "scipy",
-                    "matplotlib", "pillow", "boto3", "apache-airflow")
+VERSION_PACKAGES = (
+    ("tensorflow", "tensorflow-cpu"),
+    "keras",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "scipy",
+    "matplotlib",
+    "pillow",
+    "boto3",
+    "apache-airflow",
+)
 
 
 def available_cores() -> int:
@@ -48,8 +58,9 @@ def threads_per_task(tasks: int | None = None) -> int:
     return max(1, available_cores() // parallel_tasks(tasks))
 
 
-def configure_tensorflow(parallel_tasks: int | None = None, mixed_precision: bool = False,
-                         deterministic: bool = False) -> dict:
+def configure_tensorflow(
+    parallel_tasks: int | None = None, mixed_precision: bool = False, deterministic: bool = False
+) -> dict:
     """Size TF thread pools, turn on GPU memory growth, set the precision policy; idempotent.
 
     Thread pools and GPU options can only be set before TensorFlow starts executing ops; a later
@@ -61,13 +72,20 @@ def configure_tensorflow(parallel_tasks: int | None = None, mixed_precision: boo
     import tensorflow as tf
 
     intra = threads_per_task(parallel_tasks)
-    settings = {"intra_op_threads": intra, "inter_op_threads": max(1, min(2, intra)),
-                "mixed_precision": bool(mixed_precision), "deterministic": bool(deterministic)}
+    settings = {
+        "intra_op_threads": intra,
+        "inter_op_threads": max(1, min(2, intra)),
+        "mixed_precision": bool(mixed_precision),
+        "deterministic": bool(deterministic),
+    }
     if _applied is None:
         _set_threads_and_gpus(tf, settings)
     elif (_applied["intra_op_threads"], _applied["inter_op_threads"]) != (intra, settings["inter_op_threads"]):
-        log.warning("TensorFlow threads already set to %s intra-op; keeping them (asked for %s)",
-                    _applied["intra_op_threads"], intra)
+        log.warning(
+            "TensorFlow threads already set to %s intra-op; keeping them (asked for %s)",
+            _applied["intra_op_threads"],
+            intra,
+        )
         settings.update(intra_op_threads=_applied["intra_op_threads"], inter_op_threads=_applied["inter_op_threads"])
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     if deterministic:
@@ -88,8 +106,12 @@ def _set_threads_and_gpus(tf, settings: dict) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             log.warning("GPU %s already initialised; memory growth unchanged", gpu.name)
-    log.info("TensorFlow: %d intra-op / %d inter-op threads, %d GPU(s)", settings["intra_op_threads"],
-             settings["inter_op_threads"], len(tf.config.list_physical_devices("GPU")))
+    log.info(
+        "TensorFlow: %d intra-op / %d inter-op threads, %d GPU(s)",
+        settings["intra_op_threads"],
+        settings["inter_op_threads"],
+        len(tf.config.list_physical_devices("GPU")),
+    )
 
 
 # --------------------------------------------------------------------------- provenance
@@ -116,8 +138,9 @@ def package_versions() -> dict[str, str]:
 def git_commit() -> str:
     """The code's git commit: `git rev-parse HEAD`, else env CNN_GIT_COMMIT, else "unknown"."""
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=5)
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
         if result.returncode == 0 and result.stdout.strip():
             return result.stdout.strip()
     except (OSError, subprocess.SubprocessError):

@@ -8,8 +8,8 @@ Each record is a `tf.train.Example` with
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 RECORDS_PER_SHARD = 4096
 

@@ -55,14 +55,21 @@ import unicodedata
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 import urllib3
-from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NameResolutionError, ProtocolError,
-                                ReadTimeoutError, SSLError)
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NameResolutionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
 from urllib3.util import Retry
 
 from cnn_tasks.context import cache_root
@@ -96,8 +103,10 @@ OVERSIZED_MEMBER = "oversized_member"
 SPECIAL_FILE = "special_file"
 DUPLICATE_MEMBER = "duplicate_member"
 
-LOCAL_COPY_HINT = ("Without network access, point at a local copy: DATASET_URL=/path/to/EuroSAT.zip "
-                   "(or the dataset_url param), and clear dataset_checksum or set it to that copy's hash.")
+LOCAL_COPY_HINT = (
+    "Without network access, point at a local copy: DATASET_URL=/path/to/EuroSAT.zip "
+    "(or the dataset_url param), and clear dataset_checksum or set it to that copy's hash."
+)
 
 
 class DownloadError(PipelineError, RuntimeError):
@@ -129,12 +138,13 @@ def fetch_source(ctx, url: str, checksum: str | None = None) -> Fetched:
         return _fetch_remote(ctx, url, parsed, checksum)
     source = Path(unquote(parsed.path) if parsed.scheme == "file" else url).expanduser().resolve()
     if not source.exists():
-        raise DownloadError(f"{source} does not exist: dataset_url must be an http(s):// or s3:// URL, "
-                            "or a local zip/tar file or folder")
+        raise DownloadError(
+            f"{source} does not exist: dataset_url must be an http(s):// or s3:// URL, "
+            "or a local zip/tar file or folder"
+        )
     if source.is_dir():
         if checksum:
-            log.warning("%s is a folder: the checksum %s applies only to files and is not checked",
-                        source, checksum)
+            log.warning("%s is a folder: the checksum %s applies only to files and is not checked", source, checksum)
         return Fetched(source)
     if checksum:
         verify_checksum(source, checksum)
@@ -169,8 +179,9 @@ def _fetch_remote(ctx, url: str, parsed, checksum: str | None) -> Fetched:
                 target.unlink(missing_ok=True)  # never keep what does not extract
                 if fresh:
                     raise
-                log.warning("the cached download of %s does not extract (%s): discarded, downloading it again",
-                            url, exc)
+                log.warning(
+                    "the cached download of %s does not extract (%s): discarded, downloading it again", url, exc
+                )
                 fresh = True
 
 
@@ -222,7 +233,8 @@ def _compare(hasher, expected: str, algorithm: str, what: str) -> None:
         raise DownloadError(
             f"checksum mismatch for {what}: expected {algorithm}:{expected}, got {algorithm}:{actual}. "
             "The file is corrupt or a different version; if you pointed dataset_url at another copy, "
-            "set dataset_checksum to its hash or clear it.")
+            "set dataset_checksum to its hash or clear it."
+        )
 
 
 class _Sink:
@@ -240,7 +252,7 @@ class _Sink:
         self.committed = False
         self.done, self.started, self.last_log = 0, time.monotonic(), time.monotonic()
 
-    def __enter__(self) -> "_Sink":
+    def __enter__(self) -> _Sink:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -266,8 +278,7 @@ class _Sink:
             _compare(self.hasher, self.expected, self.algorithm, self.what)
         os.replace(self.part, self.target)
         self.committed = True
-        log.info("downloaded %s: %.1f MiB in %.1f s", self.what, self.done / 2**20,
-                 time.monotonic() - self.started)
+        log.info("downloaded %s: %.1f MiB in %.1f s", self.what, self.done / 2**20, time.monotonic() - self.started)
         return self.target
 
 
@@ -275,10 +286,19 @@ def _download_http(url: str, target: Path, checksum: str | None) -> Path:
     """Stream `url` to `target`. urllib3's `Retry` retries transient failures (timeouts, dropped
     connections, 408/425/429/5xx answers, a body that breaks off) with exponential backoff; a host
     that cannot be reached (DNS, refused, TLS) and other answers fail at once."""
-    retry = Retry(total=HTTP_RETRIES - 1, connect=0, other=0, status_forcelist=RETRY_STATUSES,
-                  backoff_factor=RETRY_BACKOFF_S, retry_after_max=60, raise_on_status=False)
-    with urllib3.PoolManager(headers={"User-Agent": "cnn-image-pipeline"},
-                             timeout=urllib3.Timeout(connect=HTTP_TIMEOUT_S, read=HTTP_TIMEOUT_S)) as pool:
+    retry = Retry(
+        total=HTTP_RETRIES - 1,
+        connect=0,
+        other=0,
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=RETRY_BACKOFF_S,
+        retry_after_max=60,
+        raise_on_status=False,
+    )
+    with urllib3.PoolManager(
+        headers={"User-Agent": "cnn-image-pipeline"},
+        timeout=urllib3.Timeout(connect=HTTP_TIMEOUT_S, read=HTTP_TIMEOUT_S),
+    ) as pool:
         while True:
             try:
                 response = pool.request("GET", url, retries=retry, preload_content=False, decode_content=False)
@@ -307,11 +327,15 @@ def _check_status(url: str, response) -> None:
     if response.status in (404, 410):
         raise DownloadError(f"{url} was not found (HTTP {response.status}): check dataset_url")
     if response.status in RETRY_STATUSES:  # what the last retry got
-        raise DownloadError(f"cannot download {url} after {HTTP_RETRIES} attempts: HTTP {response.status} "
-                            f"{response.reason}. {LOCAL_COPY_HINT}")
+        raise DownloadError(
+            f"cannot download {url} after {HTTP_RETRIES} attempts: HTTP {response.status} "
+            f"{response.reason}. {LOCAL_COPY_HINT}"
+        )
     if response.status >= 400:
-        raise DownloadError(f"{url} was refused (HTTP {response.status} {response.reason}): check dataset_url "
-                            "and that the file is public")
+        raise DownloadError(
+            f"{url} was refused (HTTP {response.status} {response.reason}): check dataset_url "
+            "and that the file is public"
+        )
 
 
 def _http_failure(url: str, reason: BaseException | None) -> DownloadError:
@@ -355,7 +379,7 @@ def _download_s3_prefix(client, bucket: str, prefix: str, folder: Path) -> Path:
         count = 0
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                relative = obj["Key"][len(prefix):]
+                relative = obj["Key"][len(prefix) :]
                 if not relative or relative.endswith("/"):
                     continue
                 path = _safe_target(tmp, relative)
@@ -379,8 +403,11 @@ def _extract_cached(ctx, archive: Path, what: str) -> Fetched:
     finds the finished entry. The key holds the limits in force, so lowered limits extract again."""
     info = archive.stat()
     limits = (MAX_EXTRACT_BYTES, MAX_EXTRACT_FILES, MAX_MEMBER_BYTES, MAX_COMPRESSION_RATIO, RATIO_CHECK_BYTES)
-    entry = ctx.hold_cache_entry(cache_root() / "extracted" / _digest(
-        f"v{EXTRACTION_VERSION}|{archive}|{info.st_size}|{info.st_mtime_ns}|{limits}"))
+    entry = ctx.hold_cache_entry(
+        cache_root()
+        / "extracted"
+        / _digest(f"v{EXTRACTION_VERSION}|{archive}|{info.st_size}|{info.st_mtime_ns}|{limits}")
+    )
     with _building(entry):
         cached = _read_extraction(entry)
         if cached is not None:
@@ -427,8 +454,9 @@ def extract_archive(archive: Path, dest: Path, *, what: str | None = None) -> li
             extraction.run(members)
     if extraction.skipped:
         counts = ", ".join(f"{n} {r}" for r, n in sorted(Counter(s["reason"] for s in extraction.skipped).items()))
-        log.warning("%s: %d members not extracted (%s); listed with their reasons", what,
-                    len(extraction.skipped), counts)
+        log.warning(
+            "%s: %d members not extracted (%s); listed with their reasons", what, len(extraction.skipped), counts
+        )
     return extraction.skipped
 
 
@@ -441,8 +469,10 @@ def _archive_kind(archive: Path, what: str) -> str:
     if zipfile.is_zipfile(archive):
         return "zip"
     if head.startswith(b"PK\x03\x04"):
-        raise DownloadError(f"{what}: the archive is truncated or damaged: it starts as a zip but its table "
-                            "of contents (at the end of a zip) is missing; download it again or re-create it")
+        raise DownloadError(
+            f"{what}: the archive is truncated or damaged: it starts as a zip but its table "
+            "of contents (at the end of a zip) is missing; download it again or re-create it"
+        )
     if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar":
         return "tar"
     if tarfile.is_tarfile(archive):
@@ -450,15 +480,22 @@ def _archive_kind(archive: Path, what: str) -> str:
     looks = ""
     if head.lstrip()[:1] == b"<":
         looks = " (it looks like a web page, e.g. an error or sign-in page sent instead of the file)"
-    raise DownloadError(f"{what} is not a zip or tar archive{looks}: dataset_url must name a zip, a "
-                        "tar(.gz/.bz2/.xz) or a folder of class folders")
+    raise DownloadError(
+        f"{what} is not a zip or tar archive{looks}: dataset_url must name a zip, a "
+        "tar(.gz/.bz2/.xz) or a folder of class folders"
+    )
 
 
 # ------------------------------------------------------------------ members
 FILE, DIR, SYMLINK, HARDLINK, SPECIAL = "file", "dir", "symlink", "hardlink", "special"
 # The tar type tarfile's data filter judges each kind as (it refuses every device and fifo alike).
-_TAR_TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE, HARDLINK: tarfile.LNKTYPE,
-              SPECIAL: tarfile.FIFOTYPE}
+_TAR_TYPES = {
+    FILE: tarfile.REGTYPE,
+    DIR: tarfile.DIRTYPE,
+    SYMLINK: tarfile.SYMTYPE,
+    HARDLINK: tarfile.LNKTYPE,
+    SPECIAL: tarfile.FIFOTYPE,
+}
 
 
 @dataclass
@@ -478,10 +515,20 @@ class _Member:
 
 # Zip compression methods Python reads, and names for the common others.
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
-_ZIP_METHOD_NAMES = {1: "Shrink", 6: "Implode", 9: "Deflate64", 10: "PKWARE Implode", 18: "IBM TERSE",
-                     19: "IBM LZ77", 93: "Zstandard", 95: "XZ", 96: "JPEG", 97: "WavPack", 98: "PPMd"}
-_DAMAGE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError,
-           UnicodeDecodeError)
+_ZIP_METHOD_NAMES = {
+    1: "Shrink",
+    6: "Implode",
+    9: "Deflate64",
+    10: "PKWARE Implode",
+    18: "IBM TERSE",
+    19: "IBM LZ77",
+    93: "Zstandard",
+    95: "XZ",
+    96: "JPEG",
+    97: "WavPack",
+    98: "PPMd",
+}
+_DAMAGE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, UnicodeDecodeError)
 
 
 @contextlib.contextmanager
@@ -497,12 +544,14 @@ def _reading(what: str, member: str | None = None):
 
 def _damaged(what: str, exc: BaseException, member: str | None = None) -> DownloadError:
     at = f" at member {member!r}" if member else ""
-    return DownloadError(f"{what}: the archive is truncated or damaged{at} ({type(exc).__name__}: {exc}): "
-                         "download it again or re-create it")
+    return DownloadError(
+        f"{what}: the archive is truncated or damaged{at} ({type(exc).__name__}: {exc}): "
+        "download it again or re-create it"
+    )
 
 
 @contextlib.contextmanager
-def _zip_members(archive: Path, extraction: "_Extraction") -> Iterator[Iterator[_Member]]:
+def _zip_members(archive: Path, extraction: _Extraction) -> Iterator[Iterator[_Member]]:
     what = extraction.what
     with _reading(what):
         zf = zipfile.ZipFile(archive)
@@ -513,14 +562,18 @@ def _zip_members(archive: Path, extraction: "_Extraction") -> Iterator[Iterator[
             if info.is_dir() or name.endswith(("/", "\\")):
                 continue
             if info.flag_bits & 0x1 or info.compress_type == 99:
-                raise DownloadError(f"{what}: member {name!r} is encrypted (password-protected): unpack the "
-                                    "archive yourself and point dataset_url at the folder, or re-create it "
-                                    "without a password")
+                raise DownloadError(
+                    f"{what}: member {name!r} is encrypted (password-protected): unpack the "
+                    "archive yourself and point dataset_url at the folder, or re-create it "
+                    "without a password"
+                )
             if info.compress_type not in _ZIP_METHODS:
                 method = _ZIP_METHOD_NAMES.get(info.compress_type, "unknown")
-                raise DownloadError(f"{what}: member {name!r} uses compression method {info.compress_type} "
-                                    f"({method}), which cannot be read here: re-create the archive with "
-                                    "standard (deflate) compression, or unpack it and point dataset_url at the folder")
+                raise DownloadError(
+                    f"{what}: member {name!r} uses compression method {info.compress_type} "
+                    f"({method}), which cannot be read here: re-create the archive with "
+                    "standard (deflate) compression, or unpack it and point dataset_url at the folder"
+                )
         # The declared totals, before writing anything (members the caps skip do not count).
         files = [i for i in infos if not i.is_dir() and i.file_size <= MAX_MEMBER_BYTES]
         extraction.budget.check(len(files), sum(i.file_size for i in files))
@@ -557,8 +610,8 @@ def _unicode_path_field(extra: bytes, raw: bytes) -> str | None:
     """The UTF-8 name of Info-ZIP's Unicode Path extra field (0x7075), when it matches `raw`."""
     i = 0
     while i + 4 <= len(extra):
-        kind, size = int.from_bytes(extra[i:i + 2], "little"), int.from_bytes(extra[i + 2:i + 4], "little")
-        data = extra[i + 4:i + 4 + size]
+        kind, size = int.from_bytes(extra[i : i + 2], "little"), int.from_bytes(extra[i + 2 : i + 4], "little")
+        data = extra[i + 4 : i + 4 + size]
         if kind == 0x7075 and len(data) > 5 and data[0] == 1 and int.from_bytes(data[1:5], "little") == zlib.crc32(raw):
             try:
                 return data[5:].decode("utf-8")
@@ -582,23 +635,27 @@ def _decode_name(raw: bytes | str, fallback: str) -> str:
 
 
 @contextlib.contextmanager
-def _tar_members(archive: Path, extraction: "_Extraction") -> Iterator[Iterator[_Member]]:
+def _tar_members(archive: Path, extraction: _Extraction) -> Iterator[Iterator[_Member]]:
     what = extraction.what
     with open(archive, "rb") as raw:
         try:
             tf = tarfile.open(fileobj=raw, mode="r:*", encoding="utf-8", errors="surrogateescape")
         except _DAMAGE as exc:
             if _compressed_but_not_tar(archive):
-                raise DownloadError(f"{what} is a compressed file but not a tar archive: dataset_url must name "
-                                    "a zip, a tar(.gz/.bz2/.xz) or a folder of class folders") from None
+                raise DownloadError(
+                    f"{what} is a compressed file but not a tar archive: dataset_url must name "
+                    "a zip, a tar(.gz/.bz2/.xz) or a folder of class folders"
+                ) from None
             raise _damaged(what, exc) from None
         with tf:
             yield _iter_tar(tf, raw, what)
             if tf.fileobj is raw:  # uncompressed: a partial header block at the end means truncated
                 raw.seek(tf.offset)
                 if 0 < len(raw.read(512)) < 512:
-                    raise DownloadError(f"{what}: the archive is truncated or damaged (it ends inside a "
-                                        "member header): download it again or re-create it")
+                    raise DownloadError(
+                        f"{what}: the archive is truncated or damaged (it ends inside a "
+                        "member header): download it again or re-create it"
+                    )
 
 
 def _iter_tar(tf: tarfile.TarFile, raw: BinaryIO, what: str) -> Iterator[_Member]:
@@ -619,8 +676,9 @@ def _iter_tar(tf: tarfile.TarFile, raw: BinaryIO, what: str) -> Iterator[_Member
             link = unicodedata.normalize("NFC", _decode_name(info.linkname, "cp1252"))
             yield _Member(name, spelled, SYMLINK if info.issym() else HARDLINK, link=link)
         elif info.isfile():
-            yield _Member(name, spelled, FILE, size=info.size, open=lambda info=info: tf.extractfile(info),
-                          consumed=raw.tell)
+            yield _Member(
+                name, spelled, FILE, size=info.size, open=lambda info=info: tf.extractfile(info), consumed=raw.tell
+            )
         else:
             yield _Member(name, spelled, SPECIAL)
 
@@ -666,15 +724,21 @@ class _Budget:
 
     def check(self, files: int, size: int) -> None:
         if files > MAX_EXTRACT_FILES:
-            raise DownloadError(f"{self.what} holds more than {MAX_EXTRACT_FILES} files (MAX_EXTRACT_FILES): "
-                                "refusing to extract a possible archive bomb")
+            raise DownloadError(
+                f"{self.what} holds more than {MAX_EXTRACT_FILES} files (MAX_EXTRACT_FILES): "
+                "refusing to extract a possible archive bomb"
+            )
         if size > MAX_EXTRACT_BYTES:
-            raise DownloadError(f"{self.what} would extract to more than {MAX_EXTRACT_BYTES} bytes "
-                                "(MAX_EXTRACT_BYTES): refusing to extract a possible archive bomb")
+            raise DownloadError(
+                f"{self.what} would extract to more than {MAX_EXTRACT_BYTES} bytes "
+                "(MAX_EXTRACT_BYTES): refusing to extract a possible archive bomb"
+            )
         if size > ARCHIVE_RATIO_CHECK_BYTES and size > MAX_COMPRESSION_RATIO * self.archive_bytes:
-            raise DownloadError(f"{self.what} would extract to more than {MAX_COMPRESSION_RATIO} times its own "
-                                f"size ({self.archive_bytes} bytes; MAX_COMPRESSION_RATIO): refusing to extract "
-                                "a possible archive bomb")
+            raise DownloadError(
+                f"{self.what} would extract to more than {MAX_COMPRESSION_RATIO} times its own "
+                f"size ({self.archive_bytes} bytes; MAX_COMPRESSION_RATIO): refusing to extract "
+                "a possible archive bomb"
+            )
 
     def add(self, files: int, size: int) -> None:
         self.files += files
@@ -702,8 +766,9 @@ class _Extraction:
                 continue
             entries += member.kind != DIR
             if not self.claim(member):
-                self.skip(member, DUPLICATE_MEMBER, "the archive holds this name more than once: the first copy "
-                                                    "was extracted")
+                self.skip(
+                    member, DUPLICATE_MEMBER, "the archive holds this name more than once: the first copy was extracted"
+                )
             elif member.refused:
                 self.skip(member, *member.refused)
             elif member.kind == DIR:
@@ -726,8 +791,7 @@ class _Extraction:
         name = member.name.replace("\\", "/")
         parts = PurePosixPath(name).parts
         if name.startswith("/") or (parts and parts[0].endswith(":")):
-            raise DownloadError(f"unsafe archive member {member.name!r} in {self.what}: absolute paths are "
-                                "not allowed")
+            raise DownloadError(f"unsafe archive member {member.name!r} in {self.what}: absolute paths are not allowed")
         member.name = name
         member.refused = self.refusal(member)
         parts = tuple(p for p in PurePosixPath(os.path.normpath(name)).parts if p != ".")
@@ -738,9 +802,11 @@ class _Extraction:
         for part in parts:
             size = len(part.encode("utf-8", "surrogateescape"))
             if size > self.name_max:
-                raise DownloadError(f"{self.what}: member {_short(member.name)!r} has a name of {size} bytes, "
-                                    f"longer than this file system allows ({self.name_max}): shorten it and "
-                                    "re-create the archive")
+                raise DownloadError(
+                    f"{self.what}: member {_short(member.name)!r} has a name of {size} bytes, "
+                    f"longer than this file system allows ({self.name_max}): shorten it and "
+                    "re-create the archive"
+                )
         member.name = "/".join(parts)
         return self.dest.joinpath(*parts)
 
@@ -754,8 +820,9 @@ class _Extraction:
         try:
             tarfile.data_filter(info, str(self.dest))
         except tarfile.OutsideDestinationError:
-            raise DownloadError(f"unsafe archive member {member.name!r} in {self.what}: '..' would write outside "
-                                "the extraction folder") from None
+            raise DownloadError(
+                f"unsafe archive member {member.name!r} in {self.what}: '..' would write outside the extraction folder"
+            ) from None
         except tarfile.SpecialFileError:
             return SPECIAL_FILE, "a device, fifo or other special file, not a regular file"
         except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
@@ -771,14 +838,18 @@ class _Extraction:
             path, spelling = "/".join(parts[:i]), "/".join(spelled[:i]) if len(spelled) == len(parts) else None
             known = self.spellings.setdefault(path, spelling)
             if spelling is not None and known is not None and known != spelling:
-                raise DownloadError(f"{self.what} holds both {known!r} and {spelling!r}: names that differ only "
-                                    "in Unicode normalisation (NFC/NFD) look identical and would merge; rename "
-                                    "one of them")
+                raise DownloadError(
+                    f"{self.what} holds both {known!r} and {spelling!r}: names that differ only "
+                    "in Unicode normalisation (NFC/NFD) look identical and would merge; rename "
+                    "one of them"
+                )
             kind = self.kinds.get(path)
             wanted = DIR if i < len(parts) or member.kind == DIR else FILE
             if kind is not None and kind != wanted:
-                raise DownloadError(f"{self.what}: {path!r} is both a file and a folder in the archive "
-                                    f"(member {member.name!r}): re-create the archive without the clash")
+                raise DownloadError(
+                    f"{self.what}: {path!r} is both a file and a folder in the archive "
+                    f"(member {member.name!r}): re-create the archive without the clash"
+                )
             if kind == FILE:
                 return False
             self.kinds[path] = wanted
@@ -792,8 +863,10 @@ class _Extraction:
         except OSError as exc:
             if exc.errno not in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL):
                 raise
-            raise DownloadError(f"{self.what}: member {_short(member.name)!r} cannot be written here "
-                                f"({exc.strerror}): rename it and re-create the archive") from None
+            raise DownloadError(
+                f"{self.what}: member {_short(member.name)!r} cannot be written here "
+                f"({exc.strerror}): rename it and re-create the archive"
+            ) from None
 
     def skip(self, member: _Member, reason: str, detail: str) -> None:
         self.skipped.append({"source": member.name, "reason": reason, "detail": detail})
@@ -803,8 +876,11 @@ class _Extraction:
         """Stream one file member to `path` within the caps; over a cap it is removed and skipped."""
         cap = MAX_MEMBER_BYTES
         if member.size > cap:  # judged from the header, before reading anything
-            self.skip(member, OVERSIZED_MEMBER, f"declares {member.size} bytes, over the {cap}-byte limit per "
-                                                "member (MAX_MEMBER_BYTES): not extracted")
+            self.skip(
+                member,
+                OVERSIZED_MEMBER,
+                f"declares {member.size} bytes, over the {cap}-byte limit per member (MAX_MEMBER_BYTES): not extracted",
+            )
             return
         if member.packed is not None and _suspicious(member.size, member.packed):
             self.skip(member, OVERSIZED_MEMBER, _ratio_detail(member.size, member.packed))
@@ -860,8 +936,11 @@ class _Extraction:
             pending = unresolved
         for member, _, target in pending:
             where = target.relative_to(self.dest).as_posix()
-            what = "a folder: links to folders are not followed" if target.is_dir() else \
-                "not a file extracted from the archive"
+            what = (
+                "a folder: links to folders are not followed"
+                if target.is_dir()
+                else "not a file extracted from the archive"
+            )
             self.skip(member, LINK, f"{_link_kind(member)} link to {member.link!r} ({where}), which is {what}")
 
 
@@ -874,8 +953,10 @@ def _suspicious(size: int, packed: int) -> bool:
 
 
 def _ratio_detail(size: int, packed: int) -> str:
-    return (f"expands {size / max(packed, 1):.0f}:1 ({size} bytes from {packed} compressed), over "
-            f"MAX_COMPRESSION_RATIO={MAX_COMPRESSION_RATIO}: a possible archive bomb, not extracted")
+    return (
+        f"expands {size / max(packed, 1):.0f}:1 ({size} bytes from {packed} compressed), over "
+        f"MAX_COMPRESSION_RATIO={MAX_COMPRESSION_RATIO}: a possible archive bomb, not extracted"
+    )
 
 
 def _short(name: str, limit: int = 80) -> str:

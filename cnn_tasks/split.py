@@ -41,14 +41,14 @@ SAMPLES_PER_CLASS = 4
 _STRATEGY_TEXT = {
     "none": "no rebalancing: the models see the class mix as it is",
     "class_weight": "class weights (N / (C x n_class)) in the loss for training and as sample weights for "
-                    "validation; the images themselves are unchanged",
+    "validation; the images themselves are unchanged",
     "oversample": "random oversampling: minority classes of training and validation are topped up with "
-                  "exact copies to the size of the largest class",
+    "exact copies to the size of the largest class",
     "undersample": "random undersampling: every class of training and validation is cut to the size of the "
-                   "smallest class",
+    "smallest class",
     "augment": "augmented oversampling: minority classes of training and validation are topped up to the "
-               "size of the largest class with randomly augmented copies (flips, 90-degree rotations, small "
-               "brightness/contrast changes)",
+    "size of the largest class with randomly augmented copies (flips, 90-degree rotations, small "
+    "brightness/contrast changes)",
 }
 
 
@@ -64,8 +64,9 @@ def run(ctx) -> dict:
     classes = ingest["classes"]  # label order
     table, origin = assign_splits(manifest, cfg.split, cfg.seed, cfg.predefined_split)
     assert_no_leakage(table)
-    ctx.store.put_text(ctx.data_key("split.csv"),
-                       table[["key", "class", "label", "split", "given_split"]].to_csv(index=False))
+    ctx.store.put_text(
+        ctx.data_key("split.csv"), table[["key", "class", "label", "split", "given_split"]].to_csv(index=False)
+    )
 
     counts = {s: class_counts(table[table["split"] == s], classes) for s in SPLITS}
     imbalance = {s: imbalance_measures(counts[s]) for s in SPLITS}
@@ -93,8 +94,12 @@ def run(ctx) -> dict:
     analysis["figures"] = draw_figures(ctx, table, counts, classes)
     ctx.store.put_json(ctx.data_key("analysis.json"), analysis)
     log.info("split %s; %s", analysis["totals"], analysis["conclusion"])
-    return {"totals": analysis["totals"], "split": ctx.data_key("split.csv"),
-            "analysis": ctx.data_key("analysis.json"), "figures": len(analysis["figures"])}
+    return {
+        "totals": analysis["totals"],
+        "split": ctx.data_key("split.csv"),
+        "analysis": ctx.data_key("analysis.json"),
+        "figures": len(analysis["figures"]),
+    }
 
 
 # ================================================================== splitting
@@ -113,9 +118,11 @@ def stratified_split(manifest: pd.DataFrame, ratios, seed: int) -> pd.DataFrame:
         n_train, n_val, n_test = split_sizes(len(group), ratios)
         name = group["class"].iloc[0]
         if n_train < 1:
-            raise SplitError(f"class {name!r} has {len(group)} images: too few for the split "
-                             f"{list(ratios)} with at least one image in each of train, validation and test; "
-                             "add images, raise min_images_per_class or drop the class")
+            raise SplitError(
+                f"class {name!r} has {len(group)} images: too few for the split "
+                f"{list(ratios)} with at least one image in each of train, validation and test; "
+                "add images, raise min_images_per_class or drop the class"
+            )
         order = np.random.default_rng([seed, int(label)]).permutation(len(group))
         names = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * n_test)
         group = group.iloc[order].assign(split=names)
@@ -132,7 +139,7 @@ def assign_splits(manifest: pd.DataFrame, ratios, seed: int, policy: str = "auto
     if policy == "ignore" or not present:
         why = "predefined_split=ignore pools the given splits" if present else "the dataset ships no split"
         text = f"carved from all labelled images ({why}): stratified {ratio_text} per class, seed {seed}"
-        return stratified_split(manifest, ratios, seed), {s: text for s in SPLITS}
+        return stratified_split(manifest, ratios, seed), dict.fromkeys(SPLITS, text)
     return predefined_split(manifest, ratios, seed)
 
 
@@ -140,8 +147,10 @@ def predefined_split(manifest: pd.DataFrame, ratios, seed: int) -> tuple[pd.Data
     """Keep the given val/test splits; carve the missing ones from the given training images."""
     present = {s for s in SPLITS if (manifest["given_split"] == s).any()}
     if "train" not in present:
-        raise SplitError(f"the dataset's given splits ({', '.join(sorted(present))}) have no training split; "
-                         "set predefined_split=ignore to pool every labelled image")
+        raise SplitError(
+            f"the dataset's given splits ({', '.join(sorted(present))}) have no training split; "
+            "set predefined_split=ignore to pool every labelled image"
+        )
     carve = [s for s in ("val", "test") if s not in present]
     share = {"val": ratios[1], "test": ratios[2]}
     base = ratios[0] + sum(share[s] for s in carve)  # the carved splits' share of the given training images
@@ -154,25 +163,33 @@ def predefined_split(manifest: pd.DataFrame, ratios, seed: int) -> tuple[pd.Data
         sizes = {s: max(1, math.floor(len(train) * f + 0.5)) for s, f in fractions.items()}
         n_train = len(train) - sum(sizes.values())
         if n_train < 1:
-            raise SplitError(f"class {name!r} has {len(train)} images in the given training split: too few to "
-                             f"carve {' and '.join(carve)} from it and keep at least one training image; add "
-                             "images, or set predefined_split=ignore")
+            raise SplitError(
+                f"class {name!r} has {len(train)} images in the given training split: too few to "
+                f"carve {' and '.join(carve)} from it and keep at least one training image; add "
+                "images, or set predefined_split=ignore"
+            )
         order = np.random.default_rng([seed, int(label)]).permutation(len(train))
         names = ["train"] * n_train + [s for s in carve for _ in range(sizes[s])]
         parts.append(train.iloc[order].assign(split=names))
         parts.append(held.assign(split=held["given_split"]))
         for s in present - {"train"}:
             if not (held["given_split"] == s).any():
-                raise SplitError(f"class {name!r} has no valid images in the dataset's given {s} split (see "
-                                 "rejected.csv); add images, or set predefined_split=ignore to pool every "
-                                 "labelled image")
+                raise SplitError(
+                    f"class {name!r} has no valid images in the dataset's given {s} split (see "
+                    "rejected.csv); add images, or set predefined_split=ignore to pool every "
+                    "labelled image"
+                )
     table = pd.concat(parts, ignore_index=True)
-    origin = {"train": "given training split" + (f", less the images carved for {' and '.join(carve)}"
-                                                  if carve else "")}
+    origin = {
+        "train": "given training split" + (f", less the images carved for {' and '.join(carve)}" if carve else "")
+    }
     for s in ("val", "test"):
-        origin[s] = (f"given {SPLIT_NAMES[s]} split" if s in present else
-                     f"carved from the given training split: {fractions[s]:.4g} of each class "
-                     f"({share[s]:g}/{base:g} of the split ratios), stratified, seed {seed}")
+        origin[s] = (
+            f"given {SPLIT_NAMES[s]} split"
+            if s in present
+            else f"carved from the given training split: {fractions[s]:.4g} of each class "
+            f"({share[s]:g}/{base:g} of the split ratios), stratified, seed {seed}"
+        )
     return table, origin
 
 
@@ -186,8 +203,10 @@ def assert_no_leakage(table: pd.DataFrame) -> None:
     """Every image key sits in exactly one split (ingest removed duplicates; check anyway)."""
     repeated = table["key"][table["key"].duplicated()]
     if len(repeated):
-        raise SplitError(f"leakage: {len(repeated)} image keys appear more than once (e.g. {repeated.iloc[0]}); "
-                         "the manifest should hold each image once")
+        raise SplitError(
+            f"leakage: {len(repeated)} image keys appear more than once (e.g. {repeated.iloc[0]}); "
+            "the manifest should hold each image once"
+        )
     keys = {s: set(table.loc[table["split"] == s, "key"]) for s in SPLITS}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         if keys[a] & keys[b]:
@@ -208,9 +227,15 @@ def imbalance_measures(counts: dict[str, int]) -> dict:
     entropy = float(-(p * np.log(p)).sum() / math.log(len(values))) if len(values) > 1 else 1.0
     largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
     ratio = counts[largest] / counts[smallest] if counts[smallest] else math.inf
-    return {"max_min_ratio": round(ratio, 3), "normalised_entropy": round(entropy, 4),
-            "largest": largest, "largest_count": counts[largest],
-            "smallest": smallest, "smallest_count": counts[smallest], "severity": severity(ratio)}
+    return {
+        "max_min_ratio": round(ratio, 3),
+        "normalised_entropy": round(entropy, 4),
+        "largest": largest,
+        "largest_count": counts[largest],
+        "smallest": smallest,
+        "smallest_count": counts[smallest],
+        "severity": severity(ratio),
+    }
 
 
 def severity(ratio: float) -> str:
@@ -224,14 +249,20 @@ def severity(ratio: float) -> str:
 
 
 def _describe(split: str, m: dict) -> str:
-    return (f"The {SPLIT_NAMES[split]} split ranges from {m['smallest_count']} ({m['smallest']}) to "
-            f"{m['largest_count']} ({m['largest']}) images per class: max/min ratio "
-            f"{m['max_min_ratio']:.2f}, normalised entropy {m['normalised_entropy']:.3f} "
-            f"(1 = perfectly balanced): {_VERDICTS[m['severity']]}.")
+    return (
+        f"The {SPLIT_NAMES[split]} split ranges from {m['smallest_count']} ({m['smallest']}) to "
+        f"{m['largest_count']} ({m['largest']}) images per class: max/min ratio "
+        f"{m['max_min_ratio']:.2f}, normalised entropy {m['normalised_entropy']:.3f} "
+        f"(1 = perfectly balanced): {_VERDICTS[m['severity']]}."
+    )
 
 
-_VERDICTS = {"balanced": "balanced", "mild": "a mild imbalance", "moderate": "a moderate imbalance",
-             "severe": "a severe imbalance"}
+_VERDICTS = {
+    "balanced": "balanced",
+    "mild": "a mild imbalance",
+    "moderate": "a moderate imbalance",
+    "severe": "a severe imbalance",
+}
 
 
 def conclusion(imbalance: dict, strategy: str) -> str:
@@ -241,16 +272,24 @@ def conclusion(imbalance: dict, strategy: str) -> str:
         text.append("The classes are close to balanced, so rebalancing changes little.")
     elif imbalance["train"]["severity"] != "balanced" and strategy == "none":
         text.append("Left unfixed, a model can favour the larger classes; compare per-class recall.")
-    text.append(f"Chosen fix (rebalance={strategy!r}): {_STRATEGY_TEXT[strategy]}. Every model is trained "
-                "on both the unbalanced and the balanced variant so the effect can be measured.")
-    text.append(_describe("test", imbalance["test"]) + " The test split is not rebalanced, so test "
-                "metrics reflect the real class mix.")
+    text.append(
+        f"Chosen fix (rebalance={strategy!r}): {_STRATEGY_TEXT[strategy]}. Every model is trained "
+        "on both the unbalanced and the balanced variant so the effect can be measured."
+    )
+    text.append(
+        _describe("test", imbalance["test"]) + " The test split is not rebalanced, so test "
+        "metrics reflect the real class mix."
+    )
     return " ".join(text)
 
 
 def find_shortfalls(counts: dict[str, dict[str, int]]) -> list[dict]:
-    return [{"split": s, "class": c, "count": n, "minimum": REFERENCE_MINIMUMS[s]}
-            for s in SPLITS for c, n in counts[s].items() if n < REFERENCE_MINIMUMS[s]]
+    return [
+        {"split": s, "class": c, "count": n, "minimum": REFERENCE_MINIMUMS[s]}
+        for s in SPLITS
+        for c, n in counts[s].items()
+        if n < REFERENCE_MINIMUMS[s]
+    ]
 
 
 def shortfall_text(shortfalls: list[dict]) -> str:
@@ -262,9 +301,11 @@ def shortfall_text(shortfalls: list[dict]) -> str:
         rows = [f"{r['class']} ({r['count']})" for r in shortfalls if r["split"] == s]
         if rows:
             by_split.append(f"{SPLIT_NAMES[s]} (minimum {REFERENCE_MINIMUMS[s]}): {', '.join(rows)}")
-    return (f"{len(shortfalls)} class/split counts fall short of the reference minimums per class "
-            f"({minimums}): " + "; ".join(by_split) + ". Results on such small splits are noisy; use "
-            "more images (max_images_per_class) for conclusions.")
+    return (
+        f"{len(shortfalls)} class/split counts fall short of the reference minimums per class "
+        f"({minimums}): " + "; ".join(by_split) + ". Results on such small splits are noisy; use "
+        "more images (max_images_per_class) for conclusions."
+    )
 
 
 def channel_stats(train: pd.DataFrame) -> tuple[list[float], list[float]]:
@@ -279,10 +320,16 @@ def channel_stats(train: pd.DataFrame) -> tuple[list[float], list[float]]:
 def size_summary(part: pd.DataFrame) -> dict:
     sizes = Counter(zip(part["width"].astype(int), part["height"].astype(int)))
     return {
-        "width": {"min": int(part["width"].min()), "median": float(part["width"].median()),
-                  "max": int(part["width"].max())},
-        "height": {"min": int(part["height"].min()), "median": float(part["height"].median()),
-                   "max": int(part["height"].max())},
+        "width": {
+            "min": int(part["width"].min()),
+            "median": float(part["width"].median()),
+            "max": int(part["width"].max()),
+        },
+        "height": {
+            "min": int(part["height"].min()),
+            "median": float(part["height"].median()),
+            "max": int(part["height"].max()),
+        },
         "most_common": [[w, h, n] for (w, h), n in sizes.most_common(5)],
     }
 
@@ -313,14 +360,23 @@ def counts_bar(ctx, split: str, counts: dict[str, int]) -> dict:
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=45)
     key = plots.save_figure(ctx.store, ctx.data_key("figures", f"counts_{split}_bar.png"), fig)
-    return plots.figure_entry(key, f"Images per class in the {SPLIT_NAMES[split]} split (bar chart), compared "
-                                   f"with the reference minimum of {minimum} per class.")
+    return plots.figure_entry(
+        key,
+        f"Images per class in the {SPLIT_NAMES[split]} split (bar chart), compared "
+        f"with the reference minimum of {minimum} per class.",
+    )
 
 
 def counts_pie(ctx, split: str, counts: dict[str, int]) -> dict:
     fig, ax = plots.new_figure(6, 6)
-    ax.pie(list(counts.values()), labels=list(counts), autopct="%1.1f%%", startangle=90, counterclock=False,
-           textprops={"fontsize": 8})
+    ax.pie(
+        list(counts.values()),
+        labels=list(counts),
+        autopct="%1.1f%%",
+        startangle=90,
+        counterclock=False,
+        textprops={"fontsize": 8},
+    )
     ax.set_title(f"{SPLIT_NAMES[split].capitalize()} split: share of each class")
     key = plots.save_figure(ctx.store, ctx.data_key("figures", f"counts_{split}_pie.png"), fig)
     return plots.figure_entry(key, f"Share of each class in the {SPLIT_NAMES[split]} split (pie chart).")
@@ -339,8 +395,10 @@ def size_histograms(ctx, table: pd.DataFrame) -> dict:
         ax.set_title(f"Image {dim}")
         ax.legend(fontsize=8)
     key = plots.save_figure(ctx.store, ctx.data_key("figures", "image_sizes.png"), fig)
-    return plots.figure_entry(key, "Distribution of image widths and heights (stacked by split) before "
-                                   f"resizing to {ctx.config.image_size} px.")
+    return plots.figure_entry(
+        key,
+        f"Distribution of image widths and heights (stacked by split) before resizing to {ctx.config.image_size} px.",
+    )
 
 
 def sample_grid(ctx, table: pd.DataFrame, classes: list[str], cell: int = 64) -> dict:
@@ -357,15 +415,18 @@ def sample_grid(ctx, table: pd.DataFrame, classes: list[str], cell: int = 64) ->
         for col, key in enumerate(picks.loc[picks["class"] == name, "key"]):
             image = Image.open(io.BytesIO(encoded[key])).convert("RGB").resize((cell, cell), Image.NEAREST)
             y, x = row * (cell + pad), col * (cell + pad)
-            mosaic[y:y + cell, x:x + cell] = np.asarray(image)
+            mosaic[y : y + cell, x : x + cell] = np.asarray(image)
     fig, ax = plots.new_figure(1.2 * SAMPLES_PER_CLASS + 2, 1.2 * len(classes) + 0.6)
     ax.imshow(mosaic)
     ax.set_yticks([r * (cell + pad) + cell / 2 for r in range(len(classes))], classes, fontsize=8)
     ax.set_xticks([])
     ax.set_title("Sample training images per class")
     key = plots.save_figure(ctx.store, ctx.data_key("figures", "samples.png"), fig)
-    return plots.figure_entry(key, f"{SAMPLES_PER_CLASS} training images per class, as validated (RGB, "
-                                   "EXIF orientation applied), one row per class.")
+    return plots.figure_entry(
+        key,
+        f"{SAMPLES_PER_CLASS} training images per class, as validated (RGB, "
+        "EXIF orientation applied), one row per class.",
+    )
 
 
 def read_images(ctx, rows: pd.DataFrame) -> dict[str, bytes]:

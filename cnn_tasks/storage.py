@@ -11,9 +11,10 @@ import json
 import os
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 from cnn_tasks.errors import PipelineError
@@ -112,8 +113,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".json": "application/json",
-                  ".csv": "text/csv; charset=utf-8", ".jpg": "image/jpeg", ".txt": "text/plain; charset=utf-8"}
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".png": "image/png",
+    ".json": "application/json",
+    ".csv": "text/csv; charset=utf-8",
+    ".jpg": "image/jpeg",
+    ".txt": "text/plain; charset=utf-8",
+}
 
 
 def content_type_for(key: str) -> str:
@@ -167,6 +174,7 @@ class LocalStore(ArtifactStore):
         def copy(out):
             with open(path, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
+
         return self._atomic_write(key, copy)
 
     def get_bytes(self, key):
@@ -208,7 +216,7 @@ class LocalStore(ArtifactStore):
 
     def modified(self, key):
         try:
-            return datetime.fromtimestamp(self.path(key).stat().st_mtime, timezone.utc)
+            return datetime.fromtimestamp(self.path(key).stat().st_mtime, UTC)
         except FileNotFoundError:
             raise StoreError(f"{self.url(key)} does not exist: did the stage that writes it run?") from None
 
@@ -246,15 +254,20 @@ class S3Store(ArtifactStore):
         except NoCredentialsError:
             raise StoreError(
                 f"no S3 credentials for {self.uri}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or the "
-                "Airflow connection named by aws_conn_id") from None
+                "Airflow connection named by aws_conn_id"
+            ) from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchBucket", "NotFound"):
-                raise StoreError(f"bucket {self.bucket!r} does not exist at {self._endpoint()}: "
-                                 "create it first (e.g. `aws s3 mb` or the MinIO console)") from None
+                raise StoreError(
+                    f"bucket {self.bucket!r} does not exist at {self._endpoint()}: "
+                    "create it first (e.g. `aws s3 mb` or the MinIO console)"
+                ) from None
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"):
-                raise StoreError(f"access to bucket {self.bucket!r} at {self._endpoint()} was refused "
-                                 f"({code}): check the access key and secret") from None
+                raise StoreError(
+                    f"access to bucket {self.bucket!r} at {self._endpoint()} was refused "
+                    f"({code}): check the access key and secret"
+                ) from None
             raise StoreUnavailable(f"cannot reach bucket {self.bucket!r} at {self._endpoint()}: {exc}") from None
 
     def _endpoint(self) -> str:
@@ -267,17 +280,26 @@ class S3Store(ArtifactStore):
     def _transfer_config(self):
         from boto3.s3.transfer import TransferConfig
 
-        return TransferConfig(multipart_threshold=self.MULTIPART_THRESHOLD,
-                              multipart_chunksize=self.MULTIPART_THRESHOLD, max_concurrency=4)
+        return TransferConfig(
+            multipart_threshold=self.MULTIPART_THRESHOLD,
+            multipart_chunksize=self.MULTIPART_THRESHOLD,
+            max_concurrency=4,
+        )
 
     def put_bytes(self, key, data, content_type=None):
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
-                               ContentType=content_type or content_type_for(key))
+        self.client.put_object(
+            Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type or content_type_for(key)
+        )
         return self.url(key)
 
     def put_file(self, key, path, content_type=None):
-        self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer_config(),
-                                ExtraArgs={"ContentType": content_type or content_type_for(key)})
+        self.client.upload_file(
+            str(path),
+            self.bucket,
+            self._key(key),
+            Config=self._transfer_config(),
+            ExtraArgs={"ContentType": content_type or content_type_for(key)},
+        )
         return self.url(key)
 
     def get_bytes(self, key):
@@ -342,7 +364,7 @@ class S3Store(ArtifactStore):
     def folders(self, prefix):
         full = self._key(prefix).rstrip("/") + "/" if prefix else (self.prefix + "/" if self.prefix else "")
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, Delimiter="/")
-        return sorted(p["Prefix"][len(full):].rstrip("/") for page in pages for p in page.get("CommonPrefixes", []))
+        return sorted(p["Prefix"][len(full) :].rstrip("/") for page in pages for p in page.get("CommonPrefixes", []))
 
     def modified(self, key):
         from botocore.exceptions import ClientError
@@ -371,14 +393,21 @@ def make_s3_client(endpoint_url: str | None = None, session=None):
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=10, read_timeout=60,
-                    s3={"addressing_style": "path"}, signature_version="s3v4")
+    config = Config(
+        retries={"max_attempts": 8, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+        s3={"addressing_style": "path"},
+        signature_version="s3v4",
+    )
     session = session or boto3.session.Session()
     endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     return session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
-def open_store(uri: str, endpoint_url: str | None = None, s3_client=None, base_dir: str | Path | None = None) -> ArtifactStore:
+def open_store(
+    uri: str, endpoint_url: str | None = None, s3_client=None, base_dir: str | Path | None = None
+) -> ArtifactStore:
     """Open `file://<path>` (relative paths are resolved against base_dir or the cwd) or `s3://bucket/prefix`."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":

@@ -27,7 +27,8 @@ import keras
 import numpy as np
 
 from cnn_tasks import data, models, plots, runtime
-from cnn_tasks.context import RunContext, model_id as make_model_id
+from cnn_tasks.context import RunContext
+from cnn_tasks.context import model_id as make_model_id
 from cnn_tasks.contracts import ModelMeta
 from cnn_tasks.errors import PipelineError
 
@@ -51,8 +52,9 @@ class TrainingDivergedError(PipelineError, RuntimeError):
 
 def _prepare(ctx: RunContext) -> dict:
     """Thread pools, precision and determinism from the config; seeds every RNG."""
-    settings = runtime.configure_tensorflow(mixed_precision=ctx.config.mixed_precision,
-                                            deterministic=ctx.config.deterministic)
+    settings = runtime.configure_tensorflow(
+        mixed_precision=ctx.config.mixed_precision, deterministic=ctx.config.deterministic
+    )
     keras.utils.set_random_seed(ctx.config.seed)
     return settings
 
@@ -88,18 +90,29 @@ def single_batch_check(ctx: RunContext, experiment: str) -> dict:
             break
     passed = accuracies[-1] >= 1.0 and losses[-1] <= LOSS_TOLERANCE
     figure = _plot_single_batch(ctx, experiment, losses, accuracies, passed)
-    result = {"experiment": experiment, "passed": passed, "steps": len(losses),
-              "max_steps": ctx.config.single_batch_steps, "batch_size": int(len(y)),
-              "classes_in_batch": int(len(np.unique(y))), "loss": losses[-1], "accuracy": accuracies[-1],
-              "loss_tolerance": LOSS_TOLERANCE, "losses": losses, "accuracies": accuracies,
-              "key": ctx.check_key(experiment, "single_batch.json"), "figures": [figure]}
+    result = {
+        "experiment": experiment,
+        "passed": passed,
+        "steps": len(losses),
+        "max_steps": ctx.config.single_batch_steps,
+        "batch_size": int(len(y)),
+        "classes_in_batch": int(len(np.unique(y))),
+        "loss": losses[-1],
+        "accuracy": accuracies[-1],
+        "loss_tolerance": LOSS_TOLERANCE,
+        "losses": losses,
+        "accuracies": accuracies,
+        "key": ctx.check_key(experiment, "single_batch.json"),
+        "figures": [figure],
+    }
     ctx.store.put_json(result["key"], result)
     verdict = f"after {len(losses)} steps: accuracy {accuracies[-1]:.3f}, loss {losses[-1]:.4f}"
     if not passed:
         raise SingleBatchCheckError(
             f"single-batch check failed for experiment {experiment!r}: it could not overfit one batch of "
             f"{len(y)} training images ({verdict}; needs accuracy 1.0 and loss <= {LOSS_TOLERANCE} within "
-            f"single_batch_steps={ctx.config.single_batch_steps}). The architecture is too weak or broken.")
+            f"single_batch_steps={ctx.config.single_batch_steps}). The architecture is too weak or broken."
+        )
     log.info("single-batch check passed for %s %s", experiment, verdict)
     return {k: v for k, v in result.items() if k not in ("losses", "accuracies")}
 
@@ -123,8 +136,9 @@ def _plot_single_batch(ctx, experiment: str, losses, accuracies, passed: bool) -
     fig.suptitle(f"{experiment}: single-batch check {'passed' if passed else 'FAILED'}")
     key = plots.save_figure(ctx.store, ctx.check_key(experiment, "single_batch.png"), fig)
     verdict = "fits" if passed else "cannot fit"
-    return plots.figure_entry(key, f"Single-batch check: {experiment} {verdict} one training batch "
-                                   f"({len(losses)} steps).")
+    return plots.figure_entry(
+        key, f"Single-batch check: {experiment} {verdict} one training batch ({len(losses)} steps)."
+    )
 
 
 # --------------------------------------------------------------------------- full training
@@ -141,9 +155,12 @@ def run(ctx: RunContext, experiment: str, variant: str, extra_callbacks=()) -> d
     train_part = data.split_info(info, "train", variant)
     work = _restore_state(ctx, mid)
     if _finished(work) and ctx.store.exists(ctx.model_key(mid, "meta.json")):
-        log.warning("%s: an earlier try already trained this model to the end and saved it (%s); this task "
-                    "was cleared or re-run, so it trains again from scratch and replaces that model",
-                    mid, ctx.store.url(ctx.model_key(mid, "model.keras")))
+        log.warning(
+            "%s: an earlier try already trained this model to the end and saved it (%s); this task "
+            "was cleared or re-run, so it trains again from scratch and replaces that model",
+            mid,
+            ctx.store.url(ctx.model_key(mid, "model.keras")),
+        )
         work = _start_over(ctx, mid)
     elif _finished(work):
         log.info("%s: training finished in an earlier try that failed before saving its outputs; saving them", mid)
@@ -159,8 +176,9 @@ def run(ctx: RunContext, experiment: str, variant: str, extra_callbacks=()) -> d
         train_ds = data.dataset(ctx, "train", variant, spec.batch_size, training=True)
         val_ds = data.dataset(ctx, "val", variant, spec.batch_size)
         callbacks = _callbacks(ctx, spec, mid, work, history, train_part["count"]) + list(extra_callbacks)
-        model.fit(train_ds, validation_data=val_ds, epochs=ctx.config.epochs, callbacks=callbacks, shuffle=False,
-                  verbose=0)  # the dataset shuffles (seeded)
+        model.fit(
+            train_ds, validation_data=val_ds, epochs=ctx.config.epochs, callbacks=callbacks, shuffle=False, verbose=0
+        )  # the dataset shuffles (seeded)
         (work / "checkpoint" / FINISHED).write_text(json.dumps({"finished": True, "epochs": len(history)}))
         _sync_state(ctx, mid, work)
     if (work / "checkpoint" / "best.weights.h5").exists():
@@ -190,13 +208,20 @@ def _callbacks(ctx, spec, mid: str, work: Path, history: list[dict], train_count
     best = min((h["val_loss"] for h in history), default=None)
     callbacks = [NanGuard(spec.name, mid), EpochLearningRate()]
     if spec.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(1, patience // 2), min_lr=spec.learning_rate / 100))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, patience // 2), min_lr=spec.learning_rate / 100
+            )
+        )
     callbacks += [
         ResumableEarlyStopping(history, monitor="val_loss", patience=patience),
-        keras.callbacks.ModelCheckpoint(str(work / "checkpoint" / "best.weights.h5"), monitor="val_loss",
-                                        save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=best),
+        keras.callbacks.ModelCheckpoint(
+            str(work / "checkpoint" / "best.weights.h5"),
+            monitor="val_loss",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best,
+        ),
         keras.callbacks.BackupAndRestore(str(work / "backup")),
         # per-epoch scalars only (no graph, no profile): the event files stay a few KiB
         keras.callbacks.TensorBoard(str(_tensorboard_dir(work)), write_graph=False, profile_batch=0),
@@ -219,7 +244,8 @@ class NanGuard(keras.callbacks.Callback):
                 raise TrainingDivergedError(
                     f"experiment {self.experiment!r} ({self.mid}): {name} became {float(value)} at epoch "
                     f"{epoch + 1}; training diverged. Lower the learning rate, add batch norm or check "
-                    "the input data for NaN values.")
+                    "the input data for NaN values."
+                )
 
 
 class EpochLearningRate(keras.callbacks.Callback):
@@ -263,8 +289,12 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.time() - self.epoch_start
-        entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}, "seconds": seconds,
-                 "images_per_s": self.train_count / (self.train_seconds or seconds)}
+        entry = {
+            "epoch": epoch + 1,
+            **{k: float(v) for k, v in (logs or {}).items()},
+            "seconds": seconds,
+            "images_per_s": self.train_count / (self.train_seconds or seconds),
+        }
         self.history.append(entry)
         (self.work / "checkpoint" / "history.json").write_text(json.dumps(self.history, indent=1))
         _log_progress(self.mid, entry, self.ctx.config.epochs, self.history)
@@ -278,10 +308,22 @@ def _current_lr(model) -> float:
 def _log_progress(mid: str, entry: dict, epochs: int, history: list[dict]) -> None:
     mean_seconds = float(np.mean([h["seconds"] for h in history]))
     eta = mean_seconds * (epochs - entry["epoch"])
-    log.info("%s epoch %d/%d: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f | lr %.2e | %.0f img/s | "
-             "epoch %.1fs | ETA %dm%02ds (at most)", mid, entry["epoch"], epochs, entry["loss"],
-             entry["accuracy"], entry.get("val_loss", float("nan")), entry.get("val_accuracy", float("nan")),
-             entry["learning_rate"], entry["images_per_s"], entry["seconds"], eta // 60, eta % 60)
+    log.info(
+        "%s epoch %d/%d: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f | lr %.2e | %.0f img/s | "
+        "epoch %.1fs | ETA %dm%02ds (at most)",
+        mid,
+        entry["epoch"],
+        epochs,
+        entry["loss"],
+        entry["accuracy"],
+        entry.get("val_loss", float("nan")),
+        entry.get("val_accuracy", float("nan")),
+        entry["learning_rate"],
+        entry["images_per_s"],
+        entry["seconds"],
+        eta // 60,
+        eta % 60,
+    )
 
 
 # --------------------------------------------------------------------------- state in the store
@@ -292,7 +334,7 @@ def _restore_state(ctx: RunContext, mid: str) -> Path:
     for name in STATE_DIRS:
         prefix = ctx.model_key(mid, name) + "/"
         for key in ctx.store.list(prefix):
-            ctx.store.get_file(key, work / name / key[len(prefix):])
+            ctx.store.get_file(key, work / name / key[len(prefix) :])
         (work / name).mkdir(parents=True, exist_ok=True)
     metadata = work / "backup" / BACKUP_METADATA
     if metadata.exists() and json.loads(metadata.read_text()).get("discarded"):  # see _start_over
@@ -364,29 +406,58 @@ def _save_outputs(ctx, spec, variant, model, info, history, settings, initial_ep
     figure = _plot_curves(ctx, mid, history, best["epoch"])
     train_seconds = sum(h["seconds"] for h in history)
     meta = {
-        "model_id": mid, "experiment": spec.name, "variant": variant, "description": spec.description,
-        "classes": info["classes"], "image_size": info["image_size"], "image_fit": data.image_fit(info),
+        "model_id": mid,
+        "experiment": spec.name,
+        "variant": variant,
+        "description": spec.description,
+        "classes": info["classes"],
+        "image_size": info["image_size"],
+        "image_fit": data.image_fit(info),
         "spec": spec.model_dump(mode="json"),
-        "params": int(model.count_params()), "layers": models.describe(model)["layers"],
-        "best_epoch": best["epoch"], "epochs_run": len(history), "resumed_from_epoch": initial_epoch,
-        "best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"],
-        "final_val_loss": history[-1]["val_loss"], "final_val_accuracy": history[-1]["val_accuracy"],
-        "wall_time_s": time.time() - started, "train_time_s": train_seconds,
+        "params": int(model.count_params()),
+        "layers": models.describe(model)["layers"],
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "resumed_from_epoch": initial_epoch,
+        "best_val_loss": best["val_loss"],
+        "best_val_accuracy": best["val_accuracy"],
+        "final_val_loss": history[-1]["val_loss"],
+        "final_val_accuracy": history[-1]["val_accuracy"],
+        "wall_time_s": time.time() - started,
+        "train_time_s": train_seconds,
         "images_per_s": float(np.mean([h["images_per_s"] for h in history])),
         "class_weight": data.split_info(info, "train", variant).get("class_weight"),
-        "dataset_sha256": info.get("dataset_sha256"), "config": ctx.config.to_dict(),
-        "versions": runtime.package_versions(), "git_commit": runtime.git_commit(), "runtime": settings,
-        "keys": {"model": ctx.model_key(mid, "model.keras"), "history_json": ctx.model_key(mid, "history.json"),
-                 "history_csv": ctx.model_key(mid, "history.csv"),
-                 "tensorboard": ctx.model_key(mid, "tensorboard") + "/"},
+        "dataset_sha256": info.get("dataset_sha256"),
+        "config": ctx.config.to_dict(),
+        "versions": runtime.package_versions(),
+        "git_commit": runtime.git_commit(),
+        "runtime": settings,
+        "keys": {
+            "model": ctx.model_key(mid, "model.keras"),
+            "history_json": ctx.model_key(mid, "history.json"),
+            "history_csv": ctx.model_key(mid, "history.csv"),
+            "tensorboard": ctx.model_key(mid, "tensorboard") + "/",
+        },
         "figures": [figure],
     }
     ModelMeta.write(ctx.store, ctx.model_key(mid, "meta.json"), meta)
-    log.info("%s: best epoch %d val_acc %.4f val_loss %.4f; saved %s", mid, best["epoch"],
-             best["val_accuracy"], best["val_loss"], meta["keys"]["model"])
-    return {"model_id": mid, "best_val_accuracy": best["val_accuracy"], "best_val_loss": best["val_loss"],
-            "best_epoch": best["epoch"], "epochs_run": len(history), "resumed_from_epoch": initial_epoch,
-            "keys": {**meta["keys"], "meta": ctx.model_key(mid, "meta.json"), "curves": figure["key"]}}
+    log.info(
+        "%s: best epoch %d val_acc %.4f val_loss %.4f; saved %s",
+        mid,
+        best["epoch"],
+        best["val_accuracy"],
+        best["val_loss"],
+        meta["keys"]["model"],
+    )
+    return {
+        "model_id": mid,
+        "best_val_accuracy": best["val_accuracy"],
+        "best_val_loss": best["val_loss"],
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "resumed_from_epoch": initial_epoch,
+        "keys": {**meta["keys"], "meta": ctx.model_key(mid, "meta.json"), "curves": figure["key"]},
+    }
 
 
 def _plot_curves(ctx, mid: str, history: list[dict], best_epoch: int) -> dict:
@@ -401,5 +472,8 @@ def _plot_curves(ctx, mid: str, history: list[dict], best_epoch: int) -> dict:
         ax.legend()
     fig.suptitle(mid)
     key = plots.save_figure(ctx.store, ctx.model_key(mid, "curves.png"), fig)
-    return plots.figure_entry(key, f"{mid}: training and validation accuracy (left) and loss (right) "
-                                   f"per epoch; the kept weights are from epoch {best_epoch}.")
+    return plots.figure_entry(
+        key,
+        f"{mid}: training and validation accuracy (left) and loss (right) "
+        f"per epoch; the kept weights are from epoch {best_epoch}.",
+    )

@@ -10,8 +10,9 @@ from __future__ import annotations
 from cnn_tasks import VARIANTS
 from cnn_tasks.context import model_id
 
-REBALANCE_NONE_NOTE = ("rebalance=none: each experiment is trained once, on the data as it is "
-                       "(a balanced variant would be identical)")
+REBALANCE_NONE_NOTE = (
+    "rebalance=none: each experiment is trained once, on the data as it is (a balanced variant would be identical)"
+)
 
 
 def training_variants(config) -> tuple[str, ...]:
@@ -20,8 +21,11 @@ def training_variants(config) -> tuple[str, ...]:
 
 def training_runs(config) -> list[dict]:
     """[{"experiment": ..., "variant": ...}]: one training task each, in a stable order."""
-    return [{"experiment": spec.name, "variant": variant}
-            for spec in config.experiments for variant in training_variants(config)]
+    return [
+        {"experiment": spec.name, "variant": variant}
+        for spec in config.experiments
+        for variant in training_variants(config)
+    ]
 
 
 def expected_model_ids(config) -> list[str]:

@@ -42,20 +42,43 @@ def run(ctx, model_id: str) -> dict:
     images, labels, _, sample = data.load_split_sample(ctx, "test", TEST_IMAGES_MAX)
     classes = data.load_dataset_info(ctx)["classes"]
     summary = visualize_model(
-        model, images, labels, classes, ctx.store, prefix=ctx.viz_key(model_id),
-        seed=ctx.config.seed, model_id=model_id, filter_steps=ctx.config.filter_pattern_steps,
+        model,
+        images,
+        labels,
+        classes,
+        ctx.store,
+        prefix=ctx.viz_key(model_id),
+        seed=ctx.config.seed,
+        model_id=model_id,
+        filter_steps=ctx.config.filter_pattern_steps,
         images_considered=sample,
     )
     dead = sum(d["dead"] for d in summary["dead_channels"].values())
-    return {"model_id": model_id, "viz_json": ctx.viz_key(model_id, "viz.json"),
-            "figures": len(summary["figures"]), "dead_channels": dead}
+    return {
+        "model_id": model_id,
+        "viz_json": ctx.viz_key(model_id, "viz.json"),
+        "figures": len(summary["figures"]),
+        "dead_channels": dead,
+    }
 
 
 # --------------------------------------------------------------------------- the whole picture
-def visualize_model(model, images, labels, class_names, out, seed: int = 42, *, prefix: str = "",
-                    model_id: str | None = None, filter_layers: list[str] | None = None,
-                    filter_steps: int = 30, max_filters: int = MAX_FILTERS,
-                    channels_per_layer: int = CHANNELS_PER_LAYER, images_considered: dict | None = None) -> dict:
+def visualize_model(
+    model,
+    images,
+    labels,
+    class_names,
+    out,
+    seed: int = 42,
+    *,
+    prefix: str = "",
+    model_id: str | None = None,
+    filter_layers: list[str] | None = None,
+    filter_steps: int = 30,
+    max_filters: int = MAX_FILTERS,
+    channels_per_layer: int = CHANNELS_PER_LAYER,
+    images_considered: dict | None = None,
+) -> dict:
     """Draw every figure for `model` and write them plus `viz.json` to `out`; return viz.json.
 
     images: float32 [N, S, S, 3] pixels in 0..255 at the model's input size.
@@ -82,17 +105,23 @@ def visualize_model(model, images, labels, class_names, out, seed: int = 42, *, 
     row_labels = [class_names[c] for c in sample_classes[sample]]
 
     activation_entries, activations, dead = draw_activations(
-        model, images[sample], row_labels, save, channels_per_layer)
+        model, images[sample], row_labels, save, channels_per_layer
+    )
     filter_entries, patterns = draw_filter_patterns(
-        model, filter_layers or default_filter_layers(model), filter_steps, max_filters, seed, save)
+        model, filter_layers or default_filter_layers(model), filter_steps, max_filters, seed, save
+    )
     kernel_entry = draw_kernels(model, save)
     grad_cam_entry = draw_grad_cam(model, images, labels, probabilities, class_names, seed, save)
 
-    summary = {"model_id": model_id,
-               "figures": [*activation_entries, *filter_entries, kernel_entry, grad_cam_entry],
-               "activations": activations, "dead_channels": dead, "filter_patterns": patterns,
-               "explanation": explanation(dead),
-               "images_considered": {**(images_considered or {}), "images": len(images)}}
+    summary = {
+        "model_id": model_id,
+        "figures": [*activation_entries, *filter_entries, kernel_entry, grad_cam_entry],
+        "activations": activations,
+        "dead_channels": dead,
+        "filter_patterns": patterns,
+        "explanation": explanation(dead),
+        "images_considered": {**(images_considered or {}), "images": len(images)},
+    }
     store.put_json(f"{prefix.rstrip('/')}/viz.json" if prefix else "viz.json", summary)
     return summary
 
@@ -105,9 +134,14 @@ def draw_activations(model, images, row_labels, save, channels_per_layer: int):
         channels = top_channels(layer_maps, channels_per_layer)
         shown[layer_name] = {"shape": list(layer_maps.shape[1:]), "channels": channels.tolist()}
         fig = activation_figure(images, layer_maps, layer_name, channels, row_labels)
-        entries.append(save(f"activations_{layer_name}.png", fig,
-                            f"{layer_name} feature maps {tuple(layer_maps.shape[1:])}: the {len(channels)} most "
-                            "active channels for one sample image per class (row labels)."))
+        entries.append(
+            save(
+                f"activations_{layer_name}.png",
+                fig,
+                f"{layer_name} feature maps {tuple(layer_maps.shape[1:])}: the {len(channels)} most "
+                "active channels for one sample image per class (row labels).",
+            )
+        )
     return entries, shown, dead_channels(maps)
 
 
@@ -118,23 +152,34 @@ def draw_filter_patterns(model, layer_names, steps: int, max_filters: int, seed:
         started = time.perf_counter()
         count = min(max_filters, int(model.get_layer(layer_name).output.shape[-1]))
         patterns, before, after = filter_patterns(model, layer_name, list(range(count)), steps, seed=seed)
-        summary[layer_name] = {"filters": count, "steps": steps,
-                               "seconds": round(time.perf_counter() - started, 2),
-                               "mean_activation_before": float(before.mean()),
-                               "mean_activation_after": float(after.mean())}
+        summary[layer_name] = {
+            "filters": count,
+            "steps": steps,
+            "seconds": round(time.perf_counter() - started, 2),
+            "mean_activation_before": float(before.mean()),
+            "mean_activation_after": float(after.mean()),
+        }
         fig = filter_pattern_figure(patterns, after, layer_name, steps)
-        entries.append(save(f"filters_{layer_name}.png", fig,
-                            f"Inputs that maximise the first {count} filters of {layer_name} after {steps} "
-                            f"gradient-ascent steps; mean activation {before.mean():.2f} -> {after.mean():.2f}."))
+        entries.append(
+            save(
+                f"filters_{layer_name}.png",
+                fig,
+                f"Inputs that maximise the first {count} filters of {layer_name} after {steps} "
+                f"gradient-ascent steps; mean activation {before.mean():.2f} -> {after.mean():.2f}.",
+            )
+        )
     return entries, summary
 
 
 def draw_kernels(model, save) -> dict:
     """The first conv layer's kernels as colour tiles."""
     tiles, first = first_layer_kernels(model), conv_layers(model)[0]
-    return save("kernels_first_layer.png", kernel_figure(tiles, first.name),
-                f"The {len(tiles)} {tiles.shape[1]}x{tiles.shape[2]} kernels of the first conv layer "
-                f"({first.name}) as RGB tiles, each scaled to 0..1.")
+    return save(
+        "kernels_first_layer.png",
+        kernel_figure(tiles, first.name),
+        f"The {len(tiles)} {tiles.shape[1]}x{tiles.shape[2]} kernels of the first conv layer "
+        f"({first.name}) as RGB tiles, each scaled to 0..1.",
+    )
 
 
 def draw_grad_cam(model, images, labels, probabilities, class_names, seed: int, save) -> dict:
@@ -157,8 +202,10 @@ def conv_layers(model) -> list:
 def require_conv_layers(model, model_id: str | None = None) -> None:
     """Reject models these pictures cannot explain."""
     if not conv_layers(model):
-        raise ValueError(f"model {model_id or model.name!r} has no Conv2D layers: there are no filters, "
-                         "feature maps or kernels to visualise (nested sub-models are not searched)")
+        raise ValueError(
+            f"model {model_id or model.name!r} has no Conv2D layers: there are no filters, "
+            "feature maps or kernels to visualise (nested sub-models are not searched)"
+        )
 
 
 def conv_unit_outputs(model) -> list[str]:
@@ -166,13 +213,19 @@ def conv_unit_outputs(model) -> list[str]:
     (conv<i> -> bn<i> -> act<i> gives act<i>), else the Conv2D itself."""
     import keras
 
-    unit_tail = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU,
-                 keras.layers.LeakyReLU, keras.layers.ELU, keras.layers.PReLU)
+    unit_tail = (
+        keras.layers.BatchNormalization,
+        keras.layers.Activation,
+        keras.layers.ReLU,
+        keras.layers.LeakyReLU,
+        keras.layers.ELU,
+        keras.layers.PReLU,
+    )
     names, layers = [], model.layers
     for i, layer in enumerate(layers):
         if isinstance(layer, keras.layers.Conv2D):
             shown = layer
-            for follower in layers[i + 1:]:
+            for follower in layers[i + 1 :]:
                 if not isinstance(follower, unit_tail):
                     break
                 if not isinstance(follower, keras.layers.BatchNormalization):
@@ -245,8 +298,10 @@ def sample_indices(labels, seed: int, per_class: int = 1) -> np.ndarray:
     """`per_class` images of every class present, picked with `seed`, ordered by class."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
-    chosen = [rng.choice(np.flatnonzero(labels == c), size=min(per_class, int((labels == c).sum())),
-                         replace=False) for c in np.unique(labels)]
+    chosen = [
+        rng.choice(np.flatnonzero(labels == c), size=min(per_class, int((labels == c).sum())), replace=False)
+        for c in np.unique(labels)
+    ]
     return np.concatenate(chosen).astype(int)
 
 
@@ -267,8 +322,10 @@ def top_channels(maps: np.ndarray, count: int = CHANNELS_PER_LAYER) -> np.ndarra
 def dead_channels(maps: dict[str, np.ndarray], epsilon: float = DEAD_EPSILON) -> dict:
     """{layer: {"dead": n, "total": m}}: channels whose activation never exceeds `epsilon`
     over all sample images and positions."""
-    return {name: {"dead": int((m.max(axis=(0, 1, 2)) <= epsilon).sum()), "total": int(m.shape[-1])}
-            for name, m in maps.items()}
+    return {
+        name: {"dead": int((m.max(axis=(0, 1, 2)) <= epsilon).sum()), "total": int(m.shape[-1])}
+        for name, m in maps.items()
+    }
 
 
 def channel_strips(maps: np.ndarray, channels) -> np.ndarray:
@@ -287,8 +344,14 @@ def activation_figure(images, maps, layer_name: str, channels, row_labels: list[
     """One row per sample image: the input, then a strip of the chosen channels' feature maps,
     labelled with their channel indices (one image per row keeps this fast for wide grids)."""
     rows, width = len(images), maps.shape[2]
-    fig, axes = new_figure(1.2 + 0.7 * len(channels), 0.9 * rows + 0.8, nrows=rows, ncols=2, squeeze=False,
-                           gridspec_kw={"width_ratios": [1, len(channels)]})
+    fig, axes = new_figure(
+        1.2 + 0.7 * len(channels),
+        0.9 * rows + 0.8,
+        nrows=rows,
+        ncols=2,
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, len(channels)]},
+    )
     centres = np.arange(len(channels)) * (width + 1) + (width - 1) / 2
     for r, strip in enumerate(channel_strips(maps, channels)):
         axes[r, 0].imshow(_display(images[r]))
@@ -298,8 +361,10 @@ def activation_figure(images, maps, layer_name: str, channels, row_labels: list[
         axes[r, 1].set_xticks(centres, [str(c) for c in channels], fontsize=6)
         axes[r, 1].set_yticks([])
     axes[-1, 1].set_xlabel("channel index")
-    fig.suptitle(f"{layer_name}  output {tuple(maps.shape[1:])}: top {len(channels)} of {maps.shape[-1]} "
-                 "channels by mean activation (each scaled to its range on the sample)")
+    fig.suptitle(
+        f"{layer_name}  output {tuple(maps.shape[1:])}: top {len(channels)} of {maps.shape[-1]} "
+        "channels by mean activation (each scaled to its range on the sample)"
+    )
     return fig
 
 
@@ -308,19 +373,24 @@ def explanation(dead: dict) -> str:
     total = sum(d["total"] for d in dead.values())
     dead_count = sum(d["dead"] for d in dead.values())
     worst = max(dead, key=lambda name: dead[name]["dead"] / dead[name]["total"])
-    text = ("Feature maps show what each layer responds to: early layers keep the image's layout and react "
-            "to colours and edges, deeper layers are coarser and respond to larger, class-specific "
-            "textures and shapes. Channels that stay at zero for every sample image are dead filters: "
-            "capacity the model does not use (often a sign of too high a learning rate or too many filters). ")
+    text = (
+        "Feature maps show what each layer responds to: early layers keep the image's layout and react "
+        "to colours and edges, deeper layers are coarser and respond to larger, class-specific "
+        "textures and shapes. Channels that stay at zero for every sample image are dead filters: "
+        "capacity the model does not use (often a sign of too high a learning rate or too many filters). "
+    )
     if dead_count == 0:
         return text + "No channel was dead on the sample."
-    return text + (f"{dead_count} of {total} channels were dead on the sample; the most in {worst} "
-                   f"({dead[worst]['dead']} of {dead[worst]['total']}).")
+    return text + (
+        f"{dead_count} of {total} channels were dead on the sample; the most in {worst} "
+        f"({dead[worst]['dead']} of {dead[worst]['total']})."
+    )
 
 
 # --------------------------------------------------------------------------- filter patterns
-def filter_patterns(model, layer_name: str, filter_indices: list[int], steps: int = 30, step_size: float = 3.0,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def filter_patterns(
+    model, layer_name: str, filter_indices: list[int], steps: int = 30, step_size: float = 3.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradient ascent on the input to find what maximises each filter of `layer_name`.
 
     For a Conv2D layer the filter's activation is its own (linear) output, before batch norm and
@@ -399,8 +469,10 @@ def filter_pattern_figure(patterns, after, layer_name: str, steps: int):
         if i < len(patterns):
             ax.imshow(patterns[i])
             ax.set_title(f"#{i}: {after[i]:.1f}", fontsize=7)
-    fig.suptitle(f"{layer_name}: {len(patterns)} filter patterns, {steps} gradient-ascent steps, "
-                 f"mean activation reached {np.mean(after):.2f}")
+    fig.suptitle(
+        f"{layer_name}: {len(patterns)} filter patterns, {steps} gradient-ascent steps, "
+        f"mean activation reached {np.mean(after):.2f}"
+    )
     return fig
 
 
@@ -443,8 +515,7 @@ def grad_cam(model, images, class_indices) -> np.ndarray:
     images = tf.constant(np.asarray(images, np.float32))
     with tf.GradientTape() as tape:
         maps, class_scores = grad_model(images, training=False)
-        scores = tf.gather(tf.cast(class_scores, tf.float32), np.asarray(class_indices, np.int32),
-                           axis=1, batch_dims=1)
+        scores = tf.gather(tf.cast(class_scores, tf.float32), np.asarray(class_indices, np.int32), axis=1, batch_dims=1)
     grads = tf.cast(tape.gradient(scores, maps), tf.float32)  # float16 under mixed precision
     maps = tf.cast(maps, tf.float32)
     weights = tf.reduce_mean(grads, axis=(1, 2))  # [N, C]
@@ -476,8 +547,9 @@ def grad_cam_figure(images, labels, probabilities, chosen: dict, heatmaps: dict,
             truth = "?" if labels is None else class_names[int(labels[i])]
             axes[r, c].imshow(_display(images[i]))
             axes[r, c].imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-            axes[r, c].set_title(f"{group}: true {truth}\npred {class_names[predicted]} "
-                                 f"({probabilities[i, predicted]:.2f})", fontsize=8)
+            axes[r, c].set_title(
+                f"{group}: true {truth}\npred {class_names[predicted]} ({probabilities[i, predicted]:.2f})", fontsize=8
+            )
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle("Grad-CAM: where the evidence for the predicted class lies", y=1.02)
@@ -488,10 +560,14 @@ def grad_cam_caption(chosen: dict) -> str:
     if "predicted" in chosen:
         return "Grad-CAM heatmaps of the predicted class on a few images (labels unknown)."
     if not len(chosen["wrong"]):
-        return (f"Grad-CAM heatmaps of the predicted class on {len(chosen['correct'])} correctly classified "
-                "test images; none of the test images was classified wrongly.")
-    return (f"Grad-CAM heatmaps of the predicted class on {len(chosen['correct'])} correctly (top) and "
-            f"{len(chosen['wrong'])} wrongly (bottom) classified test images.")
+        return (
+            f"Grad-CAM heatmaps of the predicted class on {len(chosen['correct'])} correctly classified "
+            "test images; none of the test images was classified wrongly."
+        )
+    return (
+        f"Grad-CAM heatmaps of the predicted class on {len(chosen['correct'])} correctly (top) and "
+        f"{len(chosen['wrong'])} wrongly (bottom) classified test images."
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -518,10 +594,11 @@ def load_image_folder(folder: Path, size: tuple[int, int], class_names: list[str
 
     height, width = size
     if height != width:
-        raise ValueError(f"the model takes {height}x{width} images; only square inputs are supported "
-                         "(the training preprocessing, data.decode_and_resize, makes square images)")
-    names, images, rejected = image_folder.read_images(Path(folder), int(height),
-                                                      prep or image_folder.Preprocessing())
+        raise ValueError(
+            f"the model takes {height}x{width} images; only square inputs are supported "
+            "(the training preprocessing, data.decode_and_resize, makes square images)"
+        )
+    names, images, rejected = image_folder.read_images(Path(folder), int(height), prep or image_folder.Preprocessing())
     for row in rejected:
         print(f"skipped {row['image']}: {row['reason']}", file=sys.stderr)
     if not names:
@@ -544,11 +621,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = models.load_model(args.model)  # safe_mode: no arbitrary code from the file
     class_names = image_folder.classes_beside(args.model, int(model.outputs[0].shape[-1]))
-    images, labels = load_image_folder(args.images, input_size(model), class_names,
-                                       image_folder.preprocessing_beside(args.model))
-    summary = visualize_model(model, images, labels, class_names, args.out_dir, seed=args.seed,
-                              model_id=args.model.stem, filter_layers=args.layers, filter_steps=args.steps,
-                              images_considered={"source": str(args.images)})
+    images, labels = load_image_folder(
+        args.images, input_size(model), class_names, image_folder.preprocessing_beside(args.model)
+    )
+    summary = visualize_model(
+        model,
+        images,
+        labels,
+        class_names,
+        args.out_dir,
+        seed=args.seed,
+        model_id=args.model.stem,
+        filter_layers=args.layers,
+        filter_steps=args.steps,
+        images_considered={"source": str(args.images)},
+    )
     for entry in summary["figures"]:
         print(args.out_dir / entry["key"])
     return summary

@@ -37,8 +37,12 @@ MODEL_LABEL = "{{ task.op_kwargs['trained']['model_id'] | replace('__', ' / ') }
 
 
 def _deployment_defaults() -> dict:
-    env = {"store_uri": "CNN_STORE_URI", "s3_endpoint_url": "CNN_S3_ENDPOINT_URL",
-           "aws_conn_id": "CNN_AWS_CONN_ID", "dataset_url": "CNN_DATASET_URL"}
+    env = {
+        "store_uri": "CNN_STORE_URI",
+        "s3_endpoint_url": "CNN_S3_ENDPOINT_URL",
+        "aws_conn_id": "CNN_AWS_CONN_ID",
+        "dataset_url": "CNN_DATASET_URL",
+    }
     return {field: os.environ[var] for field, var in env.items() if os.environ.get(var)}
 
 
@@ -84,15 +88,24 @@ def _stage(fn, *args):
         result = fn(ctx, *args)
     except BaseException as exc:  # BaseException: a task timeout too
         if ctx is not None:  # no context: an invalid config, nothing may be written
-            failures.record_failure(ctx.store, ctx.prefix, ti.task_id, ti.map_index, _label(ti), exc,
-                                    ti.try_number, final=isinstance(exc, PipelineError) or ti.try_number > ti.max_tries)
+            failures.record_failure(
+                ctx.store,
+                ctx.prefix,
+                ti.task_id,
+                ti.map_index,
+                _label(ti),
+                exc,
+                ti.try_number,
+                final=isinstance(exc, PipelineError) or ti.try_number > ti.max_tries,
+            )
         if isinstance(exc, PipelineError):
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         raise
     else:
         failures.record_recovered(ctx.store, ctx.prefix, ti.task_id, ti.map_index)
-        failures.record_timing(ctx.store, ctx.prefix, ti.task_id, ti.map_index, _label(ti),
-                               time.monotonic() - started, ti.try_number)
+        failures.record_timing(
+            ctx.store, ctx.prefix, ti.task_id, ti.map_index, _label(ti), time.monotonic() - started, ti.try_number
+        )
         return result
     finally:
         if ctx is not None:
@@ -114,8 +127,10 @@ def _run_failures(ctx) -> tuple[list[dict], list[str]]:
     recorded = {(r.get("task_id"), r.get("map_index", -1)): r for r in failures.read_failures(ctx.store, ctx.prefix)}
     failed, not_run = [], []
     order = {task_id: i for i, task_id in enumerate(context["dag"].task_ids)}  # the order tasks are defined in
-    crumbs = sorted(context["ti"].get_task_breadcrumbs(DAG_ID, context["run_id"]),
-                    key=lambda c: (order.get(c["task_id"], len(order)), c["map_index"]))
+    crumbs = sorted(
+        context["ti"].get_task_breadcrumbs(DAG_ID, context["run_id"]),
+        key=lambda c: (order.get(c["task_id"], len(order)), c["map_index"]),
+    )
     for crumb in crumbs:
         task_id, map_index = crumb["task_id"], crumb["map_index"]
         state = str(getattr(crumb["state"], "value", crumb["state"]))
@@ -174,6 +189,7 @@ def cnn_image_classification():
     def configure() -> list[str]:
         """Validate the Params (nothing is written for an invalid run), record the config and
         return the experiment names that the single-batch checks map over."""
+
         def record(ctx):
             ctx.store.put_json(ctx.key("config.json"), ctx.config.to_dict())
             return [e.name for e in ctx.config.experiments]
@@ -211,8 +227,11 @@ def cnn_image_classification():
 
         return _stage(train.single_batch_check, experiment)
 
-    @task(pool=TRAINING_POOL, execution_timeout=timedelta(hours=float(os.environ.get("CNN_TRAIN_TIMEOUT_HOURS", 6))),
-          map_index_template="{{ task.op_kwargs['experiment'] }} / {{ task.op_kwargs['variant'] }}")
+    @task(
+        pool=TRAINING_POOL,
+        execution_timeout=timedelta(hours=float(os.environ.get("CNN_TRAIN_TIMEOUT_HOURS", 6))),
+        map_index_template="{{ task.op_kwargs['experiment'] }} / {{ task.op_kwargs['variant'] }}",
+    )
     def train(experiment: str, variant: str) -> dict:
         from cnn_tasks import train
 
@@ -277,8 +296,11 @@ def cnn_image_classification():
             ctx.close()
         if failed:
             raise AirflowFailException(
-                f"{len(failed)} task(s) failed: " + "; ".join(failures.reason(f) for f in failed)
-                + (f". Did not run because of it: {', '.join(not_run)}" if not_run else "") + f". ({where})")
+                f"{len(failed)} task(s) failed: "
+                + "; ".join(failures.reason(f) for f in failed)
+                + (f". Did not run because of it: {', '.join(not_run)}" if not_run else "")
+                + f". ({where})"
+            )
         return "every task succeeded"
 
     # Stages that only follow one another are ordered with >>; data passes through the store.

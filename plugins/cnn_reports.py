@@ -29,15 +29,15 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import jinja2
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.core_api.security import DagAccessEntity, requires_access_dag
+from airflow.plugins_manager import AirflowPlugin
+from airflow.sdk import BaseOperatorLink
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow.api_fastapi.app import get_auth_manager
-from airflow.api_fastapi.core_api.security import DagAccessEntity, requires_access_dag
-from airflow.plugins_manager import AirflowPlugin
-from airflow.sdk import BaseOperatorLink
 from cnn_tasks import DAG_ID
 from cnn_tasks.config import PipelineConfig
 from cnn_tasks.context import safe_run_id
@@ -117,8 +117,11 @@ def object_response(store, key: str) -> Response:
         obj = store.stream(key)  # a local link leading out of the store counts as missing
     except StoreError:
         raise HTTPException(404, "not found") from None
-    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILE_CSP,
-               "Content-Length": str(obj.size)}
+    headers = {
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": FILE_CSP,
+        "Content-Length": str(obj.size),
+    }
     return StreamingResponse(obj.chunks, media_type=media_type, headers=headers)
 
 
@@ -157,8 +160,13 @@ def _metric(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
 
 
-PAGES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("cnn_reports_templates")),
-                           autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+PAGES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).with_name("cnn_reports_templates")),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 PAGES.filters["metric"] = _metric
 
 
@@ -174,7 +182,7 @@ def folder_page(store, key: str, base: str) -> HTMLResponse:
     keys = store.list(key)
     if not keys:
         raise HTTPException(404, "not found")
-    items = [{"href": f"{base}/{quote(k)}", "name": k[len(key):]} for k in keys]
+    items = [{"href": f"{base}/{quote(k)}", "name": k[len(key) :]} for k in keys]
     return _page("folder.html", title=key, base=base, items=items)
 
 
@@ -232,10 +240,15 @@ def _model_id(ti_key) -> str | None:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        value = session.scalar(XComModel.get_many(
-            key="return_value", run_id=ti_key.run_id, dag_ids=ti_key.dag_id,
-            task_ids=ti_key.task_id, map_indexes=ti_key.map_index,
-        ).with_only_columns(XComModel.value))
+        value = session.scalar(
+            XComModel.get_many(
+                key="return_value",
+                run_id=ti_key.run_id,
+                dag_ids=ti_key.dag_id,
+                task_ids=ti_key.task_id,
+                map_indexes=ti_key.map_index,
+            ).with_only_columns(XComModel.value)
+        )
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -275,11 +288,13 @@ class ModelFolderLink(BaseOperatorLink):
 class CnnReportsPlugin(AirflowPlugin):
     name = "cnn_reports"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "CNN pipeline reports"}]
-    external_views = [{
-        "name": "CNN reports",
-        "href": f"{URL_PREFIX}/",
-        "url_route": "cnn-reports",  # the page lives at <airflow>/plugin/cnn-reports
-        "destination": "nav",
-        "category": "browse",
-    }]
+    external_views = [
+        {
+            "name": "CNN reports",
+            "href": f"{URL_PREFIX}/",
+            "url_route": "cnn-reports",  # the page lives at <airflow>/plugin/cnn-reports
+            "destination": "nav",
+            "category": "browse",
+        }
+    ]
     global_operator_extra_links = [RunReportLink(), ModelFolderLink()]

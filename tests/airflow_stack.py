@@ -27,9 +27,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 
@@ -115,8 +115,11 @@ def served_tiny_dataset(base: Path, classes: int = 3, per_class: int = 24, size:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield {"url": f"http://127.0.0.1:{server.server_port}/tiny.zip",
-               "checksum": "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest(), "path": archive}
+        yield {
+            "url": f"http://127.0.0.1:{server.server_port}/tiny.zip",
+            "checksum": "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest(),
+            "path": archive,
+        }
     finally:
         server.shutdown()
         server.server_close()
@@ -124,14 +127,28 @@ def served_tiny_dataset(base: Path, classes: int = 3, per_class: int = 24, size:
 
 def tiny_conf(url: str, checksum: str, store_uri: str, **extra) -> dict:
     """The quick profile on the tiny dataset: 24 px, 2 epochs (every end-to-end test uses it)."""
-    return {"profile": "quick", "dataset_url": url, "dataset_checksum": checksum, "store_uri": store_uri,
-            "image_size": 24, "epochs": 2, "min_images_per_class": 5, **extra}
+    return {
+        "profile": "quick",
+        "dataset_url": url,
+        "dataset_checksum": checksum,
+        "store_uri": store_uri,
+        "image_size": 24,
+        "epochs": 2,
+        "min_images_per_class": 5,
+        **extra,
+    }
 
 
 def aws_connection(endpoint: str) -> str:
     """AIRFLOW_CONN_AWS_DEFAULT for a moto (or MinIO) endpoint."""
-    return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
-                       "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}})
+    return json.dumps(
+        {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        }
+    )
 
 
 # --------------------------------------------------------------------------------- the stack
@@ -143,8 +160,9 @@ class AirflowStack:
     call, simple-auth users with a known password, and small-machine sizing.
     """
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None, *, password: str | None = None,
-                 parallelism: int = 2):
+    def __init__(
+        self, home: Path, env: dict[str, str] | None = None, *, password: str | None = None, parallelism: int = 2
+    ):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_dir = self.home / "process-logs"
@@ -182,8 +200,7 @@ class AirflowStack:
             "AIRFLOW__API__BASE_URL": self.base_url,
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
-            "AIRFLOW__CORE__AUTH_MANAGER":
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             # Log servers on free ports: other Airflows on this machine may hold 8793/8794.
@@ -203,19 +220,34 @@ class AirflowStack:
     def cli(self, *args: str, timeout: float = 300, env: dict | None = None) -> str:
         """Run an `airflow` CLI command to completion; raise StackError with its output on failure."""
         try:
-            proc = subprocess.run([AIRFLOW, *args], env=self.env | (env or {}), capture_output=True, text=True,
-                                  timeout=timeout, start_new_session=True)
+            proc = subprocess.run(
+                [AIRFLOW, *args],
+                env=self.env | (env or {}),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                start_new_session=True,
+            )
         except subprocess.TimeoutExpired as exc:
-            raise StackError(f"airflow {' '.join(args)} timed out after {timeout}s:\n{exc.stdout}\n{exc.stderr}")
+            raise StackError(
+                f"airflow {' '.join(args)} timed out after {timeout}s:\n{exc.stdout}\n{exc.stderr}"
+            ) from exc
         if proc.returncode:
-            raise StackError(f"airflow {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise StackError(
+                f"airflow {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
         return proc.stdout
 
     def python(self, code: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run a Python snippet with the stack's environment (pre-flight checks)."""
-        return subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, start_new_session=True)
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
+        )
 
     def migrate(self, pools: dict[str, int] | None = None) -> None:
         self.cli("db", "migrate", timeout=600)
@@ -226,9 +258,15 @@ class AirflowStack:
         """Start `airflow <args>` in its own session; output goes to process-logs/<name>.log."""
         log = self.log_dir / f"{name}.log"
         with open(log, "ab") as out:
-            popen = subprocess.Popen([AIRFLOW, *args], env=self.env | (env or {}), stdout=out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                     cwd=self.home)
+            popen = subprocess.Popen(
+                [AIRFLOW, *args],
+                env=self.env | (env or {}),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.home,
+            )
         proc = Proc(name, popen, log, list(args))
         self.procs.append(proc)
         return proc
@@ -242,8 +280,11 @@ class AirflowStack:
     def check_alive(self) -> None:
         dead = [p for p in self.procs if not p.alive()]
         if dead:
-            raise StackError("Airflow process(es) exited: " +
-                             ", ".join(f"{p.name} (rc {p.popen.returncode})" for p in dead) + self.diagnostics())
+            raise StackError(
+                "Airflow process(es) exited: "
+                + ", ".join(f"{p.name} (rc {p.popen.returncode})" for p in dead)
+                + self.diagnostics()
+            )
 
     def wait_until(self, what: str, predicate: Callable[[], object], timeout: float, interval: float = 2.0):
         """Poll `predicate` until it returns a truthy value; fail on timeout or a dead process."""
@@ -258,8 +299,10 @@ class AirflowStack:
             except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
                 last_error = exc
             if time.monotonic() > deadline:
-                raise StackError(f"timed out after {timeout:.0f}s waiting for {what}"
-                                 f"{f' (last error: {last_error!r})' if last_error else ''}" + self.diagnostics())
+                raise StackError(
+                    f"timed out after {timeout:.0f}s waiting for {what}"
+                    f"{f' (last error: {last_error!r})' if last_error else ''}" + self.diagnostics()
+                )
             time.sleep(interval)
 
     def health(self) -> dict:
@@ -267,8 +310,9 @@ class AirflowStack:
         response.raise_for_status()
         return response.json()
 
-    def wait_healthy(self, components: tuple[str, ...] = ("metadatabase", "scheduler", "dag_processor"),
-                     timeout: float = 240) -> dict:
+    def wait_healthy(
+        self, components: tuple[str, ...] = ("metadatabase", "scheduler", "dag_processor"), timeout: float = 240
+    ) -> dict:
         def healthy():
             info = self.health()
             return info if all((info.get(c) or {}).get("status") == "healthy" for c in components) else None
@@ -277,8 +321,11 @@ class AirflowStack:
 
     # ------------------------------------------------------------------ REST API
     def token(self, username: str | None = None, password: str | None = None) -> str:
-        response = httpx.post(f"{self.base_url}/auth/token", timeout=30,
-                              json={"username": username or self.username, "password": password or self.password})
+        response = httpx.post(
+            f"{self.base_url}/auth/token",
+            timeout=30,
+            json={"username": username or self.username, "password": password or self.password},
+        )
         if response.status_code != 201:
             raise StackError(f"POST /auth/token: {response.status_code} {response.text}")
         return response.json()["access_token"]
@@ -287,8 +334,9 @@ class AirflowStack:
     def api(self) -> httpx.Client:
         """An httpx client on /api/v2 with a bearer token from POST /auth/token."""
         if self._client is None:
-            self._client = httpx.Client(base_url=f"{self.base_url}/api/v2", timeout=30,
-                                        headers={"Authorization": f"Bearer {self.token()}"})
+            self._client = httpx.Client(
+                base_url=f"{self.base_url}/api/v2", timeout=30, headers={"Authorization": f"Bearer {self.token()}"}
+            )
         return self._client
 
     def api_json(self, method: str, path: str, **kw) -> dict:
@@ -303,6 +351,7 @@ class AirflowStack:
 
     def wait_for_dag(self, dag_id: str = DAG_ID, timeout: float = 300) -> dict:
         """Until the dag-processor has parsed the DAG without import errors; then unpause it."""
+
         def parsed():
             errors = self.api_json("GET", "/importErrors").get("import_errors", [])
             if errors:
@@ -332,15 +381,17 @@ class AirflowStack:
         """Every task instance of the run, mapped ones included (one entry per map index)."""
         out, offset = [], 0
         while True:
-            page = self.api_json("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
-                              params={"limit": 100, "offset": offset})
+            page = self.api_json(
+                "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100, "offset": offset}
+            )
             out += page["task_instances"]
             offset += len(page["task_instances"])
             if not page["task_instances"] or offset >= page["total_entries"]:
                 return out
 
-    def wait_for_run(self, run_id: str, dag_id: str = DAG_ID, timeout: float = 1200,
-                     progress: Callable[[str], None] | None = None) -> str:
+    def wait_for_run(
+        self, run_id: str, dag_id: str = DAG_ID, timeout: float = 1200, progress: Callable[[str], None] | None = None
+    ) -> str:
         """Poll a DAG run to a terminal state; StackError with failed tasks' logs if it fails."""
         start = time.monotonic()
         seen: dict[str, int] = {}
@@ -382,8 +433,9 @@ class AirflowStack:
         parts = [f"\n\nAIRFLOW_HOME {self.home}; process logs in {self.log_dir}"]
         for p in self.procs:
             state = "running" if p.alive() else f"exited rc={p.popen.returncode}"
-            parts.append(f"\n===== {p.name} (pid {p.pid}, {state}): last {lines} lines of {p.log}\n"
-                         f"{tail(p.log, lines)}")
+            parts.append(
+                f"\n===== {p.name} (pid {p.pid}, {state}): last {lines} lines of {p.log}\n{tail(p.log, lines)}"
+            )
         return "\n".join(parts)
 
     def marked_processes(self) -> list:
@@ -446,7 +498,7 @@ class AirflowStack:
                 survivors.append(f"{proc.pid} {' '.join(proc.cmdline())[:160]}")
         return {"late": late, "survivors": survivors}
 
-    def __enter__(self) -> "AirflowStack":
+    def __enter__(self) -> AirflowStack:
         return self
 
     def __exit__(self, *exc) -> None:

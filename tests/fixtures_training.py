@@ -41,9 +41,17 @@ def _write_split(ctx, split: str, counts: list[int], size: int, per_shard: int) 
     return entry, np.stack(pixels)
 
 
-def write_training_dataset(ctx, classes: int = 3, train: int | list[int] = 12, val: int = 4, test: int = 4,
-                           size: int = 24, image_size: int | None = None, rebalance: str = "none",
-                           per_shard: int = 16) -> dict:
+def write_training_dataset(
+    ctx,
+    classes: int = 3,
+    train: int | list[int] = 12,
+    val: int = 4,
+    test: int = 4,
+    size: int = 24,
+    image_size: int | None = None,
+    rebalance: str = "none",
+    per_shard: int = 16,
+) -> dict:
     """Write data/dataset.json and shards; `train` may be per-class counts (imbalance).
 
     rebalance="class_weight": the balanced variant reuses the unbalanced shards with class

@@ -47,16 +47,24 @@ def ingest(tmp_path: Path, source: Path | str, monkeypatch=None, **overrides) ->
     before = _files(tmp_path)
     if monkeypatch is not None:
         monkeypatch.setenv("CNN_CACHE_DIR", str(cache))
-    values = {"store_uri": f"file://{store}", "dataset_url": str(source), "dataset_checksum": None,
-              "min_images_per_class": 1, **overrides}
+    values = {
+        "store_uri": f"file://{store}",
+        "dataset_url": str(source),
+        "dataset_checksum": None,
+        "min_images_per_class": 1,
+        **overrides,
+    }
     ctx = RunContext.create(PipelineConfig.from_dict(values), "fuzz")
     error = None
     try:
         download.run(ctx)
     except PipelineError as exc:
         error = exc
-    stray = [p for p in _files(tmp_path) - before
-             if not (_under(p, store) or _under(p, cache) or _under(p, tmp_path / "input"))]
+    stray = [
+        p
+        for p in _files(tmp_path) - before
+        if not (_under(p, store) or _under(p, cache) or _under(p, tmp_path / "input"))
+    ]
     assert not stray, f"files written outside the input, store and cache: {sorted(map(str, stray))}"
     outcome = Outcome(error, store_keys=sorted(ctx.store.list(ctx.prefix + "/")))
     if ctx.store.exists(ctx.data_key("rejected.csv")):

@@ -22,8 +22,9 @@ def class_image(class_index: int, rng: np.random.Generator, size: int = 24) -> I
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
-def make_dataset(root: str | Path, classes: int = 3, per_class: int | list[int] = 20, size: int = 24,
-                 seed: int = 0, fmt: str = "png") -> Path:
+def make_dataset(
+    root: str | Path, classes: int = 3, per_class: int | list[int] = 20, size: int = 24, seed: int = 0, fmt: str = "png"
+) -> Path:
     """Write `root/<class_name>/<class_name>_<i>.<fmt>` and return root."""
     root = Path(root)
     rng = np.random.default_rng(seed)

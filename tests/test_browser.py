@@ -31,15 +31,30 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 import pytest
 
-from tests.airflow_stack import (DAG_ID, ROOT, AirflowStack, aws_connection, artifacts_dir, served_tiny_dataset,
-                                 tiny_conf)
+from tests.airflow_stack import (
+    DAG_ID,
+    ROOT,
+    AirflowStack,
+    artifacts_dir,
+    aws_connection,
+    served_tiny_dataset,
+    tiny_conf,
+)
 from tests.s3server import moto_s3
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("CNN_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 RUN_TIMEOUT = float(os.environ.get("CNN_BROWSER_RUN_TIMEOUT", 1200))
 BUCKET = "cnn-browser"
 # The trigger form's sections in order: Airflow's open default section, then the collapsed ones.
@@ -52,8 +67,10 @@ def chromium_or_skip() -> str:
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and CHROMIUM == "/usr/bin/chromium":
         subprocess.run(["bash", str(ROOT / "scripts" / "install_browser.sh")], timeout=900, check=False)
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.skip(f"{CHROMIUM} is not installed and scripts/install_browser.sh could not install it "
-                    "(it needs root and apt-get)")
+        pytest.skip(
+            f"{CHROMIUM} is not installed and scripts/install_browser.sh could not install it "
+            "(it needs root and apt-get)"
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as exc:
@@ -74,10 +91,13 @@ def airflow(tmp_path_factory):
     base = tmp_path_factory.mktemp("browser")
     store = base / "store"
     with served_tiny_dataset(base / "data") as data, moto_s3(BUCKET) as endpoint:
-        stack = AirflowStack(base / "airflow", {
-            "CNN_STORE_URI": f"file://{store}",  # the form's default store and the plugin's store
-            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),  # for the API-triggered S3 run
-        })
+        stack = AirflowStack(
+            base / "airflow",
+            {
+                "CNN_STORE_URI": f"file://{store}",  # the form's default store and the plugin's store
+                "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),  # for the API-triggered S3 run
+            },
+        )
         print(f"\nAIRFLOW_HOME {stack.home}; {stack.base_url}; user {stack.username} / {stack.password}")
         t0 = time.monotonic()
         try:
@@ -104,8 +124,12 @@ def browser(airflow):
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            profile, executable_path=chromium_or_skip(), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000})
+            profile,
+            executable_path=chromium_or_skip(),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )
         context.set_default_timeout(60_000)
         try:
             yield context
@@ -135,7 +159,8 @@ def form_field(dialog, label: str):
     """The input of the trigger-form field whose label is `label` (the Param's title)."""
     pattern = re.compile(r"^\s*" + re.escape(label) + r"\s*\*?\s*$")
     group = dialog.locator("[data-scope=field][data-part=root]").filter(
-        has=dialog.page.locator("label").filter(has_text=pattern))
+        has=dialog.page.locator("label").filter(has_text=pattern)
+    )
     return group.locator("input, textarea").first
 
 
@@ -171,10 +196,16 @@ def test_report_plugin_refuses_unauthenticated_and_path_traversal_requests(airfl
     ok = httpx.get(base + "/cnn-reports/runs/some_run/report/index.html", headers={"Authorization": f"Bearer {token}"})
     assert ok.status_code == 200 and "a report" in ok.text
     host, port = urlsplit(base).hostname, urlsplit(base).port
-    for path in ("/cnn-reports/runs/../champion.json", "/cnn-reports/runs/%2e%2e/champion.json",
-                 "/cnn-reports/runs/some_run/%2e%2e/%2e%2e/%2e%2e/outside.txt", "/cnn-reports/runs/..%2fchampion.json",
-                 "/cnn-reports/runs/%252e%252e/champion.json", "/cnn-reports/runs/..%5cchampion.json",
-                 "/cnn-reports/runs/%2fetc%2fpasswd", "/cnn-reports/runs/some_run/report/..%00/index.html"):
+    for path in (
+        "/cnn-reports/runs/../champion.json",
+        "/cnn-reports/runs/%2e%2e/champion.json",
+        "/cnn-reports/runs/some_run/%2e%2e/%2e%2e/%2e%2e/outside.txt",
+        "/cnn-reports/runs/..%2fchampion.json",
+        "/cnn-reports/runs/%252e%252e/champion.json",
+        "/cnn-reports/runs/..%5cchampion.json",
+        "/cnn-reports/runs/%2fetc%2fpasswd",
+        "/cnn-reports/runs/some_run/report/..%00/index.html",
+    ):
         conn = http.client.HTTPConnection(host, port, timeout=30)
         conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         response = conn.getresponse()
@@ -263,8 +294,13 @@ def test_trigger_form_quick_run_and_report_in_the_browser(airflow, browser, shot
         conf = stack.api_json("GET", f"/dags/{DAG_ID}/dagRuns/{quote(run_id)}")["conf"]
         keys = ("profile", "dataset_url", "dataset_checksum", "image_size", "epochs", "min_images_per_class")
         assert {k: conf[k] for k in keys} == {
-            "profile": "quick", "dataset_url": data["url"], "dataset_checksum": data["checksum"],
-            "image_size": 24, "epochs": 2, "min_images_per_class": 5}, conf
+            "profile": "quick",
+            "dataset_url": data["url"],
+            "dataset_checksum": data["checksum"],
+            "image_size": 24,
+            "epochs": 2,
+            "min_images_per_class": 5,
+        }, conf
 
         stack.wait_for_run(run_id, timeout=RUN_TIMEOUT, progress=print)
         page.reload()
@@ -312,8 +348,11 @@ def check_report_page(report, screenshot: Path) -> None:
     assert confusion.count() >= len(MODEL_IDS), confusion.count()
     for i in range(confusion.count()):  # the report's figures load lazily
         confusion.nth(i).scroll_into_view_if_needed()
-    report.wait_for_function("""() => [...document.querySelectorAll("img[src*='confusion']")]
-        .every(img => img.complete && img.naturalWidth > 0)""", timeout=60_000)
+    report.wait_for_function(
+        """() => [...document.querySelectorAll("img[src*='confusion']")]
+        .every(img => img.complete && img.naturalWidth > 0)""",
+        timeout=60_000,
+    )
     assert re.search("confusion matrix", report.content(), re.I)
     ensembles = report.locator("section#ensembles table").first
     header = ensembles.locator("th").all_inner_texts()
@@ -336,8 +375,9 @@ def test_rest_api_trigger_with_conf_and_summary_on_s3(airflow):
     from cnn_tasks.context import safe_run_id
 
     stack, data = airflow.stack, airflow.data
-    run_id = stack.trigger(tiny_conf(data["url"], data["checksum"], f"s3://{BUCKET}/api"),
-                           run_id=f"api_test_{int(time.time())}")
+    run_id = stack.trigger(
+        tiny_conf(data["url"], data["checksum"], f"s3://{BUCKET}/api"), run_id=f"api_test_{int(time.time())}"
+    )
     stack.wait_for_run(run_id, timeout=RUN_TIMEOUT, progress=print)
 
     s3 = boto3.client("s3", endpoint_url=airflow.endpoint)
@@ -350,7 +390,7 @@ def test_rest_api_trigger_with_conf_and_summary_on_s3(airflow):
     assert s3.head_object(Bucket=BUCKET, Key=key.replace("summary.json", "index.html"))["ContentLength"] > 0
 
     # The training tasks' "Model folder" extra links point at each trained model.
-    links = stack.api_json("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train/links",
-                           params={"map_index": 0})
-    assert re.fullmatch(rf"/cnn-reports/runs/{re.escape(safe_run_id(run_id))}/models/[\w-]+__\w+/",
-                        links["extra_links"]["Model folder"]), links
+    links = stack.api_json("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train/links", params={"map_index": 0})
+    assert re.fullmatch(
+        rf"/cnn-reports/runs/{re.escape(safe_run_id(run_id))}/models/[\w-]+__\w+/", links["extra_links"]["Model folder"]
+    ), links

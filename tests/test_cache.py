@@ -103,9 +103,18 @@ def test_a_hold_in_another_process_blocks_eviction(root, monkeypatch):
     """Airflow runs each task in its own process: the lock must work across processes."""
     entry = _entry(root, "extracted", "dataset", 100, age_s=DAY)
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from cnn_tasks import cache; "
-         "lease = cache.Lease(Path(sys.argv[1])); print('held', flush=True); sys.stdin.readline()", str(entry)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from cnn_tasks import cache; "
+            "lease = cache.Lease(Path(sys.argv[1])); print('held', flush=True); sys.stdin.readline()",
+            str(entry),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     try:
         assert child.stdout.readline().strip() == "held"
         _limit(monkeypatch, 1)
@@ -141,8 +150,7 @@ def test_an_evicted_entry_is_fetched_again(root, monkeypatch, make_ctx):
 
 
 # ------------------------------------------------------------------ the setting
-@pytest.mark.parametrize("raw, expected", [("", 20 * 10**9), ("0", None), ("1.5", 1_500_000_000),
-                                           (" 2 ", 2 * 10**9)])
+@pytest.mark.parametrize("raw, expected", [("", 20 * 10**9), ("0", None), ("1.5", 1_500_000_000), (" 2 ", 2 * 10**9)])
 def test_cache_limit_setting(monkeypatch, raw, expected):
     monkeypatch.setenv("CNN_CACHE_MAX_GB", raw)
     assert cache.max_bytes() == expected
@@ -153,8 +161,10 @@ def test_a_bad_cache_limit_fails_the_task_at_its_start_with_a_clear_message(monk
     monkeypatch.setenv("CNN_CACHE_MAX_GB", raw)
     with pytest.raises(PipelineError) as caught:
         make_ctx()
-    assert str(caught.value) == (f"CNN_CACHE_MAX_GB={raw!r} is not a size in GB: set it to a number such as 20 "
-                                 "(the default) or 1.5, or to 0 for an unbounded worker cache")
+    assert str(caught.value) == (
+        f"CNN_CACHE_MAX_GB={raw!r} is not a size in GB: set it to a number such as 20 "
+        "(the default) or 1.5, or to 0 for an unbounded worker cache"
+    )
 
 
 # ------------------------------------------------------------------ scratch

@@ -20,8 +20,9 @@ EXAMPLE = ROOT / "examples" / "my_dataset_128px.yaml"
 
 
 def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnn_tasks", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cnn_tasks", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -46,22 +47,30 @@ def test_the_readme_example_validates_as_a_128px_run_on_the_users_data():
 def test_a_json_settings_file_is_read_like_yaml(tmp_path):
     path = write(tmp_path, "s.json", json.dumps({"image_size": 96, "classes": ["a", "b"], "epochs": 3}))
     conf = cli.build_conf(path, overrides={})
-    assert {k: conf[k] for k in ("image_size", "classes", "epochs")} == {"image_size": 96, "classes": ["a", "b"],
-                                                                       "epochs": 3}
+    assert {k: conf[k] for k in ("image_size", "classes", "epochs")} == {
+        "image_size": 96,
+        "classes": ["a", "b"],
+        "epochs": 3,
+    }
     assert conf["profile"] == "standard"
     assert conf["store_uri"] == f"file://{ROOT}/artifacts"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("image_size: 1024\n", "image_size: 1024 is outside 16..512"),
-    ("experiments:\n  - name: deep\n    conv: [{filters: 8}, {filters: 8}, {filters: 4096}, {filters: 8}]\n",
-     "experiments[0].conv[2].filters: 4096 is outside 1..2048"),
-    ("split: [0.5, 0.2, 0.1]\n", "split: [0.5, 0.2, 0.1] sums to 0.8000; the ratios must sum to 1"),
-    ("colour: true\n", "colour: unknown setting"),
-    ("seed: 2024-01-01\n", "seed: datetime.date(2024, 1, 1) is not a plain value"),
-    ("image_size: [128\n", "not valid YAML or JSON"),
-    ("- image_size\n", "must be a mapping of setting names to values"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("image_size: 1024\n", "image_size: 1024 is outside 16..512"),
+        (
+            "experiments:\n  - name: deep\n    conv: [{filters: 8}, {filters: 8}, {filters: 4096}, {filters: 8}]\n",
+            "experiments[0].conv[2].filters: 4096 is outside 1..2048",
+        ),
+        ("split: [0.5, 0.2, 0.1]\n", "split: [0.5, 0.2, 0.1] sums to 0.8000; the ratios must sum to 1"),
+        ("colour: true\n", "colour: unknown setting"),
+        ("seed: 2024-01-01\n", "seed: datetime.date(2024, 1, 1) is not a plain value"),
+        ("image_size: [128\n", "not valid YAML or JSON"),
+        ("- image_size\n", "must be a mapping of setting names to values"),
+    ],
+)
 def test_an_invalid_file_fails_naming_the_file_and_the_field(tmp_path, text, message):
     path = write(tmp_path, "bad.yaml", text)
     proc = run_cli("validate", str(path))
@@ -73,20 +82,30 @@ def test_an_invalid_file_fails_naming_the_file_and_the_field(tmp_path, text, mes
 def test_a_missing_file_is_named(tmp_path):
     proc = run_cli("validate", str(tmp_path / "nowhere.yaml"))
     assert proc.returncode == 1
-    assert proc.stderr.strip() == f"Invalid setting: {tmp_path / 'nowhere.yaml'}: cannot be read: No such file or directory"
+    assert (
+        proc.stderr.strip()
+        == f"Invalid setting: {tmp_path / 'nowhere.yaml'}: cannot be read: No such file or directory"
+    )
 
 
 def test_make_run_variables_given_explicitly_override_the_file(tmp_path, monkeypatch):
-    path = write(tmp_path, "s.yaml", "profile: standard\nimage_size: 128\ndataset_url: https://example.org/a.zip\n"
-                                     "store_uri: file:///from/file\n")
+    path = write(
+        tmp_path,
+        "s.yaml",
+        "profile: standard\nimage_size: 128\ndataset_url: https://example.org/a.zip\nstore_uri: file:///from/file\n",
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PROFILE", "quick")
     monkeypatch.setenv("DATASET_URL", "data/photos.zip")
     monkeypatch.setenv("STORE_URI", "")  # `make run` passes every variable; empty means not given
     monkeypatch.delenv("DATASET_CHECKSUM", raising=False)
     conf = cli.build_conf(path)
-    assert conf == {"profile": "quick", "image_size": 128, "dataset_url": str(tmp_path / "data" / "photos.zip"),
-                    "store_uri": "file:///from/file"}
+    assert conf == {
+        "profile": "quick",
+        "image_size": 128,
+        "dataset_url": str(tmp_path / "data" / "photos.zip"),
+        "store_uri": "file:///from/file",
+    }
     config = PipelineConfig.from_dict(conf, given=set(conf))
     assert config.image_size == 128  # the file's explicit value wins over the quick profile's 32
     assert config.epochs == 8  # the quick profile fills what nobody set
@@ -110,8 +129,9 @@ def test_run_with_an_invalid_file_fails_before_airflow_starts(tmp_path, monkeypa
 
 
 def test_make_run_passes_conf_and_the_variables_to_the_cli():
-    proc = subprocess.run(["make", "-n", "run", "CONF=my.yaml", "PROFILE=quick"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        ["make", "-n", "run", "CONF=my.yaml", "PROFILE=quick"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.split("CONF=", 1)[-1].replace("\\\n", "")
     line = "CONF=" + " ".join(line.split())
@@ -122,14 +142,19 @@ def test_make_run_passes_conf_and_the_variables_to_the_cli():
 
 def test_report_prints_the_latest_runs_report(tmp_path):
     store = open_store(f"file://{tmp_path / 'store'}")
-    for run_id in ("scheduled__2025-01-02T00_00_00_00_00", "manual__2025-03-01T10_00_00_00_00",
-                   "manual__2025-02-01T00_00_00_00_00"):
+    for run_id in (
+        "scheduled__2025-01-02T00_00_00_00_00",
+        "manual__2025-03-01T10_00_00_00_00",
+        "manual__2025-02-01T00_00_00_00_00",
+    ):
         store.put_text(f"runs/{run_id}/report/index.html", "<html></html>")
     store.put_text("runs/manual__2025-04-01T00_00_00_00_00/data/dataset.json", "{}")  # no report yet
     proc = run_cli("report", "--store", store.uri)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == ("manual__2025-03-01T10_00_00_00_00: file://"
-                                   f"{tmp_path / 'store'}/runs/manual__2025-03-01T10_00_00_00_00/report/index.html")
+    assert proc.stdout.strip() == (
+        "manual__2025-03-01T10_00_00_00_00: file://"
+        f"{tmp_path / 'store'}/runs/manual__2025-03-01T10_00_00_00_00/report/index.html"
+    )
 
 
 def test_report_on_a_store_without_runs_says_so(tmp_path):
@@ -146,9 +171,16 @@ def test_predict_uses_the_champion_and_the_meta_json_it_was_trained_with(tmp_pat
     tiny_model().save(tmp_path / "m.keras")
     store.put_file("champions/r1/model.keras", tmp_path / "m.keras")
     store.put_json("runs/r1/models/tiny__unbalanced/meta.json", {"classes": CLASSES})
-    store.put_json("champion.json", {"run_id": "r1", "model_id": "tiny__unbalanced",
-                                     "model_key": "champions/r1/model.keras", "classes": ["x", "y", "z"],
-                                     "source_model_key": "runs/r1/models/tiny__unbalanced/model.keras"})
+    store.put_json(
+        "champion.json",
+        {
+            "run_id": "r1",
+            "model_id": "tiny__unbalanced",
+            "model_key": "champions/r1/model.keras",
+            "classes": ["x", "y", "z"],
+            "source_model_key": "runs/r1/models/tiny__unbalanced/model.keras",
+        },
+    )
     folder = make_dataset(tmp_path / "images", classes=3, per_class=2, size=20, seed=3)
     out = tmp_path / "preds.csv"
     assert cli.main(["predict", str(folder), "--store", store.uri, "--out", str(out)]) == 0
@@ -161,8 +193,10 @@ def test_predict_uses_the_champion_and_the_meta_json_it_was_trained_with(tmp_pat
 def test_predict_without_a_champion_says_so(tmp_path):
     proc = run_cli("predict", str(tmp_path), "--store", f"file://{tmp_path / 'store'}")
     assert proc.returncode == 1
-    assert proc.stderr.strip() == (f"PipelineError: file://{tmp_path / 'store'}/champion.json does not exist: "
-                                   "no model has been promoted in this store yet")
+    assert proc.stderr.strip() == (
+        f"PipelineError: file://{tmp_path / 'store'}/champion.json does not exist: "
+        "no model has been promoted in this store yet"
+    )
 
 
 # ----------------------------------------------------------------------------- tensorboard
@@ -196,11 +230,17 @@ def store_with_logs(tmp_path):
 
 
 def test_a_runs_tensorboard_logs_are_downloaded_per_model(store_with_logs, tmp_path):
-    assert cli.download_tensorboard_logs(store_with_logs, RUN, tmp_path / "logs") == ["small__balanced",
-                                                                                      "small__unbalanced"]
+    assert cli.download_tensorboard_logs(store_with_logs, RUN, tmp_path / "logs") == [
+        "small__balanced",
+        "small__unbalanced",
+    ]
     files = sorted(p.relative_to(tmp_path / "logs").parts[:2] for p in (tmp_path / "logs").rglob("*") if p.is_file())
-    assert files == [("small__balanced", "train"), ("small__balanced", "validation"),
-                     ("small__unbalanced", "train"), ("small__unbalanced", "validation")]
+    assert files == [
+        ("small__balanced", "train"),
+        ("small__balanced", "validation"),
+        ("small__unbalanced", "train"),
+        ("small__unbalanced", "validation"),
+    ]
     with pytest.raises(cli.PipelineError, match="holds no TensorBoard logs: no model of run other was trained"):
         cli.download_tensorboard_logs(store_with_logs, "other", tmp_path / "none")
 
@@ -215,9 +255,13 @@ def test_tensorboard_serves_the_latest_runs_logs(store_with_logs, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "cnn_tasks", "tensorboard", "--store", store_with_logs.uri,
-                             "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnn_tasks", "tensorboard", "--store", store_with_logs.uri, "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, tags = time.monotonic() + 120, {}
         while time.monotonic() < deadline and proc.poll() is None:
@@ -229,8 +273,12 @@ def test_tensorboard_serves_the_latest_runs_logs(store_with_logs, tmp_path):
             except OSError:
                 pass
             time.sleep(1)
-        assert sorted(tags) == ["small__balanced/train", "small__balanced/validation",
-                                "small__unbalanced/train", "small__unbalanced/validation"], tags
+        assert sorted(tags) == [
+            "small__balanced/train",
+            "small__balanced/validation",
+            "small__unbalanced/train",
+            "small__unbalanced/validation",
+        ], tags
         assert "epoch_loss" in tags["small__balanced/train"]
     finally:
         proc.send_signal(signal.SIGINT)

@@ -13,10 +13,25 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_TEXT = (ROOT / "docker-compose.yaml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
-AIRFLOW = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-           "airflow-worker", "airflow-init"]
-LONG_RUNNING = ["postgres", "redis", "minio", "airflow-apiserver", "airflow-scheduler",
-                "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-worker-gpu"]
+AIRFLOW = [
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-init",
+]
+LONG_RUNNING = [
+    "postgres",
+    "redis",
+    "minio",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-worker-gpu",
+]
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}; $${VAR} is an escaped literal.
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])[^}]*)?\}")
 
@@ -33,10 +48,12 @@ def dotenv_example() -> dict:
 
 def interpolate(text: str, values: dict) -> str:
     """Compose's ${VAR} substitution, enough for these files."""
+
     def value(match):
         name, op = match.group(1), match.group(2)
         default = match.group(0).split(op, 1)[1][:-1] if op and "-" in op else ""
         return values.get(name) or default
+
     return VARIABLE.sub(value, text).replace("$$", "$")
 
 
@@ -89,8 +106,14 @@ def test_long_running_services_have_healthchecks(service):
 
 
 def test_startup_order_waits_for_health_and_one_shot_jobs():
-    for service in ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                    "airflow-worker", "airflow-worker-gpu"]:
+    for service in [
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+        "airflow-worker-gpu",
+    ]:
         needs = SERVICES[service]["depends_on"]
         assert needs["postgres"]["condition"] == "service_healthy"
         assert needs["redis"]["condition"] == "service_healthy"

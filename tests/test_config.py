@@ -47,8 +47,11 @@ def test_form_values_pydantic_would_otherwise_read_loosely():
     assert config.max_aspect_ratio == 2.5 and config.seed == 7
     assert config.classes is None  # an empty list means all classes
     assert config.epochs == 30  # None for a field that cannot be empty means its default
-    for values, field in (({"epochs": True}, "epochs"), ({"promotion_margin": False}, "promotion_margin"),
-                          ({"classes_limit": True}, "classes_limit")):
+    for values, field in (
+        ({"epochs": True}, "epochs"),
+        ({"promotion_margin": False}, "promotion_margin"),
+        ({"classes_limit": True}, "classes_limit"),
+    ):
         with pytest.raises(ConfigError, match="is not a number") as err:
             PipelineConfig.from_dict(values)
         assert err.value.field == field
@@ -83,25 +86,50 @@ def test_settings_are_frozen_and_reject_unknown_fields():
         ({"epoch": 3}, "epoch", "unknown setting"),
         ({"experiments": []}, "experiments", "at least one"),
         ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 3}]}, "experiments[0].conv", "at least 4"),
-        ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "activation": "nope"}]},
-         "experiments[0].activation", "not one of"),
-        ({"experiments": [{"name": "a", "conv": [{"filters": 8, "pool": "mean"}] * 4}]},
-         "experiments[0].conv[0].pool", "not one of"),
+        (
+            {"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "activation": "nope"}]},
+            "experiments[0].activation",
+            "not one of",
+        ),
+        (
+            {"experiments": [{"name": "a", "conv": [{"filters": 8, "pool": "mean"}] * 4}]},
+            "experiments[0].conv[0].pool",
+            "not one of",
+        ),
         ({"experiments": [{"name": "A b", "conv": [{"filters": 8}] * 4}]}, "experiments[0].name", "lowercase"),
         ({"experiments": [{"conv": [{"filters": 8}] * 4}]}, "experiments[0].name", "is required"),
         ({"dataset_subdir": "/usr"}, "dataset_subdir", "inside the dataset"),
         ({"dataset_subdir": "../../.."}, "dataset_subdir", "without '..'"),
         ({"dataset_subdir": "data/../../x"}, "dataset_subdir", "without '..'"),
-        ({"experiments": [{"name": "a", "conv": [{"filters": 8}, {"filters": 8}, {"filters": 4096}, {"filters": 8}]}]},
-         "experiments[0].conv[2].filters", r"^experiments\[0\]\.conv\[2\]\.filters: 4096 is outside 1\.\.2048$"),
-        ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "dropout": 1}]}, "experiments[0].dropout",
-         r"1 is outside \[0, 1\)"),
-        ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "learning_rate": 0}]},
-         "experiments[0].learning_rate", r"0 is outside \(0, 10\]"),
-        ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "momentum": 0.9}]},
-         "experiments[0].momentum", "unknown setting; known: name, description, conv"),
-        ({"experiments": [{"name": "a", "conv": [{"kernel_size": 3}] * 4}]}, "experiments[0].conv[0].filters",
-         "is required"),
+        (
+            {
+                "experiments": [
+                    {"name": "a", "conv": [{"filters": 8}, {"filters": 8}, {"filters": 4096}, {"filters": 8}]}
+                ]
+            },
+            "experiments[0].conv[2].filters",
+            r"^experiments\[0\]\.conv\[2\]\.filters: 4096 is outside 1\.\.2048$",
+        ),
+        (
+            {"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "dropout": 1}]},
+            "experiments[0].dropout",
+            r"1 is outside \[0, 1\)",
+        ),
+        (
+            {"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "learning_rate": 0}]},
+            "experiments[0].learning_rate",
+            r"0 is outside \(0, 10\]",
+        ),
+        (
+            {"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4, "momentum": 0.9}]},
+            "experiments[0].momentum",
+            "unknown setting; known: name, description, conv",
+        ),
+        (
+            {"experiments": [{"name": "a", "conv": [{"kernel_size": 3}] * 4}]},
+            "experiments[0].conv[0].filters",
+            "is required",
+        ),
         ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 4}] * 2}, "experiments", "duplicate"),
         ({"experiments": ["baseline"]}, "experiments[0]", "must be an object"),
         ({"classes": ["Forest", "Forest"]}, "classes", "twice"),
@@ -124,8 +152,18 @@ def test_dataset_subdir_inside_the_dataset_is_accepted():
 
 
 def test_custom_experiment_from_json():
-    config = PipelineConfig.from_dict({"experiments": [
-        {"name": "tiny", "conv": [{"filters": 8, "pool": "max"}] * 4, "batch_size": "16", "learning_rate": "0.01"}]})
+    config = PipelineConfig.from_dict(
+        {
+            "experiments": [
+                {
+                    "name": "tiny",
+                    "conv": [{"filters": 8, "pool": "max"}] * 4,
+                    "batch_size": "16",
+                    "learning_rate": "0.01",
+                }
+            ]
+        }
+    )
     spec = config.experiment("tiny")
     assert spec.batch_size == 16 and spec.learning_rate == 0.01 and spec.conv[0].pool == "max"
 

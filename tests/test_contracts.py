@@ -11,8 +11,11 @@ from cnn_tasks.storage import LocalStore
 
 
 def test_checked_in_schemas_are_current():
-    stale = [name for name, text in contracts.schemas().items()
-             if not (contracts.SCHEMA_DIR / name).is_file() or (contracts.SCHEMA_DIR / name).read_text() != text]
+    stale = [
+        name
+        for name, text in contracts.schemas().items()
+        if not (contracts.SCHEMA_DIR / name).is_file() or (contracts.SCHEMA_DIR / name).read_text() != text
+    ]
     assert stale == [], f"docs/schemas/ is stale ({', '.join(stale)}): run `python -m cnn_tasks.contracts`"
 
 
@@ -20,13 +23,28 @@ def test_every_checked_in_schema_has_a_contract():
     assert sorted(p.name for p in contracts.SCHEMA_DIR.glob("*.schema.json")) == sorted(contracts.schemas())
 
 
-SPLIT = {"shards": ["data/shards/a.tfrecord"], "sha256": ["0" * 64], "count": 3, "class_counts": [2, 1],
-         "class_weight": None}
-DATASET = {"classes": ["a", "b"], "image_size": 32, "image_fit": "squash", "mean": [0.5, 0.5, 0.5],
-           "std": [0.2, 0.2, 0.2], "dataset_sha256": "f" * 64, "rebalance": "none",
-           "splits": {"train": {"unbalanced": SPLIT, "balanced": SPLIT}, "val": {"unbalanced": SPLIT},
-                      "test": {"unbalanced": SPLIT}},
-           "figures": [{"key": "data/rebalance_train.png", "caption": "before and after"}]}
+SPLIT = {
+    "shards": ["data/shards/a.tfrecord"],
+    "sha256": ["0" * 64],
+    "count": 3,
+    "class_counts": [2, 1],
+    "class_weight": None,
+}
+DATASET = {
+    "classes": ["a", "b"],
+    "image_size": 32,
+    "image_fit": "squash",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.2, 0.2, 0.2],
+    "dataset_sha256": "f" * 64,
+    "rebalance": "none",
+    "splits": {
+        "train": {"unbalanced": SPLIT, "balanced": SPLIT},
+        "val": {"unbalanced": SPLIT},
+        "test": {"unbalanced": SPLIT},
+    },
+    "figures": [{"key": "data/rebalance_train.png", "caption": "before and after"}],
+}
 
 
 def test_a_valid_record_is_written_and_read_back_as_given(tmp_path):
@@ -36,12 +54,15 @@ def test_a_valid_record_is_written_and_read_back_as_given(tmp_path):
     assert contracts.DatasetInfo.read(store, "data/dataset.json") == DATASET
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"extra_key": 1}, "extra_key"),                                 # an unknown key
-    ({"image_size": "big"}, "image_size"),                           # a wrong type
-    ({"splits": {"train": {"unbalanced": {**SPLIT, "count": None}}}}, "splits.train.unbalanced.count"),
-    ({"splits": {"holdout": {"unbalanced": SPLIT}}}, "splits.holdout"),  # not a split name
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"extra_key": 1}, "extra_key"),  # an unknown key
+        ({"image_size": "big"}, "image_size"),  # a wrong type
+        ({"splits": {"train": {"unbalanced": {**SPLIT, "count": None}}}}, "splits.train.unbalanced.count"),
+        ({"splits": {"holdout": {"unbalanced": SPLIT}}}, "splits.holdout"),  # not a split name
+    ],
+)
 def test_a_format_change_fails_where_the_file_is_written(tmp_path, change, field):
     store = LocalStore(tmp_path)
     with pytest.raises(ValidationError) as error:
@@ -58,7 +79,14 @@ def test_a_missing_key_fails_where_the_file_is_written(tmp_path):
 
 def test_a_promotion_record_keeps_exactly_its_keys(tmp_path):
     """Optional keys absent from a record stay absent (an earlier try's record has fewer keys)."""
-    record = {"run_id": "r1", "metric": "macro_f1", "promoted": True, "decision": "promoted",
-              "reason": "promoted by an earlier try of this task", "candidate": {"name": "m", "macro_f1": 0.9},
-              "new_champion": {"run_id": "r1"}, "champion_on_this_test": None}
+    record = {
+        "run_id": "r1",
+        "metric": "macro_f1",
+        "promoted": True,
+        "decision": "promoted",
+        "reason": "promoted by an earlier try of this task",
+        "candidate": {"name": "m", "macro_f1": 0.9},
+        "new_champion": {"run_id": "r1"},
+        "champion_on_this_test": None,
+    }
     assert contracts.Promotion.write(LocalStore(tmp_path), "runs/r1/promotion.json", record) == record

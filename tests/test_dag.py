@@ -36,10 +36,15 @@ def load_dag(tmp_path, **env):
         "    out['summary'] = repr(getattr(dag.timetable, 'expression', ''))\n"
         "print('JSON' + json.dumps(out, default=str))\n"
     )
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "AIRFLOW_HOME": str(tmp_path / "airflow"),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False", **env}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **env,
+    }
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=180)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("JSON")]
+    line = [s for s in proc.stdout.splitlines() if s.startswith("JSON")]
     assert line, proc.stderr[-3000:]
     import json
 
@@ -57,17 +62,26 @@ def test_dag_imports_without_errors_or_heavy_libraries(parsed):
 
 
 def test_dag_file_has_no_heavy_top_level_imports():
-    top_level = [l for l in DAG_FILE.read_text().splitlines() if l.startswith(("import ", "from "))]
-    assert not [l for l in top_level if any(m in l for m in ("tensorflow", "keras", "pandas", "matplotlib", "sklearn"))]
+    top_level = [s for s in DAG_FILE.read_text().splitlines() if s.startswith(("import ", "from "))]
+    assert not [s for s in top_level if any(m in s for m in ("tensorflow", "keras", "pandas", "matplotlib", "sklearn"))]
 
 
 def test_tasks_and_dependencies(parsed):
     tasks = parsed["tasks"]
     expected_upstream = {
-        "configure": [], "download": ["configure"], "split": ["download"], "rebalance": ["split"],
-        "single_batch_check": ["configure", "rebalance"], "train": ["rebalance", "single_batch_check"],
-        "visualize": ["train"], "evaluate": ["train"], "ensemble": ["evaluate"], "promote": ["ensemble"],
-        "predict": ["promote"], "report": ["predict", "visualize"], "all_stages_succeeded": ["report"],
+        "configure": [],
+        "download": ["configure"],
+        "split": ["download"],
+        "rebalance": ["split"],
+        "single_batch_check": ["configure", "rebalance"],
+        "train": ["rebalance", "single_batch_check"],
+        "visualize": ["train"],
+        "evaluate": ["train"],
+        "ensemble": ["evaluate"],
+        "promote": ["ensemble"],
+        "predict": ["promote"],
+        "report": ["predict", "visualize"],
+        "all_stages_succeeded": ["report"],
     }
     assert {t: v["up"] for t, v in tasks.items()} == expected_upstream
     assert {t for t, v in tasks.items() if v["mapped"]} == {"single_batch_check", "train", "visualize", "evaluate"}
@@ -100,8 +114,17 @@ def test_training_has_pool_timeout_and_backoff(parsed):
 
 def test_params_carry_types_enums_bounds_and_descriptions(parsed):
     params = parsed["params"]
-    for name in ("dataset_url", "classes", "image_size", "epochs", "experiments", "rebalance", "profile",
-                 "unlabelled_url", "store_uri"):
+    for name in (
+        "dataset_url",
+        "classes",
+        "image_size",
+        "epochs",
+        "experiments",
+        "rebalance",
+        "profile",
+        "unlabelled_url",
+        "store_uri",
+    ):
         assert params[name]["title"] and params[name]["description"], name
     assert params["rebalance"]["enum"] == ["none", "class_weight", "oversample", "undersample", "augment"]
     assert params["profile"]["enum"] == ["standard", "quick"]
@@ -114,7 +137,7 @@ def test_params_lay_out_the_trigger_form_in_sections(parsed):
     params = parsed["params"]
     names = list(params)
     assert names[:2] == ["profile", "dataset_url"]  # the profile and the most-used fields first
-    main = names[:names.index("dataset_subdir")]
+    main = names[: names.index("dataset_subdir")]
     assert {"image_size", "epochs", "classes"} <= set(main) and not any("section" in params[n] for n in main)
     sections = list(dict.fromkeys(params[n].get("section") for n in names))
     assert sections == [None, "Data preparation", "Model and training", "Promotion", "Storage"]

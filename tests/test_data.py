@@ -18,8 +18,9 @@ from tests.imagegen import class_image
 @pytest.fixture
 def ctx(make_ctx):
     ctx = make_ctx(augment=False)
-    write_training_dataset(ctx, classes=3, train=[8, 6, 4], val=3, test=2, size=20, image_size=16,
-                           rebalance="class_weight", per_shard=5)
+    write_training_dataset(
+        ctx, classes=3, train=[8, 6, 4], val=3, test=2, size=20, image_size=16, rebalance="class_weight", per_shard=5
+    )
     return ctx
 
 
@@ -114,8 +115,14 @@ def test_load_split_sample_is_stratified_first_in_shard_order_and_bounded(ctx):
     expected = [i for c in range(3) for i in np.flatnonzero(y_all == c)[: [4, 3, 2][c]]]
     assert keys == [keys_all[i] for i in sorted(expected)]  # per class, the first in (seeded) shard order
     np.testing.assert_array_equal(x, x_all[sorted(expected)])
-    assert sample == {"images": 9, "split_images": 18, "max_images": 9, "full_split": False,
-                      "seed": ctx.config.seed, "description": sample["description"]}
+    assert sample == {
+        "images": 9,
+        "split_images": 18,
+        "max_images": 9,
+        "full_split": False,
+        "seed": ctx.config.seed,
+        "description": sample["description"],
+    }
     assert data.load_split_sample(ctx, "train", 100)[3]["full_split"] is True
 
 
@@ -181,8 +188,14 @@ def _banded_dataset(ctx, fit: str | None):
     key = ctx.data_key("shards", "banded.tfrecord")
     ctx.store.put_file(key, writer.paths[0])
     part = {"shards": [key], "count": 1, "class_counts": [1], "class_weight": None}
-    info = {"classes": ["a"], "image_size": 8, "mean": [0, 0, 0], "std": [1, 1, 1], "rebalance": "none",
-            "splits": {s: {"unbalanced": part, "balanced": part} for s in data.SPLITS}}
+    info = {
+        "classes": ["a"],
+        "image_size": 8,
+        "mean": [0, 0, 0],
+        "std": [1, 1, 1],
+        "rebalance": "none",
+        "splits": {s: {"unbalanced": part, "balanced": part} for s in data.SPLITS},
+    }
     if fit:
         info["image_fit"] = fit
     ctx.store.put_json(ctx.data_key("dataset.json"), info)
@@ -214,10 +227,10 @@ def _colour_model(path):
     """A saved 8x8 model: class "reddish" when mean red beats mean (green + blue) / 2, else "not"."""
     import keras
 
-    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(2, activation="softmax")])
-    model.layers[-1].set_weights([np.array([[1, -1], [-0.5, 0.5], [-0.5, 0.5]], np.float32),
-                                  np.zeros(2, np.float32)])
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")]
+    )
+    model.layers[-1].set_weights([np.array([[1, -1], [-0.5, 0.5], [-0.5, 0.5]], np.float32), np.zeros(2, np.float32)])
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path
@@ -248,9 +261,10 @@ def test_predict_cli_applies_the_fit_and_limits_its_model_was_trained_with(tmp_p
     trained = {"image_fit": "center_crop", "config": {"min_image_side": 8, "max_aspect_ratio": 10.0}}
     rows, rejected = predict_cli(trained)
     assert rows == {"wide.png": "not"}
-    assert rejected == {"dot.png": f"{images.TOO_SMALL}: the shorter side is 1 px, below min_image_side=8",
-                        "strip.png": f"{images.EXTREME_ASPECT_RATIO}: 200x10 has aspect ratio 20, "
-                                     "above max_aspect_ratio=10"}
+    assert rejected == {
+        "dot.png": f"{images.TOO_SMALL}: the shorter side is 1 px, below min_image_side=8",
+        "strip.png": f"{images.EXTREME_ASPECT_RATIO}: 200x10 has aspect ratio 20, above max_aspect_ratio=10",
+    }
     # A model saved before image_fit existed: squash and no limits, exactly as it was trained.
     rows, rejected = predict_cli({})
     assert rows == {"wide.png": "reddish", "dot.png": "reddish", "strip.png": "reddish"} and not rejected
@@ -264,9 +278,16 @@ def test_predict_stage_reads_with_the_champions_fit_and_this_runs_limits(make_ct
     ctx = make_ctx(image_fit="squash", min_image_side=12, max_aspect_ratio=4)
     meta_key = "runs/old/models/m1_balanced/meta.json"
     ctx.store.put_bytes("champions/old/model.keras", b"model")
-    ctx.store.put_json(champion.CHAMPION_KEY, {
-        "model_id": "m1_balanced", "run_id": "old", "classes": ["a", "b"], "model_key": "champions/old/model.keras",
-        "source_model_key": "runs/old/models/m1_balanced/model.keras"})
+    ctx.store.put_json(
+        champion.CHAMPION_KEY,
+        {
+            "model_id": "m1_balanced",
+            "run_id": "old",
+            "classes": ["a", "b"],
+            "model_key": "champions/old/model.keras",
+            "source_model_key": "runs/old/models/m1_balanced/model.keras",
+        },
+    )
     ctx.store.put_json(meta_key, {"image_fit": "center_crop"})  # the champion was trained centre-cropped
     chosen = predict.choose_model(ctx, ["a", "b"])
     assert chosen["meta_key"] == meta_key
@@ -284,16 +305,17 @@ def test_rebalance_records_the_runs_fit_and_training_reads_with_it(tmp_path, mak
         for i in range(10):
             pixels = np.random.default_rng(10 * c + i).integers(0, 256, (12, 30, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / cls / f"{i}.png")
-    ctx = make_ctx(dataset_url=str(root), image_size=16, image_fit="center_crop", min_images_per_class=5,
-                   augment=False)
+    ctx = make_ctx(dataset_url=str(root), image_size=16, image_fit="center_crop", min_images_per_class=5, augment=False)
     download.run(ctx)
     split.run(ctx)
     rebalance.run(ctx)
     info = data.load_dataset_info(ctx)
     assert info["image_fit"] == "center_crop"
     x, _, keys = data.load_split_arrays(ctx, "train")
-    manifest = {row["key"]: row["source"] for row in csv.DictReader(io.StringIO(
-        ctx.store.get_text(ctx.data_key("manifest.csv"))))}
+    manifest = {
+        row["key"]: row["source"]
+        for row in csv.DictReader(io.StringIO(ctx.store.get_text(ctx.data_key("manifest.csv"))))
+    }
     for pixels, key in zip(x, keys):
         square = np.asarray(Image.open(root / manifest[key]))[:, 9:21]  # the central 12 x 12
         expected = data.decode_and_resize(png_bytes(Image.fromarray(square)), 16).numpy()

@@ -23,8 +23,7 @@ from collections import Counter
 
 import pytest
 
-from tests.airflow_stack import (WORKER_NAME, AirflowStack, StackError, aws_connection, served_tiny_dataset,
-                                 tiny_conf)
+from tests.airflow_stack import WORKER_NAME, AirflowStack, StackError, aws_connection, served_tiny_dataset, tiny_conf
 from tests.s3server import moto_s3
 
 pytestmark = pytest.mark.e2e
@@ -105,7 +104,8 @@ def preflight_celery(stack: AirflowStack) -> None:
             f"(requirements/requirements.lock): {check.stderr.strip().splitlines()[-1]}. "
             "Every Celery worker and the scheduler would crash at start-up. celery 5.7 removed "
             "celery.backends.database.retry; pin celery<5.7 (5.6.3 works with the locked kombu) and re-lock.",
-            pytrace=False)
+            pytrace=False,
+        )
 
 
 def test_celery_deployment_on_postgres_redis_and_s3_with_two_workers(postgres_database, redis_broker, tmp_path):
@@ -113,18 +113,21 @@ def test_celery_deployment_on_postgres_redis_and_s3_with_two_workers(postgres_da
     start = time.monotonic()
     sql_url, db_name = postgres_database
     with served_tiny_dataset(tmp_path / "data") as data, moto_s3(BUCKET) as endpoint:
-        stack = AirflowStack(tmp_path / "airflow", {
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_url,
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__CELERY__BROKER_URL": redis_broker,
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{sql_url}",
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
-            "AIRFLOW__CELERY__SYNC_PARALLELISM": "1",
-            # S3 credentials and endpoint from the Airflow connection, as in the deployment; the
-            # plugin in the api-server reads the same store.
-            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),
-            "CNN_STORE_URI": f"s3://{BUCKET}/{PREFIX}",
-        })
+        stack = AirflowStack(
+            tmp_path / "airflow",
+            {
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_url,
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__CELERY__BROKER_URL": redis_broker,
+                "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{sql_url}",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+                "AIRFLOW__CELERY__SYNC_PARALLELISM": "1",
+                # S3 credentials and endpoint from the Airflow connection, as in the deployment; the
+                # plugin in the api-server reads the same store.
+                "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),
+                "CNN_STORE_URI": f"s3://{BUCKET}/{PREFIX}",
+            },
+        )
         print(f"\nAIRFLOW_HOME {stack.home}; database {db_name}; broker {redis_broker}; S3 {endpoint}")
         stopped = None
         try:
@@ -133,13 +136,26 @@ def test_celery_deployment_on_postgres_redis_and_s3_with_two_workers(postgres_da
             timings["migrate"] = time.monotonic() - start
             stack.start_core()
             for name in WORKERS:
-                stack.start(f"worker-{name}", "celery", "worker", "--celery-hostname", f"{name}@%h",
-                            "--concurrency", "1", "--skip-serve-logs", "--pid", str(stack.home / f"worker-{name}.pid"),
-                            env={WORKER_NAME: name,
-                                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.airflow_stack.worker_hostname"})
+                stack.start(
+                    f"worker-{name}",
+                    "celery",
+                    "worker",
+                    "--celery-hostname",
+                    f"{name}@%h",
+                    "--concurrency",
+                    "1",
+                    "--skip-serve-logs",
+                    "--pid",
+                    str(stack.home / f"worker-{name}.pid"),
+                    env={WORKER_NAME: name, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.airflow_stack.worker_hostname"},
+                )
             stack.wait_healthy(timeout=300)
-            stack.wait_until("both Celery workers to answer a ping",
-                             lambda: celery_workers(redis_broker) >= set(WORKERS), timeout=240, interval=3)
+            stack.wait_until(
+                "both Celery workers to answer a ping",
+                lambda: celery_workers(redis_broker) >= set(WORKERS),
+                timeout=240,
+                interval=3,
+            )
             stack.wait_for_dag(timeout=300)
             timings["stack ready"] = time.monotonic() - start
 
@@ -152,7 +168,8 @@ def test_celery_deployment_on_postgres_redis_and_s3_with_two_workers(postgres_da
             for ti in tis:
                 if ti["state"] == "success":
                     by_worker.setdefault((ti["hostname"] or "?").split("@")[0], []).append(
-                        f"{ti['task_id']}[{ti['map_index']}]")
+                        f"{ti['task_id']}[{ti['map_index']}]"
+                    )
             print("tasks per worker:", {w: len(t) for w, t in by_worker.items()}, by_worker)
             assert set(by_worker) <= set(WORKERS), f"a task ran outside the Celery workers: {by_worker}"
 

@@ -7,8 +7,8 @@ import functools
 import hashlib
 import http.server
 import io
-import os
 import json
+import os
 import shutil
 import socket
 import tarfile
@@ -56,10 +56,14 @@ def dirty(tmp_path_factory):
     # min_image_side=1: some converted fixtures are a pixel wide (the size checks have their own tests)
     ctx = _ctx(root.parent / "store", dataset_url=str(archive), min_image_side=1)
     result = download.run(ctx)
-    return {"ctx": ctx, "result": result, "rejected": {r["source"]: r for r in _read_csv(ctx, "rejected.csv")},
-            "manifest": {r["source"]: r for r in _read_csv(ctx, "manifest.csv")},
-            "ingest": ctx.store.get_json(ctx.data_key("ingest.json")), "folder": Path(ctx.store.get_json(
-                ctx.data_key("ingest.json"))["local_folder"]) / "EuroSAT_RGB"}
+    return {
+        "ctx": ctx,
+        "result": result,
+        "rejected": {r["source"]: r for r in _read_csv(ctx, "rejected.csv")},
+        "manifest": {r["source"]: r for r in _read_csv(ctx, "manifest.csv")},
+        "ingest": ctx.store.get_json(ctx.data_key("ingest.json")),
+        "folder": Path(ctx.store.get_json(ctx.data_key("ingest.json"))["local_folder"]) / "EuroSAT_RGB",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
@@ -135,8 +139,9 @@ def test_subdir_layout_and_local_folder_source(tmp_path):
 
 def test_unknown_class_lists_the_available_ones(tmp_path, tiny_dataset):
     ctx = _ctx(tmp_path / "store", dataset_url=str(tiny_dataset), classes=["class_a", "Forest"])
-    with pytest.raises(layout.DatasetError, match="'Forest' not in the dataset; available classes: "
-                                                    "class_a, class_b, class_c"):
+    with pytest.raises(
+        layout.DatasetError, match="'Forest' not in the dataset; available classes: class_a, class_b, class_c"
+    ):
         download.run(ctx)
 
 
@@ -187,8 +192,13 @@ def test_tar_symlink_escaping_the_target_is_listed_not_followed(tmp_path):
         link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
         tf.addfile(link)
     skipped = sources.extract_archive(archive, tmp_path / "out")  # listed, never created nor followed
-    assert skipped == [{"source": "class_a/passwd.png", "reason": sources.LINK,
-                        "detail": "symbolic link to '../../../etc/passwd' points outside the archive: not followed"}]
+    assert skipped == [
+        {
+            "source": "class_a/passwd.png",
+            "reason": sources.LINK,
+            "detail": "symbolic link to '../../../etc/passwd' points outside the archive: not followed",
+        }
+    ]
     assert not (tmp_path / "out" / "class_a" / "passwd.png").exists()
 
 
@@ -309,13 +319,17 @@ def test_s3_download_from_moto_server(tmp_path, tiny_dataset, monkeypatch):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
-        endpoint = "http://%s:%d" % server.get_host_and_port()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="datasets")
         s3.upload_file(str(zip_folder(tiny_dataset, tmp_path / "tiny.zip")), "datasets", "eurosat/tiny.zip")
@@ -388,7 +402,16 @@ def test_a_local_folder_with_a_non_utf8_path_is_recorded_readably(tmp_path, monk
 
 
 def test_output_that_cannot_be_stored_is_a_dataset_error_naming_it():
-    rows = [{"source": "a/x.png", "class": "a", "reason": "corrupt", "detail": "bad " + os.fsdecode(b"\xff"),
-             "duplicate_of": ""}]
-    with pytest.raises(layout.DatasetError, match=r"cannot store rejected.csv: .* in 'a/x.png,a,corrupt,bad \\udcff,'; rename"):
+    rows = [
+        {
+            "source": "a/x.png",
+            "class": "a",
+            "reason": "corrupt",
+            "detail": "bad " + os.fsdecode(b"\xff"),
+            "duplicate_of": "",
+        }
+    ]
+    with pytest.raises(
+        layout.DatasetError, match=r"cannot store rejected.csv: .* in 'a/x.png,a,corrupt,bad \\udcff,'; rename"
+    ):
         download._check_serialisable(("rejected.csv", download._csv(download.REJECTED_FIELDS, rows)))

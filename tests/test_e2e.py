@@ -11,8 +11,8 @@ import json
 import os
 import sqlite3
 import subprocess
-import zipfile
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -47,23 +47,35 @@ def airflow_env(tmp_path_factory):
     """A throw-away AIRFLOW_HOME with a migrated SQLite database and the training pool."""
     home = tmp_path_factory.mktemp("airflow_home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW", "CNN_"))}
-    env.update({
-        "AIRFLOW_HOME": str(home), "PYTHONPATH": str(ROOT), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "CNN_CACHE_DIR": str(home / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2",
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "PYTHONPATH": str(ROOT),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "CNN_CACHE_DIR": str(home / "cache"),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
-    subprocess.run([airflow, "pools", "set", "training", "2", "training"], env=env, check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [airflow, "pools", "set", "training", "2", "training"], env=env, check=True, capture_output=True, timeout=120
+    )
     return env
 
 
 def run_dag(env: dict, conf: dict, log: Path) -> None:
     airflow = str(Path(sys.executable).with_name("airflow"))
     with open(log, "w") as out:
-        proc = subprocess.run([airflow, "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
-                              env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1500)
+        proc = subprocess.run(
+            [airflow, "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=1500,
+        )
     assert proc.returncode == 0, log.read_text()[-6000:]  # `dags test` exits non-zero on a failed run
 
 
@@ -72,13 +84,19 @@ def assert_complete_run(store) -> dict:
     assert len(runs) == 1, runs
     prefix = f"runs/{runs[0]}"
     expected = [f"{prefix}/config.json", f"{prefix}/promotion.json"]
-    expected += [f"{prefix}/data/{name}" for name in
-                 ("ingest.json", "manifest.csv", "rejected.csv", "split.csv", "analysis.json", "dataset.json")]
+    expected += [
+        f"{prefix}/data/{name}"
+        for name in ("ingest.json", "manifest.csv", "rejected.csv", "split.csv", "analysis.json", "dataset.json")
+    ]
     expected += [f"{prefix}/checks/{e}/single_batch.json" for e in ("baseline", "strided_elu", "deep_swish")]
     for mid in MODEL_IDS:
         expected += [f"{prefix}/models/{mid}/{n}" for n in ("model.keras", "meta.json", "history.json", "curves.png")]
         expected += [f"{prefix}/viz/{mid}/viz.json", f"{prefix}/eval/{mid}/metrics.json"]
-    expected += [f"{prefix}/eval/ensemble/ensemble.json", f"{prefix}/report/index.html", f"{prefix}/report/summary.json"]
+    expected += [
+        f"{prefix}/eval/ensemble/ensemble.json",
+        f"{prefix}/report/index.html",
+        f"{prefix}/report/summary.json",
+    ]
     keys = set(store.list(prefix + "/"))
     assert not [k for k in expected if k not in keys], sorted(keys)
     # every figure a stage lists exists
@@ -126,8 +144,13 @@ def test_whole_dag_with_s3_store_on_moto(airflow_env, served_dataset, tmp_path):
 def run_dag_expecting_failure(env: dict, conf: dict, log: Path) -> str:
     airflow = str(Path(sys.executable).with_name("airflow"))
     with open(log, "w") as out:
-        proc = subprocess.run([airflow, "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
-                              env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600)
+        proc = subprocess.run(
+            [airflow, "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        )
     text = log.read_text()
     assert proc.returncode != 0, text[-3000:]
     return text
@@ -135,8 +158,9 @@ def run_dag_expecting_failure(env: dict, conf: dict, log: Path) -> str:
 
 def test_value_refused_by_the_param_schema_writes_nothing(airflow_env, tmp_path):
     store = tmp_path / "store"
-    text = run_dag_expecting_failure(airflow_env, {"image_size": 8, "store_uri": f"file://{store}"},
-                                     tmp_path / "refused.log")
+    text = run_dag_expecting_failure(
+        airflow_env, {"image_size": 8, "store_uri": f"file://{store}"}, tmp_path / "refused.log"
+    )
     assert "image_size" in text and "8 is less than the minimum of 16" in text, text[-3000:]
     assert not (store / "runs").exists()
 
@@ -149,7 +173,6 @@ def test_invalid_config_fails_the_first_task_naming_the_field_and_writes_nothing
     assert not (store / "runs").exists()
 
 
-
 # ----------------------------------------------------------------------------- failed runs
 def dag_run_states(env: dict, run_id: str | None = None) -> tuple[str, str, dict]:
     """(run id, the DAG run's final state, {(task, map index): (state, grid label)}) from the metadata
@@ -158,8 +181,9 @@ def dag_run_states(env: dict, run_id: str | None = None) -> tuple[str, str, dict
         if run_id is None:
             run_id = db.execute("SELECT run_id FROM dag_run ORDER BY id DESC LIMIT 1").fetchone()[0]
         state = db.execute("SELECT state FROM dag_run WHERE run_id = ?", (run_id,)).fetchone()[0]
-        tis = db.execute("SELECT task_id, map_index, state, rendered_map_index FROM task_instance WHERE run_id = ?",
-                         (run_id,)).fetchall()
+        tis = db.execute(
+            "SELECT task_id, map_index, state, rendered_map_index FROM task_instance WHERE run_id = ?", (run_id,)
+        ).fetchall()
     return run_id, state, {(t, m): (s, label) for t, m, s, label in tis}
 
 
@@ -187,8 +211,9 @@ def test_make_run_fails_when_download_fails_and_says_why(airflow_env, escaping_a
     its last lines say which task failed and why, and where the partial report is."""
     store_uri = f"file://{tmp_path / 'store'}"
     env = airflow_env | {"PROFILE": "quick", "DATASET_URL": str(escaping_archive), "STORE_URI": store_uri}
-    proc = subprocess.run([sys.executable, "-m", "cnn_tasks", "run"], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnn_tasks", "run"], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-4000:]
     last = proc.stderr.strip().splitlines()[-2:]
@@ -208,13 +233,28 @@ def test_make_run_fails_when_download_fails_and_says_why(airflow_env, escaping_a
 
 # SGD at learning rate 10 with unbounded activations and no batch norm: the loss overflows to NaN
 # in the first epoch (a real user's mistake), while one batch still fits at the check's own rate.
-UNSTABLE = {"name": "unstable", "description": "learning rate 10 without batch norm: diverges",
-            "conv": [{"filters": 8}, {"filters": 8, "pool": "max"}, {"filters": 16}, {"filters": 16, "pool": "max"}],
-            "batch_norm": False, "activation": "leaky_relu", "optimizer": "sgd", "learning_rate": 10.0,
-            "lr_schedule": "none", "l2": 0.0, "dropout": 0.0, "batch_size": 4}
-SMALL = {"name": "small", "description": "4 small conv layers",
-         "conv": [{"filters": 8}, {"filters": 8, "pool": "max"}, {"filters": 16}, {"filters": 16, "pool": "max"}],
-         "dropout": 0.1, "dense_units": 16, "learning_rate": 3e-3, "batch_size": 8}
+UNSTABLE = {
+    "name": "unstable",
+    "description": "learning rate 10 without batch norm: diverges",
+    "conv": [{"filters": 8}, {"filters": 8, "pool": "max"}, {"filters": 16}, {"filters": 16, "pool": "max"}],
+    "batch_norm": False,
+    "activation": "leaky_relu",
+    "optimizer": "sgd",
+    "learning_rate": 10.0,
+    "lr_schedule": "none",
+    "l2": 0.0,
+    "dropout": 0.0,
+    "batch_size": 4,
+}
+SMALL = {
+    "name": "small",
+    "description": "4 small conv layers",
+    "conv": [{"filters": 8}, {"filters": 8, "pool": "max"}, {"filters": 16}, {"filters": 16, "pool": "max"}],
+    "dropout": 0.1,
+    "dense_units": 16,
+    "learning_rate": 3e-3,
+    "batch_size": 8,
+}
 
 
 def test_one_failed_training_task_fails_the_run_while_its_siblings_finish(airflow_env, served_dataset, tmp_path):
@@ -224,8 +264,9 @@ def test_one_failed_training_task_fails_the_run_while_its_siblings_finish(airflo
     ends failed and the final task names the failed training task and why."""
     url, checksum, unlabelled = served_dataset
     store_uri = f"file://{tmp_path / 'store'}"
-    conf = tiny_conf(url, checksum, store_uri, rebalance="none", experiments=[SMALL, UNSTABLE],
-                     unlabelled_url=str(unlabelled))
+    conf = tiny_conf(
+        url, checksum, store_uri, rebalance="none", experiments=[SMALL, UNSTABLE], unlabelled_url=str(unlabelled)
+    )
     text = run_dag_expecting_failure(airflow_env, conf, tmp_path / "dags_test.log")
     run_id, state, tis = dag_run_states(airflow_env)
     assert state == "failed"
@@ -238,11 +279,14 @@ def test_one_failed_training_task_fails_the_run_while_its_siblings_finish(airflo
         assert tis[(task, -1)][0] == "upstream_failed", task
     assert tis[("report", -1)][0] == "success" and tis[("all_stages_succeeded", -1)][0] == "failed"
     expected = "1 task(s) failed: train [unstable / unbalanced]: TrainingDivergedError: experiment 'unstable'"
-    assert expected in text and "Did not run because of it: visualize, evaluate, ensemble, promote, predict" in text, text[-3000:]
+    assert expected in text and "Did not run because of it: visualize, evaluate, ensemble, promote, predict" in text, (
+        text[-3000:]
+    )
     store = open_store(store_uri)
     prefix = f"runs/{safe(run_id)}"
     assert sorted({k.split("/")[3] for k in store.list(f"{prefix}/models/") if k.endswith("/meta.json")}) == [
-        "small__unbalanced"]
+        "small__unbalanced"
+    ]
     page = store.get_text(f"{prefix}/report/index.html")
     assert "This run FAILED: 1 task(s) failed." in page
     assert "train [unstable / unbalanced]</strong>: TrainingDivergedError" in page
@@ -259,16 +303,26 @@ def test_a_failing_report_fails_the_run_and_make_run_says_no_report(airflow_env,
     store = open_store(f"file://{tmp_path / 'store'}")
     run_after = "2025-03-01T00:00:00+00:00"  # fixes the run id, so the record can be planted before the run
     prefix = f"runs/{safe('manual__' + run_after)}"
-    store.put_json(f"{prefix}/report/predictions.json",
-                   {"status": "done", "url": "x", "model": {}, "predicted": 1, "rejected": 0,
-                    "predictions_key": f"{prefix}/report/predictions.csv",
-                    "rejected_key": f"{prefix}/report/predictions_rejected.csv"})
+    store.put_json(
+        f"{prefix}/report/predictions.json",
+        {
+            "status": "done",
+            "url": "x",
+            "model": {},
+            "predicted": 1,
+            "rejected": 0,
+            "predictions_key": f"{prefix}/report/predictions.csv",
+            "rejected_key": f"{prefix}/report/predictions_rejected.csv",
+        },
+    )
     conf = {"profile": "quick", "dataset_url": str(escaping_archive), "store_uri": store.uri}
-    code = ("import json, sys; from datetime import datetime\n"
-            "from airflow.dag_processing.dagbag import DagBag\n"
-            f"dag = DagBag(dag_folder={str(ROOT / 'dags')!r}).dags[{DAG_ID!r}]\n"
-            f"run = dag.test(run_after=datetime.fromisoformat({run_after!r}), run_conf={conf!r})\n"
-            "sys.exit(0 if run.state == 'success' else 1)\n")  # what `airflow dags test` does, with run_after
+    code = (
+        "import json, sys; from datetime import datetime\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"dag = DagBag(dag_folder={str(ROOT / 'dags')!r}).dags[{DAG_ID!r}]\n"
+        f"run = dag.test(run_after=datetime.fromisoformat({run_after!r}), run_conf={conf!r})\n"
+        "sys.exit(0 if run.state == 'success' else 1)\n"
+    )  # what `airflow dags test` does, with run_after
     proc = subprocess.run([sys.executable, "-c", code], env=airflow_env, capture_output=True, text=True, timeout=600)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text[-3000:]

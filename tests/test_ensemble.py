@@ -41,8 +41,10 @@ def test_weights_favour_the_perfect_model_and_are_deterministic():
 
 def test_subsets_skip_too_small_or_duplicate_groups():
     kept, skipped = ensemble.subsets(["a__balanced", "a__unbalanced", "b__unbalanced"])
-    assert kept == {"all": ["a__balanced", "a__unbalanced", "b__unbalanced"],
-                    "unbalanced": ["a__unbalanced", "b__unbalanced"]}
+    assert kept == {
+        "all": ["a__balanced", "a__unbalanced", "b__unbalanced"],
+        "unbalanced": ["a__unbalanced", "b__unbalanced"],
+    }
     assert len(skipped) == 1 and skipped[0].startswith("balanced")
     kept, _ = ensemble.subsets(["a__unbalanced", "b__unbalanced"])
     assert list(kept) == ["all"]
@@ -59,8 +61,15 @@ def write_model_predictions(ctx, model_ids, classes, n=30, seed=0):
         p_val[np.arange(n), y_val] += strength
         p_test /= p_test.sum(1, keepdims=True)
         p_val /= p_val.sum(1, keepdims=True)
-        save_predictions(ctx.store, ctx.eval_key(mid, "predictions.npz"), y_test=y_test, p_test=p_test, y_val=y_val,
-                         p_val=p_val, keys_test=np.array([f"k{j}" for j in range(n)]))
+        save_predictions(
+            ctx.store,
+            ctx.eval_key(mid, "predictions.npz"),
+            y_test=y_test,
+            p_test=p_test,
+            y_val=y_val,
+            p_val=p_val,
+            keys_test=np.array([f"k{j}" for j in range(n)]),
+        )
         ctx.store.put_json(ctx.eval_key(mid, "metrics.json"), {"model_id": mid, "classes": classes, "figures": []})
 
 
@@ -77,8 +86,15 @@ def test_run_compares_every_model_and_ensemble(make_ctx):
     best = max(doc["comparison"], key=lambda r: r["macro_f1"])
     assert doc["best"] == best["name"] == out["best"]
     for row in doc["comparison"]:
-        assert {"accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc",
-                "ece"} <= set(row)
+        assert {
+            "accuracy",
+            "balanced_accuracy",
+            "macro_precision",
+            "macro_recall",
+            "macro_f1",
+            "macro_auc",
+            "ece",
+        } <= set(row)
     assert doc["best_ensemble"] in names[3:]
     for figure in ("confusion_test.png", "roc_test.png", "pr_test.png"):
         assert any(f["key"].endswith(figure) for f in doc["figures"])

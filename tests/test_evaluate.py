@@ -27,7 +27,7 @@ def class_images(n_per_class: int = 8, n_classes: int = 3, seed: int = 0, size: 
     return x, y.astype(np.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model(trained: bool = True, n_classes: int = 3):
     """A tiny Sequential CNN in the project's shape (Input, Normalization 'standardize', conv, softmax)."""
     import keras
@@ -35,9 +35,16 @@ def tiny_model(trained: bool = True, n_classes: int = 3):
     keras.utils.set_random_seed(0)
     x, y = class_images(12, n_classes, seed=1)
     norm = keras.layers.Normalization(name="standardize", mean=x.mean(axis=(0, 1, 2)), variance=x.var(axis=(0, 1, 2)))
-    model = keras.Sequential([keras.Input((16, 16, 3)), norm, keras.layers.Conv2D(8, 3, name="conv1"),
-                              keras.layers.Activation("relu", name="act1"), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(n_classes, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            norm,
+            keras.layers.Conv2D(8, 3, name="conv1"),
+            keras.layers.Activation("relu", name="act1"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(n_classes, activation="softmax"),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
     if trained:
         model.fit(x, y, epochs=40, batch_size=len(x), verbose=0)
@@ -109,16 +116,30 @@ def test_figures_and_tables_exist_for_every_class(tmp_path):
     proba /= proba.sum(axis=1, keepdims=True)
     images = np.random.default_rng(0).uniform(0, 255, (24, 8, 8, 3)).astype(np.float32)
     sample = "seeded stratified sample of 24 of 240 images (seed 0)"
-    result = metrics.evaluate_predictions(store, lambda n: f"ev/{n}", classes, {"test": (y, proba), "val": (y, proba)},
-                                           images, name="m", evaluated={"val": sample})
+    result = metrics.evaluate_predictions(
+        store,
+        lambda n: f"ev/{n}",
+        classes,
+        {"test": (y, proba), "val": (y, proba)},
+        images,
+        name="m",
+        evaluated={"val": sample},
+    )
     keys = [f["key"] for f in result["figures"]]
     captions = {f["key"]: f["caption"] for f in result["figures"]}
     assert f"val split ({sample})" in captions["ev/confusion_val.png"]
     assert "test split (full split, 24 images)" in captions["ev/confusion_test.png"]
     assert "(full split, 24 images)" in captions["ev/roc_test.png"]
     np.testing.assert_array_equal(result["confusion"]["test"], skm.confusion_matrix(y, proba.argmax(axis=1)))
-    for name in ("confusion_test.png", "confusion_val.png", "roc_test.png", "pr_test.png", "reliability_test.png",
-                 "examples_correct.png", "examples_wrong.png"):
+    for name in (
+        "confusion_test.png",
+        "confusion_val.png",
+        "roc_test.png",
+        "pr_test.png",
+        "reliability_test.png",
+        "examples_correct.png",
+        "examples_wrong.png",
+    ):
         assert f"ev/{name}" in keys and store_figure_exists(store, f"ev/{name}")
     assert all(f["caption"] for f in result["figures"])
     table = result["table"].set_index("class")
@@ -146,7 +167,10 @@ def test_run_writes_metrics_predictions_and_report(evaluated_ctx):
     record = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
     assert set(record["splits"]) == {"test", "val", "train"}
     assert record["classes"] == data.load_dataset_info(ctx)["classes"] == ["class_a", "class_b", "class_c"]
-    assert out["accuracy"] == record["splits"]["test"]["accuracy"] and out["macro_f1"] == record["splits"]["test"]["macro_f1"]
+    assert (
+        out["accuracy"] == record["splits"]["test"]["accuracy"]
+        and out["macro_f1"] == record["splits"]["test"]["macro_f1"]
+    )
     assert all(store_figure_exists(ctx.store, f["key"]) for f in record["figures"])
     npz = metrics.load_predictions(ctx.store, ctx.eval_key(MID, "predictions.npz"))
     assert set(npz) == {"y_test", "p_test", "y_val", "p_val", "keys_test"}
@@ -168,8 +192,15 @@ def test_run_writes_metrics_predictions_and_report(evaluated_ctx):
     assert confusion.sum(axis=1).tolist() == TRAIN_COUNTS
     np.testing.assert_array_equal(confusion, skm.confusion_matrix(y_train, model.predict(x_train, verbose=0).argmax(1)))
     assert record["evaluated"] == {
-        split: {"images": n, "split_images": n, "full_split": True, "seed": None,
-                "description": f"full split, {n} images"} for split, n in (("test", 12), ("val", 9), ("train", 18))}
+        split: {
+            "images": n,
+            "split_images": n,
+            "full_split": True,
+            "seed": None,
+            "description": f"full split, {n} images",
+        }
+        for split, n in (("test", 12), ("val", 9), ("train", 18))
+    }
     captions = {f["key"].rsplit("/", 1)[1]: f["caption"] for f in record["figures"]}
     assert "on the train split (full split, 18 images)" in captions["confusion_train.png"]
     assert "on the test split (full split, 12 images)" in captions["roc_test.png"]
@@ -197,8 +228,13 @@ def test_training_split_over_the_cap_is_a_seeded_stratified_sample(evaluated_ctx
     np.testing.assert_array_equal(sample["y"], y[sample["index"]])
     np.testing.assert_allclose(sample["proba"], model.predict(x[sample["index"]], verbose=0), rtol=1e-5, atol=1e-6)
     seed = ctx.config.seed
-    assert sample["evaluated"] == {"images": 9, "split_images": 18, "full_split": False, "seed": seed,
-                                   "description": f"seeded stratified sample of 9 of 18 images (seed {seed})"}
+    assert sample["evaluated"] == {
+        "images": 9,
+        "split_images": 18,
+        "full_split": False,
+        "seed": seed,
+        "description": f"seeded stratified sample of 9 of 18 images (seed {seed})",
+    }
     again = evaluate.predict_split(ctx, model, "train", max_images=9)
     np.testing.assert_array_equal(again["index"], sample["index"])  # seeded: the same images every time
     reseeded = evaluate.predict_split(make_ctx(seed=seed + 1), model, "train", max_images=9)  # same run and store

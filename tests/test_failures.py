@@ -8,6 +8,7 @@ from cnn_tasks.sources import DownloadError
 
 def wrapped(exc: Exception) -> Exception:
     """What the DAG raises for a PipelineError: AirflowFailException from the original error."""
+
     class AirflowFailException(Exception):
         pass
 
@@ -20,15 +21,24 @@ def wrapped(exc: Exception) -> Exception:
 def test_records_name_the_task_and_the_real_error_and_a_recovered_try_stops_counting(make_ctx):
     ctx = make_ctx()
     store, prefix = ctx.store, ctx.prefix
-    failures.record_failure(store, prefix, "download", -1, None,
-                            wrapped(DownloadError("dataset.zip is truncated\nor damaged")), try_number=1, final=True)
+    failures.record_failure(
+        store,
+        prefix,
+        "download",
+        -1,
+        None,
+        wrapped(DownloadError("dataset.zip is truncated\nor damaged")),
+        try_number=1,
+        final=True,
+    )
     failures.record_failure(store, prefix, "train", 1, "baseline / balanced", OSError("disk full"), try_number=1)
     standing = failures.read_failures(store, prefix)
     assert [f["task"] for f in standing] == ["download", "train [baseline / balanced]"]
     assert standing[0]["error"] == "DownloadError" and standing[0]["message"] == "dataset.zip is truncated or damaged"
     assert failures.summary_line(standing, ["split"]) == (
         "FAILED: download: DownloadError: dataset.zip is truncated or damaged (also failed: train "
-        "[baseline / balanced]) (1 task(s) did not run because of it)")
+        "[baseline / balanced]) (1 task(s) did not run because of it)"
+    )
     failures.record_recovered(store, prefix, "train", 1)  # the retry succeeded
     assert [f["task"] for f in failures.read_failures(store, prefix)] == ["download"]
     assert failures.record_failure(BrokenStore(), prefix, "x", -1, None, ValueError("v")) is None  # never raises
@@ -50,4 +60,5 @@ def test_report_opens_with_the_failed_tasks_and_notes_rebalance_none(make_ctx):
     assert "rebalance=none: each experiment is trained once, on the data as it is" in page
     assert "baseline__balanced" not in page and "baseline__unbalanced" in page  # only the models it trains
     assert ctx.store.get_json(out["summary_key"])["failures"] == [
-        {"task": "download", "error": "DownloadError", "message": "unsafe member '../x'"}]
+        {"task": "download", "error": "DownloadError", "message": "unsafe member '../x'"}
+    ]

@@ -52,8 +52,13 @@ def make_zip(path: Path, members: dict[str, bytes], method: int = zipfile.ZIP_DE
     return path
 
 
-def make_tar(path: Path, members: dict[str, bytes], extra: list[tarfile.TarInfo] = (), mode: str = "w:gz",
-             encoding: str = "utf-8") -> Path:
+def make_tar(
+    path: Path,
+    members: dict[str, bytes],
+    extra: list[tarfile.TarInfo] = (),
+    mode: str = "w:gz",
+    encoding: str = "utf-8",
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, mode, encoding=encoding, format=tarfile.GNU_FORMAT) as tf:
         for name, data in members.items():
@@ -86,7 +91,7 @@ def patch_zip_header(archive: Path, member: str, local: int, central: int, value
     with zipfile.ZipFile(archive) as zf:
         data[zf.getinfo(member).header_offset + local] = value
     name, at = member.encode(), data.find(b"PK\x01\x02")
-    while data[at + 46:at + 46 + len(name)] != name:
+    while data[at + 46 : at + 46 + len(name)] != name:
         at = data.find(b"PK\x01\x02", at + 4)
     data[at + central] = value
     archive.write_bytes(bytes(data))
@@ -178,16 +183,20 @@ def test_tar_with_latin1_names_is_decoded_readably(tmp_path, inp, monkeypatch):
 
 def test_zip_with_utf8_names_but_no_utf8_flag(tmp_path, inp, monkeypatch):
     # Linux `zip` writes the bytes of the locale's names without setting the UTF-8 flag.
-    archive = make_zip(inp / "noflag.zip", {"ds/cafX/1.png": png(0), "ds/cafX/2.png": png(0),
-                                            "ds/dogs/1.png": png(1), "ds/dogs/2.png": png(1)})
+    archive = make_zip(
+        inp / "noflag.zip",
+        {"ds/cafX/1.png": png(0), "ds/cafX/2.png": png(0), "ds/dogs/1.png": png(1), "ds/dogs/2.png": png(1)},
+    )
     patch_bytes(archive, b"cafX/", "caé/".encode(), count=4)
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, ["caé/1.png", "caé/2.png", "dogs/1.png", "dogs/2.png"])
 
 
 def test_zip_with_cp437_names_from_windows(tmp_path, inp, monkeypatch):
-    archive = make_zip(inp / "oem.zip", {"ds/cafX/1.png": png(0), "ds/cafX/2.png": png(0),
-                                         "ds/dogs/1.png": png(1), "ds/dogs/2.png": png(1)})
+    archive = make_zip(
+        inp / "oem.zip",
+        {"ds/cafX/1.png": png(0), "ds/cafX/2.png": png(0), "ds/dogs/1.png": png(1), "ds/dogs/2.png": png(1)},
+    )
     patch_bytes(archive, b"cafX", b"caf\x82", count=4)  # 0x82 is 'é' in cp437 / cp850
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, ["café/1.png", "café/2.png", "dogs/1.png", "dogs/2.png"])
@@ -195,8 +204,10 @@ def test_zip_with_cp437_names_from_windows(tmp_path, inp, monkeypatch):
 
 def test_nfd_names_from_macos_are_normalised_to_nfc(tmp_path, inp, monkeypatch):
     nfd = unicodedata.normalize("NFD", "café")
-    archive = make_zip(inp / "nfd.zip", {f"ds/{nfd}/1.png": png(0), f"ds/{nfd}/2.png": png(0),
-                                         "ds/dogs/1.png": png(1), "ds/dogs/2.png": png(1)})
+    archive = make_zip(
+        inp / "nfd.zip",
+        {f"ds/{nfd}/1.png": png(0), f"ds/{nfd}/2.png": png(0), "ds/dogs/1.png": png(1), "ds/dogs/2.png": png(1)},
+    )
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, ["café/1.png", "café/2.png", "dogs/1.png", "dogs/2.png"])
     assert out.ingest["classes"] == ["café", "dogs"]
@@ -204,8 +215,7 @@ def test_nfd_names_from_macos_are_normalised_to_nfc(tmp_path, inp, monkeypatch):
 
 def test_names_differing_only_in_normalisation_are_refused(tmp_path, inp, monkeypatch):
     nfd = unicodedata.normalize("NFD", "café")
-    archive = make_zip(inp / "clash.zip", {"ds/café/1.png": png(0), f"ds/{nfd}/2.png": png(0),
-                                           "ds/dogs/1.png": png(1)})
+    archive = make_zip(inp / "clash.zip", {"ds/café/1.png": png(0), f"ds/{nfd}/2.png": png(0), "ds/dogs/1.png": png(1)})
     out = run(tmp_path, monkeypatch, archive)
     assert_error(out, archive, "differ only in Unicode normalisation", "rename one of them")
 
@@ -245,16 +255,20 @@ def test_a_repeated_member_name_keeps_the_first_copy(tmp_path, inp, monkeypatch)
 # ================================================================== links and special files
 def test_tar_symlink_to_a_file_is_followed(tmp_path, inp, monkeypatch):
     members = {"pool/a.png": png(0), "pool/b.png": png(1), "ds/cats/x.png": png(0), "ds/dogs/y.png": png(1)}
-    archive = make_tar(inp / "farm.tar.gz", members, [link("ds/cats/a.png", "../../pool/a.png"),
-                                                      link("ds/dogs/b.png", "../../pool/b.png")])
+    archive = make_tar(
+        inp / "farm.tar.gz",
+        members,
+        [link("ds/cats/a.png", "../../pool/a.png"), link("ds/dogs/b.png", "../../pool/b.png")],
+    )
     out = ingest(tmp_path, archive, monkeypatch, dataset_subdir="ds")
     assert_kept(out, ["cats/a.png", "dogs/b.png", "cats/x.png", "dogs/y.png"])
 
 
 def test_tar_hard_link_is_followed(tmp_path, inp, monkeypatch):
     members = dataset()
-    archive = make_tar(inp / "hard.tar", members, [link("ds/cats/copy.png", "ds/cats/0.png", tarfile.LNKTYPE)],
-                       mode="w")
+    archive = make_tar(
+        inp / "hard.tar", members, [link("ds/cats/copy.png", "ds/cats/0.png", tarfile.LNKTYPE)], mode="w"
+    )
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, kept_sources(members))
     # the link's file was extracted: the stage sees the same pixels twice and lists the copy
@@ -263,8 +277,9 @@ def test_tar_hard_link_is_followed(tmp_path, inp, monkeypatch):
 
 def test_links_to_folders_and_dangling_links_are_listed(tmp_path, inp, monkeypatch):
     members = dataset()
-    archive = make_tar(inp / "links.tar.gz", members, [link("ds/cats/folder.png", "../dogs"),
-                                                       link("ds/cats/gone.png", "missing.png")])
+    archive = make_tar(
+        inp / "links.tar.gz", members, [link("ds/cats/folder.png", "../dogs"), link("ds/cats/gone.png", "missing.png")]
+    )
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, kept_sources(members))
     assert row(out, "cats/folder.png")["reason"] == sources.LINK
@@ -277,7 +292,7 @@ def test_zip_symlink_member_is_followed(tmp_path, inp, monkeypatch):
     archive = make_zip(inp / "zlink.zip", members)
     with zipfile.ZipFile(archive, "a") as zf:
         info = zipfile.ZipInfo("ds/cats/alias.png")
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         zf.writestr(info, "0.png")
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, kept_sources(members))
@@ -333,8 +348,9 @@ def test_truncated_tar_gz(tmp_path, inp, monkeypatch):
 
 
 def test_truncated_plain_tar_inside_a_member(tmp_path, inp, monkeypatch):
-    archive = make_tar(inp / "cut.tar", {**dataset(), "ds/cats/noise.bin": np.random.default_rng(2).bytes(50_000)},
-                       mode="w")
+    archive = make_tar(
+        inp / "cut.tar", {**dataset(), "ds/cats/noise.bin": np.random.default_rng(2).bytes(50_000)}, mode="w"
+    )
     archive.write_bytes(archive.read_bytes()[:-20_000])
     out = run(tmp_path, monkeypatch, archive)
     assert_error(out, archive, "the archive is truncated or damaged", "ds/cats/noise.bin")
@@ -349,8 +365,9 @@ def test_zip_cut_in_half(tmp_path, inp, monkeypatch):
 
 
 def test_zip_member_with_a_bad_crc(tmp_path, inp, monkeypatch):
-    archive = make_zip(inp / "crc.zip", {"ds/cats/0.png": b"A" * 1000, "ds/dogs/0.png": png(1)},
-                       method=zipfile.ZIP_STORED)
+    archive = make_zip(
+        inp / "crc.zip", {"ds/cats/0.png": b"A" * 1000, "ds/dogs/0.png": png(1)}, method=zipfile.ZIP_STORED
+    )
     patch_bytes(archive, b"A" * 1000, b"A" * 999 + b"B", count=1)
     out = run(tmp_path, monkeypatch, archive)
     assert_error(out, archive, "truncated or damaged at member 'ds/cats/0.png'", "CRC")
@@ -366,8 +383,9 @@ def test_encrypted_zip_member(tmp_path, inp, monkeypatch):
 
 
 def test_zip_member_with_an_unsupported_compression_method(tmp_path, inp, monkeypatch):
-    archive = make_zip(inp / "deflate64.zip", {"ds/cats/0.png": png(0), "ds/dogs/0.png": png(1)},
-                       method=zipfile.ZIP_STORED)
+    archive = make_zip(
+        inp / "deflate64.zip", {"ds/cats/0.png": png(0), "ds/dogs/0.png": png(1)}, method=zipfile.ZIP_STORED
+    )
     patch_zip_header(archive, "ds/cats/0.png", 8, 10, 9)  # compression method 9: Deflate64
     out = run(tmp_path, monkeypatch, archive)
     assert_error(out, archive, "'ds/cats/0.png' uses compression method 9 (Deflate64)")

@@ -24,8 +24,16 @@ from PIL import Image
 from cnn_tasks import images, shards
 from tests.fuzzing import assert_kept, ingest
 from tests.imagegen import class_image
-from tests.test_images import (_png_chunk, break_crc, encoded, exif_rotated, png_raw, png_rgb16, png_with_text,
-                               png_without_adler)
+from tests.test_images import (
+    _png_chunk,
+    break_crc,
+    encoded,
+    exif_rotated,
+    png_raw,
+    png_rgb16,
+    png_with_text,
+    png_without_adler,
+)
 
 CLASSES = ("cats", "dogs")
 
@@ -56,7 +64,7 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     """A tiny JPEG whose frame header (SOF0) declares `width` x `height`."""
     data = bytearray(jpeg(noise(8, 8)))
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -101,43 +109,65 @@ CRC_DAMAGED = "fails its CRC check: the file is damaged"
 # file name -> (bytes, what the user sees)
 CASES = {
     # Damaged PNG files: TensorFlow's decoder refuses them, so ingest must too.
-    "crc_idat.png": (lambda: break_crc(png(), b"IDAT")[0], Rejected(images.CORRUPT, f"PNG chunk IDAT at byte 33 "
-                                                                                    f"{CRC_DAMAGED}")),
-    "crc_ihdr.png": (lambda: break_crc(png(), b"IHDR")[0], Rejected(images.CORRUPT, f"PNG chunk IHDR at byte 8 "
-                                                                                    f"{CRC_DAMAGED}")),
-    "crc_ancillary.png": (lambda: break_crc(png_with_text(noise()), b"tEXt")[0],
-                          Rejected(images.CORRUPT, f"PNG chunk tEXt at byte 33 {CRC_DAMAGED}")),
-    "crc_iend.png": (lambda: break_crc(png(), b"IEND")[0], Rejected(images.CORRUPT, f"PNG chunk IEND at byte")),
-    "truncated.png": (lambda: png()[:400], Rejected(images.TRUNCATED, "the file ends at byte 400, before its "
-                                                                      "pixel data (PNG chunk IDAT)")),
-    "cut_in_pixels.png": (lambda: png(noise(160, 160))[:70_000], Rejected(images.TRUNCATED, "the file ends before "
-                                                                                           "the image does")),
-    "garbage_after_signature.png": (lambda: b"\x89PNG\r\n\x1a\n" + b"\0garbage" * 20,
-                                    Rejected(images.CORRUPT, "its first chunk is not the IHDR header")),
+    "crc_idat.png": (
+        lambda: break_crc(png(), b"IDAT")[0],
+        Rejected(images.CORRUPT, f"PNG chunk IDAT at byte 33 {CRC_DAMAGED}"),
+    ),
+    "crc_ihdr.png": (
+        lambda: break_crc(png(), b"IHDR")[0],
+        Rejected(images.CORRUPT, f"PNG chunk IHDR at byte 8 {CRC_DAMAGED}"),
+    ),
+    "crc_ancillary.png": (
+        lambda: break_crc(png_with_text(noise()), b"tEXt")[0],
+        Rejected(images.CORRUPT, f"PNG chunk tEXt at byte 33 {CRC_DAMAGED}"),
+    ),
+    "crc_iend.png": (lambda: break_crc(png(), b"IEND")[0], Rejected(images.CORRUPT, "PNG chunk IEND at byte")),
+    "truncated.png": (
+        lambda: png()[:400],
+        Rejected(images.TRUNCATED, "the file ends at byte 400, before its pixel data (PNG chunk IDAT)"),
+    ),
+    "cut_in_pixels.png": (
+        lambda: png(noise(160, 160))[:70_000],
+        Rejected(images.TRUNCATED, "the file ends before the image does"),
+    ),
+    "garbage_after_signature.png": (
+        lambda: b"\x89PNG\r\n\x1a\n" + b"\0garbage" * 20,
+        Rejected(images.CORRUPT, "its first chunk is not the IHDR header"),
+    ),
     "truncated.jpg": (lambda: jpeg()[:300], Rejected(images.TRUNCATED, "the file ends before the image does")),
     "bad_huffman.jpg": (jpeg_bad_huffman, Rejected(images.CORRUPT, "broken data stream")),
-    "zero_width.png": (lambda: header_only_png(0, 16), Rejected(images.CORRUPT, "starts like a PNG image but its "
-                                                                                "header is invalid")),
+    "zero_width.png": (
+        lambda: header_only_png(0, 16),
+        Rejected(images.CORRUPT, "starts like a PNG image but its header is invalid"),
+    ),
     # Not images at all.
     "empty.jpg": (lambda: b"", Rejected(images.EMPTY, "the file has 0 bytes")),
     "text_named.jpg": (lambda: b"Photo taken at the beach\n", Rejected(images.NOT_AN_IMAGE, "does not recognise")),
-    "drawing.svg": (lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
-                    Rejected(images.NOT_AN_IMAGE, "does not recognise")),
+    "drawing.svg": (
+        lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+        Rejected(images.NOT_AN_IMAGE, "does not recognise"),
+    ),
     # Bombs: huge declared sizes or expanding metadata in a few bytes.
     "bomb.png": (lambda: header_only_png(50_000, 50_000), Rejected(images.TOO_MANY_PIXELS, "decompression bomb")),
-    "bomb_over_limit.png": (lambda: header_only_png(8_000, 6_000),
-                            Rejected(images.TOO_MANY_PIXELS, "8000x6000 = 48000000 pixels is over the limit of "
-                                                             "40000000")),
+    "bomb_over_limit.png": (
+        lambda: header_only_png(8_000, 6_000),
+        Rejected(images.TOO_MANY_PIXELS, "8000x6000 = 48000000 pixels is over the limit of 40000000"),
+    ),
     "bomb.jpg": (lambda: jpeg_declaring(60_000, 60_000), Rejected(images.TOO_MANY_PIXELS, "decompression bomb")),
     "ztxt_bomb.png": (metadata_bomb, Rejected(images.CORRUPT, "refused as a possible decompression bomb")),
     # Shapes the config limits refuse (min_image_side=8, max_aspect_ratio=10 by default).
-    "dot.png": (lambda: png(noise(1, 1)), Rejected(images.TOO_SMALL, "the shorter side is 1 px, below "
-                                                                     "min_image_side=8")),
-    "strip.png": (lambda: header_only_png(10_000, 20), Rejected(images.EXTREME_ASPECT_RATIO,
-                                                                "10000x20 has aspect ratio 500, above "
-                                                                "max_aspect_ratio=10")),
-    "thin.jpg": (lambda: jpeg(noise(100, 9)), Rejected(images.EXTREME_ASPECT_RATIO,
-                                                       "9x100 has aspect ratio 11.11, above max_aspect_ratio=10")),
+    "dot.png": (
+        lambda: png(noise(1, 1)),
+        Rejected(images.TOO_SMALL, "the shorter side is 1 px, below min_image_side=8"),
+    ),
+    "strip.png": (
+        lambda: header_only_png(10_000, 20),
+        Rejected(images.EXTREME_ASPECT_RATIO, "10000x20 has aspect ratio 500, above max_aspect_ratio=10"),
+    ),
+    "thin.jpg": (
+        lambda: jpeg(noise(100, 9)),
+        Rejected(images.EXTREME_ASPECT_RATIO, "9x100 has aspect ratio 11.11, above max_aspect_ratio=10"),
+    ),
     "float.tif": (float_tiff, Rejected(images.UNSUPPORTED_MODE, "32-bit float")),
     # Odd but valid: accepted, converted to 8-bit RGB, packed as PNG that training decodes.
     "garbage_after_iend.png": (lambda: png() + b"\0garbage" * 16, Accepted("RGB", "PNG")),
@@ -147,12 +177,16 @@ CASES = {
     "animated.gif": (animated_gif, Accepted("P", "GIF")),
     "lossless.webp": (lambda: encoded(Image.fromarray(noise()), "WEBP", lossless=True), Accepted("RGB", "WEBP")),
     "plain.bmp": (lambda: encoded(Image.fromarray(noise()), "BMP"), Accepted("RGB", "BMP")),
-    "grey16.tif": (lambda: encoded(Image.fromarray((noise()[..., 0].astype(np.uint16) * 257)), "TIFF"),
-                   Accepted("I;16", "TIFF")),
+    "grey16.tif": (
+        lambda: encoded(Image.fromarray(noise()[..., 0].astype(np.uint16) * 257), "TIFF"),
+        Accepted("I;16", "TIFF"),
+    ),
     "rgb16.png": (lambda: png_rgb16(noise().astype(np.uint16) * 256), Accepted("RGB", "PNG")),
     "cmyk.jpg": (lambda: encoded(Image.new("CMYK", (16, 16), (10, 200, 30, 40)), "JPEG"), Accepted("CMYK", "JPEG")),
-    "palette_transparent.png": (lambda: encoded(Image.fromarray(noise()).convert("P"), "PNG", transparency=0),
-                                Accepted("P", "PNG")),
+    "palette_transparent.png": (
+        lambda: encoded(Image.fromarray(noise()).convert("P"), "PNG", transparency=0),
+        Accepted("P", "PNG"),
+    ),
     "png_named.jpg": (lambda: png(noise(seed=9)), Accepted("RGB", "PNG")),
     "rotated.jpg": (lambda: exif_rotated("JPEG", noise(8, 24, seed=5)), Accepted("RGB", "JPEG", (8, 24))),
     "edge_ratio.png": (lambda: png(noise(8, 80, seed=4)), Accepted("RGB", "PNG", (80, 8))),
@@ -209,9 +243,16 @@ def test_crafted_image(tmp_path, monkeypatch, name):
 
 def test_the_corpus_covers_every_rejection_reason_of_an_image():
     reasons = {e.reason for _, e in CASES.values() if isinstance(e, Rejected)}
-    assert reasons == {images.CORRUPT, images.TRUNCATED, images.EMPTY, images.NOT_AN_IMAGE,
-                       images.TOO_MANY_PIXELS, images.TOO_SMALL, images.EXTREME_ASPECT_RATIO,
-                       images.UNSUPPORTED_MODE}
+    assert reasons == {
+        images.CORRUPT,
+        images.TRUNCATED,
+        images.EMPTY,
+        images.NOT_AN_IMAGE,
+        images.TOO_MANY_PIXELS,
+        images.TOO_SMALL,
+        images.EXTREME_ASPECT_RATIO,
+        images.UNSUPPORTED_MODE,
+    }
     assert len(CASES) >= 30
 
 
@@ -227,7 +268,8 @@ def test_size_limits_follow_the_config(tmp_path, monkeypatch):
     assert_kept(tight, valid)  # the valid images are 12 x 12
     assert {s: r["detail"] for s, r in tight.rejected.items()} == {
         "cats/strip.png": "the shorter side is 8 px, below min_image_side=12",
-        "dogs/small.png": "the shorter side is 10 px, below min_image_side=12"}
+        "dogs/small.png": "the shorter side is 10 px, below min_image_side=12",
+    }
 
 
 def test_a_named_pipe_and_a_link_to_a_device_in_a_class_folder_are_listed_not_read(tmp_path, monkeypatch):
@@ -240,4 +282,5 @@ def test_a_named_pipe_and_a_link_to_a_device_in_a_class_folder_are_listed_not_re
     assert_kept(outcome, valid + ["cats/valid_extra.png"])
     assert {s: (r["class"], r["reason"], r["detail"]) for s, r in outcome.rejected.items()} == {
         "cats/pipe.png": ("cats", images.SPECIAL_FILE, "a named pipe (FIFO): not a regular file, not read"),
-        "dogs/zero.png": ("dogs", images.SPECIAL_FILE, "a character device: not a regular file, not read")}
+        "dogs/zero.png": ("dogs", images.SPECIAL_FILE, "a character device: not a regular file, not read"),
+    }

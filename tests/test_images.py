@@ -67,7 +67,7 @@ def png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
     """(kind, offset, data length) of every chunk of a well-formed PNG, in file order."""
     chunks, pos = [], 8
     while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         chunks.append((kind, pos, length))
         pos += 12 + length
     return chunks
@@ -99,8 +99,7 @@ def png_without_adler(pixels: np.ndarray) -> bytes:
     """A PNG whose zlib stream lacks its Adler-32 trailer: Pillow decodes it, libpng refuses it."""
     header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 2, 0, 0, 0)
     stream = zlib.compress(png_rows(pixels))[:-4]
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", stream)
-            + _png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", stream) + _png_chunk(b"IEND", b"")
 
 
 GREY16 = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
@@ -261,8 +260,9 @@ def test_png_with_a_bad_chunk_crc_is_corrupt(tmp_path, kind):
         with pytest.raises(images.ImageRejected) as info:
             read(path)
         assert info.value.reason == images.CORRUPT
-        assert info.value.detail == (f"PNG chunk {kind.decode()} at byte {pos} fails its CRC check: "
-                                     "the file is damaged")
+        assert info.value.detail == (
+            f"PNG chunk {kind.decode()} at byte {pos} fails its CRC check: the file is damaged"
+        )
 
 
 def test_tensorflow_refuses_the_crc_damaged_png_that_pillow_reads():
@@ -280,7 +280,8 @@ PILLOW_ONLY_PNGS = {
     "no_iend.png": lambda: encoded(Image.fromarray(noise(10, 14)), "PNG")[:-12],
     "no_adler32.png": lambda: png_without_adler(noise(10, 14)),
     "unknown_critical_chunk.png": lambda: (lambda p: p[:-12] + _png_chunk(b"ABCD", b"xx") + p[-12:])(
-        encoded(Image.fromarray(noise(10, 14)), "PNG")),
+        encoded(Image.fromarray(noise(10, 14)), "PNG")
+    ),
 }
 
 
@@ -299,8 +300,10 @@ def test_accepted_png_decodes_in_training_even_when_its_original_bytes_would_not
 def test_bytes_after_iend_and_text_after_the_pixels_are_harmless(tmp_path):
     import tensorflow as tf
 
-    for name, data in {"trailing.png": encoded(Image.fromarray(noise()), "PNG") + b"garbage" * 8,
-                       "late_text.png": png_with_text(noise(), after_pixels=True)}.items():
+    for name, data in {
+        "trailing.png": encoded(Image.fromarray(noise()), "PNG") + b"garbage" * 8,
+        "late_text.png": png_with_text(noise(), after_pixels=True),
+    }.items():
         result = images.validate(write(tmp_path, name, data))
         assert np.array_equal(tf.io.decode_image(result.encoded, channels=3).numpy(), noise()), name
 
@@ -309,12 +312,15 @@ def test_bytes_after_iend_and_text_after_the_pixels_are_harmless(tmp_path):
 LIMITS = {"min_side": 8, "max_aspect_ratio": 10.0}
 
 
-@pytest.mark.parametrize("width, height, reason, detail", [
-    (1, 1, images.TOO_SMALL, "the shorter side is 1 px, below min_image_side=8"),
-    (40, 3, images.TOO_SMALL, "the shorter side is 3 px, below min_image_side=8"),
-    (10000, 20, images.EXTREME_ASPECT_RATIO, "10000x20 has aspect ratio 500, above max_aspect_ratio=10"),
-    (9, 100, images.EXTREME_ASPECT_RATIO, "9x100 has aspect ratio 11.11, above max_aspect_ratio=10"),
-])
+@pytest.mark.parametrize(
+    "width, height, reason, detail",
+    [
+        (1, 1, images.TOO_SMALL, "the shorter side is 1 px, below min_image_side=8"),
+        (40, 3, images.TOO_SMALL, "the shorter side is 3 px, below min_image_side=8"),
+        (10000, 20, images.EXTREME_ASPECT_RATIO, "10000x20 has aspect ratio 500, above max_aspect_ratio=10"),
+        (9, 100, images.EXTREME_ASPECT_RATIO, "9x100 has aspect ratio 11.11, above max_aspect_ratio=10"),
+    ],
+)
 def test_too_small_and_too_elongated_images_are_rejected(tmp_path, width, height, reason, detail):
     path = write(tmp_path, "odd.png", encoded(Image.new("RGB", (width, height), (9, 99, 199)), "PNG"))
     for read in (images.load_rgb, images.validate):
@@ -417,7 +423,9 @@ def test_a_file_over_the_size_cap_is_rejected_without_reading_it(tmp_path, monke
     with pytest.raises(images.ImageRejected) as info:
         images.validate(path)
     assert info.value.reason == images.OVERSIZED_FILE
-    assert f"{path.stat().st_size} bytes, over the {path.stat().st_size - 1}-byte limit per file " \
-           "(MAX_FILE_BYTES)" in info.value.detail
+    assert (
+        f"{path.stat().st_size} bytes, over the {path.stat().st_size - 1}-byte limit per file "
+        "(MAX_FILE_BYTES)" in info.value.detail
+    )
     monkeypatch.setattr(images, "MAX_FILE_BYTES", path.stat().st_size)
     assert images.validate(path).width == 16  # at the cap: accepted

@@ -49,131 +49,284 @@ def images(*folders: str, n: int = 2, ext: str = "png") -> dict[str, None]:
 # name -> (files, detect_layout kwargs, expected): expected holds kind, classes, splits (role ->
 # folder), unlabelled folders, loose files and a warning fragment, or "error" words.
 CASES = {
-    "flat": (images("a", "b", "c"), {},
-             dict(kind="flat", classes=["a", "b", "c"], splits={}, unlabelled=[], loose=[])),
-    "one wrapper (EuroSAT's 2750/)": (images("2750/Forest", "2750/River"), {},
-                                      dict(kind="wrapper", classes=["Forest", "River"], splits={}, unlabelled=[],
-                                           wrapper="2750")),
-    "two wrappers": (images("EuroSAT/2750/a", "EuroSAT/2750/b"), {},
-                     dict(kind="wrapper", classes=["a", "b"], wrapper="EuroSAT/2750")),
-    "ImageNet10 style": ({"ImageNet10/README.md": "# ImageNet10\n", "ImageNet10/mapping.txt": MAPPING,
-                          **images("ImageNet10/train_set/n01440764", "ImageNet10/train_set/n01443537", ext="JPEG"),
-                          **images("ImageNet10/test_set", n=3, ext="JPEG")}, {},
-                         dict(kind="train + unlabelled test", classes=["goldfish", "tench"],
-                              splits={"train": "ImageNet10/train_set"}, unlabelled=["ImageNet10/test_set"], loose=[],
-                              metadata=["ImageNet10/README.md", "ImageNet10/mapping.txt"],
-                              mapping_file="ImageNet10/mapping.txt")),
-    "Imagenette style train/val": ({"imagenette2/noisy_imagenette.csv": "path,label\n",
-                                    **images("imagenette2/train/n01440764", "imagenette2/train/n02102040",
-                                             "imagenette2/val/n01440764", "imagenette2/val/n02102040")}, {},
-                                   dict(kind="train/val", classes=["n01440764", "n02102040"],
-                                        splits={"train": "imagenette2/train", "val": "imagenette2/val"},
-                                        unlabelled=[], warning="numbers or ids")),
-    "train/val/test": (images(*(f"{s}/{c}" for s in ("train", "valid", "test") for c in "ab")), {},
-                       dict(kind="train/val/test", classes=["a", "b"],
-                            splits={"train": "train", "val": "valid", "test": "test"})),
-    "train + unlabelled test": ({**images("train/cat", "train/dog"), **images("test", n=3)}, {},
-                                dict(kind="train + unlabelled test", classes=["cat", "dog"], splits={"train": "train"},
-                                     unlabelled=["test"])),
-    "numeric classes, one name per line": ({"classes.txt": "cat\ndog\nbird\n", **images("0", "1", "2")}, {},
-                                           dict(kind="flat", classes=["bird", "cat", "dog"],
-                                                mapping={"0": "cat", "1": "dog", "2": "bird"})),
-    "numeric classes, '0: name' and '0,name'": ({"ds/labels.txt": "0: cat\n1: dog\n", "ds/other.csv": "0,x\n1,y\n",
-                                                 **images("ds/0", "ds/1")}, {},
-                                                dict(kind="wrapper", classes=["cat", "dog"],
-                                                     mapping_file="ds/labels.txt")),
-    "numeric classes, JSON index": ({"class_index.json": '{"0": ["n01", "tench"], "1": ["n02", "goldfish"]}',
-                                     **images("0", "1")}, {}, dict(classes=["goldfish", "tench"])),
-    "numeric classes without a mapping": (images(*map(str, range(11))), {},
-                                          dict(classes=[str(i) for i in range(11)], warning="no mapping file")),
-    "loose images beside class folders": ({"ds/notes.md": "x", "ds/stray.png": None, "ds/stray2.jpg": None,
-                                           **images("ds/a", "ds/b")}, {},
-                                          dict(kind="wrapper", classes=["a", "b"], loose=["stray.png", "stray2.jpg"],
-                                               metadata=["ds/notes.md"])),
-    "mixed-case split names": (images("TRAIN/a", "TRAIN/b", "Val/a", "Val/b"), {},
-                               dict(kind="train/val", splits={"train": "TRAIN", "val": "Val"})),
-    "dev split": (images("data/Train-Set/a", "data/Train-Set/b", "data/dev/a", "data/dev/b"), {},
-                  dict(kind="train/val", splits={"train": "data/Train-Set", "val": "data/dev"})),
-    "wrapper + split folders + README": ({"data/README.txt": "x", "data/LICENSE": "x",
-                                          **images("data/training/a", "data/training/b", "data/testing/a",
-                                                   "data/testing/b")}, {},
-                                         dict(kind="train/test", splits={"train": "data/training", "test": "data/testing"},
-                                              metadata=["data/LICENSE", "data/README.txt"], loose=[])),
-    "train/train wrapper inside a split": (images("train/train/a", "train/train/b", "test/a", "test/b"), {},
-                                           dict(kind="train/test", splits={"train": "train/train", "test": "test"})),
-    "unlabelled test/images folder": ({**images("train/a", "train/b"), **images("test/images")}, {},
-                                      dict(kind="train + unlabelled test", unlabelled=["test/images"])),
-    "unlabelled folder beside class folders": ({**images("a", "b"), **images("unlabeled", n=3)}, {},
-                                               dict(kind="flat + unlabelled images", unlabelled=["unlabeled"],
-                                                    classes=["a", "b"],
-                                                    warning="folder 'unlabeled' beside the class folders is read "
-                                                            "as unlabelled images")),
-    "a class named like a split in a flat dataset": (images("cat", "dog", "test"), {},
-                                                     dict(kind="flat", classes=["cat", "dog", "test"], splits={},
-                                                          warning="folder 'test' is read as a class")),
-    "CIFAR-100's class 'train' below a wrapper": (images("cifar/apple", "cifar/train", "cifar/val", "cifar/dev"), {},
-                                                 dict(kind="wrapper", classes=["apple", "dev", "train", "val"],
-                                                      warning="folder 'cifar/train' is read as a class")),
-    "classes that merely start like splits": (images("train_station", "test_tube", "beaker"), {},
-                                              dict(kind="flat", classes=["beaker", "test_tube", "train_station"])),
-    "classes that start like splits, alone": (images("train_station", "test_tube"), {},
-                                              dict(kind="flat", classes=["test_tube", "train_station"])),
+    "flat": (images("a", "b", "c"), {}, dict(kind="flat", classes=["a", "b", "c"], splits={}, unlabelled=[], loose=[])),
+    "one wrapper (EuroSAT's 2750/)": (
+        images("2750/Forest", "2750/River"),
+        {},
+        dict(kind="wrapper", classes=["Forest", "River"], splits={}, unlabelled=[], wrapper="2750"),
+    ),
+    "two wrappers": (
+        images("EuroSAT/2750/a", "EuroSAT/2750/b"),
+        {},
+        dict(kind="wrapper", classes=["a", "b"], wrapper="EuroSAT/2750"),
+    ),
+    "ImageNet10 style": (
+        {
+            "ImageNet10/README.md": "# ImageNet10\n",
+            "ImageNet10/mapping.txt": MAPPING,
+            **images("ImageNet10/train_set/n01440764", "ImageNet10/train_set/n01443537", ext="JPEG"),
+            **images("ImageNet10/test_set", n=3, ext="JPEG"),
+        },
+        {},
+        dict(
+            kind="train + unlabelled test",
+            classes=["goldfish", "tench"],
+            splits={"train": "ImageNet10/train_set"},
+            unlabelled=["ImageNet10/test_set"],
+            loose=[],
+            metadata=["ImageNet10/README.md", "ImageNet10/mapping.txt"],
+            mapping_file="ImageNet10/mapping.txt",
+        ),
+    ),
+    "Imagenette style train/val": (
+        {
+            "imagenette2/noisy_imagenette.csv": "path,label\n",
+            **images(
+                "imagenette2/train/n01440764",
+                "imagenette2/train/n02102040",
+                "imagenette2/val/n01440764",
+                "imagenette2/val/n02102040",
+            ),
+        },
+        {},
+        dict(
+            kind="train/val",
+            classes=["n01440764", "n02102040"],
+            splits={"train": "imagenette2/train", "val": "imagenette2/val"},
+            unlabelled=[],
+            warning="numbers or ids",
+        ),
+    ),
+    "train/val/test": (
+        images(*(f"{s}/{c}" for s in ("train", "valid", "test") for c in "ab")),
+        {},
+        dict(kind="train/val/test", classes=["a", "b"], splits={"train": "train", "val": "valid", "test": "test"}),
+    ),
+    "train + unlabelled test": (
+        {**images("train/cat", "train/dog"), **images("test", n=3)},
+        {},
+        dict(kind="train + unlabelled test", classes=["cat", "dog"], splits={"train": "train"}, unlabelled=["test"]),
+    ),
+    "numeric classes, one name per line": (
+        {"classes.txt": "cat\ndog\nbird\n", **images("0", "1", "2")},
+        {},
+        dict(kind="flat", classes=["bird", "cat", "dog"], mapping={"0": "cat", "1": "dog", "2": "bird"}),
+    ),
+    "numeric classes, '0: name' and '0,name'": (
+        {"ds/labels.txt": "0: cat\n1: dog\n", "ds/other.csv": "0,x\n1,y\n", **images("ds/0", "ds/1")},
+        {},
+        dict(kind="wrapper", classes=["cat", "dog"], mapping_file="ds/labels.txt"),
+    ),
+    "numeric classes, JSON index": (
+        {"class_index.json": '{"0": ["n01", "tench"], "1": ["n02", "goldfish"]}', **images("0", "1")},
+        {},
+        dict(classes=["goldfish", "tench"]),
+    ),
+    "numeric classes without a mapping": (
+        images(*map(str, range(11))),
+        {},
+        dict(classes=[str(i) for i in range(11)], warning="no mapping file"),
+    ),
+    "loose images beside class folders": (
+        {"ds/notes.md": "x", "ds/stray.png": None, "ds/stray2.jpg": None, **images("ds/a", "ds/b")},
+        {},
+        dict(kind="wrapper", classes=["a", "b"], loose=["stray.png", "stray2.jpg"], metadata=["ds/notes.md"]),
+    ),
+    "mixed-case split names": (
+        images("TRAIN/a", "TRAIN/b", "Val/a", "Val/b"),
+        {},
+        dict(kind="train/val", splits={"train": "TRAIN", "val": "Val"}),
+    ),
+    "dev split": (
+        images("data/Train-Set/a", "data/Train-Set/b", "data/dev/a", "data/dev/b"),
+        {},
+        dict(kind="train/val", splits={"train": "data/Train-Set", "val": "data/dev"}),
+    ),
+    "wrapper + split folders + README": (
+        {
+            "data/README.txt": "x",
+            "data/LICENSE": "x",
+            **images("data/training/a", "data/training/b", "data/testing/a", "data/testing/b"),
+        },
+        {},
+        dict(
+            kind="train/test",
+            splits={"train": "data/training", "test": "data/testing"},
+            metadata=["data/LICENSE", "data/README.txt"],
+            loose=[],
+        ),
+    ),
+    "train/train wrapper inside a split": (
+        images("train/train/a", "train/train/b", "test/a", "test/b"),
+        {},
+        dict(kind="train/test", splits={"train": "train/train", "test": "test"}),
+    ),
+    "unlabelled test/images folder": (
+        {**images("train/a", "train/b"), **images("test/images")},
+        {},
+        dict(kind="train + unlabelled test", unlabelled=["test/images"]),
+    ),
+    "unlabelled folder beside class folders": (
+        {**images("a", "b"), **images("unlabeled", n=3)},
+        {},
+        dict(
+            kind="flat + unlabelled images",
+            unlabelled=["unlabeled"],
+            classes=["a", "b"],
+            warning="folder 'unlabeled' beside the class folders is read as unlabelled images",
+        ),
+    ),
+    "a class named like a split in a flat dataset": (
+        images("cat", "dog", "test"),
+        {},
+        dict(kind="flat", classes=["cat", "dog", "test"], splits={}, warning="folder 'test' is read as a class"),
+    ),
+    "CIFAR-100's class 'train' below a wrapper": (
+        images("cifar/apple", "cifar/train", "cifar/val", "cifar/dev"),
+        {},
+        dict(
+            kind="wrapper", classes=["apple", "dev", "train", "val"], warning="folder 'cifar/train' is read as a class"
+        ),
+    ),
+    "classes that merely start like splits": (
+        images("train_station", "test_tube", "beaker"),
+        {},
+        dict(kind="flat", classes=["beaker", "test_tube", "train_station"]),
+    ),
+    "classes that start like splits, alone": (
+        images("train_station", "test_tube"),
+        {},
+        dict(kind="flat", classes=["test_tube", "train_station"]),
+    ),
     "a class named 'prediction' is unlabelled, with a warning": (
-        images("cat", "dog", "prediction"), {},
-        dict(classes=["cat", "dog"], unlabelled=["prediction"], warning="folder 'prediction' beside the class")),
-    "ignore: split-named folders of images are classes": (images("train", "test"), {"predefined_split": "ignore"},
-                                                          dict(kind="flat", classes=["test", "train"],
-                                                               warning="predefined_split=ignore")),
-    "Keras test/unknown is unlabelled": ({**images("train/a", "train/b"), **images("test/unknown")}, {},
-                                         dict(kind="train + unlabelled test", unlabelled=["test/unknown"])),
-    "test/unlabeled is unlabelled": ({**images("train/a", "train/b"), **images("test/unlabeled")}, {},
-                                     dict(kind="train + unlabelled test", unlabelled=["test/unlabeled"])),
-    "a folder of docs is metadata": ({"docs/readme.md": "x", "docs/notes.txt": "x", **images("a", "b")}, {},
-                                     dict(kind="flat", classes=["a", "b"], metadata=["docs/notes.txt",
-                                                                                      "docs/readme.md"])),
-    "Food-101: images/ beside meta/": ({"food-101/meta/train.txt": "a/img0\n", "food-101/meta/test.txt": "b/img0\n",
-                                        "food-101/meta/classes.txt": "a\nb\n", "food-101/README.txt": "x",
-                                        **images("food-101/images/a", "food-101/images/b")}, {},
-                                       dict(kind="wrapper", classes=["a", "b"], wrapper="food-101/images",
-                                            warning="'food-101/meta/test.txt', 'food-101/meta/train.txt' are not "
-                                                    "used")),
-    "one class holding year folders is read recursively": (images("cat/2019", "cat/2020", "dog"), {},
-                                                           dict(kind="flat", classes=["cat", "dog"])),
-    "images named like metadata beside classes are loose": ({"ds/license.jpg": None, **images("ds/a", "ds/b")}, {},
-                                                            dict(loose=["license.jpg"], metadata=[])),
-    "__MACOSX and hidden noise": ({**images("ds/a", "ds/b"), "__MACOSX/ds/a/._img0.png": "x", ".DS_Store": "x",
-                                   "ds/.hidden/x.png": None, "ds/a/.DS_Store": "x"}, {},
-                                  dict(kind="wrapper", classes=["a", "b"], loose=[], wrapper="ds")),
-    "dataset_subdir picks one split": (images("ds/train_set/a", "ds/train_set/b", "ds/test_set/a"),
-                                       {"subdir": "train_set"}, dict(classes=["a", "b"], splits={})),
-    "case-only class names warn": (images("Cat", "cat", "dog"), {},
-                                   dict(classes=["Cat", "cat", "dog"], warning="'Cat', 'cat' differ only by case")),
-    "non-UTF-8 folder name": ({f"{LATIN1_CAFE}/x.png": None, "tea/x.png": None}, {},
-                              dict(kind="flat", classes=["café", "tea"])),
-    "ignore pools classes the splits disagree on": (images("train/a", "train/b", "val/a"),
-                                                    {"predefined_split": "ignore"},
-                                                    dict(kind="train/val", classes=["a", "b"])),
+        images("cat", "dog", "prediction"),
+        {},
+        dict(classes=["cat", "dog"], unlabelled=["prediction"], warning="folder 'prediction' beside the class"),
+    ),
+    "ignore: split-named folders of images are classes": (
+        images("train", "test"),
+        {"predefined_split": "ignore"},
+        dict(kind="flat", classes=["test", "train"], warning="predefined_split=ignore"),
+    ),
+    "Keras test/unknown is unlabelled": (
+        {**images("train/a", "train/b"), **images("test/unknown")},
+        {},
+        dict(kind="train + unlabelled test", unlabelled=["test/unknown"]),
+    ),
+    "test/unlabeled is unlabelled": (
+        {**images("train/a", "train/b"), **images("test/unlabeled")},
+        {},
+        dict(kind="train + unlabelled test", unlabelled=["test/unlabeled"]),
+    ),
+    "a folder of docs is metadata": (
+        {"docs/readme.md": "x", "docs/notes.txt": "x", **images("a", "b")},
+        {},
+        dict(kind="flat", classes=["a", "b"], metadata=["docs/notes.txt", "docs/readme.md"]),
+    ),
+    "Food-101: images/ beside meta/": (
+        {
+            "food-101/meta/train.txt": "a/img0\n",
+            "food-101/meta/test.txt": "b/img0\n",
+            "food-101/meta/classes.txt": "a\nb\n",
+            "food-101/README.txt": "x",
+            **images("food-101/images/a", "food-101/images/b"),
+        },
+        {},
+        dict(
+            kind="wrapper",
+            classes=["a", "b"],
+            wrapper="food-101/images",
+            warning="'food-101/meta/test.txt', 'food-101/meta/train.txt' are not used",
+        ),
+    ),
+    "one class holding year folders is read recursively": (
+        images("cat/2019", "cat/2020", "dog"),
+        {},
+        dict(kind="flat", classes=["cat", "dog"]),
+    ),
+    "images named like metadata beside classes are loose": (
+        {"ds/license.jpg": None, **images("ds/a", "ds/b")},
+        {},
+        dict(loose=["license.jpg"], metadata=[]),
+    ),
+    "__MACOSX and hidden noise": (
+        {
+            **images("ds/a", "ds/b"),
+            "__MACOSX/ds/a/._img0.png": "x",
+            ".DS_Store": "x",
+            "ds/.hidden/x.png": None,
+            "ds/a/.DS_Store": "x",
+        },
+        {},
+        dict(kind="wrapper", classes=["a", "b"], loose=[], wrapper="ds"),
+    ),
+    "dataset_subdir picks one split": (
+        images("ds/train_set/a", "ds/train_set/b", "ds/test_set/a"),
+        {"subdir": "train_set"},
+        dict(classes=["a", "b"], splits={}),
+    ),
+    "case-only class names warn": (
+        images("Cat", "cat", "dog"),
+        {},
+        dict(classes=["Cat", "cat", "dog"], warning="'Cat', 'cat' differ only by case"),
+    ),
+    "non-UTF-8 folder name": (
+        {f"{LATIN1_CAFE}/x.png": None, "tea/x.png": None},
+        {},
+        dict(kind="flat", classes=["café", "tea"]),
+    ),
+    "ignore pools classes the splits disagree on": (
+        images("train/a", "train/b", "val/a"),
+        {"predefined_split": "ignore"},
+        dict(kind="train/val", classes=["a", "b"]),
+    ),
     # errors: the words a user needs
-    "nested class folders": (images("animals/cat", "animals/dog", "vehicles/car", "vehicles/bus"), {},
-                             dict(error=["ambiguous layout", "'animals'", "dataset_subdir", "    animals/  (2 folders"])),
-    "class missing from val": (images("train/a", "train/b", "train/c", "val/a", "val/b"), {},
-                               dict(error=["class 'c' is missing from the val ('val')", "predefined_split=ignore"])),
-    "class only in test": (images("train/a", "train/b", "test/a", "test/b", "test/z"), {},
-                           dict(error=["class 'z' is only in the test split ('test')"])),
-    "NFC collision": ({f"{NFC}/x.png": None, f"{NFD}/y.png": None, "tea/x.png": None}, {},
-                      dict(error=["same name 'Café'", "Unicode-normalised (NFC)", "'Caf\\xe9'", "'Cafe\\u0301'"])),
-    "encodings collide": ({f"{LATIN1_CAFE}/x.png": None, "café/y.png": None}, {},
-                          dict(error=["same name 'café'"])),
-    "two train splits": (images("train/a", "train/b", "training/a", "training/b"), {},
-                         dict(error=["2 folders are a train split ('train', 'training')", "dataset_subdir"])),
-    "split folders beside class folders": (images("train/a", "train/b", "extra"), {},
-                                           dict(error=["ambiguous layout", "('extra')", "dataset_subdir",
-                                                       "    train/  (2 folders, 0 files)"])),
-    "no training split": (images("val/a", "val/b", "test/a", "test/b"), {},
-                          dict(error=["no training split", "predefined_split=ignore"])),
-    "require without a given split": (images("a", "b"), {"predefined_split": "require"},
-                                      dict(error=["predefined_split=require", "found layout: flat"])),
-    "only unlabelled images": (images("train", "test"), {}, dict(error=["holds no labelled images", "    train/  (0 folders, 2 files)"])),
+    "nested class folders": (
+        images("animals/cat", "animals/dog", "vehicles/car", "vehicles/bus"),
+        {},
+        dict(error=["ambiguous layout", "'animals'", "dataset_subdir", "    animals/  (2 folders"]),
+    ),
+    "class missing from val": (
+        images("train/a", "train/b", "train/c", "val/a", "val/b"),
+        {},
+        dict(error=["class 'c' is missing from the val ('val')", "predefined_split=ignore"]),
+    ),
+    "class only in test": (
+        images("train/a", "train/b", "test/a", "test/b", "test/z"),
+        {},
+        dict(error=["class 'z' is only in the test split ('test')"]),
+    ),
+    "NFC collision": (
+        {f"{NFC}/x.png": None, f"{NFD}/y.png": None, "tea/x.png": None},
+        {},
+        dict(error=["same name 'Café'", "Unicode-normalised (NFC)", "'Caf\\xe9'", "'Cafe\\u0301'"]),
+    ),
+    "encodings collide": ({f"{LATIN1_CAFE}/x.png": None, "café/y.png": None}, {}, dict(error=["same name 'café'"])),
+    "two train splits": (
+        images("train/a", "train/b", "training/a", "training/b"),
+        {},
+        dict(error=["2 folders are a train split ('train', 'training')", "dataset_subdir"]),
+    ),
+    "split folders beside class folders": (
+        images("train/a", "train/b", "extra"),
+        {},
+        dict(error=["ambiguous layout", "('extra')", "dataset_subdir", "    train/  (2 folders, 0 files)"]),
+    ),
+    "no training split": (
+        images("val/a", "val/b", "test/a", "test/b"),
+        {},
+        dict(error=["no training split", "predefined_split=ignore"]),
+    ),
+    "require without a given split": (
+        images("a", "b"),
+        {"predefined_split": "require"},
+        dict(error=["predefined_split=require", "found layout: flat"]),
+    ),
+    "only unlabelled images": (
+        images("train", "test"),
+        {},
+        dict(error=["holds no labelled images", "    train/  (0 folders, 2 files)"]),
+    ),
 }
 
 
@@ -189,10 +342,17 @@ def test_detect_layout(tmp_path, name):
         return
     found = layout.detect_layout(root, **kwargs)
     described = found.describe()
-    checks = {"kind": found.kind, "classes": found.classes, "splits": found.splits,
-              "unlabelled": [u["folder"] for u in described["unlabelled"]], "loose": described["loose_files"],
-              "wrapper": found.wrapper, "mapping": found.mapping, "mapping_file": described["mapping_file"],
-              "metadata": described["metadata_files"]}
+    checks = {
+        "kind": found.kind,
+        "classes": found.classes,
+        "splits": found.splits,
+        "unlabelled": [u["folder"] for u in described["unlabelled"]],
+        "loose": described["loose_files"],
+        "wrapper": found.wrapper,
+        "mapping": found.mapping,
+        "mapping_file": described["mapping_file"],
+        "metadata": described["metadata_files"],
+    }
     for key, value in expected.items():
         if key == "warning":
             assert any(value in w for w in found.warnings), found.warnings
@@ -221,8 +381,10 @@ def test_mapping_that_misses_a_folder_is_not_used(tmp_path):
 
 
 def test_unlabelled_path_round_trips_a_non_utf8_name(tmp_path):
-    root = build(tmp_path / "input", {**images(f"{LATIN1_CAFE}/train/a", f"{LATIN1_CAFE}/train/b"),
-                                      **images(f"{LATIN1_CAFE}/test")})
+    root = build(
+        tmp_path / "input",
+        {**images(f"{LATIN1_CAFE}/train/a", f"{LATIN1_CAFE}/train/b"), **images(f"{LATIN1_CAFE}/test")},
+    )
     entry = layout.detect_layout(root).describe()["unlabelled"][0]
     assert entry == {"folder": "café/test", "path": "caf\\xe9/test", "files": 2}
     assert (root / layout.unescape_path(entry["path"])).is_dir()
@@ -238,9 +400,12 @@ def _zip(folder: Path, archive: Path) -> Path:
 
 
 def test_fuzz_imagenet10_archive(tmp_path, monkeypatch):
-    files = {"ImageNet10/README.md": "# ImageNet10", "ImageNet10/mapping.txt": MAPPING,
-             **images("ImageNet10/train_set/n01440764", "ImageNet10/train_set/n01443537", n=6, ext="png"),
-             **images("ImageNet10/test_set", n=3)}
+    files = {
+        "ImageNet10/README.md": "# ImageNet10",
+        "ImageNet10/mapping.txt": MAPPING,
+        **images("ImageNet10/train_set/n01440764", "ImageNet10/train_set/n01443537", n=6, ext="png"),
+        **images("ImageNet10/test_set", n=3),
+    }
     folder = build(tmp_path / "input" / "tree", files)
     archive = _zip(folder, tmp_path / "input" / "ImageNet10.zip")
     out = ingest(tmp_path, archive, monkeypatch)
@@ -271,12 +436,16 @@ def test_fuzz_imagenette_duplicates_across_splits(tmp_path, monkeypatch):
 
 
 def test_fuzz_loose_images_are_rejected_and_the_rest_kept(tmp_path, monkeypatch):
-    root = build(tmp_path / "input", {**images("ds/a", "ds/b"), "ds/stray.png": None, "ds/info.txt": "about",
-                                      "ds/a/README": "about a"})
+    root = build(
+        tmp_path / "input",
+        {**images("ds/a", "ds/b"), "ds/stray.png": None, "ds/info.txt": "about", "ds/a/README": "about a"},
+    )
     out = ingest(tmp_path, root, monkeypatch)
     assert out.reasons() == {"stray.png": download.NOT_IN_A_CLASS_FOLDER}
-    assert out.rejected["stray.png"]["class"] == "" and "move it into its class folder" in \
-        out.rejected["stray.png"]["detail"]
+    assert (
+        out.rejected["stray.png"]["class"] == ""
+        and "move it into its class folder" in out.rejected["stray.png"]["detail"]
+    )
     assert_kept(out, [f"{c}/img{i}.png" for c in "ab" for i in range(2)])
     assert "ds/a/README" in out.ingest["layout"]["metadata_files"]
 
@@ -289,8 +458,13 @@ def test_fuzz_nfc_collision_fails_before_writing_anything(tmp_path, monkeypatch)
 
 
 def test_fuzz_non_utf8_folder_names_are_stored_readably(tmp_path, monkeypatch):
-    files = {f"{LATIN1_CAFE}/{os.fsdecode(b'm' + bytes([0xfc]) + b'de.png')}": None, f"{LATIN1_CAFE}/b.png": None,
-             "tea/a.png": None, "tea/b.png": None, os.fsdecode(b"lose\xe9.png"): None}
+    files = {
+        f"{LATIN1_CAFE}/{os.fsdecode(b'm' + bytes([0xFC]) + b'de.png')}": None,
+        f"{LATIN1_CAFE}/b.png": None,
+        "tea/a.png": None,
+        "tea/b.png": None,
+        os.fsdecode(b"lose\xe9.png"): None,
+    }
     root = build(tmp_path / "input", files)
     out = ingest(tmp_path, root, monkeypatch)
     assert_kept(out, ["café/müde.png", "café/b.png", "tea/a.png"])
@@ -306,14 +480,30 @@ def test_fuzz_require_without_given_split_uploads_nothing(tmp_path, monkeypatch)
 
 LOOSE_NAMES = {
     "Intel style seg_train/seg_train, seg_test/seg_test, seg_pred/seg_pred": (
-        {**images("seg_train/seg_train/forest", "seg_train/seg_train/sea", "seg_test/seg_test/forest",
-                  "seg_test/seg_test/sea"), **images("seg_pred/seg_pred", n=3)},
-        dict(kind="train/test + unlabelled images", classes=["forest", "sea"],
-             splits={"train": "seg_train/seg_train", "test": "seg_test/seg_test"}, unlabelled=["seg_pred/seg_pred"])),
-    "COCO-style train2017/val2017": (images("train2017/a", "train2017/b", "val2017/a", "val2017/b"),
-                                     dict(kind="train/val", splits={"train": "train2017", "val": "val2017"})),
-    "one class ending in 'train' stays a class": (images("high_speed_train", "tram", "bus"),
-                                                  dict(kind="flat", classes=["bus", "high_speed_train", "tram"])),
+        {
+            **images(
+                "seg_train/seg_train/forest",
+                "seg_train/seg_train/sea",
+                "seg_test/seg_test/forest",
+                "seg_test/seg_test/sea",
+            ),
+            **images("seg_pred/seg_pred", n=3),
+        },
+        dict(
+            kind="train/test + unlabelled images",
+            classes=["forest", "sea"],
+            splits={"train": "seg_train/seg_train", "test": "seg_test/seg_test"},
+            unlabelled=["seg_pred/seg_pred"],
+        ),
+    ),
+    "COCO-style train2017/val2017": (
+        images("train2017/a", "train2017/b", "val2017/a", "val2017/b"),
+        dict(kind="train/val", splits={"train": "train2017", "val": "val2017"}),
+    ),
+    "one class ending in 'train' stays a class": (
+        images("high_speed_train", "tram", "bus"),
+        dict(kind="flat", classes=["bus", "high_speed_train", "tram"]),
+    ),
 }
 
 
@@ -321,8 +511,12 @@ LOOSE_NAMES = {
 def test_split_names_read_loosely_when_siblings_agree(tmp_path, name):
     files, expected = LOOSE_NAMES[name]
     found = layout.detect_layout(build(tmp_path / "input", files))
-    checks = {"kind": found.kind, "classes": found.classes, "splits": found.splits,
-              "unlabelled": [u["folder"] for u in found.describe()["unlabelled"]]}
+    checks = {
+        "kind": found.kind,
+        "classes": found.classes,
+        "splits": found.splits,
+        "unlabelled": [u["folder"] for u in found.describe()["unlabelled"]],
+    }
     assert {k: checks[k] for k in expected} == expected
 
 
@@ -337,10 +531,14 @@ ADVICE = {
     # error case -> (files, the setting its message suggests)
     "split folders beside a folder of images": (images("train/a", "train/b", "extra"), {"subdir": "train"}),
     "two train splits": (images("train/a", "train/b", "training/a", "training/b"), {"subdir": "train"}),
-    "nested class folders": (images("animals/cat", "animals/dog", "vehicles/car", "vehicles/bus"),
-                             {"subdir": "animals"}),
-    "class missing from val": (images("train/a", "train/b", "train/c", "val/a", "val/b"),
-                               {"predefined_split": "ignore"}),
+    "nested class folders": (
+        images("animals/cat", "animals/dog", "vehicles/car", "vehicles/bus"),
+        {"subdir": "animals"},
+    ),
+    "class missing from val": (
+        images("train/a", "train/b", "train/c", "val/a", "val/b"),
+        {"predefined_split": "ignore"},
+    ),
     "no training split": (images("val/a", "val/b", "test/a", "test/b"), {"predefined_split": "ignore"}),
     "only split folders of images": (images("train", "test"), {"predefined_split": "ignore"}),
     "require without a split": (images("a", "b"), {"predefined_split": "auto"}),
@@ -382,8 +580,10 @@ def test_dataset_subdir_dot_is_the_top(tmp_path):
     assert layout.detect_layout(root, subdir=".").classes == ["cat", "dog", "test"]
 
 
-@pytest.mark.parametrize("subdir, words", [("/usr", "inside the dataset"), ("../../..", "without '..'"),
-                                           ("link", "leads outside the dataset")])
+@pytest.mark.parametrize(
+    "subdir, words",
+    [("/usr", "inside the dataset"), ("../../..", "without '..'"), ("link", "leads outside the dataset")],
+)
 def test_dataset_subdir_never_leaves_the_dataset(tmp_path, subdir, words):
     build(tmp_path / "outside", images("x", "y"))
     root = build(tmp_path / "input", images("a", "b"))
@@ -403,8 +603,12 @@ def test_linked_folders_are_followed_once(tmp_path):
     found = layout.detect_layout(root)
     assert found.classes == ["a", "b", "c"]
     files, _ = layout.list_class_files(found.groups[0].classes["a"])
-    assert [f.relative_to(root).as_posix() for f in files] == ["a/img0.png", "a/img1.png", "a/more/img0.png",
-                                                               "a/more/img1.png"]
+    assert [f.relative_to(root).as_posix() for f in files] == [
+        "a/img0.png",
+        "a/img1.png",
+        "a/more/img0.png",
+        "a/more/img1.png",
+    ]
 
 
 def _deny(monkeypatch, blocked: Path) -> None:
@@ -447,16 +651,31 @@ def test_a_mapping_file_is_read_only_up_to_its_limit(tmp_path, monkeypatch):
 
 
 def test_images_named_like_metadata_in_a_class_folder_are_kept(tmp_path, monkeypatch):
-    root = build(tmp_path / "input", {**images("a", "b"), "a/info.jpg": None, "a/license.jpg": None,
-                                      "b/manifest.png": None, "b/README": "about b", "b/info.txt": "about b"})
+    root = build(
+        tmp_path / "input",
+        {
+            **images("a", "b"),
+            "a/info.jpg": None,
+            "a/license.jpg": None,
+            "b/manifest.png": None,
+            "b/README": "about b",
+            "b/info.txt": "about b",
+        },
+    )
     out = ingest(tmp_path, root, monkeypatch)
     assert_kept(out, ["a/info.jpg", "a/license.jpg", "b/manifest.png", "a/img0.png"])
     assert {"b/README", "b/info.txt"} <= set(out.ingest["layout"]["metadata_files"]) and out.rejected == {}
 
 
 def test_food101_ingests_its_images_and_warns_about_its_split_lists(tmp_path, monkeypatch):
-    root = build(tmp_path / "input", {"food-101/meta/train.txt": "a/img0\n", "food-101/meta/test.txt": "b/img0\n",
-                                      **images("food-101/images/a", "food-101/images/b")})
+    root = build(
+        tmp_path / "input",
+        {
+            "food-101/meta/train.txt": "a/img0\n",
+            "food-101/meta/test.txt": "b/img0\n",
+            **images("food-101/images/a", "food-101/images/b"),
+        },
+    )
     out = ingest(tmp_path, root, monkeypatch)
     assert_kept(out, ["a/img0.png", "a/img1.png", "b/img0.png", "b/img1.png"])
     assert any("are not used" in w for w in out.ingest["layout"]["warnings"])

@@ -12,8 +12,17 @@ MEAN, STD = [120.0, 110.0, 100.0], [50.0, 40.0, 30.0]
 
 
 def tiny_spec(**changes) -> ExperimentSpec:
-    spec = ExperimentSpec(name="tiny", description="test", conv=(
-        ConvBlock(filters=4), ConvBlock(filters=4, pool="max"), ConvBlock(filters=8), ConvBlock(filters=8, pool="max")), dense_units=8)
+    spec = ExperimentSpec(
+        name="tiny",
+        description="test",
+        conv=(
+            ConvBlock(filters=4),
+            ConvBlock(filters=4, pool="max"),
+            ConvBlock(filters=8),
+            ConvBlock(filters=8, pool="max"),
+        ),
+        dense_units=8,
+    )
     return spec.model_copy(update=changes)
 
 
@@ -54,8 +63,12 @@ def test_activation_batch_norm_and_l2_are_honoured():
 
 
 def test_pooling_strides_and_kernel_sizes_are_honoured():
-    conv = (ConvBlock(filters=4, kernel_size=5), ConvBlock(filters=4, pool="average"), ConvBlock(filters=8, strides=2),
-            ConvBlock(filters=8, pool="max"))
+    conv = (
+        ConvBlock(filters=4, kernel_size=5),
+        ConvBlock(filters=4, pool="average"),
+        ConvBlock(filters=8, strides=2),
+        ConvBlock(filters=8, pool="max"),
+    )
     model = models.build_model(tiny_spec(conv=conv), 3, 16, MEAN, STD)
     assert model.get_layer("conv1").kernel_size == (5, 5)
     assert type(model.get_layer("pool2")).__name__ == "AveragePooling2D"
@@ -65,8 +78,10 @@ def test_pooling_strides_and_kernel_sizes_are_honoured():
     assert tuple(model.get_layer("pool4").output.shape) == (None, 2, 2, 8)
 
 
-@pytest.mark.parametrize("head,layer", [("flatten", "Flatten"), ("global_average", "GlobalAveragePooling2D"),
-                                        ("global_max", "GlobalMaxPooling2D")])
+@pytest.mark.parametrize(
+    "head,layer",
+    [("flatten", "Flatten"), ("global_average", "GlobalAveragePooling2D"), ("global_max", "GlobalMaxPooling2D")],
+)
 def test_head_types(head, layer):
     model = models.build_model(tiny_spec(head=head), 3, 16, MEAN, STD)
     assert len(layers_of(model, layer)) == 1
@@ -94,10 +109,12 @@ def test_too_many_downsamplings_are_rejected_naming_the_layer():
 
 def test_invalid_specs_are_rejected_by_the_config_naming_the_field():
     base = {"name": "bad", "conv": [{"filters": 8}] * 4}
-    for change, field in (({"conv": [{"filters": 8}] * 3}, "experiments[0].conv"),
-                          ({"activation": "sigmoidish"}, "experiments[0].activation"),
-                          ({"head": "dense"}, "experiments[0].head"),
-                          ({"conv": [{"filters": 8, "pool": "min"}] * 4}, "experiments[0].conv[0].pool")):
+    for change, field in (
+        ({"conv": [{"filters": 8}] * 3}, "experiments[0].conv"),
+        ({"activation": "sigmoidish"}, "experiments[0].activation"),
+        ({"head": "dense"}, "experiments[0].head"),
+        ({"conv": [{"filters": 8, "pool": "min"}] * 4}, "experiments[0].conv[0].pool"),
+    ):
         with pytest.raises(ConfigError) as info:
             PipelineConfig.from_dict({"experiments": [{**base, **change}]})
         assert info.value.field == field
@@ -112,6 +129,10 @@ def test_saved_model_loads_with_safe_mode_and_describe_lists_layers(tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
     np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), rtol=1e-5)
     table = models.describe(loaded)
-    assert table["layers"][0] == {"name": "standardize", "type": "Normalization",
-                                  "output_shape": [None, 16, 16, 3], "params": 0}
+    assert table["layers"][0] == {
+        "name": "standardize",
+        "type": "Normalization",
+        "output_shape": [None, 16, 16, 3],
+        "params": 0,
+    }
     assert table["total_params"] == model.count_params() == sum(r["params"] for r in table["layers"])

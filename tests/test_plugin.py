@@ -28,7 +28,8 @@ sys.path.insert(0, str(PLUGINS))  # Airflow puts the plugins folder on sys.path 
 import cnn_reports  # noqa: E402
 
 PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
 OLD, NEW = "manual__2025-01-01T00_00_00_00_00", "scheduled__2025-02-01T00_00_00_00_00"
 
 
@@ -102,14 +103,16 @@ def test_extra_links_point_at_the_run_report_and_model_folder(monkeypatch):
     report, folder = cnn_reports.RunReportLink(), cnn_reports.ModelFolderLink()
     key = TaskInstanceKey(cnn_reports.DAG_ID, "evaluate", run_id, map_index=2)
     assert report.get_link(None, ti_key=key) == (
-        "/cnn-reports/runs/manual__2025-03-01T10_00_00_00_00/report/index.html")
+        "/cnn-reports/runs/manual__2025-03-01T10_00_00_00_00/report/index.html"
+    )
     assert folder.get_link(None, ti_key=key) == ""  # only on training tasks
     assert report.get_link(None, ti_key=key._replace(dag_id="other_dag")) == ""
 
     monkeypatch.setattr(cnn_reports, "_model_id", lambda ti_key: "deep_swish__balanced")  # its XCom
     train = key._replace(task_id="train")
     assert folder.get_link(None, ti_key=train) == (
-        "/cnn-reports/runs/manual__2025-03-01T10_00_00_00_00/models/deep_swish__balanced/")
+        "/cnn-reports/runs/manual__2025-03-01T10_00_00_00_00/models/deep_swish__balanced/"
+    )
 
 
 # ----------------------------------------------------------------------------- local store
@@ -117,25 +120,46 @@ def test_lists_runs_newest_first_with_metrics(reports, local_store):
     rows = reports.get("/cnn-reports/api/runs").json()
     assert [r["run_id"] for r in rows] == [NEW, OLD]
     assert rows[0] | {"modified": None} == {
-        "run_id": NEW, "modified": None, "models": 3,
-        "best_model": "baseline__balanced", "accuracy": 0.93, "macro_f1": 0.92,
-        "promoted": False, "reason": "below margin", "report": f"runs/{NEW}/report/index.html"}
+        "run_id": NEW,
+        "modified": None,
+        "models": 3,
+        "best_model": "baseline__balanced",
+        "accuracy": 0.93,
+        "macro_f1": 0.92,
+        "promoted": False,
+        "reason": "below margin",
+        "report": f"runs/{NEW}/report/index.html",
+    }
     assert rows[1]["promoted"] is True and rows[1]["macro_f1"] == 0.79
 
     page = reports.get("/cnn-reports/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert page.text.index(NEW) < page.text.index(OLD)
-    for text in ("0.930", "0.920", "0.810", "0.790", "baseline__balanced", "below margin", "promoted",
-                 f'href="/cnn-reports/runs/{NEW}/report/index.html"', f'href="/cnn-reports/runs/{NEW}/">files'):
+    for text in (
+        "0.930",
+        "0.920",
+        "0.810",
+        "0.790",
+        "baseline__balanced",
+        "below margin",
+        "promoted",
+        f'href="/cnn-reports/runs/{NEW}/report/index.html"',
+        f'href="/cnn-reports/runs/{NEW}/">files',
+    ):
         assert text in page.text
 
 
 def test_pages_escape_what_the_store_holds(reports, local_store):
     hostile = "<script>alert('x')</script>"
     run = local_store / f"runs/{NEW}"
-    (run / "report/summary.json").write_text(json.dumps({
-        "models": {hostile: {"test": {"accuracy": 0.5, "macro_f1": 0.4}}},
-        "promotion": {"promoted": None, "reason": hostile}}))
+    (run / "report/summary.json").write_text(
+        json.dumps(
+            {
+                "models": {hostile: {"test": {"accuracy": 0.5, "macro_f1": 0.4}}},
+                "promotion": {"promoted": None, "reason": hostile},
+            }
+        )
+    )
     (run / "report" / "<b>odd & name.txt").write_text("x")
     page = reports.get("/cnn-reports/").text
     assert "<script>" not in page
@@ -169,11 +193,18 @@ def test_plugin_reaches_the_store_only_through_its_public_interface():
 
     tree = ast.parse((PLUGINS / "cnn_reports.py").read_text())
     public = {name for name in dir(storage.ArtifactStore) if not name.startswith("_")} | {"uri"}
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                and node.module == "cnn_tasks.storage" for alias in node.names}
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "cnn_tasks.storage"
+        for alias in node.names
+    }
     assert imported.isdisjoint({"LocalStore", "S3Store"}), imported
-    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name) and node.value.id == "store"}
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "store"
+    }
     assert used and used <= public, used - public
 
 
@@ -192,18 +223,21 @@ def test_serves_report_figures_and_folders_with_content_types(reports, local_sto
     assert reports.get(f"/cnn-reports/runs/{NEW}/report/missing.png").status_code == 404
 
 
-@pytest.mark.parametrize("path", [
-    "runs/%2e%2e/champion.json",
-    "runs/%2E%2E/%2e%2e/outside.txt",
-    f"runs/{NEW}/%2e%2e/%2e%2e/%2e%2e/outside.txt",
-    "runs/..%2fchampion.json",
-    "runs/%252e%252e/champion.json",
-    "runs/..%5cchampion.json",
-    "runs/%2fetc%2fpasswd",
-    "runs//etc/passwd",
-    "runs/../champion.json",
-    f"runs/{NEW}/report/..%00/index.html",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "runs/%2e%2e/champion.json",
+        "runs/%2E%2E/%2e%2e/outside.txt",
+        f"runs/{NEW}/%2e%2e/%2e%2e/%2e%2e/outside.txt",
+        "runs/..%2fchampion.json",
+        "runs/%252e%252e/champion.json",
+        "runs/..%5cchampion.json",
+        "runs/%2fetc%2fpasswd",
+        "runs//etc/passwd",
+        "runs/../champion.json",
+        f"runs/{NEW}/report/..%00/index.html",
+    ],
+)
 def test_refuses_paths_outside_the_runs_prefix(reports, local_store, path):
     response = reports.get(f"/cnn-reports/{path}")
     assert response.status_code in (400, 404)
@@ -225,9 +259,17 @@ def test_s3_store_through_the_airflow_connection(reports, monkeypatch):
         s3 = boto3.client("s3", endpoint_url=endpoint)
         write_runs(lambda key, data: s3.put_object(Bucket="cnn-artifacts", Key=f"team/{key}", Body=data))
         # Credentials and endpoint come from the Airflow connection, as in the deployment.
-        monkeypatch.setenv("AIRFLOW_CONN_CNN_S3", json.dumps({
-            "conn_type": "aws", "login": "testing", "password": "testing",
-            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_CNN_S3",
+            json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": "testing",
+                    "password": "testing",
+                    "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+                }
+            ),
+        )
         monkeypatch.setenv("CNN_AWS_CONN_ID", "cnn_s3")
         monkeypatch.setenv("CNN_STORE_URI", "s3://cnn-artifacts/team/")
         monkeypatch.delenv("CNN_S3_ENDPOINT_URL", raising=False)
@@ -256,21 +298,27 @@ def api_server(tmp_path_factory):
     """A real `airflow api-server` with this plugins folder, a local store and two users."""
     home = tmp_path_factory.mktemp("airflow")
     store = home / "store"
-    write_runs(lambda key, data: ((store / key).parent.mkdir(parents=True, exist_ok=True),
-                                  (store / key).write_bytes(data)))
+    write_runs(
+        lambda key, data: ((store / key).parent.mkdir(parents=True, exist_ok=True), (store / key).write_bytes(data))
+    )
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({"admin": "admin-pw", "viewer": "viewer-pw"}))
     port = _free_port()
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "PYTHONPATH": str(ROOT),
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__CORE__AUTH_MANAGER":
-               "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-           "AIRFLOW__API_AUTH__JWT_SECRET": "test-only-secret", "AIRFLOW__API__WORKERS": "1",
-           "CNN_STORE_URI": f"file://{store}"}
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "PYTHONPATH": str(ROOT),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "test-only-secret",
+        "AIRFLOW__API__WORKERS": "1",
+        "CNN_STORE_URI": f"file://{store}",
+    }
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
     log = open(home / "api-server.log", "w")
@@ -318,8 +366,10 @@ def test_ui_session_token_opens_the_page_and_files(api_server):
     cookies = {"_token": token}  # what the UI's login leaves in the browser
     page = httpx.get(f"{api_server}/cnn-reports/", cookies=cookies)
     assert page.status_code == 200 and page.text.index(NEW) < page.text.index(OLD)
-    figure = httpx.get(f"{api_server}/cnn-reports/runs/{NEW}/models/baseline__balanced/curves.png",
-                       headers={"Authorization": f"Bearer {token}"})
+    figure = httpx.get(
+        f"{api_server}/cnn-reports/runs/{NEW}/models/baseline__balanced/curves.png",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert figure.status_code == 200 and figure.headers["content-type"] == "image/png"
     assert httpx.get(f"{api_server}/cnn-reports/runs/%2e%2e/champion.json", cookies=cookies).status_code == 400
 

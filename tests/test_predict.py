@@ -16,8 +16,12 @@ from tests.fixtures_training import write_training_dataset
 from tests.imagegen import make_dataset
 from tests.test_evaluate import CLASSES, tiny_model
 
-REJECTED = {"corrupt.png": images.CORRUPT, "empty.png": images.EMPTY, "notes.txt": images.NOT_AN_IMAGE,
-            "truncated.png": images.TRUNCATED}
+REJECTED = {
+    "corrupt.png": images.CORRUPT,
+    "empty.png": images.EMPTY,
+    "notes.txt": images.NOT_AN_IMAGE,
+    "truncated.png": images.TRUNCATED,
+}
 
 
 @pytest.fixture
@@ -129,23 +133,29 @@ def test_run_uses_this_runs_best_model_without_a_champion(make_ctx, folder, tmp_
     assert classes == ["class_a", "class_b", "class_c"]  # the class folder names of `folder`
     tiny_model().save(tmp_path / "m.keras")
     ctx.store.put_file(ctx.model_key("tiny__unbalanced", "model.keras"), tmp_path / "m.keras")
-    rows = [{"name": "tiny__unbalanced", "kind": "model", "members": ["tiny__unbalanced"], "macro_f1": 0.9,
-             "accuracy": 0.9}]
+    rows = [
+        {"name": "tiny__unbalanced", "kind": "model", "members": ["tiny__unbalanced"], "macro_f1": 0.9, "accuracy": 0.9}
+    ]
     ctx.store.put_json(ctx.eval_key("ensemble", "ensemble.json"), {"comparison": rows})
     out = predict.run(ctx)
-    assert out == {"status": "done", "predicted": 6, "rejected": 4, "record_key": ctx.report_key("predictions.json"),
-                   "predictions_key": ctx.report_key("predictions.csv")}
+    assert out == {
+        "status": "done",
+        "predicted": 6,
+        "rejected": 4,
+        "record_key": ctx.report_key("predictions.json"),
+        "predictions_key": ctx.report_key("predictions.csv"),
+    }
     record = ctx.store.get_json(out["record_key"])
     assert record["model"]["source"] == "this run's best model" and record["model"]["model_id"] == "tiny__unbalanced"
     predictions = read_csv(ctx.store.get_text(ctx.report_key("predictions.csv")))
     assert len(predictions) == 6
-    assert_top_k_is_the_models(predictions, model_proba(tiny_model(), folder, [r["image"] for r in predictions]),
-                               classes)
+    assert_top_k_is_the_models(
+        predictions, model_proba(tiny_model(), folder, [r["image"] for r in predictions]), classes
+    )
     assert sum(r["predicted_class"] == r["image"].split("/")[0] for r in predictions) >= 5
     assert record["class_counts"] == {c: sum(r["predicted_class"] == c for r in predictions) for c in classes}
     assert record["ignored_hidden_files"] == 0
-    assert_rejected_with_exact_reasons(read_csv(ctx.store.get_text(ctx.report_key("predictions_rejected.csv"))),
-                                       folder)
+    assert_rejected_with_exact_reasons(read_csv(ctx.store.get_text(ctx.report_key("predictions_rejected.csv"))), folder)
 
 
 def test_cli_uses_class_names_beside_the_model(folder, tmp_path):
@@ -166,8 +176,9 @@ def _with_best_model(ctx, tmp_path) -> list[str]:
     classes = write_training_dataset(ctx, classes=3, train=2, val=2, test=2, size=16)["classes"]
     tiny_model().save(tmp_path / "m.keras")
     ctx.store.put_file(ctx.model_key("tiny__unbalanced", "model.keras"), tmp_path / "m.keras")
-    rows = [{"name": "tiny__unbalanced", "kind": "model", "members": ["tiny__unbalanced"], "macro_f1": 0.9,
-             "accuracy": 0.9}]
+    rows = [
+        {"name": "tiny__unbalanced", "kind": "model", "members": ["tiny__unbalanced"], "macro_f1": 0.9, "accuracy": 0.9}
+    ]
     ctx.store.put_json(ctx.eval_key("ensemble", "ensemble.json"), {"comparison": rows})
     return classes
 
@@ -188,8 +199,9 @@ def imagenet10_zip(folder, tmp_path):
     return archive
 
 
-def test_run_predicts_the_datasets_unlabelled_folder_on_another_worker(make_ctx, folder, imagenet10_zip, tmp_path,
-                                                                       monkeypatch):
+def test_run_predicts_the_datasets_unlabelled_folder_on_another_worker(
+    make_ctx, folder, imagenet10_zip, tmp_path, monkeypatch
+):
     from cnn_tasks import download
 
     ctx = make_ctx(dataset_url=str(imagenet10_zip), min_images_per_class=1)
@@ -205,10 +217,10 @@ def test_run_predicts_the_datasets_unlabelled_folder_on_another_worker(make_ctx,
     names = [r["image"] for r in predictions]
     assert names == sorted(f"class_{c}_{i}.png" for c in "abc" for i in range(2))  # relative to test_set/
     flat = {n: folder / n.rsplit("_", 1)[0] / n for n in names}
-    assert_top_k_is_the_models(predictions, model_proba(tiny_model(), folder, [str(flat[n].relative_to(folder))
-                                                                               for n in names]), classes)
-    assert_rejected_with_exact_reasons(read_csv(ctx.store.get_text(ctx.report_key("predictions_rejected.csv"))),
-                                       folder)
+    assert_top_k_is_the_models(
+        predictions, model_proba(tiny_model(), folder, [str(flat[n].relative_to(folder)) for n in names]), classes
+    )
+    assert_rejected_with_exact_reasons(read_csv(ctx.store.get_text(ctx.report_key("predictions_rejected.csv"))), folder)
 
 
 def test_unlabelled_url_wins_over_the_datasets_folder_and_says_so(make_ctx, folder, imagenet10_zip, tmp_path):
@@ -280,6 +292,8 @@ def test_a_dataset_unlabelled_folder_that_vanished_since_download_is_an_error(ma
     shutil.rmtree(tmp_path / "dataset" / "ImageNet10" / "test_set")
     with pytest.raises(predict.PredictError) as info:
         predict.run(ctx)
-    assert "the dataset's unlabelled folder ImageNet10/test_set/ (10 files when download ran) is missing from " \
-           f"{tmp_path / 'dataset'} now" in str(info.value)
+    assert (
+        "the dataset's unlabelled folder ImageNet10/test_set/ (10 files when download ran) is missing from "
+        f"{tmp_path / 'dataset'} now" in str(info.value)
+    )
     assert not ctx.store.exists(ctx.report_key("predictions.csv"))

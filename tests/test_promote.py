@@ -14,13 +14,16 @@ from tests.fixtures_training import write_training_dataset
 from tests.test_evaluate import tiny_model
 
 
-@pytest.mark.parametrize("value, accuracy, champion, comparable, expected", [
-    (0.90, 0.90, 0.80, True, True),     # better
-    (0.80, 0.90, 0.80, True, False),    # equal is not better
-    (0.70, 0.90, 0.80, True, False),    # worse
-    (0.99, 0.40, 0.10, True, False),    # guard: accuracy below the minimum
-    (0.90, 0.90, None, False, False),   # champion incomparable
-])
+@pytest.mark.parametrize(
+    "value, accuracy, champion, comparable, expected",
+    [
+        (0.90, 0.90, 0.80, True, True),  # better
+        (0.80, 0.90, 0.80, True, False),  # equal is not better
+        (0.70, 0.90, 0.80, True, False),  # worse
+        (0.99, 0.40, 0.10, True, False),  # guard: accuracy below the minimum
+        (0.90, 0.90, None, False, False),  # champion incomparable
+    ],
+)
 def test_decide(value, accuracy, champion, comparable, expected):
     promoted, reason = promote.decide(value, accuracy, champion, comparable, True, margin=0.0, min_accuracy=0.5)
     assert promoted is expected and reason
@@ -29,9 +32,11 @@ def test_decide(value, accuracy, champion, comparable, expected):
 
 
 def test_ensemble_best_deploys_its_best_member():
-    rows = [{"name": "a", "kind": "model", "members": ["a"], "macro_f1": 0.7},
-            {"name": "b", "kind": "model", "members": ["b"], "macro_f1": 0.8},
-            {"name": "soft[all]", "kind": "ensemble", "members": ["a", "b"], "macro_f1": 0.9}]
+    rows = [
+        {"name": "a", "kind": "model", "members": ["a"], "macro_f1": 0.7},
+        {"name": "b", "kind": "model", "members": ["b"], "macro_f1": 0.8},
+        {"name": "soft[all]", "kind": "ensemble", "members": ["a", "b"], "macro_f1": 0.9},
+    ]
     best, deployable = pick_candidate(rows, "macro_f1")
     assert best["name"] == "soft[all]" and deployable["name"] == "b"
 
@@ -53,8 +58,15 @@ def pipeline(make_ctx, tmp_path):
         ctx = make_ctx(run_id, promotion_min_accuracy=0.5)
         write_training_dataset(ctx, classes=3, train=2, val=2, test=4, size=16)
         ctx.store.put_file(ctx.model_key("tiny__balanced", "model.keras"), paths[model])
-        rows = [{"name": "tiny__balanced", "kind": "model", "members": ["tiny__balanced"], "macro_f1": macro_f1,
-                 "accuracy": accuracy}]
+        rows = [
+            {
+                "name": "tiny__balanced",
+                "kind": "model",
+                "members": ["tiny__balanced"],
+                "macro_f1": macro_f1,
+                "accuracy": accuracy,
+            }
+        ]
         ctx.store.put_json(ctx.eval_key("ensemble", "ensemble.json"), {"comparison": rows})
         return ctx
 
@@ -70,7 +82,11 @@ def test_promotion_history(pipeline):
     first_champion = store.get_json("champion.json")
     assert first_champion["run_id"] == "run1" and store.exists("champions/run1/model.keras")
     info = data.load_dataset_info(first)
-    assert first_champion["classes"] == info["classes"] and first_champion["image_size"] == 16 and first_champion["image_fit"] == "squash"
+    assert (
+        first_champion["classes"] == info["classes"]
+        and first_champion["image_size"] == 16
+        and first_champion["image_fit"] == "squash"
+    )
     assert first_champion["dataset_sha256"] == info["dataset_sha256"]
 
     # would beat the champion (which gets every test image wrong) but fails the accuracy guard
@@ -111,8 +127,15 @@ def test_promotion_history(pipeline):
 def test_champion_with_other_classes_is_incomparable(pipeline):
     new_run = pipeline
     ctx = new_run("run5", "good", macro_f1=0.9, accuracy=0.9)
-    old = {"run_id": "old", "model_id": "m", "model_key": "champions/old/model.keras", "metric": "macro_f1",
-           "value": 0.5, "classes": ["cat", "dog"], "promoted_at": "20240101T000000Z"}
+    old = {
+        "run_id": "old",
+        "model_id": "m",
+        "model_key": "champions/old/model.keras",
+        "metric": "macro_f1",
+        "value": 0.5,
+        "classes": ["cat", "dog"],
+        "promoted_at": "20240101T000000Z",
+    }
     ctx.store.put_json("champion.json", old)
     out = promote.run(ctx)
     record = ctx.store.get_json(ctx.key("promotion.json"))

@@ -21,8 +21,18 @@ from cnn_tasks.context import RunContext
 from tests.conftest import eurosat_zip
 
 PER_CLASS_IN_ZIP, PER_CLASS = 40, 30
-EUROSAT_CLASSES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
-                   "PermanentCrop", "Residential", "River", "SeaLake"]
+EUROSAT_CLASSES = [
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+]
 
 
 def _subset_zip(source, target) -> None:
@@ -41,9 +51,17 @@ def _subset_zip(source, target) -> None:
 def test_eurosat_sample_through_download_split_rebalance(tmp_path):
     archive = tmp_path / "eurosat_sample.zip"
     _subset_zip(eurosat_zip(), archive)
-    config = PipelineConfig.from_dict({
-        "store_uri": f"file://{tmp_path / 'store'}", "dataset_url": str(archive), "dataset_checksum": None,
-        "max_images_per_class": PER_CLASS, "image_size": 32, "min_images_per_class": 10, "rebalance": "augment"})
+    config = PipelineConfig.from_dict(
+        {
+            "store_uri": f"file://{tmp_path / 'store'}",
+            "dataset_url": str(archive),
+            "dataset_checksum": None,
+            "max_images_per_class": PER_CLASS,
+            "image_size": 32,
+            "min_images_per_class": 10,
+            "rebalance": "augment",
+        }
+    )
     ctx = RunContext.create(config, "real_data")
 
     ingest = download.run(ctx)

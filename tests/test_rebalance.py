@@ -46,8 +46,11 @@ def outputs(prepared):
     for strategy in REBALANCE_STRATEGIES:
         store = prepared / f"store_{strategy}"
         shutil.copytree(prepared / "store", store)
-        ctx = RunContext(PipelineConfig.from_dict({"store_uri": f"file://{store}", "dataset_checksum": None,
-                                                   "rebalance": strategy}), LocalStore(store), RUN)
+        ctx = RunContext(
+            PipelineConfig.from_dict({"store_uri": f"file://{store}", "dataset_checksum": None, "rebalance": strategy}),
+            LocalStore(store),
+            RUN,
+        )
         rebalance.run(ctx)
         results[strategy] = (ctx, ctx.store.get_json(ctx.data_key("dataset.json")))
     return results
@@ -65,13 +68,25 @@ def _split_table(ctx) -> pd.DataFrame:
 def test_dataset_json_matches_the_contract(outputs, strategy):
     ctx, ds = outputs[strategy]
     analysis = ctx.store.get_json(ctx.data_key("analysis.json"))
-    assert set(ds) == {"classes", "image_size", "image_fit", "mean", "std", "dataset_sha256", "rebalance", "splits",
-                       "figures"}
+    assert set(ds) == {
+        "classes",
+        "image_size",
+        "image_fit",
+        "mean",
+        "std",
+        "dataset_sha256",
+        "rebalance",
+        "splits",
+        "figures",
+    }
     assert ds["image_fit"] == "squash"
     assert ds["classes"] == ["class_a", "class_b", "class_c"] and ds["rebalance"] == strategy
     assert ds["image_size"] == 64 and (ds["mean"], ds["std"]) == (analysis["mean"], analysis["std"])
     assert {s: set(v) for s, v in ds["splits"].items()} == {
-        "train": {"unbalanced", "balanced"}, "val": {"unbalanced", "balanced"}, "test": {"unbalanced"}}
+        "train": {"unbalanced", "balanced"},
+        "val": {"unbalanced", "balanced"},
+        "test": {"unbalanced"},
+    }
     for name, variants in ds["splits"].items():
         for variant in variants.values():
             assert set(variant) == {"shards", "sha256", "count", "class_counts", "class_weight"}
@@ -108,8 +123,11 @@ def test_test_split_is_never_touched(outputs):
     digests = set()
     for ctx, ds in outputs.values():
         assert list(ds["splits"]["test"]) == ["unbalanced"]
-        digests.add(hashlib.sha256(b"".join(ctx.cached(k).read_bytes()
-                                            for k in ds["splits"]["test"]["unbalanced"]["shards"])).hexdigest())
+        digests.add(
+            hashlib.sha256(
+                b"".join(ctx.cached(k).read_bytes() for k in ds["splits"]["test"]["unbalanced"]["shards"])
+            ).hexdigest()
+        )
     assert len(digests) == 1
 
 
@@ -144,7 +162,7 @@ def test_augmented_copies_are_new_images_of_the_same_size(outputs):
     ctx, ds = outputs["augment"]
     records = _records(ctx, ds["splits"]["train"]["balanced"])
     originals = {k: img for img, _, k in records if "#" not in k}
-    for image, label, key in records:
+    for image, _label, key in records:
         if "#aug" in key:
             base, n = key.split("#aug")
             assert int(n) >= 1 and base in originals

@@ -19,8 +19,20 @@ from cnn_tasks import ensemble, evaluate, failures, models, predict, promote, re
 from cnn_tasks.plots import figure_entry
 from tests.test_evaluate import CLASSES, random_proba, store_figure_exists
 
-SECTIONS = ("results", "data", "rejected", "models", "checks", "curves", "viz", "evaluation", "ensembles",
-            "champion", "predictions", "overview")  # in page order
+SECTIONS = (
+    "results",
+    "data",
+    "rejected",
+    "models",
+    "checks",
+    "curves",
+    "viz",
+    "evaluation",
+    "ensembles",
+    "champion",
+    "predictions",
+    "overview",
+)  # in page order
 EXPERIMENTS = [
     {"name": "baseline", "description": "Reference <script>alert(1)</script> & co", "conv": [{"filters": 8}] * 4},
     {"name": "wide", "description": "Wider layers", "conv": [{"filters": 16}] * 4, "activation": "elu"},
@@ -40,20 +52,42 @@ def analysis_fixture(figures):
     """analysis.json in the split stage's schema, built with its own helpers."""
     from cnn_tasks import split
 
-    counts = {"train": dict(zip(CLASSES, [14, 14, 11])), "val": dict(zip(CLASSES, [4, 4, 3])),
-              "test": dict(zip(CLASSES, [10, 10, 10]))}
+    counts = {
+        "train": dict(zip(CLASSES, [14, 14, 11])),
+        "val": dict(zip(CLASSES, [4, 4, 3])),
+        "test": dict(zip(CLASSES, [10, 10, 10])),
+    }
     imbalance = {name: split.imbalance_measures(c) for name, c in counts.items()}
     shortfalls = split.find_shortfalls(counts)
-    sizes = {"width": {"min": 16, "median": 16.0, "max": 16}, "height": {"min": 16, "median": 16.0, "max": 16},
-             "most_common": [[16, 16, 39]]}
-    return {"classes": CLASSES, "counts": counts, "totals": {n: sum(c.values()) for n, c in counts.items()},
-            "layout": split.layout_summary({"kind": "class_folders", "wrapper": None, "splits": {},
-                                            "warnings": ["a <layout> warning"], "loose_files": ["x.txt"]}),
-            "origin": {"train": "carved", "val": "carved", "test": "carved"}, "imbalance": imbalance,
-            "conclusion": split.conclusion(imbalance, "augment") + " <fixed>",
-            "shortfalls": shortfalls, "shortfall_text": split.shortfall_text(shortfalls),
-            "image_sizes": {name: sizes for name in counts}, "mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0],
-            "no_leakage": True, "figures": figures}
+    sizes = {
+        "width": {"min": 16, "median": 16.0, "max": 16},
+        "height": {"min": 16, "median": 16.0, "max": 16},
+        "most_common": [[16, 16, 39]],
+    }
+    return {
+        "classes": CLASSES,
+        "counts": counts,
+        "totals": {n: sum(c.values()) for n, c in counts.items()},
+        "layout": split.layout_summary(
+            {
+                "kind": "class_folders",
+                "wrapper": None,
+                "splits": {},
+                "warnings": ["a <layout> warning"],
+                "loose_files": ["x.txt"],
+            }
+        ),
+        "origin": {"train": "carved", "val": "carved", "test": "carved"},
+        "imbalance": imbalance,
+        "conclusion": split.conclusion(imbalance, "augment") + " <fixed>",
+        "shortfalls": shortfalls,
+        "shortfall_text": split.shortfall_text(shortfalls),
+        "image_sizes": dict.fromkeys(counts, sizes),
+        "mean": [1.0, 2.0, 3.0],
+        "std": [4.0, 5.0, 6.0],
+        "no_leakage": True,
+        "figures": figures,
+    }
 
 
 def history(mid: str, epochs: int = 5) -> list[dict]:
@@ -61,11 +95,20 @@ def history(mid: str, epochs: int = 5) -> list[dict]:
     rng = np.random.default_rng(len(mid))
     rows = []
     for epoch in range(1, epochs + 1):
-        loss = 1.1 * 0.7 ** epoch
+        loss = 1.1 * 0.7**epoch
         val_loss = 1.15 * 0.75 ** min(epoch, 3) + 0.04 * max(0, epoch - 3) + rng.uniform(0, 0.01)
-        rows.append({"epoch": epoch, "loss": loss, "accuracy": 1 - loss / 1.6, "val_loss": val_loss,
-                     "val_accuracy": 1 - val_loss / 1.5, "learning_rate": 1e-3, "seconds": 2.5 + rng.uniform(0, 0.2),
-                     "images_per_s": 800.0 + rng.uniform(0, 50)})
+        rows.append(
+            {
+                "epoch": epoch,
+                "loss": loss,
+                "accuracy": 1 - loss / 1.6,
+                "val_loss": val_loss,
+                "val_accuracy": 1 - val_loss / 1.5,
+                "learning_rate": 1e-3,
+                "seconds": 2.5 + rng.uniform(0, 0.2),
+                "images_per_s": 800.0 + rng.uniform(0, 50),
+            }
+        )
     return rows
 
 
@@ -79,31 +122,68 @@ def write_models(ctx, tmp_path) -> None:
         model.save(tmp_path / f"{mid}.keras")
         s.put_file(ctx.model_key(mid, "model.keras"), tmp_path / f"{mid}.keras")
         s.put_json(ctx.model_key(mid, "history.json"), history(mid))
-        s.put_json(ctx.model_key(mid, "meta.json"), {
-            "classes": CLASSES, "image_size": 16, "params": int(model.count_params()),
-            "layers": models.describe(model)["layers"], "best_epoch": 3,
-            "epochs_run": 5, "wall_time_s": 75.5, "train_time_s": 12.5, "figures": [png(s, ctx.model_key(mid, "curves.png"), f"Curves of {mid}.")]})
+        s.put_json(
+            ctx.model_key(mid, "meta.json"),
+            {
+                "classes": CLASSES,
+                "image_size": 16,
+                "params": int(model.count_params()),
+                "layers": models.describe(model)["layers"],
+                "best_epoch": 3,
+                "epochs_run": 5,
+                "wall_time_s": 75.5,
+                "train_time_s": 12.5,
+                "figures": [png(s, ctx.model_key(mid, "curves.png"), f"Curves of {mid}.")],
+            },
+        )
 
 
 def write_upstream(ctx):
     """Stage outputs as the other stages write them (JSON fixtures for the data and viz stages)."""
     s = ctx.store
-    s.put_json(ctx.data_key("ingest.json"), {"accepted": 71, "rejected": 2, "seconds": 3.25,
-                                             "rejected_by_reason": {"corrupt": 1, "not an image": 1}})
+    s.put_json(
+        ctx.data_key("ingest.json"),
+        {"accepted": 71, "rejected": 2, "seconds": 3.25, "rejected_by_reason": {"corrupt": 1, "not an image": 1}},
+    )
     s.put_text(ctx.data_key("rejected.csv"), "path,reason\nbad.png,corrupt\nx.txt,not an image\n")
-    s.put_json(ctx.data_key("analysis.json"), analysis_fixture(
-        [png(s, ctx.data_key("figures/bars.png"), "Class counts per split.")]))
-    s.put_json(ctx.data_key("dataset.json"), {
-        "classes": CLASSES, "image_size": 16, "mean": MEAN, "std": STD, "dataset_sha256": "f00d",
-        "rebalance": "augment",
-        "splits": {"train": {"unbalanced": {"shards": [], "count": 42, "class_counts": [14, 14, 14], "class_weight": None}},
-                   "test": {"unbalanced": {"shards": [], "count": 30, "class_counts": [10, 10, 10], "class_weight": None}}},
-        "figures": [png(s, ctx.data_key("figures/rebalanced.png"), "Counts after rebalancing.")]})
-    s.put_json(ctx.check_key("baseline", "single_batch.json"), {
-        "passed": True, "final_loss": 0.01, "figures": [png(s, ctx.check_key("baseline", "loss.png"), "Loss on one batch.")]})
-    s.put_json(ctx.viz_key("baseline__unbalanced", "viz.json"), {
-        "explanation": "Early filters pick up colour.", "dead_channels": [{"layer": "act1", "dead": 0, "total": 8}],
-        "figures": [png(s, ctx.viz_key("baseline__unbalanced", "kernels.png"), "First-layer kernels.")]})
+    s.put_json(
+        ctx.data_key("analysis.json"),
+        analysis_fixture([png(s, ctx.data_key("figures/bars.png"), "Class counts per split.")]),
+    )
+    s.put_json(
+        ctx.data_key("dataset.json"),
+        {
+            "classes": CLASSES,
+            "image_size": 16,
+            "mean": MEAN,
+            "std": STD,
+            "dataset_sha256": "f00d",
+            "rebalance": "augment",
+            "splits": {
+                "train": {
+                    "unbalanced": {"shards": [], "count": 42, "class_counts": [14, 14, 14], "class_weight": None}
+                },
+                "test": {"unbalanced": {"shards": [], "count": 30, "class_counts": [10, 10, 10], "class_weight": None}},
+            },
+            "figures": [png(s, ctx.data_key("figures/rebalanced.png"), "Counts after rebalancing.")],
+        },
+    )
+    s.put_json(
+        ctx.check_key("baseline", "single_batch.json"),
+        {
+            "passed": True,
+            "final_loss": 0.01,
+            "figures": [png(s, ctx.check_key("baseline", "loss.png"), "Loss on one batch.")],
+        },
+    )
+    s.put_json(
+        ctx.viz_key("baseline__unbalanced", "viz.json"),
+        {
+            "explanation": "Early filters pick up colour.",
+            "dead_channels": [{"layer": "act1", "dead": 0, "total": 8}],
+            "figures": [png(s, ctx.viz_key("baseline__unbalanced", "kernels.png"), "First-layer kernels.")],
+        },
+    )
 
 
 def write_our_stages(ctx):
@@ -123,10 +203,10 @@ def write_our_stages(ctx):
     predict.run(ctx)
 
 
-
 def links(html_text: str) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', html_text) + [
-        h for h in re.findall(r'<a href="([^"]+)"', html_text) if not h.startswith("#")]
+        h for h in re.findall(r'<a href="([^"]+)"', html_text) if not h.startswith("#")
+    ]
 
 
 def sections_of(run) -> dict[str, dict]:
@@ -151,8 +231,14 @@ def full_run(tmp_path_factory):
     from cnn_tasks.context import RunContext
 
     tmp_path = tmp_path_factory.mktemp("full")
-    config = PipelineConfig.from_dict({"store_uri": f"file://{tmp_path / 'store'}", "dataset_checksum": None,
-                                       "experiments": EXPERIMENTS, "promotion_min_accuracy": 0.0})
+    config = PipelineConfig.from_dict(
+        {
+            "store_uri": f"file://{tmp_path / 'store'}",
+            "dataset_checksum": None,
+            "experiments": EXPERIMENTS,
+            "promotion_min_accuracy": 0.0,
+        }
+    )
     ctx = RunContext.create(config, "test_run")
     write_upstream(ctx)
     write_models(ctx, tmp_path)
@@ -199,13 +285,21 @@ def test_sections_hold_every_stage_output(full_run):
 
     # data: counts per class, the shortfall marker, the layout warnings
     data = sections["data"]["analysis"]
-    assert data["counts"][2] == {"class": CLASSES[2], "training": "11 *", "validation": "3 *", "test": "10 *",
-                                 "total": 24}  # * below the reference minimum
+    assert data["counts"][2] == {
+        "class": CLASSES[2],
+        "training": "11 *",
+        "validation": "3 *",
+        "test": "10 *",
+        "total": 24,
+    }  # * below the reference minimum
     assert data["short"] is True
     assert data["layout"]["warnings"][0].startswith("1 file(s) lay beside the class folders")
     assert sections["rejected"]["fields"]["plain"]["rejected"] == 2
-    assert sections["rejected"]["csv"] == {"missing": None, "href": "../data/rejected.csv",
-                                           "text": "rejected.csv: every rejected file with its reason"}
+    assert sections["rejected"]["csv"] == {
+        "missing": None,
+        "href": "../data/rejected.csv",
+        "text": "rejected.csv: every rejected file with its reason",
+    }
 
     # every figure of every section exists in the run folder, linked relative to the page
     figures = all_figures(list(sections.values()))
@@ -226,21 +320,30 @@ def test_results_come_from_the_stage_outputs(full_run):
     results = report.results(report.Run(ctx))
     tests = {m: ctx.store.get_json(ctx.eval_key(m, "metrics.json"))["splits"]["test"] for m in TRAINED}
     best = max(TRAINED, key=lambda m: tests[m]["macro_f1"])
-    assert results["best_model"] == {"name": best, "accuracy": tests[best]["accuracy"],
-                                     "macro_f1": tests[best]["macro_f1"]}
+    assert results["best_model"] == {
+        "name": best,
+        "accuracy": tests[best]["accuracy"],
+        "macro_f1": tests[best]["macro_f1"],
+    }
     ensemble_json = ctx.store.get_json(ctx.eval_key("ensemble", "ensemble.json"))
     row = next(r for r in ensemble_json["comparison"] if r["name"] == ensemble_json["best_ensemble"])
     assert results["best_ensemble"]["name"] == ensemble_json["best_ensemble"]
     assert results["best_ensemble"]["macro_f1"] == row["macro_f1"]
     assert results["best_ensemble"]["overall_best"] == ensemble_json["best"]
     promotion = ctx.store.get_json(ctx.key("promotion.json"))
-    assert results["champion"] == {"decision": "promoted", "reason": promotion["reason"], "metric": "macro_f1",
-                                   "candidate": promotion["candidate"]["name"]}
-    assert results["dataset"] == ("3 classes, 80 images (training 39, validation 11, test 30), layout class_folders, "
-                                  "2 rejected")
+    assert results["champion"] == {
+        "decision": "promoted",
+        "reason": promotion["reason"],
+        "metric": "macro_f1",
+        "candidate": promotion["candidate"]["name"],
+    }
+    assert results["dataset"] == (
+        "3 classes, 80 images (training 39, validation 11, test 30), layout class_folders, 2 rejected"
+    )
     assert results["stage_times"] == [  # in the order the tasks finished
         {"task": "download", "wall time": "3.2 s", "epochs": ""},
-        {"task": "train [wide / unbalanced]", "wall time": "1 min 16 s", "epochs": f"5 of {ctx.config.epochs}"}]
+        {"task": "train [wide / unbalanced]", "wall time": "1 min 16 s", "epochs": f"5 of {ctx.config.epochs}"},
+    ]
     warnings = " | ".join(results["warnings"])
     assert "training split: mild class imbalance (largest/smallest = 1.27)" in warnings
     assert "2 file(s) rejected (corrupt: 1, not an image: 1)" in warnings
@@ -288,7 +391,7 @@ def test_full_report_page_and_summary(full_run):
     assert summary["promotion"]["promoted"] is True
     assert summary["ensembles"]["best"]
     assert summary["results"]["best_model"]["name"] in TRAINED
-    assert summary["sections"] == {s: "ok" for s in SECTIONS[1:]} | {"checks": "1 missing", "predictions": "not run"}
+    assert summary["sections"] == dict.fromkeys(SECTIONS[1:], "ok") | {"checks": "1 missing", "predictions": "not run"}
     assert summary["versions"]["numpy"] == np.__version__
     names = {"python"} | {n if isinstance(n, str) else n[0] for n in runtime.VERSION_PACKAGES}
     assert set(summary["versions"]) == names
@@ -334,18 +437,20 @@ def test_failed_run_opens_with_the_failures(make_ctx):
     assert "This run FAILED" not in ctx.store.get_text(report.run(make_ctx("other_run"))["report_key"])
 
 
-HOSTILE = '<script>alert("x")</script> & \'q\''
+HOSTILE = "<script>alert(\"x\")</script> & 'q'"
 
 
 def test_macros_escape_hostile_names_everywhere():
     m = report.ENV.get_template("macros.html").module
-    html_text = "".join([
-        str(m.table([{HOSTILE: HOSTILE, "n": 0.5, "flat": [HOSTILE, 1], "nested": {HOSTILE: [{HOSTILE: 1}]}}])),
-        str(m.figure({"missing": None, "src": f"../x/{HOSTILE}.png", "caption": HOSTILE})),
-        str(m.file({"missing": None, "href": f'"{HOSTILE}', "text": HOSTILE})),
-        str(m.fields(report.fields({"a": HOSTILE, HOSTILE: {"b": HOSTILE}}))),
-        str(m.not_run(HOSTILE)),
-    ])
+    html_text = "".join(
+        [
+            str(m.table([{HOSTILE: HOSTILE, "n": 0.5, "flat": [HOSTILE, 1], "nested": {HOSTILE: [{HOSTILE: 1}]}}])),
+            str(m.figure({"missing": None, "src": f"../x/{HOSTILE}.png", "caption": HOSTILE})),
+            str(m.file({"missing": None, "href": f'"{HOSTILE}', "text": HOSTILE})),
+            str(m.fields(report.fields({"a": HOSTILE, HOSTILE: {"b": HOSTILE}}))),
+            str(m.not_run(HOSTILE)),
+        ]
+    )
     assert "<script" not in html_text and 'alert("x")' not in html_text and "'q'" not in html_text
     assert html_text.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#39;q&#39;") >= 10
     assert '<td class="num">0.5000</td>' in html_text  # numbers formatted and right-aligned
@@ -360,8 +465,9 @@ def test_table_marks_the_best_row_and_not_run_notes():
     assert str(m.figure({"missing": "figure k is listed but missing"})).startswith('<p class="notrun">')
 
 
-@pytest.mark.parametrize("seconds, text", [(3.25, "3.2 s"), (59.4, "59.4 s"), (75.5, "1 min 16 s"),
-                                           (3600, "60 min 00 s"), (None, "—")])
+@pytest.mark.parametrize(
+    "seconds, text", [(3.25, "3.2 s"), (59.4, "59.4 s"), (75.5, "1 min 16 s"), (3600, "60 min 00 s"), (None, "—")]
+)
 def test_duration(seconds, text):
     assert report.duration(seconds) == text
 
@@ -384,9 +490,16 @@ def test_a_balanced_clean_run_has_no_data_warnings(make_ctx):
     counts = {s: dict.fromkeys(CLASSES, n) for s, n in (("train", 1000), ("val", 300), ("test", 60))}
     shortfalls = split.find_shortfalls(counts)
     assert shortfalls == []
-    ctx.store.put_json(ctx.data_key("analysis.json"), {
-        "imbalance": {s: split.imbalance_measures(c) for s, c in counts.items()}, "shortfalls": shortfalls,
-        "shortfall_text": split.shortfall_text(shortfalls), "no_leakage": True, "layout": {"warnings": []}})
+    ctx.store.put_json(
+        ctx.data_key("analysis.json"),
+        {
+            "imbalance": {s: split.imbalance_measures(c) for s, c in counts.items()},
+            "shortfalls": shortfalls,
+            "shortfall_text": split.shortfall_text(shortfalls),
+            "no_leakage": True,
+            "layout": {"warnings": []},
+        },
+    )
     ctx.store.put_json(ctx.data_key("ingest.json"), {"accepted": 4080, "rejected": 0, "rejected_by_reason": {}})
     not_trained = ", ".join(report.expected_model_ids(ctx))  # only what is missing is reported
     assert report.warnings(report.Run(ctx)) == [f"Not trained: {not_trained}."]

@@ -40,10 +40,16 @@ def _with_links(path: Path) -> Path:
 def test_fetch_source_lists_skipped_members_and_fetch_returns_the_same_folder(tmp_path, ctx):
     archive = _with_links(tmp_path / "links.tar.gz")
     fetched = sources.fetch_source(ctx, str(archive))
-    assert sorted(p.relative_to(fetched.folder).as_posix() for p in fetched.folder.rglob("*.png")) == \
-        ["ds/cats/0.png", "ds/cats/1.png", "ds/dogs/0.png", "ds/dogs/1.png"]
-    assert [(s["source"], s["reason"]) for s in fetched.skipped] == [("ds/dogs/pipe", sources.SPECIAL_FILE),
-                                                                      ("ds/cats/gone.png", sources.LINK)]
+    assert sorted(p.relative_to(fetched.folder).as_posix() for p in fetched.folder.rglob("*.png")) == [
+        "ds/cats/0.png",
+        "ds/cats/1.png",
+        "ds/dogs/0.png",
+        "ds/dogs/1.png",
+    ]
+    assert [(s["source"], s["reason"]) for s in fetched.skipped] == [
+        ("ds/dogs/pipe", sources.SPECIAL_FILE),
+        ("ds/cats/gone.png", sources.LINK),
+    ]
     assert all(s["detail"] for s in fetched.skipped)
     assert sources.fetch(ctx, str(archive)) == fetched.folder
 
@@ -217,14 +223,16 @@ def test_a_zip_header_that_lies_about_the_size_is_damage_not_a_bomb(tmp_path):
     with zipfile.ZipFile(archive) as zf:
         info = zf.getinfo("ds/cats/zeros.png")
     small = (1000).to_bytes(4, "little")
-    data[info.header_offset + 22:info.header_offset + 26] = small  # local header: uncompressed size
+    data[info.header_offset + 22 : info.header_offset + 26] = small  # local header: uncompressed size
     central = data.find(b"PK\x01\x02")
-    data[central + 24:central + 28] = small
+    data[central + 24 : central + 28] = small
     archive.write_bytes(bytes(data))
     with pytest.raises(sources.DownloadError, match="truncated or damaged at member 'ds/cats/zeros.png'"):
         sources.extract_archive(archive, tmp_path / "out")
-    assert not (tmp_path / "out" / "ds/cats/zeros.png").exists() or \
-        (tmp_path / "out" / "ds/cats/zeros.png").stat().st_size <= 1000
+    assert (
+        not (tmp_path / "out" / "ds/cats/zeros.png").exists()
+        or (tmp_path / "out" / "ds/cats/zeros.png").stat().st_size <= 1000
+    )
 
 
 def test_the_total_budget_still_applies_to_links(tmp_path, monkeypatch):
@@ -251,8 +259,9 @@ def test_zip_unicode_path_field_wins_over_the_raw_name():
     assert sources._zip_name(info) == "café.png"
 
 
-@pytest.mark.parametrize("raw, expected", [(b"caf\xc3\xa9", "café"), (b"caf\xe9", "café"), (b"\x80uro", "€uro"),
-                                           (b"\x81x", "\x81x")])
+@pytest.mark.parametrize(
+    "raw, expected", [(b"caf\xc3\xa9", "café"), (b"caf\xe9", "café"), (b"\x80uro", "€uro"), (b"\x81x", "\x81x")]
+)
 def test_tar_names_decode_as_utf8_then_cp1252_then_latin1(raw, expected):
     assert sources._decode_name(raw.decode("utf-8", "surrogateescape"), "cp1252") == expected
     assert sources._decode_name(raw, "cp1252") == expected

@@ -15,8 +15,11 @@ from tests.imagegen import make_dataset
 
 
 def _manifest(sizes: dict[str, int]) -> pd.DataFrame:
-    rows = [{"key": f"{name}-{i:04d}", "class": name, "label": label}
-            for label, (name, n) in enumerate(sizes.items()) for i in range(n)]
+    rows = [
+        {"key": f"{name}-{i:04d}", "class": name, "label": label}
+        for label, (name, n) in enumerate(sizes.items())
+        for i in range(n)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -25,15 +28,26 @@ def analysed(tmp_path_factory):
     """An imbalanced 3-class dataset (30/20/12 images) through download and split."""
     tmp = tmp_path_factory.mktemp("split")
     root = make_dataset(tmp / "data", classes=3, per_class=[30, 20, 12], size=12)
-    config = PipelineConfig.from_dict({"store_uri": f"file://{tmp / 'store'}", "dataset_checksum": None,
-                                       "dataset_url": str(root), "min_images_per_class": 5,
-                                       "rebalance": "oversample"})
+    config = PipelineConfig.from_dict(
+        {
+            "store_uri": f"file://{tmp / 'store'}",
+            "dataset_checksum": None,
+            "dataset_url": str(root),
+            "min_images_per_class": 5,
+            "rebalance": "oversample",
+        }
+    )
     ctx = RunContext.create(config, "split_run")
     download.run(ctx)
     result = split.run(ctx)
     table = pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key("split.csv"))))
-    return {"ctx": ctx, "result": result, "table": table, "root": root,
-            "analysis": ctx.store.get_json(ctx.data_key("analysis.json"))}
+    return {
+        "ctx": ctx,
+        "result": result,
+        "table": table,
+        "root": root,
+        "analysis": ctx.store.get_json(ctx.data_key("analysis.json")),
+    }
 
 
 def test_split_is_deterministic_for_a_seed():
@@ -98,8 +112,9 @@ def test_training_mean_and_std_match_the_pixels(analysed):
     ctx, table = analysed["ctx"], analysed["table"]
     manifest = data.read_csv(ctx, "manifest.csv").set_index("key")
     train = table.loc[table["split"] == "train", "key"]
-    pixels = np.concatenate([np.asarray(images.load_rgb(analysed["root"] / manifest.loc[k, "source"]))
-                             .reshape(-1, 3) for k in train]).astype(np.float64)
+    pixels = np.concatenate(
+        [np.asarray(images.load_rgb(analysed["root"] / manifest.loc[k, "source"])).reshape(-1, 3) for k in train]
+    ).astype(np.float64)
     assert analysed["analysis"]["mean"] == pytest.approx(pixels.mean(axis=0).tolist(), abs=1e-3)
     assert analysed["analysis"]["std"] == pytest.approx(pixels.std(axis=0).tolist(), abs=1e-3)
 
@@ -118,14 +133,20 @@ def test_figures_are_written_with_captions(analysed):
 def _given(sizes: dict[str, dict[str, int]]) -> pd.DataFrame:
     """A manifest with given splits: {given_split: {class: n}}; labels in class order a, b, ..."""
     labels = {c: i for i, c in enumerate(sorted({c for per in sizes.values() for c in per}))}
-    rows = [{"key": f"{s}-{c}-{i:04d}", "class": c, "label": labels[c], "given_split": s}
-            for s, per in sizes.items() for c, n in per.items() for i in range(n)]
+    rows = [
+        {"key": f"{s}-{c}-{i:04d}", "class": c, "label": labels[c], "given_split": s}
+        for s, per in sizes.items()
+        for c, n in per.items()
+        for i in range(n)
+    ]
     return pd.DataFrame(rows)
 
 
 def _counts(table: pd.DataFrame) -> dict:
-    return {c: g["split"].value_counts().reindex(["train", "val", "test"], fill_value=0).tolist()
-            for c, g in table.groupby("class")}
+    return {
+        c: g["split"].value_counts().reindex(["train", "val", "test"], fill_value=0).tolist()
+        for c, g in table.groupby("class")
+    }
 
 
 def test_auto_keeps_a_given_test_split_and_carves_val_from_train():
@@ -133,7 +154,9 @@ def test_auto_keeps_a_given_test_split_and_carves_val_from_train():
     table, origin = split.assign_splits(manifest, (0.7, 0.2, 0.1), seed=3)
     assert _counts(table) == {"a": [70, 20, 10], "b": [35, 10, 7]}  # val = round(n_train x 0.2/0.9)
     test = table[table["split"] == "test"]
-    assert (test["given_split"] == "test").all() and (table.loc[table["split"] == "val", "given_split"] == "train").all()
+    assert (test["given_split"] == "test").all() and (
+        table.loc[table["split"] == "val", "given_split"] == "train"
+    ).all()
     assert origin["test"] == "given test split" and "carved from the given training split" in origin["val"]
     again, _ = split.assign_splits(manifest.sample(frac=1, random_state=2), (0.7, 0.2, 0.1), seed=3)
     assert dict(zip(table["key"], table["split"])) == dict(zip(again["key"], again["split"]))  # seeded
@@ -170,10 +193,21 @@ def test_a_class_without_given_test_images_is_an_error_naming_it():
 def test_run_on_a_pre_split_dataset_records_layout_and_origin(tmp_path):
     from tests.test_layout import build
 
-    root = build(tmp_path / "ds", {**{f"data/train/{c}/{i}.png": None for c in "ab" for i in range(18)},
-                                   **{f"data/test/{c}/{i}.png": None for c in "ab" for i in range(4)}})
-    config = PipelineConfig.from_dict({"store_uri": f"file://{tmp_path / 'store'}", "dataset_checksum": None,
-                                       "dataset_url": str(root), "min_images_per_class": 5})
+    root = build(
+        tmp_path / "ds",
+        {
+            **{f"data/train/{c}/{i}.png": None for c in "ab" for i in range(18)},
+            **{f"data/test/{c}/{i}.png": None for c in "ab" for i in range(4)},
+        },
+    )
+    config = PipelineConfig.from_dict(
+        {
+            "store_uri": f"file://{tmp_path / 'store'}",
+            "dataset_checksum": None,
+            "dataset_url": str(root),
+            "min_images_per_class": 5,
+        }
+    )
     ctx = RunContext.create(config, "presplit")
     download.run(ctx)
     split.run(ctx)
@@ -187,8 +221,10 @@ def test_run_on_a_pre_split_dataset_records_layout_and_origin(tmp_path):
     from cnn_tasks import report
 
     part = report.layout_part(analysis)  # the report's data section
-    assert part["text"].startswith("Layout found: train/test below data/ (predefined_split=auto). Given splits: "
-                                   "train = data/train/, test = data/test/.")
+    assert part["text"].startswith(
+        "Layout found: train/test below data/ (predefined_split=auto). Given splits: "
+        "train = data/train/, test = data/test/."
+    )
     origins = {row["split"]: row["images come from"] for row in part["origins"]}
     assert origins["test"] == "given test split"
     assert "carved from the given training split" in origins["validation"]

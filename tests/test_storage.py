@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -164,7 +164,7 @@ def test_folders_modified_and_stream(store):
 
     modified = store.modified("runs/r1/report/summary.json")
     assert modified.tzinfo is not None
-    assert abs(datetime.now(timezone.utc) - modified) < timedelta(minutes=1)
+    assert abs(datetime.now(UTC) - modified) < timedelta(minutes=1)
 
     stream = store.stream("runs/r2/a.bin", chunk_size=1024)
     assert stream.size == 3000

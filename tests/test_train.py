@@ -12,23 +12,48 @@ from cnn_tasks import models, plots, runtime, train
 from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConvBlock, ExperimentSpec
 from tests.fixtures_training import write_training_dataset
 
-SMALL = ExperimentSpec(name="small", description="4 small conv layers for fast tests",
-                       conv=(ConvBlock(filters=8), ConvBlock(filters=8, pool="max"), ConvBlock(filters=16), ConvBlock(filters=16, pool="max")),
-                       dropout=0.1, dense_units=16, batch_size=8, learning_rate=3e-3)
-WEAK = ExperimentSpec(name="weak", description="1 filter per layer: too weak on purpose",
-                      conv=tuple(ConvBlock(filters=1) for _ in range(4)), dense_units=1, batch_norm=False, dropout=0.0,
-                      l2=0.0, batch_size=8)
+SMALL = ExperimentSpec(
+    name="small",
+    description="4 small conv layers for fast tests",
+    conv=(
+        ConvBlock(filters=8),
+        ConvBlock(filters=8, pool="max"),
+        ConvBlock(filters=16),
+        ConvBlock(filters=16, pool="max"),
+    ),
+    dropout=0.1,
+    dense_units=16,
+    batch_size=8,
+    learning_rate=3e-3,
+)
+WEAK = ExperimentSpec(
+    name="weak",
+    description="1 filter per layer: too weak on purpose",
+    conv=tuple(ConvBlock(filters=1) for _ in range(4)),
+    dense_units=1,
+    batch_norm=False,
+    dropout=0.0,
+    l2=0.0,
+    batch_size=8,
+)
 
 
 @pytest.fixture
 def tiny_ctx(make_ctx):
     """3 classes, 12+4+4 images each, 16 px; small experiments; 4 epochs."""
+
     def build(**overrides):
-        values = {"experiments": [SMALL, WEAK, SMALL.model_copy(update={"name": "cosine", "lr_schedule": "cosine"})],
-                  "epochs": 4, "single_batch_steps": 10, "augment": False, **overrides}
+        values = {
+            "experiments": [SMALL, WEAK, SMALL.model_copy(update={"name": "cosine", "lr_schedule": "cosine"})],
+            "epochs": 4,
+            "single_batch_steps": 10,
+            "augment": False,
+            **overrides,
+        }
         ctx = make_ctx(**values)
         write_training_dataset(ctx, classes=3, train=12, val=4, test=4, size=16, rebalance="class_weight")
         return ctx
+
     return build
 
 
@@ -59,16 +84,33 @@ def test_training_writes_model_history_curves_meta_and_tensorboard(tiny_ctx, mon
     mid = "small__balanced"
     assert result["model_id"] == mid and result["epochs_run"] == 4 and result["resumed_from_epoch"] == 0
     meta = ctx.store.get_json(ctx.model_key(mid, "meta.json"))
-    for field in ("classes", "image_size", "experiment", "variant", "params", "best_epoch", "epochs_run",
-                  "best_val_accuracy", "best_val_loss", "wall_time_s", "images_per_s", "figures",
-                  "dataset_sha256", "config", "git_commit"):
+    for field in (
+        "classes",
+        "image_size",
+        "experiment",
+        "variant",
+        "params",
+        "best_epoch",
+        "epochs_run",
+        "best_val_accuracy",
+        "best_val_loss",
+        "wall_time_s",
+        "images_per_s",
+        "figures",
+        "dataset_sha256",
+        "config",
+        "git_commit",
+    ):
         assert field in meta, field
     import tensorflow as tf
 
     assert meta["versions"] == runtime.package_versions()  # the provenance the report shows too
     assert {"tensorflow", "keras", "numpy", "python"} <= set(meta["versions"])
     assert (meta["versions"]["tensorflow"], meta["versions"]["keras"], meta["versions"]["numpy"]) == (
-        tf.__version__, keras.__version__, np.__version__)  # tensorflow-cpu counts as tensorflow
+        tf.__version__,
+        keras.__version__,
+        np.__version__,
+    )  # tensorflow-cpu counts as tensorflow
     assert meta["git_commit"] == runtime.git_commit()
     assert meta["class_weight"] and meta["variant"] == "balanced" and meta["git_commit"]
     history = ctx.store.get_json(ctx.model_key(mid, "history.json"))

@@ -28,17 +28,25 @@ def generated_images(per_class: int, seed: int = 0):
 
 def tiny_cnn(images) -> keras.Sequential:
     """The pipeline's layer naming: standardize, then conv<i> -> bn<i> -> act<i> (-> pool<i>)."""
-    layers = [keras.Input((SIZE, SIZE, 3)),
-              keras.layers.Normalization(name="standardize", mean=images.mean(axis=(0, 1, 2)),
-                                         variance=images.var(axis=(0, 1, 2)))]
+    layers = [
+        keras.Input((SIZE, SIZE, 3)),
+        keras.layers.Normalization(
+            name="standardize", mean=images.mean(axis=(0, 1, 2)), variance=images.var(axis=(0, 1, 2))
+        ),
+    ]
     for i, filters in enumerate(FILTERS, start=1):
-        layers += [keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{i}"),
-                   keras.layers.BatchNormalization(name=f"bn{i}"),
-                   keras.layers.Activation("relu", name=f"act{i}")]
+        layers += [
+            keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{i}"),
+            keras.layers.BatchNormalization(name=f"bn{i}"),
+            keras.layers.Activation("relu", name=f"act{i}"),
+        ]
         if i < len(FILTERS):
             layers.append(keras.layers.MaxPooling2D(name=f"pool{i}"))
-    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(CLASSES, name="logits"),
-               keras.layers.Activation("softmax", name="softmax")]
+    layers += [
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(CLASSES, name="logits"),
+        keras.layers.Activation("softmax", name="softmax"),
+    ]
     return keras.Sequential(layers, name="tiny_cnn")
 
 
@@ -90,7 +98,10 @@ def test_any_functional_cnn_without_separate_activations_works(data):
     assert visualize.default_filter_layers(model) == ["c1", "c2"]
     maps = visualize.activation_maps(model, data[0][:2])
     assert {name: m.shape for name, m in maps.items()} == {
-        "c1": (2, 22, 22, 4), "p1": (2, 11, 11, 4), "c2": (2, 9, 9, 5)}
+        "c1": (2, 22, 22, 4),
+        "p1": (2, 11, 11, 4),
+        "c2": (2, 9, 9, 5),
+    }
     assert visualize.class_score_layer(model) == model.layers[-1].name  # softmax inside Dense
     assert visualize.grad_cam(model, data[0][:2], [0, 1]).shape == (2, SIZE, SIZE)
 
@@ -125,8 +136,10 @@ def test_grad_cam_heatmaps_are_input_sized_finite_and_in_unit_range(model, data)
 
 
 def test_model_without_conv_layers_is_rejected(tmp_path, data):
-    dense = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(),
-                              keras.layers.Dense(CLASSES, activation="softmax")], name="mlp")
+    dense = keras.Sequential(
+        [keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(), keras.layers.Dense(CLASSES, activation="softmax")],
+        name="mlp",
+    )
     with pytest.raises(ValueError, match="'mlp' has no Conv2D layers"):
         visualize.visualize_model(dense, *data, ["a", "b", "c"], tmp_path)
 
@@ -141,9 +154,10 @@ def test_run_writes_every_png_and_lists_them_in_viz_json(model, data, make_ctx, 
     ctx.store.put_file(ctx.model_key("tiny__unbalanced", "model.keras"), path)
     sample = {"split_images": 5000, "max_images": visualize.TEST_IMAGES_MAX, "full_split": False, "seed": 42}
     requested = []
-    fake_data = types.SimpleNamespace(load_split_sample=lambda ctx, split, max_images: (
-                                          requested.append((split, max_images)) or (*data, None, sample)),
-                                      load_dataset_info=lambda ctx: {"classes": ["red", "green", "blue"]})
+    fake_data = types.SimpleNamespace(
+        load_split_sample=lambda ctx, split, max_images: requested.append((split, max_images)) or (*data, None, sample),
+        load_dataset_info=lambda ctx: {"classes": ["red", "green", "blue"]},
+    )
     fake_models = types.SimpleNamespace(load_model=lambda p: keras.saving.load_model(p, safe_mode=True))
     for name, module in (("data", fake_data), ("models", fake_models)):
         monkeypatch.setitem(sys.modules, f"cnn_tasks.{name}", module)
@@ -156,8 +170,14 @@ def test_run_writes_every_png_and_lists_them_in_viz_json(model, data, make_ctx, 
     written = {k for k in ctx.store.list(ctx.viz_key("tiny__unbalanced")) if k.endswith(".png")}
     assert listed == written and result["figures"] == len(listed)
     assert {k.rsplit("/", 1)[1] for k in listed} >= {
-        "activations_act1.png", "activations_pool3.png", "filters_conv1.png", "filters_conv3.png",
-        "filters_conv4.png", "kernels_first_layer.png", "grad_cam.png"}
+        "activations_act1.png",
+        "activations_pool3.png",
+        "filters_conv1.png",
+        "filters_conv3.png",
+        "filters_conv4.png",
+        "kernels_first_layer.png",
+        "grad_cam.png",
+    }
     assert all(f["caption"] for f in viz["figures"])
     assert viz["dead_channels"]["act2"]["total"] == 20
     assert viz["activations"]["act2"]["channels"] and len(viz["activations"]["act2"]["channels"]) == 16
