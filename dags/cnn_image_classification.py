@@ -305,8 +305,7 @@ def cnn_image_classification():
 
     # Stages that only follow one another are ordered with >>; data passes through the store.
     experiments = configure()
-    training_runs = rebalance()
-    experiments >> download() >> split() >> training_runs
+    training_runs = experiments >> download() >> split() >> rebalance()  # `a >> b` is b: tasks made in order
     checks = single_batch_check.expand(experiment=experiments)
     training_runs >> checks
     # One training task per experiment x data variant (one variant only with rebalance=none).

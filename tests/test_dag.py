@@ -84,6 +84,8 @@ def test_tasks_and_dependencies(parsed):
         "all_stages_succeeded": ["report"],
     }
     assert {t: v["up"] for t, v in tasks.items()} == expected_upstream
+    # tasks are made in pipeline order: the final task lists failed and not-run tasks in this order
+    assert list(tasks) == list(expected_upstream)
     assert {t for t, v in tasks.items() if v["mapped"]} == {"single_batch_check", "train", "visualize", "evaluate"}
 
 
