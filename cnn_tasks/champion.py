@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnn_tasks.contracts import EnsembleSummary, ModelMetrics
+
 CHAMPION_KEY = "champion.json"
 
 
@@ -25,11 +27,11 @@ def candidate_rows(ctx) -> list[dict]:
     """The comparison rows (models and ensembles) of this run, from the ensemble stage or per model."""
     ensemble_key = ctx.eval_key("ensemble", "ensemble.json")
     if ctx.store.exists(ensemble_key):
-        return ctx.store.get_json(ensemble_key)["comparison"]
+        return EnsembleSummary.read(ctx.store, ensemble_key)["comparison"]
     rows = []
     for key in ctx.store.list(ctx.key("eval") + "/"):
         if key.endswith("/metrics.json"):
-            metrics = ctx.store.get_json(key)
+            metrics = ModelMetrics.read(ctx.store, key)
             rows.append(
                 {
                     "name": metrics["model_id"],

@@ -205,7 +205,7 @@ def predict_with_champion(store, folder: Path, out: Path) -> int:
         model = store.get_file(champion["model_key"], Path(tmp) / "model.keras")
         source = champion.get("source_model_key")
         meta_key = source.rsplit("/", 1)[0] + "/meta.json" if source else None
-        if meta_key and store.exists(meta_key):
+        if meta_key and store.exists(meta_key):  # copied as is: predict reads it leniently (older versions)
             store.get_file(meta_key, Path(tmp) / "meta.json")
         else:  # the champion record's classes and fit; no size limits
             (Path(tmp) / "meta.json").write_text(json.dumps({k: champion.get(k) for k in ("classes", "image_fit")}))

@@ -2,8 +2,11 @@
 
 A writer stores a record with `Model.write(store, key, record)`: the record is validated first,
 so a format change fails where the file is written, not in a later stage. A reader that may meet
-only files this code base wrote uses `Model.read(store, key)`. Both return the plain dict (only
-the keys the record has), which is what stages pass around. Unknown keys are refused where the
+only files this code base wrote uses `Model.read(store, key)`: a file of another format is a
+PipelineError naming the file and the field. Both return the plain dict (only the keys the record
+has), which is what stages pass around. Files an older version may have written (a champion's
+meta.json, a model folder given to predict, an old run's summary.json) are read leniently where
+they are read, not through these contracts. Unknown keys are refused where the
 format is fixed; open-ended parts (a config, per-split metrics, a champion record) are dicts.
 
 The JSON Schemas in docs/schemas/ are generated from these models:
@@ -17,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from cnn_tasks.errors import PipelineError
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
@@ -41,8 +46,12 @@ class Contract(BaseModel):
 
     @classmethod
     def read(cls, store, key: str) -> dict:
-        """The file under `key`, validated (a file of another format fails here, naming the field)."""
-        return cls.check(store.get_json(key))
+        """The file under `key`, validated: a file of another format is a PipelineError naming it and the field."""
+        try:
+            return cls.check(store.get_json(key))
+        except ValidationError as exc:
+            fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors())
+            raise PipelineError(f"{store.url(key)} does not follow its contract ({cls.__name__}): {fields}") from exc
 
 
 class Figure(Contract):

@@ -17,7 +17,7 @@ import logging
 
 import numpy as np
 
-from cnn_tasks.contracts import EnsembleSummary
+from cnn_tasks.contracts import EnsembleSummary, ModelMetrics
 from cnn_tasks.errors import PipelineError
 from cnn_tasks.metrics import classification_metrics, evaluate_predictions, load_predictions
 
@@ -168,7 +168,7 @@ def check_same_test_set(preds: dict[str, dict]) -> None:
 
 # ----------------------------------------------------------------------------- the stage
 def _classes(ctx, model_id: str) -> list[str]:
-    return list(ctx.store.get_json(ctx.eval_key(model_id, "metrics.json"))["classes"])
+    return list(ModelMetrics.read(ctx.store, ctx.eval_key(model_id, "metrics.json"))["classes"])
 
 
 def run(ctx, model_ids: list[str]) -> dict:

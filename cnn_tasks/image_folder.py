@@ -114,7 +114,8 @@ def read_images(
 
 
 def meta_beside(model_path: Path) -> dict:
-    """meta.json next to a model file, or {} when there is none."""
+    """meta.json next to a model file, or {} when there is none. Read leniently, not through
+    contracts.ModelMeta: a model trained by an older version (fewer fields) must still predict."""
     meta = Path(model_path).with_name("meta.json")
     return json.loads(meta.read_text()) if meta.is_file() else {}
 

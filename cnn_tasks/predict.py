@@ -93,6 +93,7 @@ def stage_preprocessing(ctx, chosen: dict) -> Preprocessing:
     """This run's size limits, and the fit the chosen model was trained with (its meta.json,
     `chosen["meta_key"]`; a model recorded before image_fit existed was trained with squash)."""
     meta_key = chosen.get("meta_key")
+    # Read leniently, not through contracts.ModelMeta: a champion may come from a run of an older version.
     meta = ctx.store.get_json(meta_key) if meta_key and ctx.store.exists(meta_key) else {}
     return Preprocessing.from_config(ctx.config, fit=data.image_fit(meta))
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import jinja2
 
 from cnn_tasks import SPLIT_NAMES, SPLITS, runtime
-from cnn_tasks.contracts import Summary
+from cnn_tasks.contracts import Contract, DatasetInfo, EnsembleSummary, ModelMeta, ModelMetrics, Promotion, Summary
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,11 @@ def not_run(anchor: str, title: str, why: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- reading the run
-def read_json(ctx, key: str) -> dict | None:
-    return ctx.store.get_json(key) if ctx.store.exists(key) else None
+def read_json(ctx, key: str, contract: type[Contract] | None = None) -> dict | None:
+    """The file under `key` (validated by its stage contract, if it has one), or None when missing."""
+    if not ctx.store.exists(key):
+        return None
+    return contract.read(ctx.store, key) if contract else ctx.store.get_json(key)
 
 
 def trained_model_ids(ctx) -> list[str]:
@@ -124,14 +127,15 @@ class Run:
 
         self.ctx = ctx
         self.base = ctx.report_key()  # runs/<id>/report
-        self.dataset, self.analysis, self.ingest = (
-            read_json(ctx, ctx.data_key(n)) for n in ("dataset.json", "analysis.json", "ingest.json")
-        )
+        self.dataset = read_json(ctx, ctx.data_key("dataset.json"), DatasetInfo)
+        self.analysis, self.ingest = (read_json(ctx, ctx.data_key(n)) for n in ("analysis.json", "ingest.json"))
         self.model_ids = trained_model_ids(ctx)
-        self.metas = {m: read_json(ctx, ctx.model_key(m, "meta.json")) for m in self.model_ids}
-        self.evals = {m: e for m in self.model_ids if (e := read_json(ctx, ctx.eval_key(m, "metrics.json")))}
-        self.ensemble = read_json(ctx, ctx.eval_key("ensemble", "ensemble.json"))
-        self.promotion = read_json(ctx, ctx.key("promotion.json"))
+        self.metas = {m: read_json(ctx, ctx.model_key(m, "meta.json"), ModelMeta) for m in self.model_ids}
+        self.evals = {
+            m: e for m in self.model_ids if (e := read_json(ctx, ctx.eval_key(m, "metrics.json"), ModelMetrics))
+        }
+        self.ensemble = read_json(ctx, ctx.eval_key("ensemble", "ensemble.json"), EnsembleSummary)
+        self.promotion = read_json(ctx, ctx.key("promotion.json"), Promotion)
         self.predictions = read_json(ctx, ctx.report_key("predictions.json"))
         self.failures = read_failures(ctx.store, ctx.prefix)
         self.timings = read_timings(ctx.store, ctx.prefix)

@@ -147,7 +147,7 @@ def run_row(run_id: str, modified: datetime, summary: dict) -> dict:
 def list_runs(store, limit: int = MAX_RUNS) -> list[dict]:
     rows = []
     for modified, run_id in summaries(store)[:limit]:
-        try:
+        try:  # not through contracts.Summary: runs written by older versions are listed with what they have
             summary = store.get_json(f"{RUNS}/{run_id}/report/summary.json")
         except (StoreError, ValueError) as exc:  # half-written or malformed: say so, keep going
             summary = {"promotion": {"reason": f"summary.json unreadable: {exc}"}}

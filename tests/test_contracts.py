@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from cnn_tasks import contracts
+from cnn_tasks.errors import PipelineError
 from cnn_tasks.storage import LocalStore
 
 
@@ -90,3 +91,12 @@ def test_a_promotion_record_keeps_exactly_its_keys(tmp_path):
         "champion_on_this_test": None,
     }
     assert contracts.Promotion.write(LocalStore(tmp_path), "runs/r1/promotion.json", record) == record
+
+
+def test_a_file_of_another_format_fails_where_it_is_read_naming_the_file_and_the_field(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put_json("data/dataset.json", {**DATASET, "image_size": "big"})  # not written through the contract
+    with pytest.raises(PipelineError) as error:
+        contracts.DatasetInfo.read(store, "data/dataset.json")
+    assert store.url("data/dataset.json") in str(error.value)
+    assert "image_size" in str(error.value)

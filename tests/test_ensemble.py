@@ -7,7 +7,6 @@ import pytest
 
 from cnn_tasks import ensemble
 from cnn_tasks.errors import PipelineError
-from cnn_tasks.metrics import save_predictions
 from tests.test_evaluate import random_proba, store_figure_exists
 
 
@@ -51,7 +50,9 @@ def test_subsets_skip_too_small_or_duplicate_groups():
 
 
 def write_model_predictions(ctx, model_ids, classes, n=30, seed=0):
-    """Fake evaluate-stage outputs (predictions.npz + metrics.json) for crafted models."""
+    """Evaluate-stage outputs (predictions.npz + metrics.json), as evaluate writes them, for crafted models."""
+    from cnn_tasks import evaluate
+
     rng = np.random.default_rng(seed)
     y_test, y_val = rng.integers(0, len(classes), n), rng.integers(0, len(classes), n)
     for i, mid in enumerate(model_ids):
@@ -61,16 +62,9 @@ def write_model_predictions(ctx, model_ids, classes, n=30, seed=0):
         p_val[np.arange(n), y_val] += strength
         p_test /= p_test.sum(1, keepdims=True)
         p_val /= p_val.sum(1, keepdims=True)
-        save_predictions(
-            ctx.store,
-            ctx.eval_key(mid, "predictions.npz"),
-            y_test=y_test,
-            p_test=p_test,
-            y_val=y_val,
-            p_val=p_val,
-            keys_test=np.array([f"k{j}" for j in range(n)]),
-        )
-        ctx.store.put_json(ctx.eval_key(mid, "metrics.json"), {"model_id": mid, "classes": classes, "figures": []})
+        splits = {"test": (y_test, p_test), "val": (y_val, p_val)}
+        images = rng.uniform(0, 255, (n, 8, 8, 3)).astype(np.float32)
+        evaluate.write_results(ctx, mid, classes, splits, images, [f"k{j}" for j in range(n)])
 
 
 def test_run_compares_every_model_and_ensemble(make_ctx):

@@ -129,14 +129,8 @@ def test_run_without_url_is_a_recorded_no_op(make_ctx):
 
 def test_run_uses_this_runs_best_model_without_a_champion(make_ctx, folder, tmp_path):
     ctx = make_ctx(unlabelled_url=str(folder))
-    classes = write_training_dataset(ctx, classes=3, train=2, val=2, test=2, size=16)["classes"]
+    classes = _with_best_model(ctx, tmp_path)
     assert classes == ["class_a", "class_b", "class_c"]  # the class folder names of `folder`
-    tiny_model().save(tmp_path / "m.keras")
-    ctx.store.put_file(ctx.model_key("tiny__unbalanced", "model.keras"), tmp_path / "m.keras")
-    rows = [
-        {"name": "tiny__unbalanced", "kind": "model", "members": ["tiny__unbalanced"], "macro_f1": 0.9, "accuracy": 0.9}
-    ]
-    ctx.store.put_json(ctx.eval_key("ensemble", "ensemble.json"), {"comparison": rows})
     out = predict.run(ctx)
     assert out == {
         "status": "done",
@@ -173,13 +167,38 @@ def test_cli_uses_class_names_beside_the_model(folder, tmp_path):
 
 
 def _with_best_model(ctx, tmp_path) -> list[str]:
+    """This run's one model, tiny__unbalanced, as the ensemble stage records a single evaluated model."""
+    from cnn_tasks.contracts import EnsembleSummary
+
     classes = write_training_dataset(ctx, classes=3, train=2, val=2, test=2, size=16)["classes"]
     tiny_model().save(tmp_path / "m.keras")
     ctx.store.put_file(ctx.model_key("tiny__unbalanced", "model.keras"), tmp_path / "m.keras")
-    rows = [
-        {"name": "tiny__unbalanced", "kind": "model", "members": ["tiny__unbalanced"], "macro_f1": 0.9, "accuracy": 0.9}
-    ]
-    ctx.store.put_json(ctx.eval_key("ensemble", "ensemble.json"), {"comparison": rows})
+    row = {
+        "name": "tiny__unbalanced",
+        "kind": "model",
+        "members": ["tiny__unbalanced"],
+        "macro_f1": 0.9,
+        "accuracy": 0.9,
+    }
+    EnsembleSummary.write(
+        ctx.store,
+        ctx.eval_key("ensemble", "ensemble.json"),
+        {
+            "metric": "macro_f1",
+            "classes": classes,
+            "members": [row["name"]],
+            "skipped": [],
+            "tie_break": "",
+            "ensembles": {},
+            "comparison": [row],
+            "comparison_key": ctx.eval_key("ensemble", "comparison.csv"),
+            "best": row["name"],
+            "best_kind": "model",
+            "best_ensemble": None,
+            "figures": [],
+            "not_run": "fewer than 2 evaluated models",
+        },
+    )
     return classes
 
 

@@ -115,24 +115,50 @@ def history(mid: str, epochs: int = 5) -> list[dict]:
 def write_models(ctx, tmp_path) -> None:
     """What the train stage leaves per trained model: a real model.keras of its experiment (built by
     models.build_model for the dataset's 16 px images), history.json, meta.json and the curves figure."""
+    from cnn_tasks.contracts import ModelMeta
+
     s = ctx.store
     for mid in TRAINED:
-        experiment = mid.split("__")[0]
-        model = models.build_model(ctx.config.experiment(experiment), len(CLASSES), 16, MEAN, STD)
+        experiment, variant = mid.split("__")
+        spec = ctx.config.experiment(experiment)
+        model = models.build_model(spec, len(CLASSES), 16, MEAN, STD)
         model.save(tmp_path / f"{mid}.keras")
         s.put_file(ctx.model_key(mid, "model.keras"), tmp_path / f"{mid}.keras")
         s.put_json(ctx.model_key(mid, "history.json"), history(mid))
-        s.put_json(
+        ModelMeta.write(
+            s,
             ctx.model_key(mid, "meta.json"),
             {
+                "model_id": mid,
+                "experiment": experiment,
+                "variant": variant,
+                "description": spec.description,
                 "classes": CLASSES,
                 "image_size": 16,
+                "image_fit": "squash",
+                "spec": spec.model_dump(mode="json"),
                 "params": int(model.count_params()),
                 "layers": models.describe(model)["layers"],
                 "best_epoch": 3,
                 "epochs_run": 5,
+                "resumed_from_epoch": 0,
+                "best_val_loss": 0.6,
+                "best_val_accuracy": 0.6,
+                "final_val_loss": 0.7,
+                "final_val_accuracy": 0.55,
                 "wall_time_s": 75.5,
                 "train_time_s": 12.5,
+                "images_per_s": 820.0,
+                "class_weight": None,
+                "dataset_sha256": "f00d",
+                "config": ctx.config.to_dict(),
+                "versions": {},
+                "git_commit": None,
+                "runtime": {},
+                "keys": {
+                    "model": ctx.model_key(mid, "model.keras"),
+                    "history_json": ctx.model_key(mid, "history.json"),
+                },
                 "figures": [png(s, ctx.model_key(mid, "curves.png"), f"Curves of {mid}.")],
             },
         )
