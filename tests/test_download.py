@@ -24,8 +24,8 @@ from PIL import Image
 from cnn_tasks import download, images, layout, sources
 from cnn_tasks.config import EUROSAT_URL, PipelineConfig
 from cnn_tasks.context import RunContext
+from tests.helpers import BAD_FILES, CONVERTED_FILES, encoded, write
 from tests.imagegen import make_dataset, zip_folder
-from tests.test_images import BAD_FILES, CONVERTED_FILES, encoded, write
 
 
 def _ctx(store: Path, run_id: str = "test_run", **overrides) -> RunContext:

@@ -8,7 +8,7 @@ import pytest
 from cnn_tasks import ensemble
 from cnn_tasks.errors import PipelineError
 from cnn_tasks.metrics import save_predictions
-from tests.test_evaluate import random_proba, store_figure_exists
+from tests.helpers import random_proba, store_figure_exists
 
 
 def test_soft_and_hard_votes_with_a_tie():

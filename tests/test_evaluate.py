@@ -3,60 +3,16 @@ on a real dataset.json + shards and a real saved model, the streamed (and sample
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
 from cnn_tasks import data, evaluate, metrics
 from tests.fixtures_training import write_training_dataset
-from tests.imagegen import class_image
+from tests.helpers import CLASSES, random_proba, store_figure_exists, tiny_model
 
-CLASSES = ["alpha", "beta", "gamma"]
 MID = "tiny__unbalanced"
 TRAIN_COUNTS = [8, 6, 4]  # imbalanced on purpose: a stratified sample must keep the proportions
-
-
-# ----------------------------------------------------------------------------- shared helpers (other test files use them)
-def class_images(n_per_class: int = 8, n_classes: int = 3, seed: int = 0, size: int = 16):
-    """float32 images 0..255 [N, size, size, 3] and int labels, from tests.imagegen."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(n_classes), n_per_class)
-    x = np.stack([np.asarray(class_image(int(c), rng, size), dtype=np.float32) for c in y])
-    return x, y.astype(np.int32)
-
-
-@functools.cache
-def tiny_model(trained: bool = True, n_classes: int = 3):
-    """A tiny Sequential CNN in the project's shape (Input, Normalization 'standardize', conv, softmax)."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    x, y = class_images(12, n_classes, seed=1)
-    norm = keras.layers.Normalization(name="standardize", mean=x.mean(axis=(0, 1, 2)), variance=x.var(axis=(0, 1, 2)))
-    model = keras.Sequential(
-        [
-            keras.Input((16, 16, 3)),
-            norm,
-            keras.layers.Conv2D(8, 3, name="conv1"),
-            keras.layers.Activation("relu", name="act1"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(n_classes, activation="softmax"),
-        ]
-    )
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
-    if trained:
-        model.fit(x, y, epochs=40, batch_size=len(x), verbose=0)
-    return model
-
-
-def random_proba(n: int, n_classes: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).dirichlet(np.ones(n_classes), size=n)
-
-
-def store_figure_exists(store, key: str) -> bool:
-    return store.exists(key) and store.get_bytes(key)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -1,7 +1,4 @@
-"""images.load_rgb / validate: one test per bad input and per colour-mode conversion.
-
-The writers below are also used by tests/test_download.py to build a dirty dataset.
-"""
+"""images.load_rgb / validate: one test per bad input and per colour-mode conversion."""
 
 from __future__ import annotations
 
@@ -15,122 +12,20 @@ import pytest
 from PIL import Image
 
 from cnn_tasks import images
-
-
-# ------------------------------------------------------------------ file writers
-def noise(height: int = 16, width: int = 16, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_raw(width: int, height: int, bit_depth: int, colour_type: int, rows: bytes | None) -> bytes:
-    """A hand-built PNG (Pillow cannot write 48-bit RGB); rows=None gives a header-only bomb."""
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    data = zlib.compress(rows if rows is not None else b"\0" * 16)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
-
-
-def png_rgb16(values: np.ndarray) -> bytes:
-    """16-bit-per-channel RGB PNG from a (H, W, 3) uint16 array."""
-    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in values)
-    return png_raw(values.shape[1], values.shape[0], 16, 2, rows)
-
-
-def exif_rotated(fmt: str, pixels: np.ndarray, orientation: int = 6) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return encoded(Image.fromarray(pixels), fmt, exif=exif.tobytes())
-
-
-def truncated_jpeg() -> bytes:
-    data = encoded(Image.fromarray(noise(64, 64)), "JPEG")
-    return data[: len(data) // 2]
-
-
-def corrupt_png() -> bytes:
-    data = bytearray(encoded(Image.fromarray(noise(64, 64)), "PNG"))
-    for i in range(200, 260):  # scramble the compressed pixel stream
-        data[i] ^= 0xFF
-    return bytes(data)
-
-
-def png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
-    """(kind, offset, data length) of every chunk of a well-formed PNG, in file order."""
-    chunks, pos = [], 8
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        chunks.append((kind, pos, length))
-        pos += 12 + length
-    return chunks
-
-
-def break_crc(data: bytes, kind: bytes) -> tuple[bytes, int]:
-    """`data` with the CRC of its first `kind` chunk flipped (the chunk's bytes intact); the chunk offset."""
-    _, pos, length = next(c for c in png_chunks(data) if c[0] == kind)
-    damaged = bytearray(data)
-    damaged[pos + 8 + length] ^= 0xFF
-    return bytes(damaged), pos
-
-
-def png_with_text(pixels: np.ndarray, after_pixels: bool = False) -> bytes:
-    """An RGB PNG with a tEXt chunk before (default) or after the IDAT chunk."""
-    plain = encoded(Image.fromarray(pixels), "PNG")
-    chunks = png_chunks(plain)
-    text = _png_chunk(b"tEXt", b"Comment\0hello")
-    cut = next(pos for kind, pos, _ in chunks if kind == (b"IEND" if after_pixels else b"IDAT"))
-    return plain[:cut] + text + plain[cut:]
-
-
-def png_rows(pixels: np.ndarray) -> bytes:
-    """The filtered scanlines (filter type 0) of an 8-bit RGB image, ready for zlib."""
-    return b"".join(b"\0" + row.tobytes() for row in pixels)
-
-
-def png_without_adler(pixels: np.ndarray) -> bytes:
-    """A PNG whose zlib stream lacks its Adler-32 trailer: Pillow decodes it, libpng refuses it."""
-    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 2, 0, 0, 0)
-    stream = zlib.compress(png_rows(pixels))[:-4]
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", stream) + _png_chunk(b"IEND", b"")
-
-
-GREY16 = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
-RGBA_PIXEL = (255, 0, 0, 128)  # half-transparent red: over white -> (255, 127, 127)
-
-# name -> (bytes, reason in rejected.csv)
-BAD_FILES = {
-    "corrupt.png": (corrupt_png, images.CORRUPT),
-    "truncated.jpg": (truncated_jpeg, images.TRUNCATED),
-    "notes.txt": (lambda: b"not an image, just text\n", images.NOT_AN_IMAGE),
-    "empty.png": (lambda: b"", images.EMPTY),
-    "bomb.png": (lambda: png_raw(20000, 20000, 8, 2, None), images.TOO_MANY_PIXELS),
-}
-
-# name -> (bytes, original mode recorded in the manifest); all accepted as RGB
-CONVERTED_FILES = {
-    "cmyk.jpg": (lambda: encoded(Image.new("CMYK", (16, 16), (10, 200, 30, 40)), "JPEG"), "CMYK"),
-    "grey16.png": (lambda: encoded(Image.fromarray(GREY16), "PNG"), "I;16"),
-    "rgb16.png": (lambda: png_rgb16(noise().astype(np.uint16) * 256 + 7), "RGB"),
-    "palette.png": (lambda: encoded(Image.fromarray(noise(seed=3)).convert("P"), "PNG"), "P"),
-    "rgba.png": (lambda: encoded(Image.new("RGBA", (8, 8), RGBA_PIXEL), "PNG"), "RGBA"),
-    "grey.png": (lambda: encoded(Image.fromarray(noise(seed=4)[..., 0], "L"), "PNG"), "L"),
-    "rotated.jpg": (lambda: exif_rotated("JPEG", noise(8, 16, seed=5)), "RGB"),
-}
-
-
-def write(folder: Path, name: str, data: bytes) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_bytes(data)
-    return path
+from tests.helpers import (
+    BAD_FILES,
+    CONVERTED_FILES,
+    break_crc,
+    encoded,
+    exif_rotated,
+    noise,
+    png_chunk,
+    png_chunks,
+    png_raw,
+    png_with_text,
+    png_without_adler,
+    write,
+)
 
 
 # ------------------------------------------------------------------ bad inputs
@@ -279,7 +174,7 @@ def test_tensorflow_refuses_the_crc_damaged_png_that_pillow_reads():
 PILLOW_ONLY_PNGS = {
     "no_iend.png": lambda: encoded(Image.fromarray(noise(10, 14)), "PNG")[:-12],
     "no_adler32.png": lambda: png_without_adler(noise(10, 14)),
-    "unknown_critical_chunk.png": lambda: (lambda p: p[:-12] + _png_chunk(b"ABCD", b"xx") + p[-12:])(
+    "unknown_critical_chunk.png": lambda: (lambda p: p[:-12] + png_chunk(b"ABCD", b"xx") + p[-12:])(
         encoded(Image.fromarray(noise(10, 14)), "PNG")
     ),
 }
@@ -356,7 +251,7 @@ def png_with_chunk_before_pixels(pixels: np.ndarray, chunk: bytes) -> bytes:
 
 def test_a_png_whose_header_pillow_cannot_read_is_corrupt_not_a_non_image(tmp_path):
     header = struct.pack(">IIBBBBB", 0, 16, 8, 2, 0, 0, 0)  # width 0: not a valid PNG header
-    data = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IEND", b"")
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b"")
     with pytest.raises(images.ImageRejected) as info:
         images.validate(write(tmp_path, "zero_width.png", data))
     assert str(info.value) == "corrupt: the file starts like a PNG image but its header is invalid"
@@ -364,7 +259,7 @@ def test_a_png_whose_header_pillow_cannot_read_is_corrupt_not_a_non_image(tmp_pa
 
 @pytest.mark.parametrize("kind, body", [(b"zTXt", b"Comment\0\0"), (b"iCCP", b"icc\0\0")])
 def test_a_metadata_decompression_bomb_is_refused_in_words(tmp_path, kind, body):
-    bomb = _png_chunk(kind, body + zlib.compress(b"a" * (8 << 20)))  # 8 MiB of text from ~8 kB
+    bomb = png_chunk(kind, body + zlib.compress(b"a" * (8 << 20)))  # 8 MiB of text from ~8 kB
     path = write(tmp_path, "bomb.png", png_with_chunk_before_pixels(noise(), bomb))
     with pytest.raises(images.ImageRejected, match="refused as a possible decompression bomb") as info:
         images.validate(path)

@@ -8,37 +8,15 @@ import unicodedata
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from cnn_tasks import download, layout
 from tests.fuzzing import assert_kept, ingest
+from tests.helpers import build
 
 LATIN1_CAFE = os.fsdecode(b"caf\xe9")  # how os.listdir shows a Latin-1 folder name on a UTF-8 system
 NFC, NFD = unicodedata.normalize("NFC", "Café"), unicodedata.normalize("NFD", "Café")
 MAPPING = "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\nn01484850 great white shark\n"
-
-
-def png(seed: int, size: int = 12) -> bytes:
-    """A small PNG whose pixels differ for every seed."""
-    import io
-
-    rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def build(root: Path, files: dict[str, str | bytes | None]) -> Path:
-    """Write `files` (relative path -> text, bytes, or None for a generated image) under root."""
-    for i, (rel, content) in enumerate(sorted(files.items())):
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if content is None:
-            content = png(i)
-        path.write_bytes(content.encode() if isinstance(content, str) else content)
-    return root
 
 
 def images(*folders: str, n: int = 2, ext: str = "png") -> dict[str, None]:

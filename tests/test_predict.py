@@ -13,8 +13,8 @@ import pytest
 
 from cnn_tasks import data, image_folder, images, predict
 from tests.fixtures_training import write_training_dataset
+from tests.helpers import CLASSES, tiny_model
 from tests.imagegen import make_dataset
-from tests.test_evaluate import CLASSES, tiny_model
 
 REJECTED = {
     "corrupt.png": images.CORRUPT,

@@ -11,7 +11,7 @@ import pytest
 from cnn_tasks import data, models, promote
 from cnn_tasks.champion import history_key, pick_candidate
 from tests.fixtures_training import write_training_dataset
-from tests.test_evaluate import tiny_model
+from tests.helpers import tiny_model
 
 
 @pytest.mark.parametrize(

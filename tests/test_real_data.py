@@ -18,7 +18,7 @@ import pytest
 from cnn_tasks import download, images, rebalance, split
 from cnn_tasks.config import PipelineConfig
 from cnn_tasks.context import RunContext
-from tests.conftest import eurosat_zip
+from tests.helpers import eurosat_zip
 
 PER_CLASS_IN_ZIP, PER_CLASS = 40, 30
 EUROSAT_CLASSES = [

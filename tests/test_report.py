@@ -17,7 +17,7 @@ from PIL import Image
 
 from cnn_tasks import ensemble, evaluate, failures, models, predict, promote, report, runtime
 from cnn_tasks.plots import figure_entry
-from tests.test_evaluate import CLASSES, random_proba, store_figure_exists
+from tests.helpers import CLASSES, random_proba, store_figure_exists
 
 SECTIONS = (
     "results",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cnn_tasks import sources
-from tests.test_fuzz_archives import dataset, make_tar, make_zip, png
+from tests.helpers import dataset, make_tar, make_zip, png
 
 
 @pytest.fixture

@@ -191,7 +191,7 @@ def test_a_class_without_given_test_images_is_an_error_naming_it():
 
 
 def test_run_on_a_pre_split_dataset_records_layout_and_origin(tmp_path):
-    from tests.test_layout import build
+    from tests.helpers import build
 
     root = build(
         tmp_path / "ds",
