@@ -96,10 +96,12 @@ def test_figures_and_tables_exist_for_every_class(tmp_path):
         "examples_correct.png",
         "examples_wrong.png",
     ):
-        assert f"ev/{name}" in keys and store_figure_exists(store, f"ev/{name}")
+        assert f"ev/{name}" in keys
+        assert store_figure_exists(store, f"ev/{name}")
     assert all(f["caption"] for f in result["figures"])
     table = result["table"].set_index("class")
-    assert table.loc[classes, "roc_auc"].notna().all() and table.loc[classes, "average_precision"].notna().all()
+    assert table.loc[classes, "roc_auc"].notna().all()
+    assert table.loc[classes, "average_precision"].notna().all()
     assert result["splits"]["test"]["macro_auc"] is not None
 
 
@@ -123,15 +125,14 @@ def test_run_writes_metrics_predictions_and_report(evaluated_ctx):
     record = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
     assert set(record["splits"]) == {"test", "val", "train"}
     assert record["classes"] == data.load_dataset_info(ctx)["classes"] == ["class_a", "class_b", "class_c"]
-    assert (
-        out["accuracy"] == record["splits"]["test"]["accuracy"]
-        and out["macro_f1"] == record["splits"]["test"]["macro_f1"]
-    )
+    assert out["accuracy"] == record["splits"]["test"]["accuracy"]
+    assert out["macro_f1"] == record["splits"]["test"]["macro_f1"]
     assert all(store_figure_exists(ctx.store, f["key"]) for f in record["figures"])
     npz = metrics.load_predictions(ctx.store, ctx.eval_key(MID, "predictions.npz"))
     assert set(npz) == {"y_test", "p_test", "y_val", "p_val", "keys_test"}
     x_test, y_test, keys_test = data.load_split_arrays(ctx, "test")
-    assert npz["p_test"].shape == (12, 3) and list(npz["keys_test"]) == keys_test
+    assert npz["p_test"].shape == (12, 3)
+    assert list(npz["keys_test"]) == keys_test
     np.testing.assert_array_equal(npz["y_test"], y_test)
     np.testing.assert_allclose(npz["p_test"], model.predict(x_test, verbose=0), rtol=1e-5, atol=1e-6)
     x_val, y_val, _ = data.load_split_arrays(ctx, "val")
@@ -168,7 +169,8 @@ def test_stratified_quota_is_proportional_and_sums_to_the_cap():
     assert evaluate.stratified_quota([5, 1, 1], 4) == [3, 1, 0]  # largest remainders, ties to the lower class
     for counts in ([2700, 2400, 3000, 1400, 1750, 2000, 1800, 2500, 2100, 2000], [1, 997, 3]):
         quota = evaluate.stratified_quota(counts, 300)
-        assert sum(quota) == 300 and all(0 <= q <= c for q, c in zip(quota, counts))
+        assert sum(quota) == 300
+        assert all(0 <= q <= c for q, c in zip(quota, counts))
 
 
 def test_training_split_over_the_cap_is_a_seeded_stratified_sample(evaluated_ctx, make_ctx, monkeypatch):
@@ -180,7 +182,8 @@ def test_training_split_over_the_cap_is_a_seeded_stratified_sample(evaluated_ctx
     sample = evaluate.predict_split(ctx, model, "train", max_images=9)
 
     assert np.bincount(sample["y"]).tolist() == [4, 3, 2]  # proportional to TRAIN_COUNTS
-    assert len(set(sample["index"])) == 9 and list(sample["index"]) == sorted(sample["index"])
+    assert len(set(sample["index"])) == 9
+    assert list(sample["index"]) == sorted(sample["index"])
     np.testing.assert_array_equal(sample["y"], y[sample["index"]])
     np.testing.assert_allclose(sample["proba"], model.predict(x[sample["index"]], verbose=0), rtol=1e-5, atol=1e-6)
     seed = ctx.config.seed
@@ -208,9 +211,12 @@ def test_run_over_the_cap_says_it_evaluated_a_training_sample(evaluated_ctx, mon
     record = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
     description = f"seeded stratified sample of 9 of 18 images (seed {ctx.config.seed})"
     train = record["evaluated"]["train"]
-    assert train["description"] == description and not train["full_split"] and train["split_images"] == 18
+    assert train["description"] == description
+    assert not train["full_split"]
+    assert train["split_images"] == 18
     assert record["splits"]["train"]["count"] == np.sum(record["confusion_matrices"]["train"]) == 9
     assert np.sum(record["confusion_matrices"]["train"], axis=1).tolist() == [4, 3, 2]
-    assert record["evaluated"]["test"]["full_split"] and record["evaluated"]["val"]["full_split"]  # never sampled
+    assert record["evaluated"]["test"]["full_split"]
+    assert record["evaluated"]["val"]["full_split"]  # never sampled
     captions = {f["key"].rsplit("/", 1)[1]: f["caption"] for f in record["figures"]}
     assert f"on the train split ({description})" in captions["confusion_train.png"]

@@ -65,20 +65,23 @@ def _validated(tmp_path, name):
     make, mode = CONVERTED_FILES[name]
     result = images.validate(write(tmp_path, name, make()))
     image = images.load_rgb(tmp_path / name)
-    assert image.mode == "RGB" and result.original_mode == mode
+    assert image.mode == "RGB"
+    assert result.original_mode == mode
     return result, np.asarray(image)
 
 
 def test_cmyk_becomes_rgb(tmp_path):
     result, pixels = _validated(tmp_path, "cmyk.jpg")
     expected = np.asarray(Image.open(tmp_path / "cmyk.jpg").convert("RGB"))
-    assert np.array_equal(pixels, expected) and result.reencoded
+    assert np.array_equal(pixels, expected)
+    assert result.reencoded
 
 
 def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
     result, pixels = _validated(tmp_path, "grey16.png")
     assert pixels[0, :, 0].tolist() == [0, 3, 128, 255]  # v >> 8, where a plain convert clips to 255
-    assert (pixels[..., 0] == pixels[..., 1]).all() and result.reencoded
+    assert (pixels[..., 0] == pixels[..., 1]).all()
+    assert result.reencoded
 
 
 def test_16_bit_rgb_is_reencoded_as_8_bit(tmp_path):
@@ -90,7 +93,8 @@ def test_16_bit_rgb_is_reencoded_as_8_bit(tmp_path):
 def test_palette_becomes_rgb(tmp_path):
     result, pixels = _validated(tmp_path, "palette.png")
     expected = np.asarray(Image.open(tmp_path / "palette.png").convert("RGB"))
-    assert np.array_equal(pixels, expected) and result.original_format == "PNG"
+    assert np.array_equal(pixels, expected)
+    assert result.original_format == "PNG"
 
 
 def test_rgba_is_composited_on_white(tmp_path):
@@ -110,7 +114,8 @@ def test_exif_orientation_is_applied(tmp_path):
     pixels = np.asarray(images.load_rgb(path))
     assert pixels.shape == (16, 8, 3)
     assert np.array_equal(pixels, np.rot90(source, k=-1))  # orientation 6: rotate 90 degrees clockwise
-    assert result.reencoded and (result.width, result.height) == (8, 16)
+    assert result.reencoded
+    assert (result.width, result.height) == (8, 16)
 
 
 def test_plain_rgb_png_is_reencoded_too(tmp_path):
@@ -118,7 +123,8 @@ def test_plain_rgb_png_is_reencoded_too(tmp_path):
     pixels = noise(seed=11)
     data = encoded(Image.fromarray(pixels), "PNG", compress_level=9)
     result = images.validate(write(tmp_path, "plain.png", data))
-    assert result.encoded != data and result.reencoded
+    assert result.encoded != data
+    assert result.reencoded
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(result.encoded))), pixels)
 
 
@@ -189,7 +195,8 @@ def test_accepted_png_decodes_in_training_even_when_its_original_bytes_would_not
         tf.io.decode_image(data, channels=3)  # the original bytes: training would fail
     result = images.validate(write(tmp_path, name, data))
     decoded = tf.io.decode_image(result.encoded, channels=3, expand_animations=False).numpy()
-    assert np.array_equal(decoded, noise(10, 14)) and result.reencoded
+    assert np.array_equal(decoded, noise(10, 14))
+    assert result.reencoded
 
 
 def test_bytes_after_iend_and_text_after_the_pixels_are_harmless(tmp_path):
@@ -231,7 +238,8 @@ def test_limits_are_inclusive_and_off_by_default(tmp_path):
         assert images.validate(path, **LIMITS).width == width
     tiny = write(tmp_path, "tiny.png", encoded(Image.new("RGB", (1, 1)), "PNG"))
     long = write(tmp_path, "long.png", encoded(Image.new("RGB", (1000, 2)), "PNG"))
-    assert images.load_rgb(tiny).size == (1, 1) and images.load_rgb(long).size == (1000, 2)
+    assert images.load_rgb(tiny).size == (1, 1)
+    assert images.load_rgb(long).size == (1000, 2)
 
 
 def test_limits_are_checked_from_the_header_before_decoding(tmp_path):
@@ -299,7 +307,8 @@ def test_a_named_pipe_is_a_special_file_and_never_blocks(tmp_path, reader):
     os.mkfifo(fifo)
     finished, result = _finishes(lambda: reader(fifo), fifo)
     assert finished, "reading a named pipe blocked"
-    assert isinstance(result, images.ImageRejected) and result.reason == images.SPECIAL_FILE
+    assert isinstance(result, images.ImageRejected)
+    assert result.reason == images.SPECIAL_FILE
     assert "a named pipe (FIFO): not a regular file" in result.detail
 
 
@@ -307,7 +316,8 @@ def test_a_link_to_a_device_is_a_special_file_not_read(tmp_path):
     link = tmp_path / "zero.png"
     link.symlink_to("/dev/zero")  # read whole, this never ends
     finished, result = _finishes(lambda: images.validate(link))
-    assert finished and isinstance(result, images.ImageRejected), result
+    assert finished, result
+    assert isinstance(result, images.ImageRejected), result
     assert (result.reason, result.detail) == (images.SPECIAL_FILE, "a character device: not a regular file, not read")
 
 
