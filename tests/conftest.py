@@ -8,8 +8,6 @@ import pytest
 
 from tests.imagegen import make_dataset
 
-EUROSAT_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "eurosat.zip"
-
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
@@ -35,10 +33,3 @@ def make_ctx(tmp_path):
         return RunContext.create(PipelineConfig.from_dict(values), run_id)
 
     return build
-
-
-def eurosat_zip() -> Path:
-    """The shared EuroSAT archive, or skip the test when this machine does not have it."""
-    if not EUROSAT_ZIP.is_file():
-        pytest.skip(f"real-data test: {EUROSAT_ZIP} is absent")
-    return EUROSAT_ZIP

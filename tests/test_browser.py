@@ -179,7 +179,8 @@ def test_report_plugin_refuses_unauthenticated_and_path_traversal_requests(airfl
         assert response.status_code == 401, (path, response.status_code)
         assert "a report" not in response.text
     redirect = httpx.get(base + "/cnn-reports/", headers={"Accept": "text/html"})
-    assert redirect.status_code == 303 and "/auth/login" in redirect.headers["location"]
+    assert redirect.status_code == 303
+    assert "/auth/login" in redirect.headers["location"]
     forged = httpx.get(base + "/cnn-reports/api/runs", headers={"Authorization": "Bearer forged"})
     assert forged.status_code in (401, 403), forged.status_code
     page = browser.new_page()
@@ -194,7 +195,8 @@ def test_report_plugin_refuses_unauthenticated_and_path_traversal_requests(airfl
     # Authenticated, but outside runs/: refused (raw request paths, not normalised by a client).
     token = stack.token()
     ok = httpx.get(base + "/cnn-reports/runs/some_run/report/index.html", headers={"Authorization": f"Bearer {token}"})
-    assert ok.status_code == 200 and "a report" in ok.text
+    assert ok.status_code == 200
+    assert "a report" in ok.text
     host, port = urlsplit(base).hostname, urlsplit(base).port
     for path in (
         "/cnn-reports/runs/../champion.json",
@@ -212,7 +214,9 @@ def test_report_plugin_refuses_unauthenticated_and_path_traversal_requests(airfl
         body = response.read().decode(errors="replace")
         conn.close()
         assert response.status in (400, 404), (path, response.status, body[:200])
-        assert "outside runs/" not in body and "do not serve" not in body and "root:" not in body, path
+        assert "outside runs/" not in body, path
+        assert "do not serve" not in body, path
+        assert "root:" not in body, path
 
 
 def test_trigger_form_opens_on_the_main_fields_with_the_rest_in_collapsed_sections(airflow, browser, shots):
@@ -314,7 +318,8 @@ def test_trigger_form_quick_run_and_report_in_the_browser(airflow, browser, shot
         link.wait_for()
         page.screenshot(path=str(shots / "06-task-extra-links.png"))
         href = link.get_attribute("href") or ""
-        assert "/cnn-reports/runs/" in href and href.endswith("/report/index.html"), href
+        assert "/cnn-reports/runs/" in href, href
+        assert href.endswith("/report/index.html"), href
         if link.get_attribute("target") == "_blank":
             with browser.expect_page() as opened:
                 link.click()

@@ -93,10 +93,12 @@ def test_entries_a_running_task_holds_are_not_evicted(root, monkeypatch, make_ct
     with caplog.at_level(logging.INFO, logger="cnn_tasks.cache"):
         evicted = cache.enforce_limit(root)
     assert [e.path for e in evicted] == [unused]
-    assert path.read_bytes() == b"s" * 300 and half_made.exists()
+    assert path.read_bytes() == b"s" * 300
+    assert half_made.exists()
     assert "over its 0.0 GB limit (CNN_CACHE_MAX_GB): the rest is in use by running tasks" in caplog.text
     ctx.close()  # released, then the limit is enforced at the task's end
-    assert not path.exists() and not half_made.exists()
+    assert not path.exists()
+    assert not half_made.exists()
 
 
 def test_a_hold_in_another_process_blocks_eviction(root, monkeypatch):
@@ -118,7 +120,8 @@ def test_a_hold_in_another_process_blocks_eviction(root, monkeypatch):
     try:
         assert child.stdout.readline().strip() == "held"
         _limit(monkeypatch, 1)
-        assert cache.enforce_limit(root) == [] and entry.exists()
+        assert cache.enforce_limit(root) == []
+        assert entry.exists()
     finally:
         child.communicate("done\n", timeout=30)
     assert [e.path for e in cache.enforce_limit(root)] == [entry]
@@ -132,7 +135,8 @@ def test_fetch_holds_its_extraction_until_the_task_ends(root, monkeypatch, tmp_p
     folder = sources.fetch(ctx, str(archive))
     assert folder.parent.parent == root / "extracted"  # <entry>/data beside <entry>/skipped.json
     _limit(monkeypatch, 1)
-    assert cache.enforce_limit(root) == [] and (folder / "cats" / "1.png").is_file()
+    assert cache.enforce_limit(root) == []
+    assert (folder / "cats" / "1.png").is_file()
     ctx.close()
     assert not folder.exists()
 
@@ -176,7 +180,8 @@ def test_a_finished_task_removes_its_scratch_but_not_a_sibling_task_s(root, make
     other = sibling.scratch("train", "m2") / "checkpoint"
     other.mkdir()  # empty for now: the sibling's first epoch is still running
     mine.close()
-    assert not work.exists() and other.is_dir()
+    assert not work.exists()
+    assert other.is_dir()
     sibling.close()
     assert not (root / "scratch" / "run_a").exists()  # the run's last task on this worker ended
 

@@ -164,8 +164,8 @@ def test_report_on_a_store_without_runs_says_so(tmp_path):
 
 
 def test_predict_uses_the_champion_and_the_meta_json_it_was_trained_with(tmp_path, capsys):
+    from tests.helpers import CLASSES, tiny_model
     from tests.imagegen import make_dataset
-    from tests.test_evaluate import CLASSES, tiny_model
 
     store = open_store(f"file://{tmp_path / 'store'}")
     tiny_model().save(tmp_path / "m.keras")

@@ -62,13 +62,15 @@ def test_every_required_service_is_defined():
         assert name in SERVICES, name
     assert SERVICES["postgres"]["image"].startswith("postgres:16")
     assert SERVICES["redis"]["image"].startswith("redis:")
-    assert "minio/minio" in SERVICES["minio"]["image"] and "minio/mc" in SERVICES["minio-init"]["image"]
+    assert "minio/minio" in SERVICES["minio"]["image"]
+    assert "minio/mc" in SERVICES["minio-init"]["image"]
 
 
 @pytest.mark.parametrize("service", [*AIRFLOW, "airflow-worker-gpu"])
 def test_airflow_services_share_image_executor_urls_and_mounts(service):
     spec, variables = SERVICES[service], env(service)
-    assert "build" in spec and spec["build"]["context"] == "."
+    assert "build" in spec
+    assert spec["build"]["context"] == "."
     assert variables["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert variables["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     assert "@postgres/" in variables["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
@@ -94,7 +96,8 @@ def test_minio_connection_and_store_settings():
 
 def test_minio_init_creates_the_bucket_and_the_airflow_key():
     script = "\n".join(SERVICES["minio-init"]["command"])
-    assert "mc mb --ignore-existing" in script and "$$CNN_BUCKET" in script
+    assert "mc mb --ignore-existing" in script
+    assert "$$CNN_BUCKET" in script
     assert "mc admin user add" in script
     assert env("minio-init")["CNN_BUCKET"] == "${CNN_BUCKET:-cnn-artifacts}"
     assert SERVICES["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
@@ -135,9 +138,11 @@ def test_training_capacity_is_sized_for_tensorflow():
 
 def test_gpu_worker_is_an_optional_profile():
     gpu = SERVICES["airflow-worker-gpu"]
-    assert gpu["profiles"] == ["gpu"] and gpu["build"]["target"] == "gpu"
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["build"]["target"] == "gpu"
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device["driver"] == "nvidia"
+    assert device["capabilities"] == ["gpu"]
     assert all("profiles" not in SERVICES[s] for s in SERVICES if s != "airflow-worker-gpu")
 
 

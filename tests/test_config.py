@@ -10,8 +10,11 @@ from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConfigError, ConvBlock, Pipeli
 
 def test_defaults_are_the_standard_profile():
     config = PipelineConfig.from_dict({})
-    assert config.profile == "standard" and config.split == (0.7, 0.2, 0.1)
-    assert config.image_size == 64 and config.classes is None and config.max_images_per_class is None
+    assert config.profile == "standard"
+    assert config.split == (0.7, 0.2, 0.1)
+    assert config.image_size == 64
+    assert config.classes is None
+    assert config.max_images_per_class is None
     assert [e.name for e in config.experiments] == ["baseline", "strided_elu", "deep_swish"]
     first = config.experiments[0]
     assert (first.activation, first.optimizer, first.batch_size) == ("relu", "adam", 32)
@@ -22,7 +25,9 @@ def test_quick_profile_fills_fields_left_at_defaults_but_keeps_user_values():
     form = PipelineConfig().to_dict() | {"profile": "quick", "epochs": 5}
     config = PipelineConfig.from_dict(form)
     assert config.epochs == 5  # changed by the user: kept
-    assert config.image_size == 32 and config.max_images_per_class == 300 and config.classes_limit == 4
+    assert config.image_size == 32
+    assert config.max_images_per_class == 300
+    assert config.classes_limit == 4
 
 
 def test_an_explicit_empty_value_wins_over_the_quick_profile():
@@ -38,13 +43,16 @@ def test_an_explicit_empty_value_wins_over_the_quick_profile():
 
 def test_json_round_trip_and_form_strings():
     config = PipelineConfig.from_dict({"classes": "Forest, River", "dataset_subdir": "  ", "image_size": "48"})
-    assert config.classes == ("Forest", "River") and config.dataset_subdir is None and config.image_size == 48
+    assert config.classes == ("Forest", "River")
+    assert config.dataset_subdir is None
+    assert config.image_size == 48
     assert PipelineConfig.from_json(config.to_json()) == config
 
 
 def test_form_values_pydantic_would_otherwise_read_loosely():
     config = PipelineConfig.from_dict({"max_aspect_ratio": "2.5", "seed": 7.0, "classes": [], "epochs": None})
-    assert config.max_aspect_ratio == 2.5 and config.seed == 7
+    assert config.max_aspect_ratio == 2.5
+    assert config.seed == 7
     assert config.classes is None  # an empty list means all classes
     assert config.epochs == 30  # None for a field that cannot be empty means its default
     for values, field in (
@@ -143,7 +151,8 @@ def test_settings_are_frozen_and_reject_unknown_fields():
 def test_invalid_values_name_the_field(values, field, message):
     with pytest.raises(ConfigError, match=message) as err:
         PipelineConfig.from_dict(values)
-    assert err.value.field == field and str(err.value).startswith(f"{field}: ")
+    assert err.value.field == field
+    assert str(err.value).startswith(f"{field}: ")
 
 
 def test_dataset_subdir_inside_the_dataset_is_accepted():
@@ -165,14 +174,17 @@ def test_custom_experiment_from_json():
         }
     )
     spec = config.experiment("tiny")
-    assert spec.batch_size == 16 and spec.learning_rate == 0.01 and spec.conv[0].pool == "max"
+    assert spec.batch_size == 16
+    assert spec.learning_rate == 0.01
+    assert spec.conv[0].pool == "max"
 
 
 def test_field_schemas_describe_every_field_for_the_trigger_form():
     schemas = field_schemas({"store_uri": "s3://bucket/x"})
     assert set(schemas) == set(PipelineConfig().to_dict())
     for name, schema in schemas.items():
-        assert schema["title"] and schema["description"], name
+        assert schema["title"], name
+        assert schema["description"], name
     assert schemas["store_uri"]["default"] == "s3://bucket/x"
     assert schemas["rebalance"]["enum"] == ["none", "class_weight", "oversample", "undersample", "augment"]
     assert (schemas["image_size"]["minimum"], schemas["image_size"]["maximum"]) == (16, 512)
@@ -187,8 +199,10 @@ def test_field_schemas_are_flat_and_grouped_for_the_trigger_form():
     assert list(dict.fromkeys(sections)) == [None, "Data preparation", "Model and training", "Promotion", "Storage"]
     assert sections == sorted(sections, key=list(dict.fromkeys(sections)).index)  # each section in one block
     for name, schema in schemas.items():
-        assert "anyOf" not in schema and "$ref" not in str(schema), name
-    assert schemas["classes_limit"]["type"] == ["integer", "null"] and schemas["classes_limit"]["minimum"] == 2
+        assert "anyOf" not in schema, name
+        assert "$ref" not in str(schema), name
+    assert schemas["classes_limit"]["type"] == ["integer", "null"]
+    assert schemas["classes_limit"]["minimum"] == 2
     assert schemas["experiments"]["items"] == {"type": "object"}
     assert schemas["experiments"]["default"] == PipelineConfig().to_dict()["experiments"]
     assert (schemas["split"]["minItems"], schemas["split"]["maxItems"]) == (3, 3)

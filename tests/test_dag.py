@@ -102,13 +102,16 @@ def test_a_failed_stage_fails_the_run_after_the_report(parsed):
 
 def test_mapped_tasks_have_readable_labels(parsed):
     labels = {t: v["label"] for t, v in parsed["tasks"].items() if v["mapped"]}
-    assert "experiment" in labels["single_batch_check"] and "variant" in labels["train"]
-    assert "model_id" in labels["visualize"] and "model_id" in labels["evaluate"]
+    assert "experiment" in labels["single_batch_check"]
+    assert "variant" in labels["train"]
+    assert "model_id" in labels["visualize"]
+    assert "model_id" in labels["evaluate"]
 
 
 def test_training_has_pool_timeout_and_backoff(parsed):
     train = parsed["tasks"]["train"]
-    assert train["pool"] == "training" and train["timeout"] == 6 * 3600
+    assert train["pool"] == "training"
+    assert train["timeout"] == 6 * 3600
     assert all(t["backoff"] for t in parsed["tasks"].values())
     assert parsed["tasks"]["download"]["retries"] == 2
     assert parsed["max_active_runs"] == 1
@@ -127,12 +130,15 @@ def test_params_carry_types_enums_bounds_and_descriptions(parsed):
         "unlabelled_url",
         "store_uri",
     ):
-        assert params[name]["title"] and params[name]["description"], name
+        assert params[name]["title"], name
+        assert params[name]["description"], name
     assert params["rebalance"]["enum"] == ["none", "class_weight", "oversample", "undersample", "augment"]
     assert params["profile"]["enum"] == ["standard", "quick"]
-    assert params["epochs"]["type"] == "integer" and params["epochs"]["minimum"] == 1
+    assert params["epochs"]["type"] == "integer"
+    assert params["epochs"]["minimum"] == 1
     assert len(parsed["defaults"]["experiments"]) == 3
-    assert params["classes"]["type"] == ["array", "null"] and params["classes"]["items"] == {"type": "string"}
+    assert params["classes"]["type"] == ["array", "null"]
+    assert params["classes"]["items"] == {"type": "string"}
 
 
 def test_params_lay_out_the_trigger_form_in_sections(parsed):
@@ -140,16 +146,19 @@ def test_params_lay_out_the_trigger_form_in_sections(parsed):
     names = list(params)
     assert names[:2] == ["profile", "dataset_url"]  # the profile and the most-used fields first
     main = names[: names.index("dataset_subdir")]
-    assert {"image_size", "epochs", "classes"} <= set(main) and not any("section" in params[n] for n in main)
+    assert {"image_size", "epochs", "classes"} <= set(main)
+    assert not any("section" in params[n] for n in main)
     sections = list(dict.fromkeys(params[n].get("section") for n in names))
     assert sections == [None, "Data preparation", "Model and training", "Promotion", "Storage"]
-    assert params["experiments"]["section"] == "Model and training" and params["store_uri"]["section"] == "Storage"
+    assert params["experiments"]["section"] == "Model and training"
+    assert params["store_uri"]["section"] == "Storage"
 
 
 def test_schedule_is_manual_by_default_and_configurable(parsed, tmp_path):
     assert parsed["timetable"] == "NullTimetable"
     cron = load_dag(tmp_path, CNN_SCHEDULE="0 3 * * 1")
-    assert cron["timetable"] == "CronTriggerTimetable" and "0 3 * * 1" in cron["summary"]
+    assert cron["timetable"] == "CronTriggerTimetable"
+    assert "0 3 * * 1" in cron["summary"]
     both = load_dag(tmp_path, CNN_SCHEDULE="@daily", CNN_RETRAIN_ON_ASSET="true")
     assert both["timetable"] == "AssetOrTimeSchedule"
     assert load_dag(tmp_path, CNN_RETRAIN_ON_ASSET="true")["timetable"] == "AssetTriggeredTimetable"

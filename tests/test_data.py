@@ -38,29 +38,41 @@ def test_decode_and_resize_keeps_pixels_at_size_and_resizes_otherwise():
     assert same.dtype == tf.float32
     np.testing.assert_array_equal(same.numpy(), np.asarray(image, np.float32))
     small = data.decode_and_resize(tf.constant(png_bytes(image)), 16).numpy()
-    assert small.shape == (16, 16, 3) and 0 <= small.min() and small.max() <= 255
+    assert small.shape == (16, 16, 3)
+    assert 0 <= small.min()
+    assert small.max() <= 255
 
 
 def test_load_split_arrays_is_in_shard_order_and_deterministic(ctx):
     x, y, keys = data.load_split_arrays(ctx, "train")
-    assert x.shape == (18, 16, 16, 3) and x.dtype == np.float32 and y.dtype == np.int32
-    assert 0 <= x.min() and x.max() <= 255 and x.max() > 1  # 0..255 pixels, not standardised
-    assert np.bincount(y).tolist() == [8, 6, 4] and len(set(keys)) == 18
+    assert x.shape == (18, 16, 16, 3)
+    assert x.dtype == np.float32
+    assert y.dtype == np.int32
+    assert 0 <= x.min()
+    assert x.max() <= 255
+    assert x.max() > 1  # 0..255 pixels, not standardised
+    assert np.bincount(y).tolist() == [8, 6, 4]
+    assert len(set(keys)) == 18
     x2, y2, keys2 = data.load_split_arrays(ctx, "train")
-    assert keys2 == keys and np.array_equal(y2, y) and np.array_equal(x2, x)
+    assert keys2 == keys
+    assert np.array_equal(y2, y)
+    assert np.array_equal(x2, x)
     _, y_first, keys_first = data.load_split_arrays(ctx, "train", limit=7)
-    assert keys_first == keys[:7] and y_first.tolist() == y[:7].tolist()
+    assert keys_first == keys[:7]
+    assert y_first.tolist() == y[:7].tolist()
 
 
 def test_eval_dataset_matches_arrays_and_training_reshuffles_each_epoch(ctx):
     x, y, _ = data.load_split_arrays(ctx, "train")
     batches = list(data.dataset(ctx, "train", batch_size=8))
     assert [len(b[1]) for b in batches] == [8, 8, 2]
-    assert batches[0][0].dtype.name == "float32" and batches[0][1].dtype.name == "int32"
+    assert batches[0][0].dtype.name == "float32"
+    assert batches[0][1].dtype.name == "int32"
     np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)
     shuffled = data.dataset(ctx, "train", batch_size=18, training=True)
     first, second = (next(iter(shuffled))[1].numpy() for _ in range(2))
-    assert sorted(first) == sorted(y) and not np.array_equal(first, second)
+    assert sorted(first) == sorted(y)
+    assert not np.array_equal(first, second)
     again = next(iter(data.dataset(ctx, "train", batch_size=18, training=True)))[1].numpy()
     np.testing.assert_array_equal(first, again)  # seeded: the same order sequence every run
 
@@ -70,7 +82,8 @@ def test_cache_false_streams_the_same_batches_without_keeping_the_split(ctx):
         return b"CacheDataset" in ds._as_serialized_graph().numpy()
 
     cached, streamed = data.dataset(ctx, "train", batch_size=8), data.dataset(ctx, "train", batch_size=8, cache=False)
-    assert has_cache(cached) and not has_cache(streamed)  # the split fits CACHE_LIMIT_BYTES: cached by default
+    assert has_cache(cached)
+    assert not has_cache(streamed)  # the split fits CACHE_LIMIT_BYTES: cached by default
     for a, b in zip(cached, streamed, strict=True):
         np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
         np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
@@ -111,7 +124,8 @@ def test_sample_quota_keeps_every_class_and_the_cap():
 def test_load_split_sample_is_stratified_first_in_shard_order_and_bounded(ctx):
     x_all, y_all, keys_all = data.load_split_arrays(ctx, "train")  # [8, 6, 4] images per class
     x, y, keys, sample = data.load_split_sample(ctx, "train", 9)
-    assert np.bincount(y).tolist() == [4, 3, 2] and len(x) == 9
+    assert np.bincount(y).tolist() == [4, 3, 2]
+    assert len(x) == 9
     expected = [i for c in range(3) for i in np.flatnonzero(y_all == c)[: [4, 3, 2][c]]]
     assert keys == [keys_all[i] for i in sorted(expected)]  # per class, the first in (seeded) shard order
     np.testing.assert_array_equal(x, x_all[sorted(expected)])
@@ -143,24 +157,31 @@ def fitted(pixels: np.ndarray, size: int, fit: str) -> np.ndarray:
 def test_squash_keeps_every_band_and_the_full_height():
     out = fitted(banded([RED, GREEN, BLUE, WHITE]), 8, "squash")  # 40x10 -> 8x8: 2 columns per band
     assert out.shape == (8, 8, 3)
-    assert out[:, 0].tolist() == [list(RED)] * 8 and out[:, 7].tolist() == [list(WHITE)] * 8
-    assert (out[:, 2:4, 1] > 200).all() and (out[:, 4:6, 2] > 200).all()  # green, then blue, in between
+    assert out[:, 0].tolist() == [list(RED)] * 8
+    assert out[:, 7].tolist() == [list(WHITE)] * 8
+    assert (out[:, 2:4, 1] > 200).all()
+    assert (out[:, 4:6, 2] > 200).all()  # green, then blue, in between
     assert (out == out[:1]).all()  # every row alike: no bars
 
 
 def test_center_crop_keeps_only_the_central_square():
     out = fitted(banded([RED, GREEN, BLUE, WHITE]), 8, "center_crop")  # the middle 10x10: green | blue
-    assert out[:, :3].tolist() == [[list(GREEN)] * 3] * 8 and out[:, 5:].tolist() == [[list(BLUE)] * 3] * 8
+    assert out[:, :3].tolist() == [[list(GREEN)] * 3] * 8
+    assert out[:, 5:].tolist() == [[list(BLUE)] * 3] * 8
     assert out[..., 0].max() == 0  # no red or white at all
 
 
 def test_pad_keeps_the_aspect_ratio_between_black_bars():
     wide = fitted(banded([RED, GREEN, BLUE, WHITE]), 8, "pad")  # 40x10 -> 8x2, centred
-    assert (wide[:3] == 0).all() and (wide[5:] == 0).all()
-    assert wide[3:5, 0].tolist() == [list(RED)] * 2 and wide[3:5, 7].tolist() == [list(WHITE)] * 2
+    assert (wide[:3] == 0).all()
+    assert (wide[5:] == 0).all()
+    assert wide[3:5, 0].tolist() == [list(RED)] * 2
+    assert wide[3:5, 7].tolist() == [list(WHITE)] * 2
     tall = fitted(np.transpose(banded([RED, GREEN, BLUE, WHITE]), (1, 0, 2)).copy(), 8, "pad")
-    assert (tall[:, :3] == 0).all() and (tall[:, 5:] == 0).all()
-    assert tall[0, 3:5].tolist() == [list(RED)] * 2 and tall[7, 3:5].tolist() == [list(WHITE)] * 2
+    assert (tall[:, :3] == 0).all()
+    assert (tall[:, 5:] == 0).all()
+    assert tall[0, 3:5].tolist() == [list(RED)] * 2
+    assert tall[7, 3:5].tolist() == [list(WHITE)] * 2
 
 
 def test_a_square_image_is_the_same_in_every_fit():
@@ -267,7 +288,8 @@ def test_predict_cli_applies_the_fit_and_limits_its_model_was_trained_with(tmp_p
     }
     # A model saved before image_fit existed: squash and no limits, exactly as it was trained.
     rows, rejected = predict_cli({})
-    assert rows == {"wide.png": "reddish", "dot.png": "reddish", "strip.png": "reddish"} and not rejected
+    assert rows == {"wide.png": "reddish", "dot.png": "reddish", "strip.png": "reddish"}
+    assert not rejected
     assert image_folder.preprocessing_beside(model) == image_folder.Preprocessing("squash", 1, None)
 
 

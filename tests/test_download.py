@@ -24,8 +24,8 @@ from PIL import Image
 from cnn_tasks import download, images, layout, sources
 from cnn_tasks.config import EUROSAT_URL, PipelineConfig
 from cnn_tasks.context import RunContext
+from tests.helpers import BAD_FILES, CONVERTED_FILES, encoded, write
 from tests.imagegen import make_dataset, zip_folder
-from tests.test_images import BAD_FILES, CONVERTED_FILES, encoded, write
 
 
 def _ctx(store: Path, run_id: str = "test_run", **overrides) -> RunContext:
@@ -69,7 +69,8 @@ def dirty(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
 def test_bad_file_listed_in_rejected_csv_with_its_reason(dirty, name):
     row = dirty["rejected"][f"class_a/{name}"]
-    assert row["reason"] == BAD_FILES[name][1] and row["class"] == "class_a"
+    assert row["reason"] == BAD_FILES[name][1]
+    assert row["class"] == "class_a"
     assert f"class_a/{name}" not in dirty["manifest"]
 
 
@@ -124,7 +125,8 @@ def test_manifest_rows_and_clean_shards_hold_the_validated_pixels(dirty):
         row = by_key[key]
         pixels = np.asarray(images.load_rgb(dirty["folder"] / row["source"]))
         assert np.array_equal(tf.io.decode_image(data, channels=3).numpy(), pixels), row["source"]
-        assert int(row["label"]) == label and images.pixel_key(pixels) == key
+        assert int(row["label"]) == label
+        assert images.pixel_key(pixels) == key
         assert (int(row["width"]), int(row["height"])) == (pixels.shape[1], pixels.shape[0])
         assert int(row["sum_g"]) == int(pixels[..., 1].sum())
 
@@ -161,7 +163,8 @@ def test_classes_limit_and_seeded_sample_per_class(tmp_path):
         assert download.run(ctx)["classes"] == ["class_a", "class_b", "class_c"]
         runs.append(sorted(r["source"] for r in _read_csv(ctx, "manifest.csv")))
         assert ctx.store.get_json(ctx.data_key("ingest.json"))["not_sampled"] == 15
-    assert runs[0] == runs[1] and len(runs[0]) == 30
+    assert runs[0] == runs[1]
+    assert len(runs[0]) == 30
 
 
 # ================================================================== safe extraction
@@ -273,7 +276,8 @@ def test_http_download_works_and_is_cached(tmp_path, tiny_dataset, http_root):
     ctx = _ctx(tmp_path / "store")
     first = sources.fetch(ctx, f"{base}/tiny.zip")
     second = sources.fetch(ctx, f"{base}/tiny.zip")
-    assert first == second and _Handler.requests == ["/tiny.zip"]
+    assert first == second
+    assert _Handler.requests == ["/tiny.zip"]
     assert sorted(p.name for p in (first / "2750").iterdir()) == ["class_a", "class_b", "class_c"]
 
 
@@ -283,7 +287,8 @@ def test_transient_http_errors_are_retried(tmp_path, tiny_dataset, http_root, mo
     monkeypatch.setattr(sources, "RETRY_BACKOFF_S", 0.01)
     _Handler.failures = 2
     folder = sources.fetch(_ctx(tmp_path / "store"), f"{base}/retry.zip")
-    assert _Handler.requests == ["/retry.zip"] * 3 and (folder / "class_a").is_dir()
+    assert _Handler.requests == ["/retry.zip"] * 3
+    assert (folder / "class_a").is_dir()
 
 
 def test_http_404_is_a_clear_error(tmp_path, http_root):
@@ -311,7 +316,8 @@ def test_default_url_without_network_says_how_to_use_a_local_copy(tmp_path, monk
     with pytest.raises(sources.DownloadError) as info:
         sources.fetch(_ctx(tmp_path / "store"), EUROSAT_URL, "md5:" + "0" * 32)
     assert time.monotonic() - started < 5
-    assert "host not found" in str(info.value) and "DATASET_URL=/path/to/EuroSAT.zip" in str(info.value)
+    assert "host not found" in str(info.value)
+    assert "DATASET_URL=/path/to/EuroSAT.zip" in str(info.value)
     assert "dataset_url param" in str(info.value)
 
 
@@ -386,7 +392,8 @@ def test_latin1_folder_and_file_names_from_a_local_folder(tmp_path):
     ctx = _ctx(tmp_path / "store", dataset_url=str(root))
     assert download.run(ctx)["classes"] == ["café", "class_b"]
     sources_ = {r["source"]: r["class"] for r in _read_csv(ctx, "manifest.csv")}
-    assert sources_["café/class_a_0.png"] == "café" and sources_["class_b/über.png"] == "class_b"
+    assert sources_["café/class_a_0.png"] == "café"
+    assert sources_["class_b/über.png"] == "class_b"
     assert ctx.store.get_json(ctx.data_key("ingest.json"))["per_class"]["café"]["accepted"] == 6
 
 
@@ -398,7 +405,8 @@ def test_a_local_folder_with_a_non_utf8_path_is_recorded_readably(tmp_path, monk
     make_dataset(folder, classes=2, per_class=2)
     out = ingest(tmp_path, folder, monkeypatch)
     assert_kept(out, list(out.manifest))
-    assert out.ingest["local_folder"].endswith("/input/café") and out.ingest["source"].endswith("/input/café")
+    assert out.ingest["local_folder"].endswith("/input/café")
+    assert out.ingest["source"].endswith("/input/café")
 
 
 def test_output_that_cannot_be_stored_is_a_dataset_error_naming_it():

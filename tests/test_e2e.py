@@ -107,7 +107,8 @@ def assert_complete_run(store) -> dict:
     summary = store.get_json(f"{prefix}/report/summary.json")
     for mid in MODEL_IDS:
         test = summary["models"][mid]["test"]
-        assert 0 <= test["accuracy"] <= 1 and 0 <= test["macro_f1"] <= 1, (mid, test)
+        assert 0 <= test["accuracy"] <= 1, (mid, test)
+        assert 0 <= test["macro_f1"] <= 1, (mid, test)
     html = store.get_text(f"{prefix}/report/index.html")
     assert "Confusion matrix" in html or "confusion matrix" in html
     # every task before the report recorded its wall time, mapped ones with their labels
@@ -161,7 +162,8 @@ def test_value_refused_by_the_param_schema_writes_nothing(airflow_env, tmp_path)
     text = run_dag_expecting_failure(
         airflow_env, {"image_size": 8, "store_uri": f"file://{store}"}, tmp_path / "refused.log"
     )
-    assert "image_size" in text and "8 is less than the minimum of 16" in text, text[-3000:]
+    assert "image_size" in text, text[-3000:]
+    assert "8 is less than the minimum of 16" in text, text[-3000:]
     assert not (store / "runs").exists()
 
 
@@ -218,17 +220,22 @@ def test_make_run_fails_when_download_fails_and_says_why(airflow_env, escaping_a
     assert proc.returncode == 1, output[-4000:]
     last = proc.stderr.strip().splitlines()[-2:]
     assert last[0].startswith("FAILED: download: DownloadError: unsafe archive member '../escape.txt'"), output[-4000:]
-    assert "would write outside the extraction folder" in last[0] and "Report:" not in output
-    assert last[1].startswith("Partial report: file://") and last[1].endswith("/report/index.html"), last
+    assert "would write outside the extraction folder" in last[0]
+    assert "Report:" not in output
+    assert last[1].startswith("Partial report: file://"), last
+    assert last[1].endswith("/report/index.html"), last
     run_id, state, tis = dag_run_states(airflow_env)
     assert state == "failed"
-    assert tis[("download", -1)][0] == "failed" and tis[("report", -1)][0] == "success"
-    assert tis[("all_stages_succeeded", -1)][0] == "failed" and tis[("split", -1)][0] == "upstream_failed"
+    assert tis[("download", -1)][0] == "failed"
+    assert tis[("report", -1)][0] == "success"
+    assert tis[("all_stages_succeeded", -1)][0] == "failed"
+    assert tis[("split", -1)][0] == "upstream_failed"
     # the final task's message, as the grid and the log show it
     assert "1 task(s) failed: download: DownloadError: unsafe archive member '../escape.txt'" in output
     assert "Did not run because of it: split, rebalance, single_batch_check, train, visualize" in output
     page = open_store(store_uri).get_text(f"runs/{safe(run_id)}/report/index.html")
-    assert "This run FAILED: 1 task(s) failed." in page and "DownloadError" in page
+    assert "This run FAILED: 1 task(s) failed." in page
+    assert "DownloadError" in page
 
 
 # SGD at learning rate 10 with unbounded activations and no batch norm: the loss overflows to NaN
@@ -277,11 +284,11 @@ def test_one_failed_training_task_fails_the_run_while_its_siblings_finish(airflo
     # sibling is saved and reported, but not visualised or evaluated in this run.
     for task in ("visualize", "evaluate", "ensemble", "promote", "predict"):
         assert tis[(task, -1)][0] == "upstream_failed", task
-    assert tis[("report", -1)][0] == "success" and tis[("all_stages_succeeded", -1)][0] == "failed"
+    assert tis[("report", -1)][0] == "success"
+    assert tis[("all_stages_succeeded", -1)][0] == "failed"
     expected = "1 task(s) failed: train [unstable / unbalanced]: TrainingDivergedError: experiment 'unstable'"
-    assert expected in text and "Did not run because of it: visualize, evaluate, ensemble, promote, predict" in text, (
-        text[-3000:]
-    )
+    assert expected in text, text[-3000:]
+    assert "Did not run because of it: visualize, evaluate, ensemble, promote, predict" in text, text[-3000:]
     store = open_store(store_uri)
     prefix = f"runs/{safe(run_id)}"
     assert sorted({k.split("/")[3] for k in store.list(f"{prefix}/models/") if k.endswith("/meta.json")}) == [
@@ -327,9 +334,13 @@ def test_a_failing_report_fails_the_run_and_make_run_says_no_report(airflow_env,
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text[-3000:]
     run_id, state, tis = dag_run_states(airflow_env, f"manual__{run_after}")
-    assert state == "failed" and tis[("report", -1)][0] == "failed"
+    assert state == "failed"
+    assert tis[("report", -1)][0] == "failed"
     assert "2 task(s) failed: download: DownloadError" in text, text[-3000:]
-    assert "; report: StoreError: " in text and "predictions.csv does not exist" in text and "(no report)" in text
+    assert "; report: StoreError: " in text
+    assert "predictions.csv does not exist" in text
+    assert "(no report)" in text
     line = cli.failure_line(store, safe(run_id))
-    assert line.startswith("FAILED: download: DownloadError: unsafe archive member") and "(also failed: report)" in line
+    assert line.startswith("FAILED: download: DownloadError: unsafe archive member")
+    assert "(also failed: report)" in line
     assert cli.report_url(store, safe(run_id)) is None

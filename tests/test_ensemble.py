@@ -7,7 +7,7 @@ import pytest
 
 from cnn_tasks import ensemble
 from cnn_tasks.errors import PipelineError
-from tests.test_evaluate import random_proba, store_figure_exists
+from tests.helpers import random_proba, store_figure_exists
 
 
 def test_soft_and_hard_votes_with_a_tie():
@@ -32,8 +32,10 @@ def test_weights_favour_the_perfect_model_and_are_deterministic():
     noisy = [random_proba(200, 3, seed=s) for s in (1, 2, 3)]
     probas = [noisy[0], perfect, noisy[1], noisy[2]]
     weights = ensemble.fit_weights(probas, y)
-    assert weights.argmax() == 1 and weights[1] > 0.9
-    assert np.all(weights >= 0) and np.isclose(weights.sum(), 1.0)
+    assert weights.argmax() == 1
+    assert weights[1] > 0.9
+    assert np.all(weights >= 0)
+    assert np.isclose(weights.sum(), 1.0)
     np.testing.assert_array_equal(weights, ensemble.fit_weights(probas, y))
     np.testing.assert_allclose(ensemble.weighted_vote(probas, [0, 1, 0, 0]), perfect)
 
@@ -44,7 +46,8 @@ def test_subsets_skip_too_small_or_duplicate_groups():
         "all": ["a__balanced", "a__unbalanced", "b__unbalanced"],
         "unbalanced": ["a__unbalanced", "b__unbalanced"],
     }
-    assert len(skipped) == 1 and skipped[0].startswith("balanced")
+    assert len(skipped) == 1
+    assert skipped[0].startswith("balanced")
     kept, _ = ensemble.subsets(["a__unbalanced", "b__unbalanced"])
     assert list(kept) == ["all"]
 
@@ -94,7 +97,8 @@ def test_run_compares_every_model_and_ensemble(make_ctx):
         assert any(f["key"].endswith(figure) for f in doc["figures"])
     assert all(store_figure_exists(ctx.store, f["key"]) for f in doc["figures"])
     weights = doc["ensembles"]["weighted[all]"]["weights"]
-    assert set(weights) == set(ids) and abs(sum(weights.values()) - 1) < 1e-9
+    assert set(weights) == set(ids)
+    assert abs(sum(weights.values()) - 1) < 1e-9
     assert ctx.store.get_text(doc["comparison_key"]).startswith("name,kind,members")
 
 
@@ -108,7 +112,8 @@ def test_a_member_without_predictions_fails_the_ensemble_naming_it(make_ctx):
     with pytest.raises(ensemble.MissingMemberError) as caught:
         ensemble.run(ctx, ids)
     message = str(caught.value)
-    assert "b__unbalanced has no file://" in message and "eval/b__unbalanced/predictions.npz" in message
+    assert "b__unbalanced has no file://" in message
+    assert "eval/b__unbalanced/predictions.npz" in message
     assert "clear that evaluate task" in message
     assert isinstance(caught.value, PipelineError)  # fails at once, no retries
     assert not ctx.store.exists(ctx.eval_key("ensemble", "ensemble.json"))

@@ -3,60 +3,16 @@ on a real dataset.json + shards and a real saved model, the streamed (and sample
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
 from cnn_tasks import data, evaluate, metrics
 from tests.fixtures_training import write_training_dataset
-from tests.imagegen import class_image
+from tests.helpers import CLASSES, random_proba, store_figure_exists, tiny_model
 
-CLASSES = ["alpha", "beta", "gamma"]
 MID = "tiny__unbalanced"
 TRAIN_COUNTS = [8, 6, 4]  # imbalanced on purpose: a stratified sample must keep the proportions
-
-
-# ----------------------------------------------------------------------------- shared helpers (other test files use them)
-def class_images(n_per_class: int = 8, n_classes: int = 3, seed: int = 0, size: int = 16):
-    """float32 images 0..255 [N, size, size, 3] and int labels, from tests.imagegen."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(n_classes), n_per_class)
-    x = np.stack([np.asarray(class_image(int(c), rng, size), dtype=np.float32) for c in y])
-    return x, y.astype(np.int32)
-
-
-@functools.cache
-def tiny_model(trained: bool = True, n_classes: int = 3):
-    """A tiny Sequential CNN in the project's shape (Input, Normalization 'standardize', conv, softmax)."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    x, y = class_images(12, n_classes, seed=1)
-    norm = keras.layers.Normalization(name="standardize", mean=x.mean(axis=(0, 1, 2)), variance=x.var(axis=(0, 1, 2)))
-    model = keras.Sequential(
-        [
-            keras.Input((16, 16, 3)),
-            norm,
-            keras.layers.Conv2D(8, 3, name="conv1"),
-            keras.layers.Activation("relu", name="act1"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(n_classes, activation="softmax"),
-        ]
-    )
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
-    if trained:
-        model.fit(x, y, epochs=40, batch_size=len(x), verbose=0)
-    return model
-
-
-def random_proba(n: int, n_classes: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).dirichlet(np.ones(n_classes), size=n)
-
-
-def store_figure_exists(store, key: str) -> bool:
-    return store.exists(key) and store.get_bytes(key)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -140,10 +96,12 @@ def test_figures_and_tables_exist_for_every_class(tmp_path):
         "examples_correct.png",
         "examples_wrong.png",
     ):
-        assert f"ev/{name}" in keys and store_figure_exists(store, f"ev/{name}")
+        assert f"ev/{name}" in keys
+        assert store_figure_exists(store, f"ev/{name}")
     assert all(f["caption"] for f in result["figures"])
     table = result["table"].set_index("class")
-    assert table.loc[classes, "roc_auc"].notna().all() and table.loc[classes, "average_precision"].notna().all()
+    assert table.loc[classes, "roc_auc"].notna().all()
+    assert table.loc[classes, "average_precision"].notna().all()
     assert result["splits"]["test"]["macro_auc"] is not None
 
 
@@ -167,15 +125,14 @@ def test_run_writes_metrics_predictions_and_report(evaluated_ctx):
     record = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
     assert set(record["splits"]) == {"test", "val", "train"}
     assert record["classes"] == data.load_dataset_info(ctx)["classes"] == ["class_a", "class_b", "class_c"]
-    assert (
-        out["accuracy"] == record["splits"]["test"]["accuracy"]
-        and out["macro_f1"] == record["splits"]["test"]["macro_f1"]
-    )
+    assert out["accuracy"] == record["splits"]["test"]["accuracy"]
+    assert out["macro_f1"] == record["splits"]["test"]["macro_f1"]
     assert all(store_figure_exists(ctx.store, f["key"]) for f in record["figures"])
     npz = metrics.load_predictions(ctx.store, ctx.eval_key(MID, "predictions.npz"))
     assert set(npz) == {"y_test", "p_test", "y_val", "p_val", "keys_test"}
     x_test, y_test, keys_test = data.load_split_arrays(ctx, "test")
-    assert npz["p_test"].shape == (12, 3) and list(npz["keys_test"]) == keys_test
+    assert npz["p_test"].shape == (12, 3)
+    assert list(npz["keys_test"]) == keys_test
     np.testing.assert_array_equal(npz["y_test"], y_test)
     np.testing.assert_allclose(npz["p_test"], model.predict(x_test, verbose=0), rtol=1e-5, atol=1e-6)
     x_val, y_val, _ = data.load_split_arrays(ctx, "val")
@@ -212,7 +169,8 @@ def test_stratified_quota_is_proportional_and_sums_to_the_cap():
     assert evaluate.stratified_quota([5, 1, 1], 4) == [3, 1, 0]  # largest remainders, ties to the lower class
     for counts in ([2700, 2400, 3000, 1400, 1750, 2000, 1800, 2500, 2100, 2000], [1, 997, 3]):
         quota = evaluate.stratified_quota(counts, 300)
-        assert sum(quota) == 300 and all(0 <= q <= c for q, c in zip(quota, counts))
+        assert sum(quota) == 300
+        assert all(0 <= q <= c for q, c in zip(quota, counts))
 
 
 def test_training_split_over_the_cap_is_a_seeded_stratified_sample(evaluated_ctx, make_ctx, monkeypatch):
@@ -224,7 +182,8 @@ def test_training_split_over_the_cap_is_a_seeded_stratified_sample(evaluated_ctx
     sample = evaluate.predict_split(ctx, model, "train", max_images=9)
 
     assert np.bincount(sample["y"]).tolist() == [4, 3, 2]  # proportional to TRAIN_COUNTS
-    assert len(set(sample["index"])) == 9 and list(sample["index"]) == sorted(sample["index"])
+    assert len(set(sample["index"])) == 9
+    assert list(sample["index"]) == sorted(sample["index"])
     np.testing.assert_array_equal(sample["y"], y[sample["index"]])
     np.testing.assert_allclose(sample["proba"], model.predict(x[sample["index"]], verbose=0), rtol=1e-5, atol=1e-6)
     seed = ctx.config.seed
@@ -252,9 +211,12 @@ def test_run_over_the_cap_says_it_evaluated_a_training_sample(evaluated_ctx, mon
     record = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
     description = f"seeded stratified sample of 9 of 18 images (seed {ctx.config.seed})"
     train = record["evaluated"]["train"]
-    assert train["description"] == description and not train["full_split"] and train["split_images"] == 18
+    assert train["description"] == description
+    assert not train["full_split"]
+    assert train["split_images"] == 18
     assert record["splits"]["train"]["count"] == np.sum(record["confusion_matrices"]["train"]) == 9
     assert np.sum(record["confusion_matrices"]["train"], axis=1).tolist() == [4, 3, 2]
-    assert record["evaluated"]["test"]["full_split"] and record["evaluated"]["val"]["full_split"]  # never sampled
+    assert record["evaluated"]["test"]["full_split"]
+    assert record["evaluated"]["val"]["full_split"]  # never sampled
     captions = {f["key"].rsplit("/", 1)[1]: f["caption"] for f in record["figures"]}
     assert f"on the train split ({description})" in captions["confusion_train.png"]

@@ -34,7 +34,8 @@ def test_records_name_the_task_and_the_real_error_and_a_recovered_try_stops_coun
     failures.record_failure(store, prefix, "train", 1, "baseline / balanced", OSError("disk full"), try_number=1)
     standing = failures.read_failures(store, prefix)
     assert [f["task"] for f in standing] == ["download", "train [baseline / balanced]"]
-    assert standing[0]["error"] == "DownloadError" and standing[0]["message"] == "dataset.zip is truncated or damaged"
+    assert standing[0]["error"] == "DownloadError"
+    assert standing[0]["message"] == "dataset.zip is truncated or damaged"
     assert failures.summary_line(standing, ["split"]) == (
         "FAILED: download: DownloadError: dataset.zip is truncated or damaged (also failed: train "
         "[baseline / balanced]) (1 task(s) did not run because of it)"
@@ -58,7 +59,8 @@ def test_report_opens_with_the_failed_tasks_and_notes_rebalance_none(make_ctx):
     assert banner < page.index("<nav>")  # before everything else
     assert "<strong>download</strong>: DownloadError: unsafe member &#39;../x&#39;" in page
     assert "rebalance=none: each experiment is trained once, on the data as it is" in page
-    assert "baseline__balanced" not in page and "baseline__unbalanced" in page  # only the models it trains
+    assert "baseline__balanced" not in page
+    assert "baseline__unbalanced" in page  # only the models it trains
     assert ctx.store.get_json(out["summary_key"])["failures"] == [
         {"task": "download", "error": "DownloadError", "message": "unsafe member '../x'"}
     ]

@@ -23,17 +23,17 @@ from PIL import Image
 
 from cnn_tasks import images, shards
 from tests.fuzzing import assert_kept, ingest
-from tests.imagegen import class_image
-from tests.test_images import (
-    _png_chunk,
+from tests.helpers import (
     break_crc,
     encoded,
     exif_rotated,
+    png_chunk,
     png_raw,
     png_rgb16,
     png_with_text,
     png_without_adler,
 )
+from tests.imagegen import class_image
 
 CLASSES = ("cats", "dogs")
 
@@ -78,7 +78,7 @@ def animated_gif() -> bytes:
 def metadata_bomb() -> bytes:
     """A PNG with a zTXt chunk that inflates ~8 kB into 8 MiB of text."""
     plain = png()
-    bomb = _png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"a" * (8 << 20)))
+    bomb = png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"a" * (8 << 20)))
     return plain[:33] + bomb + plain[33:]  # right after the 25-byte IHDR chunk
 
 

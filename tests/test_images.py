@@ -1,7 +1,4 @@
-"""images.load_rgb / validate: one test per bad input and per colour-mode conversion.
-
-The writers below are also used by tests/test_download.py to build a dirty dataset.
-"""
+"""images.load_rgb / validate: one test per bad input and per colour-mode conversion."""
 
 from __future__ import annotations
 
@@ -15,122 +12,20 @@ import pytest
 from PIL import Image
 
 from cnn_tasks import images
-
-
-# ------------------------------------------------------------------ file writers
-def noise(height: int = 16, width: int = 16, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_raw(width: int, height: int, bit_depth: int, colour_type: int, rows: bytes | None) -> bytes:
-    """A hand-built PNG (Pillow cannot write 48-bit RGB); rows=None gives a header-only bomb."""
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    data = zlib.compress(rows if rows is not None else b"\0" * 16)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
-
-
-def png_rgb16(values: np.ndarray) -> bytes:
-    """16-bit-per-channel RGB PNG from a (H, W, 3) uint16 array."""
-    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in values)
-    return png_raw(values.shape[1], values.shape[0], 16, 2, rows)
-
-
-def exif_rotated(fmt: str, pixels: np.ndarray, orientation: int = 6) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return encoded(Image.fromarray(pixels), fmt, exif=exif.tobytes())
-
-
-def truncated_jpeg() -> bytes:
-    data = encoded(Image.fromarray(noise(64, 64)), "JPEG")
-    return data[: len(data) // 2]
-
-
-def corrupt_png() -> bytes:
-    data = bytearray(encoded(Image.fromarray(noise(64, 64)), "PNG"))
-    for i in range(200, 260):  # scramble the compressed pixel stream
-        data[i] ^= 0xFF
-    return bytes(data)
-
-
-def png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
-    """(kind, offset, data length) of every chunk of a well-formed PNG, in file order."""
-    chunks, pos = [], 8
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        chunks.append((kind, pos, length))
-        pos += 12 + length
-    return chunks
-
-
-def break_crc(data: bytes, kind: bytes) -> tuple[bytes, int]:
-    """`data` with the CRC of its first `kind` chunk flipped (the chunk's bytes intact); the chunk offset."""
-    _, pos, length = next(c for c in png_chunks(data) if c[0] == kind)
-    damaged = bytearray(data)
-    damaged[pos + 8 + length] ^= 0xFF
-    return bytes(damaged), pos
-
-
-def png_with_text(pixels: np.ndarray, after_pixels: bool = False) -> bytes:
-    """An RGB PNG with a tEXt chunk before (default) or after the IDAT chunk."""
-    plain = encoded(Image.fromarray(pixels), "PNG")
-    chunks = png_chunks(plain)
-    text = _png_chunk(b"tEXt", b"Comment\0hello")
-    cut = next(pos for kind, pos, _ in chunks if kind == (b"IEND" if after_pixels else b"IDAT"))
-    return plain[:cut] + text + plain[cut:]
-
-
-def png_rows(pixels: np.ndarray) -> bytes:
-    """The filtered scanlines (filter type 0) of an 8-bit RGB image, ready for zlib."""
-    return b"".join(b"\0" + row.tobytes() for row in pixels)
-
-
-def png_without_adler(pixels: np.ndarray) -> bytes:
-    """A PNG whose zlib stream lacks its Adler-32 trailer: Pillow decodes it, libpng refuses it."""
-    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 2, 0, 0, 0)
-    stream = zlib.compress(png_rows(pixels))[:-4]
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", stream) + _png_chunk(b"IEND", b"")
-
-
-GREY16 = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
-RGBA_PIXEL = (255, 0, 0, 128)  # half-transparent red: over white -> (255, 127, 127)
-
-# name -> (bytes, reason in rejected.csv)
-BAD_FILES = {
-    "corrupt.png": (corrupt_png, images.CORRUPT),
-    "truncated.jpg": (truncated_jpeg, images.TRUNCATED),
-    "notes.txt": (lambda: b"not an image, just text\n", images.NOT_AN_IMAGE),
-    "empty.png": (lambda: b"", images.EMPTY),
-    "bomb.png": (lambda: png_raw(20000, 20000, 8, 2, None), images.TOO_MANY_PIXELS),
-}
-
-# name -> (bytes, original mode recorded in the manifest); all accepted as RGB
-CONVERTED_FILES = {
-    "cmyk.jpg": (lambda: encoded(Image.new("CMYK", (16, 16), (10, 200, 30, 40)), "JPEG"), "CMYK"),
-    "grey16.png": (lambda: encoded(Image.fromarray(GREY16), "PNG"), "I;16"),
-    "rgb16.png": (lambda: png_rgb16(noise().astype(np.uint16) * 256 + 7), "RGB"),
-    "palette.png": (lambda: encoded(Image.fromarray(noise(seed=3)).convert("P"), "PNG"), "P"),
-    "rgba.png": (lambda: encoded(Image.new("RGBA", (8, 8), RGBA_PIXEL), "PNG"), "RGBA"),
-    "grey.png": (lambda: encoded(Image.fromarray(noise(seed=4)[..., 0], "L"), "PNG"), "L"),
-    "rotated.jpg": (lambda: exif_rotated("JPEG", noise(8, 16, seed=5)), "RGB"),
-}
-
-
-def write(folder: Path, name: str, data: bytes) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_bytes(data)
-    return path
+from tests.helpers import (
+    BAD_FILES,
+    CONVERTED_FILES,
+    break_crc,
+    encoded,
+    exif_rotated,
+    noise,
+    png_chunk,
+    png_chunks,
+    png_raw,
+    png_with_text,
+    png_without_adler,
+    write,
+)
 
 
 # ------------------------------------------------------------------ bad inputs
@@ -170,20 +65,23 @@ def _validated(tmp_path, name):
     make, mode = CONVERTED_FILES[name]
     result = images.validate(write(tmp_path, name, make()))
     image = images.load_rgb(tmp_path / name)
-    assert image.mode == "RGB" and result.original_mode == mode
+    assert image.mode == "RGB"
+    assert result.original_mode == mode
     return result, np.asarray(image)
 
 
 def test_cmyk_becomes_rgb(tmp_path):
     result, pixels = _validated(tmp_path, "cmyk.jpg")
     expected = np.asarray(Image.open(tmp_path / "cmyk.jpg").convert("RGB"))
-    assert np.array_equal(pixels, expected) and result.reencoded
+    assert np.array_equal(pixels, expected)
+    assert result.reencoded
 
 
 def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
     result, pixels = _validated(tmp_path, "grey16.png")
     assert pixels[0, :, 0].tolist() == [0, 3, 128, 255]  # v >> 8, where a plain convert clips to 255
-    assert (pixels[..., 0] == pixels[..., 1]).all() and result.reencoded
+    assert (pixels[..., 0] == pixels[..., 1]).all()
+    assert result.reencoded
 
 
 def test_16_bit_rgb_is_reencoded_as_8_bit(tmp_path):
@@ -195,7 +93,8 @@ def test_16_bit_rgb_is_reencoded_as_8_bit(tmp_path):
 def test_palette_becomes_rgb(tmp_path):
     result, pixels = _validated(tmp_path, "palette.png")
     expected = np.asarray(Image.open(tmp_path / "palette.png").convert("RGB"))
-    assert np.array_equal(pixels, expected) and result.original_format == "PNG"
+    assert np.array_equal(pixels, expected)
+    assert result.original_format == "PNG"
 
 
 def test_rgba_is_composited_on_white(tmp_path):
@@ -215,7 +114,8 @@ def test_exif_orientation_is_applied(tmp_path):
     pixels = np.asarray(images.load_rgb(path))
     assert pixels.shape == (16, 8, 3)
     assert np.array_equal(pixels, np.rot90(source, k=-1))  # orientation 6: rotate 90 degrees clockwise
-    assert result.reencoded and (result.width, result.height) == (8, 16)
+    assert result.reencoded
+    assert (result.width, result.height) == (8, 16)
 
 
 def test_plain_rgb_png_is_reencoded_too(tmp_path):
@@ -223,7 +123,8 @@ def test_plain_rgb_png_is_reencoded_too(tmp_path):
     pixels = noise(seed=11)
     data = encoded(Image.fromarray(pixels), "PNG", compress_level=9)
     result = images.validate(write(tmp_path, "plain.png", data))
-    assert result.encoded != data and result.reencoded
+    assert result.encoded != data
+    assert result.reencoded
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(result.encoded))), pixels)
 
 
@@ -279,7 +180,7 @@ def test_tensorflow_refuses_the_crc_damaged_png_that_pillow_reads():
 PILLOW_ONLY_PNGS = {
     "no_iend.png": lambda: encoded(Image.fromarray(noise(10, 14)), "PNG")[:-12],
     "no_adler32.png": lambda: png_without_adler(noise(10, 14)),
-    "unknown_critical_chunk.png": lambda: (lambda p: p[:-12] + _png_chunk(b"ABCD", b"xx") + p[-12:])(
+    "unknown_critical_chunk.png": lambda: (lambda p: p[:-12] + png_chunk(b"ABCD", b"xx") + p[-12:])(
         encoded(Image.fromarray(noise(10, 14)), "PNG")
     ),
 }
@@ -294,7 +195,8 @@ def test_accepted_png_decodes_in_training_even_when_its_original_bytes_would_not
         tf.io.decode_image(data, channels=3)  # the original bytes: training would fail
     result = images.validate(write(tmp_path, name, data))
     decoded = tf.io.decode_image(result.encoded, channels=3, expand_animations=False).numpy()
-    assert np.array_equal(decoded, noise(10, 14)) and result.reencoded
+    assert np.array_equal(decoded, noise(10, 14))
+    assert result.reencoded
 
 
 def test_bytes_after_iend_and_text_after_the_pixels_are_harmless(tmp_path):
@@ -336,7 +238,8 @@ def test_limits_are_inclusive_and_off_by_default(tmp_path):
         assert images.validate(path, **LIMITS).width == width
     tiny = write(tmp_path, "tiny.png", encoded(Image.new("RGB", (1, 1)), "PNG"))
     long = write(tmp_path, "long.png", encoded(Image.new("RGB", (1000, 2)), "PNG"))
-    assert images.load_rgb(tiny).size == (1, 1) and images.load_rgb(long).size == (1000, 2)
+    assert images.load_rgb(tiny).size == (1, 1)
+    assert images.load_rgb(long).size == (1000, 2)
 
 
 def test_limits_are_checked_from_the_header_before_decoding(tmp_path):
@@ -356,7 +259,7 @@ def png_with_chunk_before_pixels(pixels: np.ndarray, chunk: bytes) -> bytes:
 
 def test_a_png_whose_header_pillow_cannot_read_is_corrupt_not_a_non_image(tmp_path):
     header = struct.pack(">IIBBBBB", 0, 16, 8, 2, 0, 0, 0)  # width 0: not a valid PNG header
-    data = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IEND", b"")
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b"")
     with pytest.raises(images.ImageRejected) as info:
         images.validate(write(tmp_path, "zero_width.png", data))
     assert str(info.value) == "corrupt: the file starts like a PNG image but its header is invalid"
@@ -364,7 +267,7 @@ def test_a_png_whose_header_pillow_cannot_read_is_corrupt_not_a_non_image(tmp_pa
 
 @pytest.mark.parametrize("kind, body", [(b"zTXt", b"Comment\0\0"), (b"iCCP", b"icc\0\0")])
 def test_a_metadata_decompression_bomb_is_refused_in_words(tmp_path, kind, body):
-    bomb = _png_chunk(kind, body + zlib.compress(b"a" * (8 << 20)))  # 8 MiB of text from ~8 kB
+    bomb = png_chunk(kind, body + zlib.compress(b"a" * (8 << 20)))  # 8 MiB of text from ~8 kB
     path = write(tmp_path, "bomb.png", png_with_chunk_before_pixels(noise(), bomb))
     with pytest.raises(images.ImageRejected, match="refused as a possible decompression bomb") as info:
         images.validate(path)
@@ -404,7 +307,8 @@ def test_a_named_pipe_is_a_special_file_and_never_blocks(tmp_path, reader):
     os.mkfifo(fifo)
     finished, result = _finishes(lambda: reader(fifo), fifo)
     assert finished, "reading a named pipe blocked"
-    assert isinstance(result, images.ImageRejected) and result.reason == images.SPECIAL_FILE
+    assert isinstance(result, images.ImageRejected)
+    assert result.reason == images.SPECIAL_FILE
     assert "a named pipe (FIFO): not a regular file" in result.detail
 
 
@@ -412,7 +316,8 @@ def test_a_link_to_a_device_is_a_special_file_not_read(tmp_path):
     link = tmp_path / "zero.png"
     link.symlink_to("/dev/zero")  # read whole, this never ends
     finished, result = _finishes(lambda: images.validate(link))
-    assert finished and isinstance(result, images.ImageRejected), result
+    assert finished, result
+    assert isinstance(result, images.ImageRejected), result
     assert (result.reason, result.detail) == (images.SPECIAL_FILE, "a character device: not a regular file, not read")
 
 

@@ -8,37 +8,15 @@ import unicodedata
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from cnn_tasks import download, layout
 from tests.fuzzing import assert_kept, ingest
+from tests.helpers import build
 
 LATIN1_CAFE = os.fsdecode(b"caf\xe9")  # how os.listdir shows a Latin-1 folder name on a UTF-8 system
 NFC, NFD = unicodedata.normalize("NFC", "Café"), unicodedata.normalize("NFD", "Café")
 MAPPING = "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\nn01484850 great white shark\n"
-
-
-def png(seed: int, size: int = 12) -> bytes:
-    """A small PNG whose pixels differ for every seed."""
-    import io
-
-    rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def build(root: Path, files: dict[str, str | bytes | None]) -> Path:
-    """Write `files` (relative path -> text, bytes, or None for a generated image) under root."""
-    for i, (rel, content) in enumerate(sorted(files.items())):
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if content is None:
-            content = png(i)
-        path.write_bytes(content.encode() if isinstance(content, str) else content)
-    return root
 
 
 def images(*folders: str, n: int = 2, ext: str = "png") -> dict[str, None]:
@@ -363,7 +341,8 @@ def test_detect_layout(tmp_path, name):
 
 
 def test_there_are_at_least_fifteen_layouts():
-    assert len(CASES) >= 15 and sum("error" in e for _, _, e in CASES.values()) >= 5
+    assert len(CASES) >= 15
+    assert sum("error" in e for _, _, e in CASES.values()) >= 5
 
 
 def test_error_tree_is_truncated_for_large_folders(tmp_path):
@@ -371,13 +350,16 @@ def test_error_tree_is_truncated_for_large_folders(tmp_path):
     with pytest.raises(layout.DatasetError) as info:
         layout.detect_layout(root)
     text = str(info.value)
-    assert "... and 4 more" in text and "top11" not in text and len(text.splitlines()) < 60
+    assert "... and 4 more" in text
+    assert "top11" not in text
+    assert len(text.splitlines()) < 60
 
 
 def test_mapping_that_misses_a_folder_is_not_used(tmp_path):
     root = build(tmp_path / "input", {"mapping.txt": "0 cat\n", **images("0", "1")})
     found = layout.detect_layout(root)
-    assert found.classes == ["0", "1"] and any("does not name every one" in w for w in found.warnings)
+    assert found.classes == ["0", "1"]
+    assert any("does not name every one" in w for w in found.warnings)
 
 
 def test_unlabelled_path_round_trips_a_non_utf8_name(tmp_path):
@@ -414,7 +396,8 @@ def test_fuzz_imagenet10_archive(tmp_path, monkeypatch):
     assert {r["class"] for r in out.manifest.values()} == {"tench", "goldfish"}
     assert {r["given_split"] for r in out.manifest.values()} == {"train"}
     layout_json = out.ingest["layout"]
-    assert layout_json["kind"] == "train + unlabelled test" and out.ingest["classes"] == ["goldfish", "tench"]
+    assert layout_json["kind"] == "train + unlabelled test"
+    assert out.ingest["classes"] == ["goldfish", "tench"]
     assert layout_json["unlabelled"] == [{"folder": "ImageNet10/test_set", "path": "ImageNet10/test_set", "files": 3}]
     assert {"ImageNet10/README.md", "ImageNet10/mapping.txt"} <= set(layout_json["metadata_files"])
 
@@ -442,10 +425,8 @@ def test_fuzz_loose_images_are_rejected_and_the_rest_kept(tmp_path, monkeypatch)
     )
     out = ingest(tmp_path, root, monkeypatch)
     assert out.reasons() == {"stray.png": download.NOT_IN_A_CLASS_FOLDER}
-    assert (
-        out.rejected["stray.png"]["class"] == ""
-        and "move it into its class folder" in out.rejected["stray.png"]["detail"]
-    )
+    assert out.rejected["stray.png"]["class"] == ""
+    assert "move it into its class folder" in out.rejected["stray.png"]["detail"]
     assert_kept(out, [f"{c}/img{i}.png" for c in "ab" for i in range(2)])
     assert "ds/a/README" in out.ingest["layout"]["metadata_files"]
 
@@ -453,7 +434,8 @@ def test_fuzz_loose_images_are_rejected_and_the_rest_kept(tmp_path, monkeypatch)
 def test_fuzz_nfc_collision_fails_before_writing_anything(tmp_path, monkeypatch):
     root = build(tmp_path / "input", {f"{NFC}/x.png": None, f"{NFD}/y.png": None, "tea/z.png": None})
     out = ingest(tmp_path, root, monkeypatch)
-    assert isinstance(out.error, layout.DatasetError) and "Unicode-normalised (NFC)" in out.message
+    assert isinstance(out.error, layout.DatasetError)
+    assert "Unicode-normalised (NFC)" in out.message
     assert out.store_keys == []
 
 
@@ -468,14 +450,16 @@ def test_fuzz_non_utf8_folder_names_are_stored_readably(tmp_path, monkeypatch):
     root = build(tmp_path / "input", files)
     out = ingest(tmp_path, root, monkeypatch)
     assert_kept(out, ["café/müde.png", "café/b.png", "tea/a.png"])
-    assert out.manifest["café/müde.png"]["class"] == "café" and out.ingest["classes"] == ["café", "tea"]
+    assert out.manifest["café/müde.png"]["class"] == "café"
+    assert out.ingest["classes"] == ["café", "tea"]
     assert out.reasons() == {"loseé.png": download.NOT_IN_A_CLASS_FOLDER}
 
 
 def test_fuzz_require_without_given_split_uploads_nothing(tmp_path, monkeypatch):
     root = build(tmp_path / "input", images("a", "b"))
     out = ingest(tmp_path, root, monkeypatch, predefined_split="require")
-    assert "predefined_split=require" in out.message and out.store_keys == []
+    assert "predefined_split=require" in out.message
+    assert out.store_keys == []
 
 
 LOOSE_NAMES = {
@@ -639,7 +623,8 @@ def test_unreadable_folder_fails_ingest_with_its_name(tmp_path, monkeypatch):
     root = build(tmp_path / "input", images("a", "a/sub", "b"))
     _deny(monkeypatch, root / "a" / "sub")
     out = ingest(tmp_path, root, monkeypatch)
-    assert isinstance(out.error, layout.DatasetError) and "a/sub': Permission denied" in out.message
+    assert isinstance(out.error, layout.DatasetError)
+    assert "a/sub': Permission denied" in out.message
 
 
 # ================================================================== mapping files and metadata names
@@ -664,7 +649,8 @@ def test_images_named_like_metadata_in_a_class_folder_are_kept(tmp_path, monkeyp
     )
     out = ingest(tmp_path, root, monkeypatch)
     assert_kept(out, ["a/info.jpg", "a/license.jpg", "b/manifest.png", "a/img0.png"])
-    assert {"b/README", "b/info.txt"} <= set(out.ingest["layout"]["metadata_files"]) and out.rejected == {}
+    assert {"b/README", "b/info.txt"} <= set(out.ingest["layout"]["metadata_files"])
+    assert out.rejected == {}
 
 
 def test_food101_ingests_its_images_and_warns_about_its_split_lists(tmp_path, monkeypatch):

@@ -34,13 +34,15 @@ def layers_of(model, kind: str) -> list:
 def test_default_experiments_follow_the_layer_contract(spec):
     model = models.build_model(spec, num_classes=5, image_size=32, mean=MEAN, std=STD)
     names = [layer.name for layer in model.layers]
-    assert names[0] == "standardize" and type(model.layers[0]).__name__ == "Normalization"
+    assert names[0] == "standardize"
+    assert type(model.layers[0]).__name__ == "Normalization"
     convs = layers_of(model, "Conv2D")
     assert len(convs) == len(spec.conv) >= 4
     assert [c.name for c in convs] == [f"conv{i}" for i in range(1, len(spec.conv) + 1)]
     assert all(c.get_config()["activation"] == "linear" for c in convs)
     assert {f"act{i}" for i in range(1, len(spec.conv) + 1)} <= set(names)
-    assert names[-1] == "softmax" and model.layers[-1].dtype_policy.compute_dtype == "float32"
+    assert names[-1] == "softmax"
+    assert model.layers[-1].dtype_policy.compute_dtype == "float32"
     assert tuple(model.output_shape) == (None, 5)
     assert spec.description
 
@@ -93,7 +95,8 @@ def test_dropout_and_spatial_dropout():
     assert [d.name for d in layers_of(model, "SpatialDropout2D")] == ["sdrop2", "sdrop4"]
     assert model.get_layer("dense").units == 6
     plain = models.build_model(tiny_spec(dropout=0.0), 3, 16, MEAN, STD)
-    assert not layers_of(plain, "Dropout") and not layers_of(plain, "SpatialDropout2D")
+    assert not layers_of(plain, "Dropout")
+    assert not layers_of(plain, "SpatialDropout2D")
 
 
 def test_too_many_downsamplings_are_rejected_naming_the_layer():

@@ -130,10 +130,12 @@ def test_lists_runs_newest_first_with_metrics(reports, local_store):
         "reason": "below margin",
         "report": f"runs/{NEW}/report/index.html",
     }
-    assert rows[1]["promoted"] is True and rows[1]["macro_f1"] == 0.79
+    assert rows[1]["promoted"] is True
+    assert rows[1]["macro_f1"] == 0.79
 
     page = reports.get("/cnn-reports/")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
     assert page.text.index(NEW) < page.text.index(OLD)
     for text in (
         "0.930",
@@ -165,7 +167,8 @@ def test_pages_escape_what_the_store_holds(reports, local_store):
     assert "<script>" not in page
     assert page.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") == 2  # best model and reason
     listing = reports.get(f"/cnn-reports/runs/{NEW}/report/").text
-    assert "<b>" not in listing and "&lt;b&gt;odd &amp; name.txt" in listing
+    assert "<b>" not in listing
+    assert "&lt;b&gt;odd &amp; name.txt" in listing
     assert f'href="/cnn-reports/runs/{NEW}/report/%3Cb%3Eodd%20%26%20name.txt"' in listing
 
 
@@ -205,21 +208,26 @@ def test_plugin_reaches_the_store_only_through_its_public_interface():
         for node in ast.walk(tree)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "store"
     }
-    assert used and used <= public, used - public
+    assert used, used - public
+    assert used <= public, used - public
 
 
 def test_serves_report_figures_and_folders_with_content_types(reports, local_store):
     page = reports.get(f"/cnn-reports/runs/{NEW}/report/index.html")
-    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert "sandbox" in page.headers["content-security-policy"]  # no scripts from the bucket
     # The report's relative link resolves to the figure, served as a PNG.
     figure = reports.get(f"/cnn-reports/runs/{NEW}/report/../models/baseline__balanced/curves.png")
-    assert figure.status_code == 200 and figure.headers["content-type"] == "image/png"
+    assert figure.status_code == 200
+    assert figure.headers["content-type"] == "image/png"
     assert figure.content == PNG
     csv = reports.get(f"/cnn-reports/runs/{NEW}/models/baseline__balanced/history.csv")
     assert csv.headers["content-type"].startswith("text/csv")
     listing = reports.get(f"/cnn-reports/runs/{NEW}/models/baseline__balanced/")
-    assert listing.status_code == 200 and "curves.png" in listing.text and "history.csv" in listing.text
+    assert listing.status_code == 200
+    assert "curves.png" in listing.text
+    assert "history.csv" in listing.text
     assert reports.get(f"/cnn-reports/runs/{NEW}/report/missing.png").status_code == 404
 
 
@@ -241,7 +249,8 @@ def test_serves_report_figures_and_folders_with_content_types(reports, local_sto
 def test_refuses_paths_outside_the_runs_prefix(reports, local_store, path):
     response = reports.get(f"/cnn-reports/{path}")
     assert response.status_code in (400, 404)
-    assert "outside runs/" not in response.text and "do not serve" not in response.text
+    assert "outside runs/" not in response.text
+    assert "do not serve" not in response.text
 
 
 def test_refuses_symlinks_leading_out_of_the_store(reports, local_store, tmp_path):
@@ -278,9 +287,11 @@ def test_s3_store_through_the_airflow_connection(reports, monkeypatch):
         assert {r["run_id"] for r in rows} == {NEW, OLD}
         assert {r["run_id"]: r["accuracy"] for r in rows} == {NEW: 0.93, OLD: 0.81}
         page = reports.get(f"/cnn-reports/runs/{NEW}/report/index.html")
-        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
         figure = reports.get(f"/cnn-reports/runs/{NEW}/models/baseline__balanced/curves.png")
-        assert figure.headers["content-type"] == "image/png" and figure.content == PNG
+        assert figure.headers["content-type"] == "image/png"
+        assert figure.content == PNG
         assert "curves.png" in reports.get(f"/cnn-reports/runs/{NEW}/models/baseline__balanced/").text
         assert reports.get(f"/cnn-reports/runs/{NEW}/nope.png").status_code == 404
         assert reports.get("/cnn-reports/runs/%2e%2e/champion.json").status_code == 400
@@ -356,7 +367,8 @@ def test_unauthenticated_requests_are_refused(api_server):
     for path in ("/cnn-reports/", "/cnn-reports/api/runs", f"/cnn-reports/runs/{NEW}/report/index.html"):
         assert httpx.get(api_server + path).status_code == 401
     browser = httpx.get(api_server + "/cnn-reports/", headers={"Accept": "text/html"})
-    assert browser.status_code == 303 and browser.headers["location"].startswith("/auth/login?next=")
+    assert browser.status_code == 303
+    assert browser.headers["location"].startswith("/auth/login?next=")
     forged = httpx.get(api_server + "/cnn-reports/api/runs", cookies={"_token": "not-a-jwt"})
     assert forged.status_code in (401, 403)
 
@@ -365,12 +377,14 @@ def test_ui_session_token_opens_the_page_and_files(api_server):
     token = _token(api_server, "viewer", "viewer-pw")
     cookies = {"_token": token}  # what the UI's login leaves in the browser
     page = httpx.get(f"{api_server}/cnn-reports/", cookies=cookies)
-    assert page.status_code == 200 and page.text.index(NEW) < page.text.index(OLD)
+    assert page.status_code == 200
+    assert page.text.index(NEW) < page.text.index(OLD)
     figure = httpx.get(
         f"{api_server}/cnn-reports/runs/{NEW}/models/baseline__balanced/curves.png",
         headers={"Authorization": f"Bearer {token}"},
     )
-    assert figure.status_code == 200 and figure.headers["content-type"] == "image/png"
+    assert figure.status_code == 200
+    assert figure.headers["content-type"] == "image/png"
     assert httpx.get(f"{api_server}/cnn-reports/runs/%2e%2e/champion.json", cookies=cookies).status_code == 400
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from cnn_tasks import data, image_folder, images, predict
 from tests.fixtures_training import write_training_dataset
+from tests.helpers import CLASSES, tiny_model
 from tests.imagegen import make_dataset
-from tests.test_evaluate import CLASSES, tiny_model
 
 REJECTED = {
     "corrupt.png": images.CORRUPT,
@@ -94,7 +94,8 @@ def test_hidden_and_system_files_are_skipped_like_the_download_skips_them(folder
     hidden = add_hidden_files(folder)
     files, ignored = image_folder.list_files(folder)
     listed = [p.relative_to(folder).as_posix() for p in files]
-    assert not set(hidden) & set(listed) and ignored == 2  # .DS_Store, Thumbs.db (+ two skipped folders)
+    assert not set(hidden) & set(listed)
+    assert ignored == 2  # .DS_Store, Thumbs.db (+ two skipped folders)
     assert len(listed) == 6 + len(REJECTED)
     rows, rejected = predict.predict_folder(tiny_model(trained=False), folder, CLASSES)
     assert len(rows) == 6
@@ -106,7 +107,8 @@ def test_prediction_streams_in_batches_with_the_same_rows(folder, monkeypatch):
     whole_rows, whole_rejected = predict.predict_folder(model, folder, CLASSES)
     monkeypatch.setattr(image_folder, "BATCH", 4)
     batches = list(image_folder.iter_image_batches(folder, 16))
-    assert [len(names) for names, _, _ in batches] == [4, 2] and all(len(x) <= 4 for _, x, _ in batches)
+    assert [len(names) for names, _, _ in batches] == [4, 2]
+    assert all(len(x) <= 4 for _, x, _ in batches)
     calls = []
     predict_on_batch = model.predict_on_batch
     monkeypatch.setattr(model, "predict_on_batch", lambda x: calls.append(len(x)) or predict_on_batch(x))
@@ -122,7 +124,8 @@ def test_prediction_streams_in_batches_with_the_same_rows(folder, monkeypatch):
 def test_run_without_url_is_a_recorded_no_op(make_ctx):
     ctx = make_ctx()
     out = predict.run(ctx)
-    assert out["status"] == "skipped" and "unlabelled_url" in out["reason"]
+    assert out["status"] == "skipped"
+    assert "unlabelled_url" in out["reason"]
     assert ctx.store.get_json(ctx.report_key("predictions.json"))["status"] == "skipped"
     assert not ctx.store.exists(ctx.report_key("predictions.csv"))
 
@@ -140,7 +143,8 @@ def test_run_uses_this_runs_best_model_without_a_champion(make_ctx, folder, tmp_
         "predictions_key": ctx.report_key("predictions.csv"),
     }
     record = ctx.store.get_json(out["record_key"])
-    assert record["model"]["source"] == "this run's best model" and record["model"]["model_id"] == "tiny__unbalanced"
+    assert record["model"]["source"] == "this run's best model"
+    assert record["model"]["model_id"] == "tiny__unbalanced"
     predictions = read_csv(ctx.store.get_text(ctx.report_key("predictions.csv")))
     assert len(predictions) == 6
     assert_top_k_is_the_models(
@@ -160,7 +164,8 @@ def test_cli_uses_class_names_beside_the_model(folder, tmp_path):
     out = tmp_path / "preds.csv"
     assert predict.main([str(model_dir / "model.keras"), str(folder), "--out", str(out)]) == 0
     rows = read_csv(out.read_text())
-    assert len(rows) == 6 and {r["predicted_class"] for r in rows} <= set(CLASSES)
+    assert len(rows) == 6
+    assert {r["predicted_class"] for r in rows} <= set(CLASSES)
     assert_top_k_is_the_models(rows, model_proba(tiny_model(), folder, [r["image"] for r in rows]), CLASSES)
     assert_rejected_with_exact_reasons(read_csv((tmp_path / "preds_rejected.csv").read_text()), folder)
     assert image_folder.classes_beside(tmp_path / "nowhere" / "model.keras", 2) == ["class_0", "class_1"]
@@ -231,7 +236,8 @@ def test_run_predicts_the_datasets_unlabelled_folder_on_another_worker(
     out = predict.run(ctx)
     assert (out["status"], out["predicted"], out["rejected"]) == ("done", 6, 4)
     record = ctx.store.get_json(out["record_key"])
-    assert record["images_from"] == "dataset" and record["url"] == f"{imagenet10_zip}: ImageNet10/test_set/"
+    assert record["images_from"] == "dataset"
+    assert record["url"] == f"{imagenet10_zip}: ImageNet10/test_set/"
     predictions = read_csv(ctx.store.get_text(ctx.report_key("predictions.csv")))
     names = [r["image"] for r in predictions]
     assert names == sorted(f"class_{c}_{i}.png" for c in "abc" for i in range(2))  # relative to test_set/
@@ -250,7 +256,8 @@ def test_unlabelled_url_wins_over_the_datasets_folder_and_says_so(make_ctx, fold
     _with_best_model(ctx, tmp_path)
     out = predict.run(ctx)
     record = ctx.store.get_json(out["record_key"])
-    assert out["predicted"] == 2 and record["images_from"] == "unlabelled_url"
+    assert out["predicted"] == 2
+    assert record["images_from"] == "unlabelled_url"
     assert "instead of the dataset's unlabelled folder(s) ImageNet10/test_set/ (10 files)" in record["note"]
 
 
@@ -260,7 +267,8 @@ def test_run_without_url_or_unlabelled_folder_is_a_recorded_no_op(make_ctx, tiny
     ctx = make_ctx(dataset_url=str(tiny_dataset), min_images_per_class=1)
     download.run(ctx)
     out = predict.run(ctx)
-    assert out["status"] == "skipped" and "holds no unlabelled folder" in out["reason"]
+    assert out["status"] == "skipped"
+    assert "holds no unlabelled folder" in out["reason"]
 
 
 # ================================================================== names, pipes and missing folders
@@ -284,7 +292,8 @@ def test_a_named_pipe_is_listed_as_rejected_not_dropped_and_never_blocks(folder)
     (folder / "zero.png").symlink_to("/dev/zero")
     rows, rejected = predict.predict_folder(tiny_model(trained=False), folder, CLASSES)
     reasons = {r["image"]: r["reason"] for r in rejected}
-    assert len(rows) == 6 and len(rejected) == len(REJECTED) + 2
+    assert len(rows) == 6
+    assert len(rejected) == len(REJECTED) + 2
     assert reasons["pipe.png"] == "special_file: a named pipe (FIFO): not a regular file, not read"
     assert reasons["zero.png"] == "special_file: a character device: not a regular file, not read"
 

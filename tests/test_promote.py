@@ -11,7 +11,7 @@ import pytest
 from cnn_tasks import data, models, promote
 from cnn_tasks.champion import history_key, pick_candidate
 from tests.fixtures_training import write_training_dataset
-from tests.test_evaluate import tiny_model
+from tests.helpers import tiny_model
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,8 @@ from tests.test_evaluate import tiny_model
 )
 def test_decide(value, accuracy, champion, comparable, expected):
     promoted, reason = promote.decide(value, accuracy, champion, comparable, True, margin=0.0, min_accuracy=0.5)
-    assert promoted is expected and reason
+    assert promoted is expected
+    assert reason
     assert promote.decide(0.81, 0.9, 0.80, True, True, margin=0.05, min_accuracy=0.5)[0] is False
     assert promote.decide(0.6, 0.6, None, False, False, margin=0.0, min_accuracy=0.5)[0] is True
 
@@ -38,7 +39,8 @@ def test_ensemble_best_deploys_its_best_member():
         {"name": "soft[all]", "kind": "ensemble", "members": ["a", "b"], "macro_f1": 0.9},
     ]
     best, deployable = pick_candidate(rows, "macro_f1")
-    assert best["name"] == "soft[all]" and deployable["name"] == "b"
+    assert best["name"] == "soft[all]"
+    assert deployable["name"] == "b"
 
 
 @pytest.fixture
@@ -96,22 +98,24 @@ def test_promotion_history(pipeline):
     new_run = pipeline
     first = new_run("run1", "wrong", macro_f1=0.6, accuracy=0.6)
     out = promote.run(first)
-    assert out["promoted"] and out["decision"] == "promoted"
+    assert out["promoted"]
+    assert out["decision"] == "promoted"
     store = first.store
     first_champion = store.get_json("champion.json")
-    assert first_champion["run_id"] == "run1" and store.exists("champions/run1/model.keras")
+    assert first_champion["run_id"] == "run1"
+    assert store.exists("champions/run1/model.keras")
     info = data.load_dataset_info(first)
-    assert (
-        first_champion["classes"] == info["classes"]
-        and first_champion["image_size"] == 16
-        and first_champion["image_fit"] == "squash"
-    )
+    assert first_champion["classes"] == info["classes"]
+    assert first_champion["image_size"] == 16
+    assert first_champion["image_fit"] == "squash"
     assert first_champion["dataset_sha256"] == info["dataset_sha256"]
 
     # would beat the champion (which gets every test image wrong) but fails the accuracy guard
     guarded = new_run("run2", "good", macro_f1=0.95, accuracy=0.4)
     out = promote.run(guarded)
-    assert not out["promoted"] and "guard failed" in out["reason"] and out["champion_value"] == 0.0
+    assert not out["promoted"]
+    assert "guard failed" in out["reason"]
+    assert out["champion_value"] == 0.0
     record = guarded.store.get_json(guarded.key("promotion.json"))
     assert record["guards"][0]["ok"] is False
     assert store.get_json("champion.json")["run_id"] == "run1"
@@ -120,25 +124,32 @@ def test_promotion_history(pipeline):
     # the champion scores 0 on this run's test split: a better model wins
     second = new_run("run3", "good", macro_f1=0.9, accuracy=0.9)
     out = promote.run(second)
-    assert out["promoted"] and out["champion_value"] == 0.0
+    assert out["promoted"]
+    assert out["champion_value"] == 0.0
     assert store.get_json("champion.json")["run_id"] == "run3"
     assert promote.run(second) == out  # a retried task keeps its decision, it does not compare with itself
     store.path(second.key("promotion.json")).unlink()  # as if interrupted after installing the champion
     recovered = promote.run(second)
-    assert recovered["promoted"] and recovered["decision"] == "promoted"
+    assert recovered["promoted"]
+    assert recovered["decision"] == "promoted"
     assert store.get_json("champion.json")["run_id"] == "run3"
     assert store.get_json(history_key(first_champion)) == first_champion  # old one kept
-    assert store.exists("champions/run1/model.keras") and store.exists("champions/run3/model.keras")
+    assert store.exists("champions/run1/model.keras")
+    assert store.exists("champions/run3/model.keras")
     assert len(store.list("champions/history/")) == 2
 
     # the champion is perfect on the test split: a worse model is refused
     third = new_run("run4", "wrong", macro_f1=0.7, accuracy=0.7)
     out = promote.run(third)
-    assert not out["promoted"] and out["champion_value"] == pytest.approx(1.0)
+    assert not out["promoted"]
+    assert out["champion_value"] == pytest.approx(1.0)
     record = store.get_json(third.key("promotion.json"))
-    assert record["decision"] == "kept current champion" and record["previous_champion"]["run_id"] == "run3"
+    assert record["decision"] == "kept current champion"
+    assert record["previous_champion"]["run_id"] == "run3"
     champion = record["champion_on_this_test"]
-    assert champion["comparable"] and champion["metrics"]["count"] == 12 and champion["metrics"]["accuracy"] == 1.0
+    assert champion["comparable"]
+    assert champion["metrics"]["count"] == 12
+    assert champion["metrics"]["accuracy"] == 1.0
     assert store.get_json("champion.json")["run_id"] == "run3"
     assert len(store.list("champions/history/")) == 2
 
@@ -158,7 +169,8 @@ def test_champion_with_other_classes_is_incomparable(pipeline):
     ctx.store.put_json("champion.json", old)
     out = promote.run(ctx)
     record = ctx.store.get_json(ctx.key("promotion.json"))
-    assert not out["promoted"] and record["champion_on_this_test"]["comparable"] is False
+    assert not out["promoted"]
+    assert record["champion_on_this_test"]["comparable"] is False
     assert "differ" in record["champion_on_this_test"]["why"]
     assert ctx.store.get_json("champion.json") == old
     np.testing.assert_equal(out["champion_value"], None)

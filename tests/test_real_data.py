@@ -18,7 +18,7 @@ import pytest
 from cnn_tasks import download, images, rebalance, split
 from cnn_tasks.config import PipelineConfig
 from cnn_tasks.context import RunContext
-from tests.conftest import eurosat_zip
+from tests.helpers import eurosat_zip
 
 PER_CLASS_IN_ZIP, PER_CLASS = 40, 30
 EUROSAT_CLASSES = [
@@ -65,22 +65,28 @@ def test_eurosat_sample_through_download_split_rebalance(tmp_path):
     ctx = RunContext.create(config, "real_data")
 
     ingest = download.run(ctx)
-    assert ingest["classes"] == EUROSAT_CLASSES and ingest["accepted"] == 10 * PER_CLASS
+    assert ingest["classes"] == EUROSAT_CLASSES
+    assert ingest["accepted"] == 10 * PER_CLASS
     assert ingest["rejected"] == 0
 
     split.run(ctx)
     table = pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key("split.csv"))))
     counts = table.groupby(["class", "split"]).size().unstack()
-    assert (counts["train"] == 21).all() and (counts["val"] == 6).all() and (counts["test"] == 3).all()
+    assert (counts["train"] == 21).all()
+    assert (counts["val"] == 6).all()
+    assert (counts["test"] == 3).all()
     assert table["key"].is_unique  # no image in two splits
     analysis = ctx.store.get_json(ctx.data_key("analysis.json"))
-    assert analysis["no_leakage"] and analysis["image_sizes"]["train"]["most_common"] == [[64, 64, 210]]
-    assert all(20 < m < 200 for m in analysis["mean"]) and all(5 < s < 100 for s in analysis["std"])
+    assert analysis["no_leakage"]
+    assert analysis["image_sizes"]["train"]["most_common"] == [[64, 64, 210]]
+    assert all(20 < m < 200 for m in analysis["mean"])
+    assert all(5 < s < 100 for s in analysis["std"])
     assert len(analysis["shortfalls"]) == 30  # 21/6/3 per class are all below the reference minimums
 
     rebalance.run(ctx)
     dataset = ctx.store.get_json(ctx.data_key("dataset.json"))
-    assert dataset["image_size"] == 32 and dataset["classes"] == EUROSAT_CLASSES
+    assert dataset["image_size"] == 32
+    assert dataset["classes"] == EUROSAT_CLASSES
     assert dataset["splits"]["train"]["balanced"]["class_counts"] == [21] * 10  # already balanced
     assert dataset["splits"]["test"]["unbalanced"]["count"] == 30
     for figure in analysis["figures"] + dataset["figures"]:
@@ -98,6 +104,7 @@ def test_eurosat_jpegs_are_packed_so_tensorflow_decodes_the_validated_pixels(tmp
             path = tmp_path / name.replace("/", "_")
             path.write_bytes(zf.read(name))
             result = images.validate(path)
-            assert result.original_format == "JPEG" and result.reencoded
+            assert result.original_format == "JPEG"
+            assert result.reencoded
             decoded = tf.io.decode_image(result.encoded, channels=3).numpy()
             assert np.array_equal(decoded, np.asarray(images.load_rgb(path))), name

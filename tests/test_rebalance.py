@@ -80,8 +80,10 @@ def test_dataset_json_matches_the_contract(outputs, strategy):
         "figures",
     }
     assert ds["image_fit"] == "squash"
-    assert ds["classes"] == ["class_a", "class_b", "class_c"] and ds["rebalance"] == strategy
-    assert ds["image_size"] == 64 and (ds["mean"], ds["std"]) == (analysis["mean"], analysis["std"])
+    assert ds["classes"] == ["class_a", "class_b", "class_c"]
+    assert ds["rebalance"] == strategy
+    assert ds["image_size"] == 64
+    assert (ds["mean"], ds["std"]) == (analysis["mean"], analysis["std"])
     assert {s: set(v) for s, v in ds["splits"].items()} == {
         "train": {"unbalanced", "balanced"},
         "val": {"unbalanced", "balanced"},
@@ -96,7 +98,8 @@ def test_dataset_json_matches_the_contract(outputs, strategy):
             assert [labels[i] for i in range(3)] == variant["class_counts"]
             assert sum(variant["class_counts"]) == variant["count"]
     for figure in ds["figures"]:
-        assert figure["caption"] and ctx.store.exists(figure["key"])
+        assert figure["caption"]
+        assert ctx.store.exists(figure["key"])
 
 
 def test_dataset_sha256_is_the_hash_of_sorted_keys_and_classes(outputs):
@@ -137,7 +140,8 @@ def test_none_and_class_weight_reuse_the_unbalanced_shards(outputs):
     for name in ("train", "val"):
         assert none["splits"][name]["balanced"] == none["splits"][name]["unbalanced"]
         bal, unbal = weighted["splits"][name]["balanced"], weighted["splits"][name]["unbalanced"]
-        assert bal["shards"] == unbal["shards"] and unbal["class_weight"] is None
+        assert bal["shards"] == unbal["shards"]
+        assert unbal["class_weight"] is None
         counts = unbal["class_counts"]
         expected = {str(i): pytest.approx(sum(counts) / (3 * c), abs=1e-5) for i, c in enumerate(counts)}
         assert bal["class_weight"] == expected
@@ -149,7 +153,8 @@ def test_balanced_variants_have_equal_classes(outputs, strategy, target):
     for name in ("train", "val"):
         before = ds["splits"][name]["unbalanced"]["class_counts"]
         after = ds["splits"][name]["balanced"]
-        assert after["class_counts"] == [target(before)] * 3 and after["class_weight"] is None
+        assert after["class_counts"] == [target(before)] * 3
+        assert after["class_weight"] is None
         records = _records(ctx, after)
         originals = {k for _, _, k in _records(ctx, ds["splits"][name]["unbalanced"])}
         base_keys = {k.split("#")[0] for _, _, k in records}
@@ -165,7 +170,8 @@ def test_augmented_copies_are_new_images_of_the_same_size(outputs):
     for image, _label, key in records:
         if "#aug" in key:
             base, n = key.split("#aug")
-            assert int(n) >= 1 and base in originals
+            assert int(n) >= 1
+            assert base in originals
             assert Image.open(io.BytesIO(image)).size == Image.open(io.BytesIO(originals[base])).size
 
 

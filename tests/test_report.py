@@ -17,7 +17,7 @@ from PIL import Image
 
 from cnn_tasks import ensemble, evaluate, failures, models, predict, promote, report, runtime
 from cnn_tasks.plots import figure_entry
-from tests.test_evaluate import CLASSES, random_proba, store_figure_exists
+from tests.helpers import CLASSES, random_proba, store_figure_exists
 
 SECTIONS = (
     "results",
@@ -307,7 +307,8 @@ def test_sections_hold_every_stage_output(full_run):
     assert sections["ensembles"]["rows"] == ensemble_json["comparison"]
     assert sum(1 for r in sections["ensembles"]["rows"] if r.get("best")) == 1
     assert sections["champion"]["decision"].startswith("Decision: promoted.")
-    assert sections["predictions"]["not_run"] and "unlabelled_url is not set" in sections["predictions"]["not_run"]
+    assert sections["predictions"]["not_run"]
+    assert "unlabelled_url is not set" in sections["predictions"]["not_run"]
 
     # data: counts per class, the shortfall marker, the layout warnings
     data = sections["data"]["analysis"]
@@ -374,7 +375,8 @@ def test_results_come_from_the_stage_outputs(full_run):
     assert "training split: mild class imbalance (largest/smallest = 1.27)" in warnings
     assert "2 file(s) rejected (corrupt: 1, not an image: 1)" in warnings
     assert "Not trained: wide__balanced." in warnings
-    assert "a <layout> warning" in warnings and "fall short of the reference minimums" in warnings
+    assert "a <layout> warning" in warnings
+    assert "fall short of the reference minimums" in warnings
 
 
 def test_full_report_page_and_summary(full_run):
@@ -392,17 +394,21 @@ def test_full_report_page_and_summary(full_run):
     assert page.index('<section id="results">') < page.index("<nav>") < page.index('<section id="data">')
     assert page.index('<section id="predictions">') < page.index('<section id="overview">')
     overview = page.split('<section id="overview">')[1]
-    assert "<details><summary>Configuration</summary>" in overview and "test_run" in overview
+    assert "<details><summary>Configuration</summary>" in overview
+    assert "test_run" in overview
     assert "test_run" not in page.split("<nav>")[0].split("</title>")[1]  # not before the answer
     sources = re.findall(r'<img src="([^"]+)"', page)
     for src in links(page):
         assert not src.startswith(("/", "file:", "s3:")), src
         assert ctx.store.exists(posixpath.normpath(posixpath.join(ctx.report_key(), src))), src
     assert page.count("<figure") == page.count("<figcaption>") == len(sources) > 20
-    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "&lt;fixed&gt;" in page and "&lt;layout&gt;" in page
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;fixed&gt;" in page
+    assert "&lt;layout&gt;" in page
     assert page.count('<tr class="best">') == 1
-    assert 'name="viewport"' in page and ".scroll{overflow-x:auto" in page  # phone width: tables scroll
+    assert 'name="viewport"' in page
+    assert ".scroll{overflow-x:auto" in page  # phone width: tables scroll
     assert page.count("<table>") == page.count('<div class="scroll"><table>')
     for mid in TRAINED:
         assert f"<summary>Layer table of {mid} (" in page
@@ -429,13 +435,15 @@ def test_empty_run_says_what_did_not_run(make_ctx):
     run = report.Run(ctx)
     for anchor, data in sections_of(run).items():
         if anchor == "data":
-            assert "the split stage did not run" in data["analysis_missing"] and data["analysis"] is None
+            assert "the split stage did not run" in data["analysis_missing"]
+            assert data["analysis"] is None
         elif anchor == "checks":
             assert all(c["missing"] for c in data["checks"])
         elif anchor == "models":
             assert all(m["missing"] for m in data["models"])
         elif anchor != "overview":
-            assert data["status"] == "not run" and data["not_run"], anchor
+            assert data["status"] == "not run", anchor
+            assert data["not_run"], anchor
     results = report.results(run)
     assert [results[k] for k in ("best_model", "best_ensemble", "champion", "dataset")] == [None] * 4
     assert results["stage_times"] == []
@@ -477,7 +485,9 @@ def test_macros_escape_hostile_names_everywhere():
             str(m.not_run(HOSTILE)),
         ]
     )
-    assert "<script" not in html_text and 'alert("x")' not in html_text and "'q'" not in html_text
+    assert "<script" not in html_text
+    assert 'alert("x")' not in html_text
+    assert "'q'" not in html_text
     assert html_text.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#39;q&#39;") >= 10
     assert '<td class="num">0.5000</td>' in html_text  # numbers formatted and right-aligned
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cnn_tasks import sources
-from tests.test_fuzz_archives import dataset, make_tar, make_zip, png
+from tests.helpers import dataset, make_tar, make_zip, png
 
 
 @pytest.fixture
@@ -60,7 +60,8 @@ def test_a_cached_extraction_returns_the_same_skipped_list(tmp_path, ctx, monkey
     calls = []
     monkeypatch.setattr(sources, "extract_archive", lambda *a, **k: calls.append(a))
     second = sources.fetch_source(ctx, str(archive))
-    assert calls == [] and second == first  # reused, not extracted again
+    assert calls == []
+    assert second == first  # reused, not extracted again
     assert json.loads((first.folder.parent / "skipped.json").read_text())["skipped"] == first.skipped
 
 
@@ -69,7 +70,8 @@ def test_a_damaged_cached_extraction_is_made_again(tmp_path, ctx):
     first = sources.fetch_source(ctx, str(archive))
     (first.folder.parent / "skipped.json").unlink()  # e.g. an entry left by an older version
     again = sources.fetch_source(ctx, str(archive))
-    assert again == first and (again.folder / "ds/cats/0.png").is_file()
+    assert again == first
+    assert (again.folder / "ds/cats/0.png").is_file()
 
 
 def test_a_failed_extraction_leaves_nothing_in_the_cache(tmp_path, ctx):
@@ -124,11 +126,14 @@ def test_an_html_answer_is_not_cached_and_a_fixed_server_works_next_time(tmp_pat
     with pytest.raises(sources.DownloadError) as info:
         sources.fetch_source(ctx, url)
     message = str(info.value)
-    assert url in message and "is not a zip or tar archive" in message and "web page" in message
+    assert url in message
+    assert "is not a zip or tar archive" in message
+    assert "web page" in message
     assert str(tmp_path / "cache") not in message
     assert not [p for p in (tmp_path / "cache" / "downloads").rglob("*") if p.is_file()]
     fetched = sources.fetch_source(ctx, url)  # the server is fixed
-    assert (fetched.folder / "ds/cats/0.png").is_file() and _Server.requests == ["/data.zip"] * 2
+    assert (fetched.folder / "ds/cats/0.png").is_file()
+    assert _Server.requests == ["/data.zip"] * 2
 
 
 def test_a_poisoned_cached_download_is_discarded_and_fetched_again_once(tmp_path, ctx, server):
@@ -140,7 +145,8 @@ def test_a_poisoned_cached_download_is_discarded_and_fetched_again_once(tmp_path
     ctx.close()
     again = sources.fetch_source(ctx, url)
     assert _Server.requests == ["/data.zip"] * 2
-    assert (again.folder / "ds/cats/0.png").is_file() and again.skipped == good.skipped == []
+    assert (again.folder / "ds/cats/0.png").is_file()
+    assert again.skipped == good.skipped == []
 
 
 def test_a_cached_download_that_still_fails_is_an_error_naming_the_url(tmp_path, ctx, server):
@@ -340,9 +346,12 @@ def test_two_fetches_of_one_url_download_and_extract_it_once(tmp_path, make_ctx,
     finally:
         httpd.shutdown()
         httpd.server_close()
-    assert errors == [] and len(results) == 2
-    assert _SlowServer.requests == ["/data.zip"] and len(extractions) == 1  # the second waited, then reused
-    assert results[0] == results[1] and (results[0].folder / "ds/cats/0.png").read_bytes() == dataset_png(tmp_path)
+    assert errors == []
+    assert len(results) == 2
+    assert _SlowServer.requests == ["/data.zip"]
+    assert len(extractions) == 1  # the second waited, then reused
+    assert results[0] == results[1]
+    assert (results[0].folder / "ds/cats/0.png").read_bytes() == dataset_png(tmp_path)
     assert not [p for p in (tmp_path / "cache").rglob("*") if ".part" in p.name or ".tmp-" in p.name]
 
 

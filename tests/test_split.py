@@ -83,7 +83,8 @@ def test_leakage_is_detected():
 
 def test_imbalance_measures():
     m = split.imbalance_measures({"a": 100, "b": 50})
-    assert m["max_min_ratio"] == 2.0 and m["severity"] == "moderate"
+    assert m["max_min_ratio"] == 2.0
+    assert m["severity"] == "moderate"
     assert m["normalised_entropy"] == pytest.approx(0.9183, abs=1e-4)
     assert (m["largest"], m["smallest"]) == ("a", "b")
     assert split.imbalance_measures({"a": 5, "b": 5})["normalised_entropy"] == 1.0
@@ -91,7 +92,8 @@ def test_imbalance_measures():
 
 def test_run_writes_a_stratified_split_without_leakage(analysed):
     table = analysed["table"]
-    assert len(table) == 62 and table["key"].is_unique
+    assert len(table) == 62
+    assert table["key"].is_unique
     counts = table.groupby(["class", "split"]).size().unstack().loc[:, ["train", "val", "test"]]
     assert counts.values.tolist() == [[21, 6, 3], [14, 4, 2], [9, 2, 1]]
     assert analysed["analysis"]["no_leakage"] is True
@@ -102,10 +104,12 @@ def test_analysis_json_counts_imbalance_and_conclusion(analysed):
     assert a["counts"]["val"] == {"class_a": 6, "class_b": 4, "class_c": 2}
     assert a["totals"] == {"train": 44, "val": 12, "test": 6}
     assert a["imbalance"]["train"]["max_min_ratio"] == pytest.approx(21 / 9, abs=1e-3)
-    assert "max/min ratio 2.33" in a["conclusion"] and "rebalance='oversample'" in a["conclusion"]
+    assert "max/min ratio 2.33" in a["conclusion"]
+    assert "rebalance='oversample'" in a["conclusion"]
     assert "test split is not rebalanced" in a["conclusion"]
     assert {"split": "test", "class": "class_c", "count": 1, "minimum": 60} in a["shortfalls"]
-    assert len(a["shortfalls"]) == 9 and "class_c (9)" in a["shortfall_text"]
+    assert len(a["shortfalls"]) == 9
+    assert "class_c (9)" in a["shortfall_text"]
 
 
 def test_training_mean_and_std_match_the_pixels(analysed):
@@ -125,7 +129,8 @@ def test_figures_are_written_with_captions(analysed):
     expected = {f"counts_{s}_{kind}.png" for s in ("train", "val", "test") for kind in ("bar", "pie")}
     assert expected | {"image_sizes.png", "samples.png"} == names
     for figure in figures:
-        assert figure["caption"] and ctx.store.get_bytes(figure["key"]).startswith(b"\x89PNG")
+        assert figure["caption"]
+        assert ctx.store.get_bytes(figure["key"]).startswith(b"\x89PNG")
     assert analysed["analysis"]["image_sizes"]["train"]["most_common"] == [[12, 12, 44]]
 
 
@@ -154,10 +159,10 @@ def test_auto_keeps_a_given_test_split_and_carves_val_from_train():
     table, origin = split.assign_splits(manifest, (0.7, 0.2, 0.1), seed=3)
     assert _counts(table) == {"a": [70, 20, 10], "b": [35, 10, 7]}  # val = round(n_train x 0.2/0.9)
     test = table[table["split"] == "test"]
-    assert (test["given_split"] == "test").all() and (
-        table.loc[table["split"] == "val", "given_split"] == "train"
-    ).all()
-    assert origin["test"] == "given test split" and "carved from the given training split" in origin["val"]
+    assert (test["given_split"] == "test").all()
+    assert (table.loc[table["split"] == "val", "given_split"] == "train").all()
+    assert origin["test"] == "given test split"
+    assert "carved from the given training split" in origin["val"]
     again, _ = split.assign_splits(manifest.sample(frac=1, random_state=2), (0.7, 0.2, 0.1), seed=3)
     assert dict(zip(table["key"], table["split"])) == dict(zip(again["key"], again["split"]))  # seeded
     split.assert_no_leakage(table)
@@ -191,7 +196,7 @@ def test_a_class_without_given_test_images_is_an_error_naming_it():
 
 
 def test_run_on_a_pre_split_dataset_records_layout_and_origin(tmp_path):
-    from tests.test_layout import build
+    from tests.helpers import build
 
     root = build(
         tmp_path / "ds",
@@ -213,7 +218,8 @@ def test_run_on_a_pre_split_dataset_records_layout_and_origin(tmp_path):
     split.run(ctx)
     analysis = ctx.store.get_json(ctx.data_key("analysis.json"))
     assert analysis["counts"] == {"train": {"a": 14, "b": 14}, "val": {"a": 4, "b": 4}, "test": {"a": 4, "b": 4}}
-    assert analysis["layout"]["kind"] == "train/test" and analysis["layout"]["wrapper"] == "data"
+    assert analysis["layout"]["kind"] == "train/test"
+    assert analysis["layout"]["wrapper"] == "data"
     assert analysis["origin"]["test"] == "given test split"
     table = pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key("split.csv"))), keep_default_na=False)
     assert list(table.columns) == ["key", "class", "label", "split", "given_split"]

@@ -33,7 +33,8 @@ def test_bytes_json_text_round_trip(store):
     assert store.get_json("runs/r1/m.json") == {"x": 1, "t": [1, 2]}
     assert store.get_text("runs/r1/report/index.html") == "<h1>é</h1>"
     assert store.list("runs/r1/") == ["runs/r1/a.bin", "runs/r1/m.json", "runs/r1/report/index.html"]
-    assert store.exists("runs/r1/a.bin") and not store.exists("runs/r1/nope")
+    assert store.exists("runs/r1/a.bin")
+    assert not store.exists("runs/r1/nope")
 
 
 def test_files_round_trip_and_missing_key_is_named(store, tmp_path):
@@ -105,7 +106,8 @@ def test_s3_refused_credentials_are_a_clear_error(s3_endpoint, monkeypatch):
 def test_s3_client_retries_with_backoff():
     client = make_s3_client("http://127.0.0.1:9")
     retries = client.meta.config.retries
-    assert retries["mode"] == "standard" and retries["total_max_attempts"] >= 5
+    assert retries["mode"] == "standard"
+    assert retries["total_max_attempts"] >= 5
 
 
 def test_unknown_scheme_and_missing_bucket_name():
@@ -117,7 +119,8 @@ def test_unknown_scheme_and_missing_bucket_name():
 
 def test_relative_file_uri_resolves_against_base_dir(tmp_path):
     store = open_store("file://artifacts", base_dir=tmp_path)
-    assert isinstance(store, LocalStore) and store.root == tmp_path / "artifacts"
+    assert isinstance(store, LocalStore)
+    assert store.root == tmp_path / "artifacts"
 
 
 def test_version_changes_when_an_object_is_rewritten(store):

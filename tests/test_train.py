@@ -62,9 +62,12 @@ def test_single_batch_check_passes_for_the_default_experiments(make_ctx):
     write_training_dataset(ctx, classes=3, train=12, val=2, test=2, size=32)
     for spec in DEFAULT_EXPERIMENTS:
         result = train.single_batch_check(ctx, spec.name)
-        assert result["passed"] and result["accuracy"] == 1.0 and result["loss"] <= train.LOSS_TOLERANCE
+        assert result["passed"]
+        assert result["accuracy"] == 1.0
+        assert result["loss"] <= train.LOSS_TOLERANCE
         saved = ctx.store.get_json(ctx.check_key(spec.name, "single_batch.json"))
-        assert saved["passed"] and len(saved["losses"]) == result["steps"]
+        assert saved["passed"]
+        assert len(saved["losses"]) == result["steps"]
         assert ctx.store.exists(saved["figures"][0]["key"])
 
 
@@ -73,7 +76,8 @@ def test_single_batch_check_fails_for_a_too_weak_model_naming_it(tiny_ctx):
     with pytest.raises(train.SingleBatchCheckError, match="experiment 'weak'"):
         train.single_batch_check(ctx, "weak")
     saved = ctx.store.get_json(ctx.check_key("weak", "single_batch.json"))
-    assert saved["passed"] is False and saved["steps"] == 10
+    assert saved["passed"] is False
+    assert saved["steps"] == 10
     assert ctx.store.exists(ctx.check_key("weak", "single_batch.png"))
 
 
@@ -82,7 +86,9 @@ def test_training_writes_model_history_curves_meta_and_tensorboard(tiny_ctx, mon
     ctx = tiny_ctx()
     result = train.run(ctx, "small", "balanced")
     mid = "small__balanced"
-    assert result["model_id"] == mid and result["epochs_run"] == 4 and result["resumed_from_epoch"] == 0
+    assert result["model_id"] == mid
+    assert result["epochs_run"] == 4
+    assert result["resumed_from_epoch"] == 0
     meta = ctx.store.get_json(ctx.model_key(mid, "meta.json"))
     for field in (
         "classes",
@@ -112,9 +118,12 @@ def test_training_writes_model_history_curves_meta_and_tensorboard(tiny_ctx, mon
         np.__version__,
     )  # tensorflow-cpu counts as tensorflow
     assert meta["git_commit"] == runtime.git_commit()
-    assert meta["class_weight"] and meta["variant"] == "balanced" and meta["git_commit"]
+    assert meta["class_weight"]
+    assert meta["variant"] == "balanced"
+    assert meta["git_commit"]
     history = ctx.store.get_json(ctx.model_key(mid, "history.json"))
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and "val_accuracy" in history[0]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert "val_accuracy" in history[0]
     assert ctx.store.get_text(ctx.model_key(mid, "history.csv")).splitlines()[0].count(",") >= 5
     assert meta["figures"][0]["key"] == ctx.model_key(mid, "curves.png")
     assert ctx.store.exists(ctx.model_key(mid, "curves.png"))
@@ -122,10 +131,12 @@ def test_training_writes_model_history_curves_meta_and_tensorboard(tiny_ctx, mon
     validation = tensorboard_scalars(ctx, mid, "validation")
     assert validation["epoch_loss"] == validation["epoch_accuracy"] == [0, 1, 2, 3]
     model = models.load_model(ctx.cached(ctx.model_key(mid, "model.keras")))
-    assert model.layers[0].name == "standardize" and model.output_shape == (None, 3)
+    assert model.layers[0].name == "standardize"
+    assert model.output_shape == (None, 3)
     assert model.count_params() == meta["params"]
     comparison = plots.compare_runs(ctx, [mid, "missing__unbalanced"])
-    assert comparison["key"] == ctx.key("models", "comparison.png") and "missing__unbalanced" in comparison["caption"]
+    assert comparison["key"] == ctx.key("models", "comparison.png")
+    assert "missing__unbalanced" in comparison["caption"]
 
 
 def tensorboard_scalars(ctx, mid: str, folder: str) -> dict[str, list[int]]:
@@ -175,11 +186,13 @@ def test_killed_training_resumes_from_its_last_completed_epoch(tiny_ctx):
     seen = EpochLog()
     result = train.run(ctx, "cosine", "unbalanced", extra_callbacks=[seen])
     assert seen.epochs == [2, 3]  # continued at the third epoch, did not start over
-    assert result["resumed_from_epoch"] == 2 and result["epochs_run"] == 4
+    assert result["resumed_from_epoch"] == 2
+    assert result["epochs_run"] == 4
     history = ctx.store.get_json(ctx.model_key("cosine__unbalanced", "history.json"))
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     lrs = [h["learning_rate"] for h in history]
-    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]  # cosine schedule state survived
+    assert lrs == sorted(lrs, reverse=True)
+    assert lrs[-1] < lrs[0]  # cosine schedule state survived
     assert lrs[2:] == pytest.approx(seen.learning_rates)  # each epoch records the rate it trained with
 
 
@@ -209,8 +222,11 @@ def test_a_cleared_finished_training_trains_again_from_scratch_and_says_so(tiny_
     with caplog.at_level("WARNING", logger="cnn_tasks.train"):
         again = train.run(ctx, "small", "unbalanced", extra_callbacks=[seen])
     assert seen.epochs == [0, 1]  # every epoch trained again
-    assert again["resumed_from_epoch"] == 0 and again["epochs_run"] == 2 and first["epochs_run"] == 2
-    assert "trains again from scratch and replaces that model" in caplog.text and mid in caplog.text
+    assert again["resumed_from_epoch"] == 0
+    assert again["epochs_run"] == 2
+    assert first["epochs_run"] == 2
+    assert "trains again from scratch and replaces that model" in caplog.text
+    assert mid in caplog.text
     meta = ctx.store.get_json(ctx.model_key(mid, "meta.json"))
     assert meta["wall_time_s"] != first_meta["wall_time_s"]  # the replaced model's record
     assert [h["epoch"] for h in ctx.store.get_json(ctx.model_key(mid, "history.json"))] == [1, 2]
@@ -225,7 +241,8 @@ def test_a_retrain_cut_off_resumes_the_retrain_not_the_replaced_model(tiny_ctx):
         train.run(ctx, "small", "unbalanced", extra_callbacks=[Interrupt(at=1)])
     seen = EpochLog()
     result = train.run(ctx, "small", "unbalanced", extra_callbacks=[seen])
-    assert seen.epochs == [1, 2] and result["resumed_from_epoch"] == 1  # the retry resumes the retrain
+    assert seen.epochs == [1, 2]
+    assert result["resumed_from_epoch"] == 1  # the retry resumes the retrain
     assert [h["epoch"] for h in ctx.store.get_json(ctx.model_key(mid, "history.json"))] == [1, 2, 3]
 
 
@@ -236,7 +253,8 @@ def test_a_retrain_cut_off_before_its_first_epoch_does_not_resume_the_replaced_m
         train.run(ctx, "small", "unbalanced", extra_callbacks=[Interrupt(at=0)])
     seen = EpochLog()
     result = train.run(ctx, "small", "unbalanced", extra_callbacks=[seen])
-    assert seen.epochs == [0, 1] and result["resumed_from_epoch"] == 0
+    assert seen.epochs == [0, 1]
+    assert result["resumed_from_epoch"] == 0
 
 
 class FailOnSave(Exception):
@@ -256,4 +274,5 @@ def test_a_try_that_failed_after_training_only_saves_the_outputs(tiny_ctx, monke
     monkeypatch.setattr(train, "_plot_curves", real_plot)
     seen = EpochLog()
     result = train.run(ctx, "small", "unbalanced", extra_callbacks=[seen])
-    assert seen.epochs == [] and result["epochs_run"] == 2  # nothing retrained: the finished model is saved
+    assert seen.epochs == []
+    assert result["epochs_run"] == 2  # nothing retrained: the finished model is saved

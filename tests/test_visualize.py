@@ -80,8 +80,10 @@ def test_activation_grids_cover_every_conv_unit_and_pooling_layer(model, data):
         strips = fig.axes[1::2]  # per image: the input, then the strip of channel maps
         assert len(strips) == len(sample)
         plotted = [[int(t.get_text()) for t in ax.get_xticklabels()] for ax in strips]
-        assert plotted == [channels.tolist()] * len(sample) and len(channels) == min(16, layer_maps.shape[-1])
-        assert name in fig._suptitle.get_text() and str(tuple(layer_maps.shape[1:])) in fig._suptitle.get_text()
+        assert plotted == [channels.tolist()] * len(sample)
+        assert len(channels) == min(16, layer_maps.shape[-1])
+        assert name in fig._suptitle.get_text()
+        assert str(tuple(layer_maps.shape[1:])) in fig._suptitle.get_text()
         plt.close(fig)
 
 
@@ -123,7 +125,8 @@ def test_gradient_ascent_increases_each_filters_activation(model):
 def test_first_layer_kernels_one_tile_per_filter(model):
     tiles = visualize.first_layer_kernels(model)
     assert tiles.shape == (FILTERS[0], 3, 3, 3)
-    assert tiles.min() >= 0 and tiles.max() <= 1
+    assert tiles.min() >= 0
+    assert tiles.max() <= 1
 
 
 def test_grad_cam_heatmaps_are_input_sized_finite_and_in_unit_range(model, data):
@@ -132,7 +135,8 @@ def test_grad_cam_heatmaps_are_input_sized_finite_and_in_unit_range(model, data)
     heatmaps = visualize.grad_cam(model, images[:5], labels[:5])
     assert heatmaps.shape == (5, SIZE, SIZE)
     assert np.isfinite(heatmaps).all()
-    assert heatmaps.min() >= 0 and heatmaps.max() <= 1
+    assert heatmaps.min() >= 0
+    assert heatmaps.max() <= 1
 
 
 def test_model_without_conv_layers_is_rejected(tmp_path, data):
@@ -168,7 +172,8 @@ def test_run_writes_every_png_and_lists_them_in_viz_json(model, data, make_ctx, 
     viz = ctx.store.get_json(result["viz_json"])
     listed = {f["key"] for f in viz["figures"]}
     written = {k for k in ctx.store.list(ctx.viz_key("tiny__unbalanced")) if k.endswith(".png")}
-    assert listed == written and result["figures"] == len(listed)
+    assert listed == written
+    assert result["figures"] == len(listed)
     assert {k.rsplit("/", 1)[1] for k in listed} >= {
         "activations_act1.png",
         "activations_pool3.png",
@@ -180,7 +185,8 @@ def test_run_writes_every_png_and_lists_them_in_viz_json(model, data, make_ctx, 
     }
     assert all(f["caption"] for f in viz["figures"])
     assert viz["dead_channels"]["act2"]["total"] == 20
-    assert viz["activations"]["act2"]["channels"] and len(viz["activations"]["act2"]["channels"]) == 16
+    assert viz["activations"]["act2"]["channels"]
+    assert len(viz["activations"]["act2"]["channels"]) == 16
     assert all(p["mean_activation_after"] > p["mean_activation_before"] for p in viz["filter_patterns"].values())
     assert viz["explanation"]
     assert requested == [("test", visualize.TEST_IMAGES_MAX)]  # a bounded sample, not the whole split
@@ -196,7 +202,8 @@ def test_cli_on_saved_model_and_image_folder(model, tmp_path, capsys):
     visualize.main([str(model_path), str(folder), str(tmp_path / "out"), "--steps", "2", "--layers", "conv2"])
 
     viz = json.loads((tmp_path / "out" / "viz.json").read_text())
-    assert viz["model_id"] == "tiny" and list(viz["filter_patterns"]) == ["conv2"]
+    assert viz["model_id"] == "tiny"
+    assert list(viz["filter_patterns"]) == ["conv2"]
     for entry in viz["figures"]:
         assert (tmp_path / "out" / entry["key"]).is_file()
     assert "labels unknown" in viz["figures"][-1]["caption"]
@@ -229,5 +236,6 @@ def test_cli_class_names_and_labels_from_meta_json(tmp_path):
     assert image_folder.classes_beside(tmp_path / "other" / "m.keras", 2) == ["class_0", "class_1"]
     folder = make_dataset(tmp_path / "images", classes=CLASSES, per_class=2, size=32)
     images, labels = visualize.load_image_folder(folder, (SIZE, SIZE), names)
-    assert images.shape == (6, SIZE, SIZE, 3) and images.dtype == np.float32
+    assert images.shape == (6, SIZE, SIZE, 3)
+    assert images.dtype == np.float32
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
