@@ -239,3 +239,26 @@ def eurosat_zip() -> Path:
     if not EUROSAT_ZIP.is_file():
         pytest.skip(f"real-data test: {EUROSAT_ZIP} is absent")
     return EUROSAT_ZIP
+
+
+def write_single_model_ensemble(ctx, model_id: str, classes: list[str], macro_f1: float, accuracy: float) -> None:
+    """ensemble.json as the ensemble stage records a run with one evaluated model, `model_id`."""
+    from cnn_tasks.contracts import EnsembleSummary
+
+    row = {"name": model_id, "kind": "model", "members": [model_id], "macro_f1": macro_f1, "accuracy": accuracy}
+    record = {
+        "metric": "macro_f1",
+        "classes": classes,
+        "members": [model_id],
+        "skipped": [],
+        "tie_break": "",
+        "ensembles": {},
+        "comparison": [row],
+        "comparison_key": ctx.eval_key("ensemble", "comparison.csv"),
+        "best": model_id,
+        "best_kind": "model",
+        "best_ensemble": None,
+        "figures": [],
+        "not_run": "fewer than 2 evaluated models",
+    }
+    EnsembleSummary.write(ctx.store, ctx.eval_key("ensemble", "ensemble.json"), record)

@@ -13,7 +13,7 @@ import pytest
 
 from cnn_tasks import data, image_folder, images, predict
 from tests.fixtures_training import write_training_dataset
-from tests.helpers import CLASSES, tiny_model
+from tests.helpers import CLASSES, tiny_model, write_single_model_ensemble
 from tests.imagegen import make_dataset
 
 REJECTED = {
@@ -173,37 +173,10 @@ def test_cli_uses_class_names_beside_the_model(folder, tmp_path):
 
 def _with_best_model(ctx, tmp_path) -> list[str]:
     """This run's one model, tiny__unbalanced, as the ensemble stage records a single evaluated model."""
-    from cnn_tasks.contracts import EnsembleSummary
-
     classes = write_training_dataset(ctx, classes=3, train=2, val=2, test=2, size=16)["classes"]
     tiny_model().save(tmp_path / "m.keras")
     ctx.store.put_file(ctx.model_key("tiny__unbalanced", "model.keras"), tmp_path / "m.keras")
-    row = {
-        "name": "tiny__unbalanced",
-        "kind": "model",
-        "members": ["tiny__unbalanced"],
-        "macro_f1": 0.9,
-        "accuracy": 0.9,
-    }
-    EnsembleSummary.write(
-        ctx.store,
-        ctx.eval_key("ensemble", "ensemble.json"),
-        {
-            "metric": "macro_f1",
-            "classes": classes,
-            "members": [row["name"]],
-            "skipped": [],
-            "tie_break": "",
-            "ensembles": {},
-            "comparison": [row],
-            "comparison_key": ctx.eval_key("ensemble", "comparison.csv"),
-            "best": row["name"],
-            "best_kind": "model",
-            "best_ensemble": None,
-            "figures": [],
-            "not_run": "fewer than 2 evaluated models",
-        },
-    )
+    write_single_model_ensemble(ctx, "tiny__unbalanced", classes, macro_f1=0.9, accuracy=0.9)
     return classes
 
 

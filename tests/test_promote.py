@@ -11,7 +11,7 @@ import pytest
 from cnn_tasks import data, models, promote
 from cnn_tasks.champion import history_key, pick_candidate
 from tests.fixtures_training import write_training_dataset
-from tests.helpers import tiny_model
+from tests.helpers import tiny_model, write_single_model_ensemble
 
 
 @pytest.mark.parametrize(
@@ -58,37 +58,10 @@ def pipeline(make_ctx, tmp_path):
 
     def new_run(run_id: str, model: str, macro_f1: float, accuracy: float):
         """A run whose one model, tiny__balanced, is recorded as the ensemble stage records a single model."""
-        from cnn_tasks.contracts import EnsembleSummary
-
         ctx = make_ctx(run_id, promotion_min_accuracy=0.5)
         classes = write_training_dataset(ctx, classes=3, train=2, val=2, test=4, size=16)["classes"]
         ctx.store.put_file(ctx.model_key("tiny__balanced", "model.keras"), paths[model])
-        row = {
-            "name": "tiny__balanced",
-            "kind": "model",
-            "members": ["tiny__balanced"],
-            "macro_f1": macro_f1,
-            "accuracy": accuracy,
-        }
-        EnsembleSummary.write(
-            ctx.store,
-            ctx.eval_key("ensemble", "ensemble.json"),
-            {
-                "metric": "macro_f1",
-                "classes": classes,
-                "members": [row["name"]],
-                "skipped": [],
-                "tie_break": "",
-                "ensembles": {},
-                "comparison": [row],
-                "comparison_key": ctx.eval_key("ensemble", "comparison.csv"),
-                "best": row["name"],
-                "best_kind": "model",
-                "best_ensemble": None,
-                "figures": [],
-                "not_run": "fewer than 2 evaluated models",
-            },
-        )
+        write_single_model_ensemble(ctx, "tiny__balanced", classes, macro_f1, accuracy)
         return ctx
 
     return new_run
