@@ -5,6 +5,7 @@ latest report of a store; predictions with a store's champion; `make run CONF=..
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,7 +131,13 @@ def test_run_with_an_invalid_file_fails_before_airflow_starts(tmp_path, monkeypa
 
 def test_make_run_passes_conf_and_the_variables_to_the_cli():
     proc = subprocess.run(
-        ["make", "-n", "run", "CONF=my.yaml", "PROFILE=quick"], capture_output=True, text=True, cwd=ROOT, timeout=60
+        ["make", "--no-print-directory", "-n", "run", "CONF=my.yaml", "PROFILE=quick"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        # Run under `make test`, the parent make's flags would print "Leaving directory" lines.
+        env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
     )
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.split("CONF=", 1)[-1].replace("\\\n", "")
