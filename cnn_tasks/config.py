@@ -96,6 +96,7 @@ def _rule(ok: Callable[[Any], Any], message: str | Callable[[Any], str]) -> Afte
 Int = Annotated[int, BeforeValidator(_not_bool)]
 Float = Annotated[float, BeforeValidator(_not_bool)]
 OptionalInt = Annotated[int | None, BeforeValidator(_not_bool)]
+OptionalFloat = Annotated[float | None, BeforeValidator(_not_bool)]
 OptionalText = Annotated[str | None, BeforeValidator(_blank_is_none)]
 
 # Checks of single values, each with the message a user sees.
@@ -395,6 +396,17 @@ class PipelineConfig(_Settings):
         json_schema_extra=TRAINING,
         description="Epochs without validation-loss improvement before training "
         "stops and the best weights are restored.",
+    )
+    time_budget_minutes: OptionalFloat = Field(
+        None,
+        gt=0,
+        le=7 * 24 * 60,
+        title="Time budget per training (min)",
+        json_schema_extra=TRAINING,
+        description=(
+            "Each training task ends at an epoch boundary before its epochs (validation included, all tries "
+            "together) would pass this many minutes, and keeps its best epoch; empty means no budget."
+        ),
     )
     augment: StrictBool = Field(
         True,

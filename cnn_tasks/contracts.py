@@ -87,6 +87,10 @@ class DatasetInfo(Contract):
 
 
 # ----------------------------------------------------------------------------- models/<id>/meta.json
+# Why training ended: it ran all its epochs, early stopping ended it, or the time budget did.
+StopReason = Literal["epochs", "early_stopping", "time_budget"]
+
+
 class ModelMeta(Contract):
     """models/<model_id>/meta.json, written by train beside model.keras."""
 
@@ -102,6 +106,7 @@ class ModelMeta(Contract):
     layers: list[dict[str, Any]]
     best_epoch: int
     epochs_run: int
+    stopped_by: StopReason | None = None  # absent in models trained before it was recorded
     resumed_from_epoch: int
     best_val_loss: float
     best_val_accuracy: float

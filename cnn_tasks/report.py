@@ -205,13 +205,22 @@ def dataset_line(run: Run) -> str | None:
     return ", ".join(parts)
 
 
+# How the report names a training's end (meta.json stopped_by); running all epochs needs no note.
+STOPPED_BY = {"early_stopping": "stopped early", "time_budget": "stopped by budget"}
+
+
 def stage_times(run: Run) -> list[dict]:
     """Wall time of each task's successful try, in the order the tasks finished (runs/<id>/timings/,
     written by the DAG), with the epochs each training ran."""
 
     def epochs(record: dict) -> str:
         meta = run.metas.get(model_id_of(record)) or {}
-        return f"{meta['epochs_run']} of {run.ctx.config.epochs}" if "epochs_run" in meta else ""
+        if "epochs_run" not in meta:
+            return ""
+        why = STOPPED_BY.get(meta.get("stopped_by"))
+        return f"{meta['epochs_run']} of {run.ctx.config.epochs}" + (
+            f", {why} at epoch {meta['epochs_run']}" if why else ""
+        )
 
     return [
         {"task": t.get("task", "?"), "wall time": duration(t.get("seconds")), "epochs": epochs(t)} for t in run.timings

@@ -38,7 +38,7 @@ LOSS_TOLERANCE = 0.05  # single-batch check: "loss near zero"
 SINGLE_BATCH_LR = 3e-3  # fast, still stable with batch norm
 SINGLE_BATCH_POOL = 1024  # the check's batch is drawn (seeded) from the first N training images
 STATE_DIRS = ("checkpoint", "tensorboard", "backup")  # upload order: backup last, never ahead of history
-FINISHED = "finished.json"  # in checkpoint/: {"finished": true, "epochs": n} once training ended
+FINISHED = "finished.json"  # in checkpoint/: {"finished": true, "epochs": n, "stopped_by": why} once training ended
 BACKUP_METADATA = "training_metadata.json"  # keras BackupAndRestore's epoch record, in backup/
 
 
@@ -173,13 +173,23 @@ def run(ctx: RunContext, experiment: str, variant: str, extra_callbacks=()) -> d
     steps = data.steps_per_epoch(train_part["count"], spec.batch_size)
     _compile(model, make_optimizer(spec, total_steps=ctx.config.epochs * steps))
     if not _finished(work):
-        train_ds = data.dataset(ctx, "train", variant, spec.batch_size, training=True)
-        val_ds = data.dataset(ctx, "val", variant, spec.batch_size)
-        callbacks = _callbacks(ctx, spec, mid, work, history, train_part["count"]) + list(extra_callbacks)
-        model.fit(
-            train_ds, validation_data=val_ds, epochs=ctx.config.epochs, callbacks=callbacks, shuffle=False, verbose=0
-        )  # the dataset shuffles (seeded)
-        (work / "checkpoint" / FINISHED).write_text(json.dumps({"finished": True, "epochs": len(history)}))
+        budget = TimeBudget(mid, ctx.config.time_budget_minutes, history)
+        stopped_by = "time_budget"  # a try that starts with the budget already spent trains no further
+        if not budget.spent():
+            train_ds = data.dataset(ctx, "train", variant, spec.batch_size, training=True)
+            val_ds = data.dataset(ctx, "val", variant, spec.batch_size)
+            callbacks = _callbacks(ctx, spec, mid, work, history, train_part["count"]) + [budget]
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=ctx.config.epochs,
+                callbacks=callbacks + list(extra_callbacks),
+                shuffle=False,  # the dataset shuffles (seeded)
+                verbose=0,
+            )
+            stopped_by = _stop_reason(callbacks)
+        finished = {"finished": True, "epochs": len(history), "stopped_by": stopped_by}
+        (work / "checkpoint" / FINISHED).write_text(json.dumps(finished))
         _sync_state(ctx, mid, work)
     if (work / "checkpoint" / "best.weights.h5").exists():
         model.load_weights(work / "checkpoint" / "best.weights.h5")  # restore the best epoch's weights
@@ -256,6 +266,55 @@ class EpochLearningRate(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):  # keras hands every callback the same logs dict
         logs["learning_rate"] = self.learning_rate
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Ends training at an epoch boundary when the next epoch would pass `minutes` (None: no budget).
+
+    The clock is the saved history's epoch seconds (validation included), so a resumed try spends
+    what is left of the budget, not a new one. The next epoch is assumed to take as long as the
+    slowest of the last three. Runs after EpochRecorder, which appends the epoch that just ended.
+    """
+
+    def __init__(self, mid: str, minutes: float | None, history: list[dict]):
+        super().__init__()
+        self.mid, self.history = mid, history
+        self.budget_s = None if minutes is None else minutes * 60
+        self.stopped_epoch = None
+
+    def used_s(self) -> float:
+        return sum(h["seconds"] for h in self.history)
+
+    def spent(self) -> bool:
+        """True when an earlier try already used the whole budget (it trains no further)."""
+        return self.budget_s is not None and bool(self.history) and self.used_s() >= self.budget_s
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.budget_s is None or self.model.stop_training:
+            return
+        next_s = max(h["seconds"] for h in self.history[-3:])
+        if self.used_s() + next_s > self.budget_s:
+            self.model.stop_training = True
+            self.stopped_epoch = epoch + 1
+            log.warning(
+                "%s: stopped by the time budget at epoch %d: %.1f of %.1f min used, the next epoch would take "
+                "about %.1f min; the best epoch's weights are kept",
+                self.mid,
+                epoch + 1,
+                self.used_s() / 60,
+                self.budget_s / 60,
+                next_s / 60,
+            )
+
+
+def _stop_reason(callbacks: list) -> str:
+    """Why fit returned: early stopping or the time budget ended it, else it ran all its epochs."""
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.EarlyStopping) and callback.stopped_epoch > 0:
+            return "early_stopping"
+        if isinstance(callback, TimeBudget) and callback.stopped_epoch:
+            return "time_budget"
+    return "epochs"
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -418,6 +477,7 @@ def _save_outputs(ctx, spec, variant, model, info, history, settings, initial_ep
         "layers": models.describe(model)["layers"],
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
+        "stopped_by": json.loads((work / "checkpoint" / FINISHED).read_text()).get("stopped_by"),
         "resumed_from_epoch": initial_epoch,
         "best_val_loss": best["val_loss"],
         "best_val_accuracy": best["val_accuracy"],
@@ -455,6 +515,7 @@ def _save_outputs(ctx, spec, variant, model, info, history, settings, initial_ep
         "best_val_loss": best["val_loss"],
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
+        "stopped_by": meta["stopped_by"],
         "resumed_from_epoch": initial_epoch,
         "keys": {**meta["keys"], "meta": ctx.model_key(mid, "meta.json"), "curves": figure["key"]},
     }

@@ -86,6 +86,8 @@ def test_settings_are_frozen_and_reject_unknown_fields():
         ({"image_size": 32.5}, "image_size", "whole number"),
         ({"rebalance": "smote"}, "rebalance", "not one of"),
         ({"epochs": 0}, "epochs", "outside 1..1000"),
+        ({"time_budget_minutes": 0}, "time_budget_minutes", r"0 is outside \(0, 10080\]"),
+        ({"time_budget_minutes": True}, "time_budget_minutes", "not a number"),
         ({"classes": ["Forest"]}, "classes", "at least 2"),
         ({"dataset_checksum": "md5:xyz"}, "dataset_checksum", "must look like"),
         ({"store_uri": "ftp://x"}, "store_uri", "file:// or s3://"),

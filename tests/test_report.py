@@ -141,6 +141,7 @@ def write_models(ctx, tmp_path) -> None:
                 "layers": models.describe(model)["layers"],
                 "best_epoch": 3,
                 "epochs_run": 5,
+                "stopped_by": "time_budget",
                 "resumed_from_epoch": 0,
                 "best_val_loss": 0.6,
                 "best_val_accuracy": 0.6,
@@ -369,7 +370,11 @@ def test_results_come_from_the_stage_outputs(full_run):
     )
     assert results["stage_times"] == [  # in the order the tasks finished
         {"task": "download", "wall time": "3.2 s", "epochs": ""},
-        {"task": "train [wide / unbalanced]", "wall time": "1 min 16 s", "epochs": f"5 of {ctx.config.epochs}"},
+        {
+            "task": "train [wide / unbalanced]",
+            "wall time": "1 min 16 s",
+            "epochs": f"5 of {ctx.config.epochs}, stopped by budget at epoch 5",
+        },
     ]
     warnings = " | ".join(results["warnings"])
     assert "training split: mild class imbalance (largest/smallest = 1.27)" in warnings

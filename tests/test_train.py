@@ -89,6 +89,7 @@ def test_training_writes_model_history_curves_meta_and_tensorboard(tiny_ctx, mon
     assert result["model_id"] == mid
     assert result["epochs_run"] == 4
     assert result["resumed_from_epoch"] == 0
+    assert result["stopped_by"] == "epochs"
     meta = ctx.store.get_json(ctx.model_key(mid, "meta.json"))
     for field in (
         "classes",
@@ -276,3 +277,55 @@ def test_a_try_that_failed_after_training_only_saves_the_outputs(tiny_ctx, monke
     result = train.run(ctx, "small", "unbalanced", extra_callbacks=[seen])
     assert seen.epochs == []
     assert result["epochs_run"] == 2  # nothing retrained: the finished model is saved
+
+
+def test_the_time_budget_ends_training_at_an_epoch_boundary_and_keeps_the_best_epoch(tiny_ctx, caplog):
+    ctx = tiny_ctx(time_budget_minutes=0.001)  # 60 ms: the first epoch alone takes longer
+    mid = "small__unbalanced"
+    with caplog.at_level("WARNING", logger="cnn_tasks.train"):
+        result = train.run(ctx, "small", "unbalanced")
+    assert result["epochs_run"] == 1
+    assert result["stopped_by"] == "time_budget"
+    assert f"{mid}: stopped by the time budget at epoch 1" in caplog.text
+    meta = ctx.store.get_json(ctx.model_key(mid, "meta.json"))
+    assert meta["stopped_by"] == "time_budget"
+    assert meta["best_epoch"] == 1
+    finished = ctx.store.get_json(ctx.model_key(mid, "checkpoint", train.FINISHED))
+    assert finished == {"finished": True, "epochs": 1, "stopped_by": "time_budget"}
+    assert ctx.store.exists(ctx.model_key(mid, "model.keras"))
+
+
+def test_a_resumed_training_spends_what_is_left_of_the_budget_not_a_new_one(tiny_ctx):
+    from cnn_tasks.context import RunContext
+
+    ctx = tiny_ctx()
+    with pytest.raises(KeyboardInterrupt):  # the worker dies after two epochs
+        train.run(ctx, "small", "unbalanced", extra_callbacks=[Interrupt(at=2)])
+    budgeted = RunContext.create(ctx.config.model_copy(update={"time_budget_minutes": 0.001}), ctx.run_id)
+    seen = EpochLog()
+    result = train.run(budgeted, "small", "unbalanced", extra_callbacks=[seen])
+    assert seen.epochs == []  # the two saved epochs already used the budget
+    assert result["epochs_run"] == 2
+    assert result["stopped_by"] == "time_budget"
+
+
+class FakeModel:
+    stop_training = False
+
+
+@pytest.mark.parametrize(
+    "minutes, seconds, stops",
+    [
+        (None, [600, 600, 600], False),  # no budget
+        (0.5, [5, 5, 12], True),  # 22 s used + 12 s for the slowest recent epoch = 34 s > 30 s
+        (0.6, [5, 5, 12], False),  # 34 s <= 36 s
+        (0.6, [30, 1, 1, 1], False),  # only the last three epochs estimate the next one: 33 + 1 <= 36
+    ],
+)
+def test_the_budget_stops_when_the_next_epoch_would_pass_it(minutes, seconds, stops):
+    history = [{"seconds": s} for s in seconds]
+    budget = train.TimeBudget("m", minutes, history)
+    budget.set_model(FakeModel())
+    budget.on_epoch_end(len(history) - 1)
+    assert budget.model.stop_training is stops
+    assert budget.stopped_epoch == (len(history) if stops else None)
