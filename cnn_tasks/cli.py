@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -237,10 +238,18 @@ def serve_tensorboard(store, run_id: str | None, port: int) -> int:
     with tempfile.TemporaryDirectory(prefix="cnn-tensorboard-") as tmp:
         models = download_tensorboard_logs(store, run_id, Path(tmp))
         print(f"run {run_id}: TensorBoard logs of {', '.join(models)}", flush=True)
-        command = [sys.executable, "-m", "tensorboard.main", "--logdir", tmp, "--port", str(port)]
+        # load_fast=false: TensorBoard's Python loader, no separate data-server process to outlive it
+        command = [sys.executable, "-m", "tensorboard.main", "--logdir", tmp, "--port", str(port), "--load_fast=false"]
+        server = subprocess.Popen(command)
         try:
-            return subprocess.run(command).returncode
-        except KeyboardInterrupt:
+            return server.wait()
+        except KeyboardInterrupt:  # Ctrl+C, or an interrupt sent to this process alone: stop the server too
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
             return 0
 
 

@@ -268,6 +268,7 @@ def test_tensorboard_serves_the_latest_runs_logs(store_with_logs, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, as a terminal's Ctrl+C reaches it
     )
     try:
         deadline, tags = time.monotonic() + 120, {}
@@ -288,7 +289,7 @@ def test_tensorboard_serves_the_latest_runs_logs(store_with_logs, tmp_path):
         ], tags
         assert "epoch_loss" in tags["small__balanced/train"]
     finally:
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl+C: the command and the server it started
         output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, output
     assert output.startswith(f"run {SAFE_RUN}: TensorBoard logs of small__balanced, small__unbalanced"), output
