@@ -43,6 +43,7 @@ Head = Literal["flatten", "global_average", "global_max"]
 PromotionMetric = Literal["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
 PredefinedSplit = Literal["auto", "ignore", "require"]
 ImageFit = Literal["squash", "pad", "center_crop"]
+Augment = Literal["auto", "aerial", "natural", "none"]
 
 REBALANCE_STRATEGIES: tuple[str, ...] = get_args(Rebalance)
 PROFILES: tuple[str, ...] = get_args(Profile)
@@ -54,6 +55,7 @@ HEADS: tuple[str, ...] = get_args(Head)
 PROMOTION_METRICS: tuple[str, ...] = get_args(PromotionMetric)
 PREDEFINED_SPLITS: tuple[str, ...] = get_args(PredefinedSplit)
 IMAGE_FITS: tuple[str, ...] = get_args(ImageFit)
+AUGMENT_PRESETS: tuple[str, ...] = get_args(Augment)
 
 
 class ConfigError(PipelineError, ValueError):
@@ -72,6 +74,11 @@ def _not_bool(value: Any) -> Any:
 
 def _blank_is_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
+
+
+def _augment_preset(value: Any) -> Any:
+    """`augment` was a switch before it named a preset: true still means augment (auto), false none."""
+    return {True: "auto", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 def _class_list(value: Any) -> Any:
@@ -408,11 +415,16 @@ class PipelineConfig(_Settings):
             "together) would pass this many minutes, and keeps its best epoch; empty means no budget."
         ),
     )
-    augment: StrictBool = Field(
-        True,
-        title="Augment training images",
+    augment: Annotated[Augment, BeforeValidator(_augment_preset)] = Field(
+        "auto",
+        title="Augmentation preset",
         json_schema_extra=TRAINING,
-        description="Random flips, small rotations, zoom and contrast on training batches.",
+        description=(
+            "Random changes to training batches, for the kind of images: 'aerial' (satellite, microscopy, textures: "
+            "flips in both axes and 90-degree rotations, brightness and contrast), 'natural' (photos with an up: "
+            "horizontal flip, random resized crop, colour jitter) or 'none'; 'auto' is 'aerial' for the default "
+            "EuroSAT dataset, else 'natural'. Rebalance=augment's copies follow it too."
+        ),
     )
     single_batch_steps: Int = Field(
         150,
@@ -543,6 +555,8 @@ class PipelineConfig(_Settings):
             and merged.get("dataset_checksum", EUROSAT_CHECKSUM) == EUROSAT_CHECKSUM
         ):
             merged["dataset_checksum"] = None  # the pinned checksum belongs to the EuroSAT archive only
+        if _augment_preset(merged.get("augment", "auto")) == "auto":  # resolved here, so config.json says which
+            merged["augment"] = "aerial" if merged.get("dataset_url", EUROSAT_URL) == EUROSAT_URL else "natural"
         return merged
 
     @model_validator(mode="after")
