@@ -426,6 +426,16 @@ class PipelineConfig(_Settings):
             "EuroSAT dataset, else 'natural'. Rebalance=augment's copies follow it too."
         ),
     )
+    tta: StrictBool = Field(
+        False,
+        title="Test-time augmentation",
+        json_schema_extra=TRAINING,
+        description=(
+            "Also score each model on the test split with its predictions averaged over the flips its augmentation "
+            "preset trains with (aerial: 4 views, natural: 2), shown beside the plain scores; ensembles and "
+            "promotion keep using the plain ones."
+        ),
+    )
     single_batch_steps: Int = Field(
         150,
         ge=10,
@@ -563,6 +573,14 @@ class PipelineConfig(_Settings):
     def _downsampling_fits_the_image_size(self) -> "PipelineConfig":
         for i, spec in enumerate(self.experiments):
             check_downsampling(spec, self.image_size, f"experiments[{i}]")
+        return self
+
+    @model_validator(mode="after")
+    def _tta_needs_augmentation(self) -> "PipelineConfig":
+        if self.tta and self.augment == "none":
+            raise ConfigError(
+                "tta", "test-time augmentation averages over the flips training used, but augment is 'none'"
+            )
         return self
 
 

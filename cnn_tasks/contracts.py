@@ -136,6 +136,13 @@ class Evaluated(Contract):
     description: str
 
 
+class TtaScores(Contract):
+    """Test-split metrics of predictions averaged over flipped views (config.tta)."""
+
+    views: list[str]
+    test: dict[str, float | int | None]
+
+
 class ModelMetrics(Contract):
     """eval/<model_id>/metrics.json, written by evaluate."""
 
@@ -149,6 +156,7 @@ class ModelMetrics(Contract):
     reliability_test: list[dict[str, Any]]
     classification_report_key: str
     predictions_key: str
+    tta: TtaScores | None = None  # only with config.tta
 
 
 # ----------------------------------------------------------------------------- eval/ensemble/ensemble.json

@@ -567,6 +567,18 @@ def section_viz(run: Run) -> dict:
     return section("viz", "Visualisations", models=models)
 
 
+def tta_columns(metrics: dict) -> dict:
+    """Test accuracy and macro-F1 with test-time augmentation, beside the plain scores (config.tta)."""
+    tta = metrics.get("tta")
+    if not tta:
+        return {}
+    views = len(tta["views"])
+    return {
+        f"test accuracy, TTA {views} views": tta["test"]["accuracy"],
+        f"test macro_f1, TTA {views} views": tta["test"]["macro_f1"],
+    }
+
+
 def section_evaluation(run: Run) -> dict:
     ctx, evals = run.ctx, run.evals
     if not evals:
@@ -580,6 +592,7 @@ def section_evaluation(run: Run) -> dict:
             {
                 "model": mid,
                 **{f"test {c}": test.get(c) for c in EVAL_COLUMNS},
+                **tta_columns(m),
                 "val accuracy": val.get("accuracy"),
                 "train accuracy": train.get("accuracy"),
             }
@@ -753,7 +766,12 @@ def build_summary(run: Run, sections: list[dict], headline: dict) -> dict:
         "versions": run.versions,
         "dataset": {k: (run.dataset or {}).get(k) for k in ("dataset_sha256", "classes", "image_size", "rebalance")},
         "models": {
-            mid: {**split_metrics(mid), "params": metas[mid].get("params"), "best_epoch": metas[mid].get("best_epoch")}
+            mid: {
+                **split_metrics(mid),
+                **({"test_tta": evals[mid]["tta"]} if evals.get(mid, {}).get("tta") else {}),
+                "params": metas[mid].get("params"),
+                "best_epoch": metas[mid].get("best_epoch"),
+            }
             for mid in run.model_ids
         },
         "ensembles": None

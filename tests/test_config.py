@@ -87,6 +87,7 @@ def test_settings_are_frozen_and_reject_unknown_fields():
         ({"rebalance": "smote"}, "rebalance", "not one of"),
         ({"epochs": 0}, "epochs", "outside 1..1000"),
         ({"time_budget_minutes": 0}, "time_budget_minutes", r"0 is outside \(0, 10080\]"),
+        ({"tta": True, "augment": "none"}, "tta", "but augment is 'none'"),
         ({"time_budget_minutes": True}, "time_budget_minutes", "not a number"),
         ({"classes": ["Forest"]}, "classes", "at least 2"),
         ({"dataset_checksum": "md5:xyz"}, "dataset_checksum", "must look like"),
