@@ -426,6 +426,16 @@ class PipelineConfig(_Settings):
             "EuroSAT dataset, else 'natural'. Rebalance=augment's copies follow it too."
         ),
     )
+    lr_range_test: StrictBool = Field(
+        False,
+        title="Learning-rate range test",
+        json_schema_extra=TRAINING,
+        description=(
+            "After each experiment's single-batch check, sweep its learning rate from 1e-5 to 1 over 100 training "
+            "batches and train with a tenth of the rate where the loss was lowest, instead of the spec's "
+            "learning_rate (the peak rate under a cosine schedule)."
+        ),
+    )
     tta: StrictBool = Field(
         False,
         title="Test-time augmentation",

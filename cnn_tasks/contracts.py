@@ -101,7 +101,8 @@ class ModelMeta(Contract):
     classes: list[str]
     image_size: int
     image_fit: str
-    spec: dict[str, Any]
+    spec: dict[str, Any]  # learning_rate: the one training used
+    learning_rate_from: Literal["spec", "lr_range_test"] | None = None  # absent before the range test
     params: int
     layers: list[dict[str, Any]]
     best_epoch: int

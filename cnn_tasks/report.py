@@ -518,18 +518,25 @@ def section_checks(run: Run) -> dict:
     for spec in ctx.config.experiments:
         key = ctx.check_key(spec.name, "single_batch.json")
         check = read_json(ctx, key)
+        lr_range = read_json(ctx, ctx.check_key(spec.name, "lr_range.json")) or {}
+        lr_fields = {k: lr_range[k] for k in ("learning_rate", "spec_learning_rate", "steps") if k in lr_range}
         checks.append(
             {"name": spec.name, "missing": f"{key} missing"}
             if check is None
             else {
                 "name": spec.name,
                 "missing": None,
-                "fields": fields(check),
-                "figures": run.figures(check.get("figures")),
+                "fields": fields({**check, **{f"lr range test: {k}": v for k, v in lr_fields.items()}}),
+                "figures": run.figures((check.get("figures") or []) + (lr_range.get("figures") or [])),
             }
         )
     missing = sum(1 for c in checks if c["missing"])
-    return section("checks", "Single-batch checks", "ok" if not missing else f"{missing} missing", checks=checks)
+    return section(
+        "checks",
+        "Single-batch checks and learning-rate range tests" if ctx.config.lr_range_test else "Single-batch checks",
+        "ok" if not missing else f"{missing} missing",
+        checks=checks,
+    )
 
 
 def section_curves(run: Run) -> dict:

@@ -205,6 +205,17 @@ def write_upstream(ctx):
         },
     )
     s.put_json(
+        ctx.check_key("baseline", "lr_range.json"),
+        {
+            "learning_rate": 0.002,
+            "spec_learning_rate": 0.001,
+            "steps": 100,
+            "learning_rates": [1e-5, 1.0],
+            "smoothed_losses": [2.3, 9.0],
+            "figures": [png(s, ctx.check_key("baseline", "lr_range.png"), "Loss as the rate grows.")],
+        },
+    )
+    s.put_json(
         ctx.viz_key("baseline__unbalanced", "viz.json"),
         {
             "explanation": "Early filters pick up colour.",
@@ -285,6 +296,9 @@ def test_sections_hold_every_stage_output(full_run):
     assert list(sections) == list(SECTIONS[1:])  # after the results; the run id and configuration last
     not_ok = {a: s["status"] for a, s in sections.items() if s["status"] != "ok"}
     assert not_ok == {"checks": "1 missing", "predictions": "not run"}  # wide's single-batch check did not run
+    baseline = next(c for c in sections["checks"]["checks"] if c["name"] == "baseline")
+    assert baseline["fields"]["plain"]["lr range test: learning_rate"] == 0.002  # beside the single-batch check
+    assert [f["src"].rsplit("/", 1)[1] for f in baseline["figures"]] == ["loss.png", "lr_range.png"]
 
     # models: the reference experiment, how the other differs, and each model's real layer table
     models_ = sections["models"]
