@@ -43,6 +43,7 @@ Head = Literal["flatten", "global_average", "global_max"]
 PromotionMetric = Literal["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
 PredefinedSplit = Literal["auto", "ignore", "require"]
 ImageFit = Literal["squash", "pad", "center_crop"]
+Augment = Literal["auto", "aerial", "natural", "none"]
 
 REBALANCE_STRATEGIES: tuple[str, ...] = get_args(Rebalance)
 PROFILES: tuple[str, ...] = get_args(Profile)
@@ -54,6 +55,7 @@ HEADS: tuple[str, ...] = get_args(Head)
 PROMOTION_METRICS: tuple[str, ...] = get_args(PromotionMetric)
 PREDEFINED_SPLITS: tuple[str, ...] = get_args(PredefinedSplit)
 IMAGE_FITS: tuple[str, ...] = get_args(ImageFit)
+AUGMENT_PRESETS: tuple[str, ...] = get_args(Augment)
 
 
 class ConfigError(PipelineError, ValueError):
@@ -72,6 +74,11 @@ def _not_bool(value: Any) -> Any:
 
 def _blank_is_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
+
+
+def _augment_preset(value: Any) -> Any:
+    """`augment` was a switch before it named a preset: true still means augment (auto), false none."""
+    return {True: "auto", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 def _class_list(value: Any) -> Any:
@@ -408,11 +415,36 @@ class PipelineConfig(_Settings):
             "together) would pass this many minutes, and keeps its best epoch; empty means no budget."
         ),
     )
-    augment: StrictBool = Field(
-        True,
-        title="Augment training images",
+    augment: Annotated[Augment, BeforeValidator(_augment_preset)] = Field(
+        "auto",
+        title="Augmentation preset",
         json_schema_extra=TRAINING,
-        description="Random flips, small rotations, zoom and contrast on training batches.",
+        description=(
+            "Random changes to training batches, for the kind of images: 'aerial' (satellite, microscopy, textures: "
+            "flips in both axes and 90-degree rotations, brightness and contrast), 'natural' (photos with an up: "
+            "horizontal flip, random resized crop, colour jitter) or 'none'; 'auto' is 'aerial' for the default "
+            "EuroSAT dataset, else 'natural'. Rebalance=augment's copies follow it too."
+        ),
+    )
+    lr_range_test: StrictBool = Field(
+        False,
+        title="Learning-rate range test",
+        json_schema_extra=TRAINING,
+        description=(
+            "After each experiment's single-batch check, sweep its learning rate from 1e-5 to 1 over 100 training "
+            "batches and train with a tenth of the rate where the loss was lowest, instead of the spec's "
+            "learning_rate (the peak rate under a cosine schedule)."
+        ),
+    )
+    tta: StrictBool = Field(
+        False,
+        title="Test-time augmentation",
+        json_schema_extra=TRAINING,
+        description=(
+            "Also score each model on the test split with its predictions averaged over the flips its augmentation "
+            "preset trains with (aerial: 4 views, natural: 2), shown beside the plain scores; ensembles and "
+            "promotion keep using the plain ones."
+        ),
     )
     single_batch_steps: Int = Field(
         150,
@@ -543,12 +575,22 @@ class PipelineConfig(_Settings):
             and merged.get("dataset_checksum", EUROSAT_CHECKSUM) == EUROSAT_CHECKSUM
         ):
             merged["dataset_checksum"] = None  # the pinned checksum belongs to the EuroSAT archive only
+        if _augment_preset(merged.get("augment", "auto")) == "auto":  # resolved here, so config.json says which
+            merged["augment"] = "aerial" if merged.get("dataset_url", EUROSAT_URL) == EUROSAT_URL else "natural"
         return merged
 
     @model_validator(mode="after")
     def _downsampling_fits_the_image_size(self) -> "PipelineConfig":
         for i, spec in enumerate(self.experiments):
             check_downsampling(spec, self.image_size, f"experiments[{i}]")
+        return self
+
+    @model_validator(mode="after")
+    def _tta_needs_augmentation(self) -> "PipelineConfig":
+        if self.tta and self.augment == "none":
+            raise ConfigError(
+                "tta", "test-time augmentation averages over the flips training used, but augment is 'none'"
+            )
         return self
 
 

@@ -101,7 +101,8 @@ class ModelMeta(Contract):
     classes: list[str]
     image_size: int
     image_fit: str
-    spec: dict[str, Any]
+    spec: dict[str, Any]  # learning_rate: the one training used
+    learning_rate_from: Literal["spec", "lr_range_test"] | None = None  # absent before the range test
     params: int
     layers: list[dict[str, Any]]
     best_epoch: int
@@ -136,6 +137,13 @@ class Evaluated(Contract):
     description: str
 
 
+class TtaScores(Contract):
+    """Test-split metrics of predictions averaged over flipped views (config.tta)."""
+
+    views: list[str]
+    test: dict[str, float | int | None]
+
+
 class ModelMetrics(Contract):
     """eval/<model_id>/metrics.json, written by evaluate."""
 
@@ -149,6 +157,7 @@ class ModelMetrics(Contract):
     reliability_test: list[dict[str, Any]]
     classification_report_key: str
     predictions_key: str
+    tta: TtaScores | None = None  # only with config.tta
 
 
 # ----------------------------------------------------------------------------- eval/ensemble/ensemble.json

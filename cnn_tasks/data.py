@@ -103,7 +103,7 @@ def dataset(
 ):
     """Batches of (images float32 [B,S,S,3] 0..255, labels int32) from the split's shards.
 
-    training=True shuffles every epoch (seeded) and, when config.augment, augments batches.
+    training=True shuffles every epoch (seeded) and augments batches with the config.augment preset.
     cache=True keeps the decoded split in memory after the first pass when it fits in
     CACHE_LIMIT_BYTES (for datasets read every epoch); cache=False streams it (one-pass readers
     such as evaluation, whose memory then stays at a few batches whatever the split size).
@@ -122,9 +122,9 @@ def dataset(
     if training:
         ds = ds.shuffle(min(part["count"], 20_000), seed=ctx.config.seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
-    if training and ctx.config.augment:
-        augment = augmenter(ctx.config.seed)
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if training and ctx.config.augment != "none":
+        augment = augmenter(ctx.config.augment, ctx.config.seed)
+        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     if part.get("class_weight"):
         table = class_weight_vector(part["class_weight"], len(info["classes"]))
         ds = ds.map(lambda x, y: (x, y, tf.gather(table, y)))
@@ -159,19 +159,49 @@ def _options():
     return options
 
 
-def augmenter(seed: int):
-    """Random flips, small rotations, zoom and contrast for training batches (0..255 pixels)."""
+def augmenter(preset: str, seed: int):
+    """The config.augment preset ('aerial' or 'natural') as a function of a batch of 0..255 images.
+
+    aerial: the 8 symmetries of the square (flips in both axes and a transpose: every 90-degree
+            rotation, mirrored or not), brightness and contrast; for images without an up.
+    natural: horizontal flip, random resized crop (zoom in up to 30 % per axis, so the aspect ratio
+            varies too, then a shift), brightness, contrast and saturation jitter; for photos.
+    """
     import keras
 
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-            keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
-            keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
-            keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 3),
-        ],
-        name="augment",
-    )
+    tf = _tf()
+    layers = keras.layers
+    if preset == "aerial":
+        steps = [
+            layers.RandomFlip("horizontal_and_vertical", seed=seed),
+            layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 1),
+            layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 2),
+        ]
+    elif preset == "natural":
+        steps = [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomZoom((-0.3, 0.0), (-0.3, 0.0), fill_mode="reflect", seed=seed + 1),
+            layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 2),
+            layers.RandomColorJitter(
+                value_range=(0, 255),
+                brightness_factor=0.2,
+                contrast_factor=0.2,
+                saturation_factor=(0.35, 0.65),  # 0.5 leaves the saturation as it is
+                seed=seed + 3,
+            ),
+        ]
+    else:
+        raise ValueError(f"no augmentation preset {preset!r}; one of 'aerial', 'natural'")
+    pipeline = keras.Sequential(steps, name=f"augment_{preset}")
+
+    def augment(images):
+        images = tf.clip_by_value(pipeline(images, training=True), 0.0, 255.0)
+        if preset == "aerial":  # a transpose per image adds the other four of the square's symmetries
+            swap = tf.random.uniform(tf.stack([tf.shape(images)[0], 1, 1, 1]), seed=seed + 4) < 0.5
+            images = tf.where(swap, tf.transpose(images, [0, 2, 1, 3]), images)
+        return images
+
+    return augment
 
 
 def class_weight_vector(class_weight: dict, num_classes: int):

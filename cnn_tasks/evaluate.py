@@ -25,10 +25,28 @@ import numpy as np
 
 from cnn_tasks import SPLITS, data, models
 from cnn_tasks.contracts import ModelMetrics
-from cnn_tasks.metrics import evaluate_predictions, full_split, reliability_table, save_predictions
+from cnn_tasks.metrics import (
+    classification_metrics,
+    evaluate_predictions,
+    full_split,
+    reliability_table,
+    save_predictions,
+)
 
 log = logging.getLogger(__name__)
 
+# Test-time augmentation (config.tta): the flips each augmentation preset trains with, as views
+# of a batch of images (N, H, W, C).
+TTA_VIEWS = {
+    "aerial": ("identity", "flip_left_right", "flip_up_down", "rotate_180"),
+    "natural": ("identity", "flip_left_right"),
+}
+FLIPS = {
+    "identity": lambda x: x,
+    "flip_left_right": lambda x: x[:, :, ::-1],
+    "flip_up_down": lambda x: x[:, ::-1],
+    "rotate_180": lambda x: x[:, ::-1, ::-1],
+}
 TRAIN_SAMPLE_MAX = 3000  # training images evaluated per model: all up to this, else a stratified sample
 PREDICT_BATCH = 128
 
@@ -117,7 +135,27 @@ def run(ctx, model_id: str) -> dict:
         splits[split], evaluated[split] = (streamed["y"], streamed["proba"]), streamed["evaluated"]
     for split in reversed(SPLITS):  # test first: it is the one that counts
         log.info("%s: predicted the %s split (%s)", model_id, split, evaluated[split]["description"])
-    return write_results(ctx, model_id, classes, splits, test_images, [str(k) for k in keys_test], evaluated)
+    tta = None
+    if ctx.config.tta:
+        views = TTA_VIEWS[ctx.config.augment]
+        tta = {
+            "views": list(views),
+            "test": classification_metrics(y_test, predict_views(model, test_images, views), classes),
+        }
+        log.info(
+            "%s: test accuracy %.4f with test-time augmentation (%s)",
+            model_id,
+            tta["test"]["accuracy"],
+            ", ".join(views),
+        )
+    keys = [str(k) for k in keys_test]
+    return write_results(ctx, model_id, classes, splits, test_images, keys, evaluated, tta)
+
+
+def predict_views(model, images: np.ndarray, views) -> np.ndarray:
+    """The model's probabilities averaged over the named flips (FLIPS) of `images`."""
+    probas = [model.predict(np.ascontiguousarray(FLIPS[v](images)), batch_size=PREDICT_BATCH, verbose=0) for v in views]
+    return np.mean(np.asarray(probas, dtype=np.float64), axis=0)
 
 
 def write_results(
@@ -128,11 +166,13 @@ def write_results(
     test_images,
     keys_test: list[str],
     evaluated: dict | None = None,
+    tta: dict | None = None,
 ) -> dict:
     """Metrics, figures, classification report and predictions.npz of one model under eval/<model_id>/.
 
     evaluated: {split: {"images", "split_images", "full_split", "seed", "description"}} (from
-    `run`); a split not named there was evaluated in full.
+    `run`); a split not named there was evaluated in full. tta: {"views", "test": metrics} of
+    test-time augmentation, when the config asks for it.
     """
     store = ctx.store
     evaluated = {split: (evaluated or {}).get(split) or full_split(len(y)) for split, (y, _) in splits.items()}
@@ -173,6 +213,7 @@ def write_results(
         "reliability_test": reliability_table(*splits["test"]),
         "classification_report_key": ctx.eval_key(model_id, "classification_report.csv"),
         "predictions_key": ctx.eval_key(model_id, "predictions.npz"),
+        **({"tta": tta} if tta else {}),
     }
     ModelMetrics.write(store, ctx.eval_key(model_id, "metrics.json"), metrics)
     log.info(
@@ -185,5 +226,6 @@ def write_results(
         "macro_f1": test["macro_f1"],
         "macro_auc": test["macro_auc"],
         "ece": test["ece"],
+        "tta_accuracy": tta["test"]["accuracy"] if tta else None,
         "metrics_key": ctx.eval_key(model_id, "metrics.json"),
     }

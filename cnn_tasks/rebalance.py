@@ -6,8 +6,9 @@ variant applies config.rebalance:
   class_weight  same shards as unbalanced, plus class weights N / (C x n_class)
   oversample    minority classes topped up to the largest class with exact copies (same key)
   undersample   every class cut to the smallest class (seeded sample)
-  augment       minority classes topped up with augmented copies (flip, 90-degree rotation, small
-                brightness/contrast change), keys '<key>#aug<n>'
+  augment       minority classes topped up with augmented copies, keys '<key>#aug<n>': a small
+                brightness/contrast change plus, by the config.augment preset, a flip and 90-degree
+                rotation (aerial), a horizontal flip (natural) or nothing else (none)
 The test split is written once, "unbalanced", and never changed. Copies are chosen from the
 split table alone (no pixels), so one streaming pass over the clean shards writes every
 variant; records keep the seeded random order of the clean shards, copies follow their original.
@@ -70,7 +71,7 @@ def run(ctx) -> dict:
         split = split_of[key]
         _write(writers, counts, (split, "unbalanced"), image, label, key)
         if (split, "balanced") in writers:
-            _write_balanced(writers, counts, split, plans[split], cfg.rebalance, cfg.seed, image, label, key)
+            _write_balanced(writers, counts, split, plans[split], cfg, image, label, key)
 
     expected = Counter(table["split"])
     for split in SPLITS:
@@ -181,31 +182,33 @@ def _write(writers, counts, name, image: bytes, label: int, key: str) -> None:
     counts[name][label] += 1
 
 
-def _write_balanced(writers, counts, split, plan: Plan, strategy: str, seed: int, image, label, key) -> None:
+def _write_balanced(writers, counts, split, plan: Plan, cfg, image, label, key) -> None:
     name = (split, "balanced")
     if plan.keep is not None and key not in plan.keep:
         return
     _write(writers, counts, name, image, label, key)
     for n in range(1, plan.copies.get(key, 0) + 1):
-        if strategy == "augment":
-            rng = np.random.default_rng([seed, int(key[:15], 16), n])
-            _write(writers, counts, name, augment(image, rng), label, f"{key}#aug{n}")
+        if cfg.rebalance == "augment":
+            rng = np.random.default_rng([cfg.seed, int(key[:15], 16), n])
+            _write(writers, counts, name, augment(image, rng, cfg.augment), label, f"{key}#aug{n}")
         else:
             _write(writers, counts, name, image, label, key)
 
 
-def augment(encoded: bytes, rng: np.random.Generator) -> bytes:
-    """A randomly flipped/rotated copy with a small brightness and contrast change, as PNG."""
+def augment(encoded: bytes, rng: np.random.Generator, preset: str = "aerial") -> bytes:
+    """A copy with a small brightness and contrast change, as PNG; flipped and rotated by 90-degree
+    steps for the 'aerial' preset, flipped left-right for 'natural' (photos keep their up)."""
     from PIL import Image
 
     from cnn_tasks.images import encode_png
 
     pixels = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"), dtype=np.float32)
-    if rng.random() < 0.5:
+    if preset in ("aerial", "natural") and rng.random() < 0.5:
         pixels = pixels[:, ::-1]
-    if rng.random() < 0.5:
-        pixels = pixels[::-1]
-    pixels = np.rot90(pixels, k=int(rng.integers(4)))
+    if preset == "aerial":
+        if rng.random() < 0.5:
+            pixels = pixels[::-1]
+        pixels = np.rot90(pixels, k=int(rng.integers(4)))
     contrast, brightness = rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1) * 255
     mean = pixels.mean(axis=(0, 1), keepdims=True)
     pixels = (pixels - mean) * contrast + mean + brightness

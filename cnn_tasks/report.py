@@ -518,18 +518,25 @@ def section_checks(run: Run) -> dict:
     for spec in ctx.config.experiments:
         key = ctx.check_key(spec.name, "single_batch.json")
         check = read_json(ctx, key)
+        lr_range = read_json(ctx, ctx.check_key(spec.name, "lr_range.json")) or {}
+        lr_fields = {k: lr_range[k] for k in ("learning_rate", "spec_learning_rate", "steps") if k in lr_range}
         checks.append(
             {"name": spec.name, "missing": f"{key} missing"}
             if check is None
             else {
                 "name": spec.name,
                 "missing": None,
-                "fields": fields(check),
-                "figures": run.figures(check.get("figures")),
+                "fields": fields({**check, **{f"lr range test: {k}": v for k, v in lr_fields.items()}}),
+                "figures": run.figures((check.get("figures") or []) + (lr_range.get("figures") or [])),
             }
         )
     missing = sum(1 for c in checks if c["missing"])
-    return section("checks", "Single-batch checks", "ok" if not missing else f"{missing} missing", checks=checks)
+    return section(
+        "checks",
+        "Single-batch checks and learning-rate range tests" if ctx.config.lr_range_test else "Single-batch checks",
+        "ok" if not missing else f"{missing} missing",
+        checks=checks,
+    )
 
 
 def section_curves(run: Run) -> dict:
@@ -567,6 +574,18 @@ def section_viz(run: Run) -> dict:
     return section("viz", "Visualisations", models=models)
 
 
+def tta_columns(metrics: dict) -> dict:
+    """Test accuracy and macro-F1 with test-time augmentation, beside the plain scores (config.tta)."""
+    tta = metrics.get("tta")
+    if not tta:
+        return {}
+    views = len(tta["views"])
+    return {
+        f"test accuracy, TTA {views} views": tta["test"]["accuracy"],
+        f"test macro_f1, TTA {views} views": tta["test"]["macro_f1"],
+    }
+
+
 def section_evaluation(run: Run) -> dict:
     ctx, evals = run.ctx, run.evals
     if not evals:
@@ -580,6 +599,7 @@ def section_evaluation(run: Run) -> dict:
             {
                 "model": mid,
                 **{f"test {c}": test.get(c) for c in EVAL_COLUMNS},
+                **tta_columns(m),
                 "val accuracy": val.get("accuracy"),
                 "train accuracy": train.get("accuracy"),
             }
@@ -753,7 +773,12 @@ def build_summary(run: Run, sections: list[dict], headline: dict) -> dict:
         "versions": run.versions,
         "dataset": {k: (run.dataset or {}).get(k) for k in ("dataset_sha256", "classes", "image_size", "rebalance")},
         "models": {
-            mid: {**split_metrics(mid), "params": metas[mid].get("params"), "best_epoch": metas[mid].get("best_epoch")}
+            mid: {
+                **split_metrics(mid),
+                **({"test_tta": evals[mid]["tta"]} if evals.get(mid, {}).get("tta") else {}),
+                "params": metas[mid].get("params"),
+                "best_epoch": metas[mid].get("best_epoch"),
+            }
             for mid in run.model_ids
         },
         "ensembles": None

@@ -47,8 +47,8 @@ _STRATEGY_TEXT = {
     "undersample": "random undersampling: every class of training and validation is cut to the size of the "
     "smallest class",
     "augment": "augmented oversampling: minority classes of training and validation are topped up to the "
-    "size of the largest class with randomly augmented copies (flips, 90-degree rotations, small "
-    "brightness/contrast changes)",
+    "size of the largest class with randomly augmented copies (small brightness/contrast changes, and "
+    "the flips or rotations the augmentation preset allows)",
 }
 
 

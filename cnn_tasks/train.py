@@ -40,6 +40,12 @@ SINGLE_BATCH_POOL = 1024  # the check's batch is drawn (seeded) from the first N
 STATE_DIRS = ("checkpoint", "tensorboard", "backup")  # upload order: backup last, never ahead of history
 FINISHED = "finished.json"  # in checkpoint/: {"finished": true, "epochs": n, "stopped_by": why} once training ended
 BACKUP_METADATA = "training_metadata.json"  # keras BackupAndRestore's epoch record, in backup/
+# Learning-rate range test (config.lr_range_test): the rate grows geometrically over LR_RANGE_STEPS
+# training batches; the sweep stops early once the smoothed loss passes LR_RANGE_DIVERGED x its minimum.
+LR_RANGE = (1e-5, 1.0)
+LR_RANGE_STEPS = 100
+LR_RANGE_SMOOTHING = 0.9  # exponential moving average of the batch losses (bias-corrected)
+LR_RANGE_DIVERGED = 4.0
 
 
 class SingleBatchCheckError(PipelineError, RuntimeError):
@@ -114,7 +120,87 @@ def single_batch_check(ctx: RunContext, experiment: str) -> dict:
             f"single_batch_steps={ctx.config.single_batch_steps}). The architecture is too weak or broken."
         )
     log.info("single-batch check passed for %s %s", experiment, verdict)
-    return {k: v for k, v in result.items() if k not in ("losses", "accuracies")}
+    summary = {k: v for k, v in result.items() if k not in ("losses", "accuracies")}
+    if ctx.config.lr_range_test:
+        summary["learning_rate"] = lr_range_test(ctx, experiment)["learning_rate"]
+    return summary
+
+
+def lr_range_test(ctx: RunContext, experiment: str) -> dict:
+    """Sweep the learning rate over LR_RANGE on real training batches with a fresh model and the
+    spec's optimizer, and pick a tenth of the rate where the smoothed loss was lowest (the usual
+    rule: the minimum itself is already at the edge of divergence). Writes checks/<experiment>/
+    lr_range.json/.png; training then uses `learning_rate` instead of the spec's."""
+    spec = ctx.config.experiment(experiment)
+    _prepare(ctx)
+    info = data.load_dataset_info(ctx)
+    model = _build(ctx, spec, info)
+    optimizer = make_optimizer(spec.model_copy(update={"lr_schedule": "none"}), total_steps=1)
+    _compile(model, optimizer)
+    rates = np.geomspace(*LR_RANGE, LR_RANGE_STEPS)
+    batches = data.dataset(ctx, "train", "unbalanced", spec.batch_size, training=True).repeat()
+    tried, smoothed, average = [], [], 0.0
+    for step, (rate, (x, y)) in enumerate(zip(rates, batches), start=1):
+        optimizer.learning_rate = float(rate)
+        loss = float(model.train_on_batch(x, y, return_dict=True)["loss"])
+        if not math.isfinite(loss):
+            break
+        average = LR_RANGE_SMOOTHING * average + (1 - LR_RANGE_SMOOTHING) * loss
+        tried.append(float(rate))
+        smoothed.append(average / (1 - LR_RANGE_SMOOTHING**step))
+        if smoothed[-1] > LR_RANGE_DIVERGED * min(smoothed):
+            break
+    chosen = suggest_learning_rate(tried, smoothed)
+    result = {
+        "experiment": experiment,
+        "learning_rate": chosen,
+        "spec_learning_rate": spec.learning_rate,
+        "steps": len(tried),
+        "batch_size": spec.batch_size,
+        "learning_rates": tried,
+        "smoothed_losses": smoothed,
+        "figures": [_plot_lr_range(ctx, experiment, tried, smoothed, chosen)],
+    }
+    ctx.store.put_json(ctx.check_key(experiment, "lr_range.json"), result)
+    log.info(
+        "learning-rate range test for %s: %d steps, training will use %.3g (the spec says %.3g)",
+        experiment,
+        len(tried),
+        chosen,
+        spec.learning_rate,
+    )
+    return result
+
+
+def suggest_learning_rate(rates: list[float], losses: list[float]) -> float:
+    """A tenth of the rate with the lowest smoothed loss, not below the sweep's first rate."""
+    if not rates:
+        raise PipelineError("learning-rate range test: the loss was not finite at the first step; check the data")
+    return max(rates[0], rates[int(np.argmin(losses))] / 10)
+
+
+def tuned_learning_rate(ctx: RunContext, spec) -> float:
+    """The learning rate training uses: the range test's choice with config.lr_range_test, else the spec's."""
+    if not ctx.config.lr_range_test:
+        return spec.learning_rate
+    key = ctx.check_key(spec.name, "lr_range.json")
+    if not ctx.store.exists(key):
+        raise PipelineError(f"lr_range_test is on but {key} is missing: run the single_batch_check task first")
+    return float(ctx.store.get_json(key)["learning_rate"])
+
+
+def _plot_lr_range(ctx, experiment: str, rates, losses, chosen: float) -> dict:
+    fig, ax = plots.new_figure(7, 4)
+    ax.semilogx(rates, losses)
+    ax.axvline(chosen, color="tab:green", linestyle="--", label=f"chosen {chosen:.2g}")
+    ax.set(title=f"{experiment}: learning-rate range test", xlabel="learning rate (log scale)", ylabel="smoothed loss")
+    ax.legend()
+    key = plots.save_figure(ctx.store, ctx.check_key(experiment, "lr_range.png"), fig)
+    return plots.figure_entry(
+        key,
+        f"Learning-rate range test: {experiment}'s training loss as the rate grows; training uses {chosen:.2g}, "
+        "a tenth of the rate with the lowest loss.",
+    )
 
 
 def _one_batch(ctx: RunContext, batch_size: int):
@@ -149,6 +235,7 @@ def run(ctx: RunContext, experiment: str, variant: str, extra_callbacks=()) -> d
     """
     started = time.time()
     spec = ctx.config.experiment(experiment)
+    spec = spec.model_copy(update={"learning_rate": tuned_learning_rate(ctx, spec)})
     settings = _prepare(ctx)
     info = data.load_dataset_info(ctx)
     mid = make_model_id(experiment, variant)
@@ -473,6 +560,7 @@ def _save_outputs(ctx, spec, variant, model, info, history, settings, initial_ep
         "image_size": info["image_size"],
         "image_fit": data.image_fit(info),
         "spec": spec.model_dump(mode="json"),
+        "learning_rate_from": "lr_range_test" if ctx.config.lr_range_test else "spec",
         "params": int(model.count_params()),
         "layers": models.describe(model)["layers"],
         "best_epoch": best["epoch"],

@@ -87,12 +87,13 @@ def test_settings_are_frozen_and_reject_unknown_fields():
         ({"rebalance": "smote"}, "rebalance", "not one of"),
         ({"epochs": 0}, "epochs", "outside 1..1000"),
         ({"time_budget_minutes": 0}, "time_budget_minutes", r"0 is outside \(0, 10080\]"),
+        ({"tta": True, "augment": "none"}, "tta", "but augment is 'none'"),
         ({"time_budget_minutes": True}, "time_budget_minutes", "not a number"),
         ({"classes": ["Forest"]}, "classes", "at least 2"),
         ({"dataset_checksum": "md5:xyz"}, "dataset_checksum", "must look like"),
         ({"store_uri": "ftp://x"}, "store_uri", "file:// or s3://"),
         ({"profile": "huge"}, "profile", "not one of"),
-        ({"augment": "yes"}, "augment", "true or false"),
+        ({"augment": "yes"}, "augment", "'yes' is not one of 'auto', 'aerial', 'natural' or 'none'"),
         ({"epoch": 3}, "epoch", "unknown setting"),
         ({"experiments": []}, "experiments", "at least one"),
         ({"experiments": [{"name": "a", "conv": [{"filters": 8}] * 3}]}, "experiments[0].conv", "at least 4"),
@@ -209,6 +210,18 @@ def test_field_schemas_are_flat_and_grouped_for_the_trigger_form():
     assert schemas["experiments"]["default"] == PipelineConfig().to_dict()["experiments"]
     assert (schemas["split"]["minItems"], schemas["split"]["maxItems"]) == (3, 3)
     assert schemas["split"]["items"] == {"type": "number"}
+
+
+def test_the_augmentation_preset_auto_is_aerial_for_eurosat_and_natural_for_other_data():
+    assert PipelineConfig.from_dict({}).augment == "aerial"
+    assert PipelineConfig.from_dict({"dataset_url": "/data/photos.zip"}).augment == "natural"
+    assert PipelineConfig.from_dict({"dataset_url": "/data/tiles.zip", "augment": "aerial"}).augment == "aerial"
+    form = {name: schema["default"] for name, schema in field_schemas().items()}
+    assert form["augment"] == "auto"  # the trigger form offers auto, resolved when the run starts
+    assert PipelineConfig.from_dict(form | {"dataset_url": "/data/photos.zip"}).augment == "natural"
+    # settings files from before the presets: true still augments, false does not
+    assert PipelineConfig.from_dict({"dataset_url": "/data/photos.zip", "augment": True}).augment == "natural"
+    assert PipelineConfig.from_dict({"augment": False}).augment == "none"
 
 
 def test_the_pinned_eurosat_checksum_is_dropped_for_another_dataset():

@@ -89,9 +89,10 @@ def test_cache_false_streams_the_same_batches_without_keeping_the_split(ctx):
         np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
 
 
-def test_augmentation_only_for_training_when_enabled(make_ctx, ctx):
+@pytest.mark.parametrize("preset", ["aerial", "natural"])
+def test_augmentation_only_for_training_when_enabled(make_ctx, ctx, preset):
     plain = next(iter(data.dataset(ctx, "train", batch_size=18, training=True)))[0].numpy()
-    augmenting = make_ctx(augment=True)  # same store and run: same shards
+    augmenting = make_ctx(augment=preset)  # same store and run: same shards
     images = [b[0].numpy() for b in data.dataset(augmenting, "train", batch_size=18, training=True).take(1)]
     assert not any(np.allclose(np.sort(plain.ravel()), np.sort(i.ravel())) for i in images)
     eval_images = next(iter(data.dataset(augmenting, "train", batch_size=18)))[0].numpy()
@@ -342,3 +343,33 @@ def test_rebalance_records_the_runs_fit_and_training_reads_with_it(tmp_path, mak
         square = np.asarray(Image.open(root / manifest[key]))[:, 9:21]  # the central 12 x 12
         expected = data.decode_and_resize(png_bytes(Image.fromarray(square)), 16).numpy()
         np.testing.assert_allclose(pixels, expected, atol=1e-3)
+
+
+def top_minus_bottom(images: np.ndarray) -> np.ndarray:
+    """Per image, the mean of the top quarter minus the mean of the bottom quarter."""
+    quarter = images.shape[1] // 4
+    return images[:, :quarter].mean(axis=(1, 2, 3)) - images[:, -quarter:].mean(axis=(1, 2, 3))
+
+
+def test_the_natural_preset_keeps_the_up_and_the_aerial_preset_turns_images_over():
+    import tensorflow as tf
+
+    sky_over_ground = np.zeros((64, 32, 32, 3), np.float32)
+    sky_over_ground[:, :16] = 220.0  # bright top half, dark bottom half
+    sky_over_ground[:, :, :8] += 20.0  # and a brighter left edge, so left-right flips are visible
+    batch = tf.constant(sky_over_ground)
+    natural = data.augmenter("natural", seed=1)(batch).numpy()
+    aerial = data.augmenter("aerial", seed=1)(batch).numpy()
+    for images in (natural, aerial):
+        assert images.shape == sky_over_ground.shape
+        assert images.min() >= 0
+        assert images.max() <= 255
+    assert (top_minus_bottom(natural) > 100).all()  # never upside down or on its side
+    left_right = natural[:, :, :4].mean(axis=(1, 2, 3)) - natural[:, :, -4:].mean(axis=(1, 2, 3))
+    assert (left_right > 0).any()
+    assert (left_right < 0).any()  # mirrored left-right sometimes
+    assert (top_minus_bottom(aerial) > 100).any()
+    assert (top_minus_bottom(aerial) < -100).any()  # upside down sometimes
+    sideways = np.abs(top_minus_bottom(aerial)) < 100  # the bright half on the left or the right
+    assert sideways.any()
+    assert not np.array_equal(natural, data.augmenter("natural", seed=2)(batch).numpy())

@@ -220,3 +220,38 @@ def test_run_over_the_cap_says_it_evaluated_a_training_sample(evaluated_ctx, mon
     assert record["evaluated"]["val"]["full_split"]  # never sampled
     captions = {f["key"].rsplit("/", 1)[1]: f["caption"] for f in record["figures"]}
     assert f"on the train split ({description})" in captions["confusion_train.png"]
+
+
+class TopLeftModel:
+    """Predicts class 0 when an image's top-left pixel is bright, else class 1."""
+
+    def predict(self, images, batch_size=None, verbose=0):
+        bright = (images[:, 0, 0, 0] > 127).astype(np.float32)
+        return np.stack([bright, 1 - bright], axis=1)
+
+
+def test_test_time_augmentation_averages_the_presets_flips():
+    images = np.zeros((1, 4, 4, 3), np.float32)
+    images[:, 0, 0] = 255.0  # bright only at the top left: each flip moves it away
+    model = TopLeftModel()
+    np.testing.assert_allclose(evaluate.predict_views(model, images, ["identity"]), [[1.0, 0.0]])
+    np.testing.assert_allclose(evaluate.predict_views(model, images, evaluate.TTA_VIEWS["natural"]), [[0.5, 0.5]])
+    np.testing.assert_allclose(evaluate.predict_views(model, images, evaluate.TTA_VIEWS["aerial"]), [[0.25, 0.75]])
+
+
+def test_run_with_tta_reports_its_scores_beside_the_plain_ones(evaluated_ctx, make_ctx):
+    plain = evaluate.run(evaluated_ctx, MID)
+    assert "tta" not in evaluated_ctx.store.get_json(evaluated_ctx.eval_key(MID, "metrics.json"))
+    ctx = make_ctx(tta=True)  # same store and run; the default dataset is EuroSAT, so augment is aerial
+    out = evaluate.run(ctx, MID)
+    record = ctx.store.get_json(ctx.eval_key(MID, "metrics.json"))
+    assert record["tta"]["views"] == ["identity", "flip_left_right", "flip_up_down", "rotate_180"]
+    x_test, y_test, _ = data.load_split_arrays(ctx, "test")
+    expected = evaluate.predict_views(tiny_model(), x_test, record["tta"]["views"])
+    wanted = metrics.classification_metrics(y_test, expected, record["classes"])
+    for name in ("count", "accuracy", "macro_f1"):
+        assert record["tta"]["test"][name] == wanted[name], name
+    assert record["tta"]["test"]["log_loss"] == pytest.approx(wanted["log_loss"], rel=1e-5)
+    assert out["tta_accuracy"] == record["tta"]["test"]["accuracy"]
+    assert out["accuracy"] == plain["accuracy"]  # the plain scores do not change
+    assert plain["tta_accuracy"] is None

@@ -190,3 +190,26 @@ def test_plan_split_tops_up_evenly():
     assert sum(plan.copies.values()) == 7
     assert sorted(plan.copies[k] for k in ("b0", "b1", "b2")) == [2, 2, 3]
     assert rebalance.plan_split(part, "oversample", seed=1, split_index=0).copies == plan.copies
+
+
+def brightest_pixel(encoded: bytes) -> tuple[int, int]:
+    pixels = np.asarray(Image.open(io.BytesIO(encoded)).convert("L"), dtype=np.int32)
+    row, col = np.unravel_index(int(np.argmax(pixels)), pixels.shape)
+    return int(row), int(col)
+
+
+def test_augmented_copies_follow_the_augmentation_preset():
+    image = np.full((8, 8, 3), 60, np.uint8)
+    image[0, 1] = 200  # one bright pixel near the top-left corner
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    corners = {
+        preset: {
+            brightest_pixel(rebalance.augment(buffer.getvalue(), np.random.default_rng([7, n]), preset))
+            for n in range(80)
+        }
+        for preset in ("aerial", "natural", "none")
+    }
+    assert corners["none"] == {(0, 1)}  # only brightness and contrast change
+    assert corners["natural"] == {(0, 1), (0, 6)}  # mirrored left-right, never turned
+    assert len(corners["aerial"]) == 8  # every flip and 90-degree rotation of the square

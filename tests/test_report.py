@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from cnn_tasks import ensemble, evaluate, failures, models, predict, promote, report, runtime
+from cnn_tasks.metrics import classification_metrics
 from cnn_tasks.plots import figure_entry
 from tests.helpers import CLASSES, random_proba, store_figure_exists
 
@@ -204,6 +205,17 @@ def write_upstream(ctx):
         },
     )
     s.put_json(
+        ctx.check_key("baseline", "lr_range.json"),
+        {
+            "learning_rate": 0.002,
+            "spec_learning_rate": 0.001,
+            "steps": 100,
+            "learning_rates": [1e-5, 1.0],
+            "smoothed_losses": [2.3, 9.0],
+            "figures": [png(s, ctx.check_key("baseline", "lr_range.png"), "Loss as the rate grows.")],
+        },
+    )
+    s.put_json(
         ctx.viz_key("baseline__unbalanced", "viz.json"),
         {
             "explanation": "Early filters pick up colour.",
@@ -224,7 +236,11 @@ def write_our_stages(ctx):
             p = random_proba(len(y), 3, seed=i + len(split))
             p[np.arange(len(y)), y] += 0.4 * (i + 1)
             splits[split] = (y, p / p.sum(1, keepdims=True))
-        evaluate.write_results(ctx, mid, CLASSES, splits, images, [f"k{j}" for j in range(30)])
+        tta = {
+            "views": ["identity", "flip_left_right"],
+            "test": classification_metrics(y_test, splits["test"][1], CLASSES),
+        }
+        evaluate.write_results(ctx, mid, CLASSES, splits, images, [f"k{j}" for j in range(30)], tta=tta)
     ensemble.run(ctx, TRAINED)
     promote.run(ctx)
     predict.run(ctx)
@@ -280,6 +296,9 @@ def test_sections_hold_every_stage_output(full_run):
     assert list(sections) == list(SECTIONS[1:])  # after the results; the run id and configuration last
     not_ok = {a: s["status"] for a, s in sections.items() if s["status"] != "ok"}
     assert not_ok == {"checks": "1 missing", "predictions": "not run"}  # wide's single-batch check did not run
+    baseline = next(c for c in sections["checks"]["checks"] if c["name"] == "baseline")
+    assert baseline["fields"]["plain"]["lr range test: learning_rate"] == 0.002  # beside the single-batch check
+    assert [f["src"].rsplit("/", 1)[1] for f in baseline["figures"]] == ["loss.png", "lr_range.png"]
 
     # models: the reference experiment, how the other differs, and each model's real layer table
     models_ = sections["models"]
@@ -302,6 +321,9 @@ def test_sections_hold_every_stage_output(full_run):
         metrics = ctx.store.get_json(ctx.eval_key(mid, "metrics.json"))["splits"]
         assert rows[mid]["test accuracy"] == metrics["test"]["accuracy"]
         assert rows[mid]["val accuracy"] == metrics["val"]["accuracy"]
+        tta = ctx.store.get_json(ctx.eval_key(mid, "metrics.json"))["tta"]["test"]
+        assert rows[mid]["test accuracy, TTA 2 views"] == tta["accuracy"]  # beside the plain score
+        assert rows[mid]["test macro_f1, TTA 2 views"] == tta["macro_f1"]
 
     # ensembles: the comparison with one best row; champion and predictions say what happened
     ensemble_json = ctx.store.get_json(ctx.eval_key("ensemble", "ensemble.json"))
@@ -424,6 +446,7 @@ def test_full_report_page_and_summary(full_run):
         metrics = ctx.store.get_json(ctx.eval_key(mid, "metrics.json"))["splits"]["test"]
         assert summary["models"][mid]["test"]["accuracy"] == metrics["accuracy"]
         assert summary["models"][mid]["test"]["macro_f1"] == metrics["macro_f1"]
+        assert summary["models"][mid]["test_tta"]["views"] == ["identity", "flip_left_right"]
     assert summary["dataset"]["dataset_sha256"] == "f00d"
     assert summary["promotion"]["promoted"] is True
     assert summary["ensembles"]["best"]

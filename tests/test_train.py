@@ -10,6 +10,7 @@ import pytest
 
 from cnn_tasks import models, plots, runtime, train
 from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConvBlock, ExperimentSpec
+from cnn_tasks.errors import PipelineError
 from tests.fixtures_training import write_training_dataset
 
 SMALL = ExperimentSpec(
@@ -329,3 +330,38 @@ def test_the_budget_stops_when_the_next_epoch_would_pass_it(minutes, seconds, st
     budget.on_epoch_end(len(history) - 1)
     assert budget.model.stop_training is stops
     assert budget.stopped_epoch == (len(history) if stops else None)
+
+
+def test_the_lr_range_test_picks_a_tenth_of_the_rate_with_the_lowest_loss():
+    assert train.suggest_learning_rate([1e-4, 1e-3, 1e-2, 1e-1], [2.0, 1.5, 1.0, 3.0]) == pytest.approx(1e-3)
+    assert train.suggest_learning_rate([1e-4, 1e-3], [1.0, 2.0]) == 1e-4  # never below the sweep's start
+    with pytest.raises(PipelineError, match="not finite at the first step"):
+        train.suggest_learning_rate([], [])
+
+
+def test_with_the_lr_range_test_training_uses_the_rate_it_found(tiny_ctx):
+    ctx = tiny_ctx(lr_range_test=True, epochs=1, single_batch_steps=60)
+    check = train.single_batch_check(ctx, "small")
+    sweep = ctx.store.get_json(ctx.check_key("small", "lr_range.json"))
+    assert check["learning_rate"] == sweep["learning_rate"]
+    assert sweep["spec_learning_rate"] == 3e-3
+    rates = sweep["learning_rates"]
+    assert 10 <= sweep["steps"] == len(rates) <= train.LR_RANGE_STEPS
+    assert rates == sorted(rates)
+    assert rates[0] == pytest.approx(train.LR_RANGE[0])
+    best = rates[int(np.argmin(sweep["smoothed_losses"]))]
+    assert sweep["learning_rate"] == pytest.approx(max(rates[0], best / 10))
+    assert ctx.store.exists(sweep["figures"][0]["key"])
+
+    train.run(ctx, "small", "unbalanced")
+    meta = ctx.store.get_json(ctx.model_key("small__unbalanced", "meta.json"))
+    assert meta["learning_rate_from"] == "lr_range_test"
+    assert meta["spec"]["learning_rate"] == pytest.approx(sweep["learning_rate"])
+    history = ctx.store.get_json(ctx.model_key("small__unbalanced", "history.json"))
+    assert history[0]["learning_rate"] == pytest.approx(sweep["learning_rate"], rel=1e-5)
+
+
+def test_training_with_the_lr_range_test_on_but_no_sweep_fails_naming_the_file(tiny_ctx):
+    ctx = tiny_ctx(lr_range_test=True)
+    with pytest.raises(PipelineError, match=r"checks/small/lr_range\.json is missing"):
+        train.run(ctx, "small", "unbalanced")
