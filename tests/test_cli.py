@@ -269,6 +269,8 @@ def test_tensorboard_serves_the_latest_runs_logs(store_with_logs, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's Ctrl+C reaches it
+        # as from a terminal: a shell running this suite in the background makes its children ignore SIGINT
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline, tags = time.monotonic() + 120, {}
@@ -290,6 +292,10 @@ def test_tensorboard_serves_the_latest_runs_logs(store_with_logs, tmp_path):
         assert "epoch_loss" in tags["small__balanced/train"]
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl+C: the command and the server it started
-        output = proc.communicate(timeout=60)[0]
+        try:
+            output = proc.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # leave no server behind
+            raise
     assert proc.returncode == 0, output
     assert output.startswith(f"run {SAFE_RUN}: TensorBoard logs of small__balanced, small__unbalanced"), output
