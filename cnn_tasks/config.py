@@ -55,7 +55,6 @@ HEADS: tuple[str, ...] = get_args(Head)
 PROMOTION_METRICS: tuple[str, ...] = get_args(PromotionMetric)
 PREDEFINED_SPLITS: tuple[str, ...] = get_args(PredefinedSplit)
 IMAGE_FITS: tuple[str, ...] = get_args(ImageFit)
-AUGMENT_PRESETS: tuple[str, ...] = get_args(Augment)
 
 
 class ConfigError(PipelineError, ValueError):
