@@ -4,6 +4,7 @@ Layer layout (names are the contract other stages rely on, see docs/architecture
   input (S, S, 3) float32 pixels 0..255
   standardize                      Normalization with the training split's channel mean/std
   conv<i> -> bn<i>? -> act<i> -> pool<i>? -> sdrop<i>?      i = 1..len(spec.conv)
+      conv<i> is a Conv2D, or a SeparableConv2D where the block says separable (never conv1)
   head: flatten | global_pool, then dropout1 -> dense -> dense_act -> dropout2
   logits (Dense, linear) -> softmax (Activation, float32 even under mixed precision)
 sdrop<i> (SpatialDropout2D) follows each unit that downsamples (pooling or stride > 1).
@@ -42,17 +43,18 @@ def build_model(spec: ExperimentSpec, num_classes: int, image_size: int, mean, s
 def _conv_unit(spec: ExperimentSpec, block, i: int) -> list:
     keras = _keras()
     regularizer = keras.regularizers.L2(spec.l2) if spec.l2 > 0 else None
-    layers = [
-        keras.layers.Conv2D(
+    shape = {"strides": block.strides, "padding": "same", "use_bias": not spec.batch_norm, "name": f"conv{i}"}
+    if block.separable:
+        conv = keras.layers.SeparableConv2D(
             block.filters,
             block.kernel_size,
-            strides=block.strides,
-            padding="same",
-            use_bias=not spec.batch_norm,
-            kernel_regularizer=regularizer,
-            name=f"conv{i}",
+            depthwise_regularizer=regularizer,
+            pointwise_regularizer=regularizer,
+            **shape,
         )
-    ]
+    else:
+        conv = keras.layers.Conv2D(block.filters, block.kernel_size, kernel_regularizer=regularizer, **shape)
+    layers = [conv]
     if spec.batch_norm:
         # momentum 0.9 (Keras default 0.99): moving statistics settle within tens of steps, so
         # short runs (quick profile, small datasets) validate with the statistics they trained with.

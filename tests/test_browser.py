@@ -59,7 +59,7 @@ RUN_TIMEOUT = float(os.environ.get("CNN_BROWSER_RUN_TIMEOUT", 1200))
 BUCKET = "cnn-browser"
 # The trigger form's sections in order: Airflow's open default section, then the collapsed ones.
 FORM_SECTIONS = ("Run Parameters", "Data preparation", "Model and training", "Promotion", "Storage")
-MODEL_IDS = {f"{e}__{v}" for e in ("baseline", "strided_elu", "deep_swish") for v in ("unbalanced", "balanced")}
+MODEL_IDS = {f"{e}__{v}" for e in ("baseline", "strided_elu", "separable_swish") for v in ("unbalanced", "balanced")}
 
 
 def chromium_or_skip() -> str:

@@ -15,7 +15,7 @@ def test_defaults_are_the_standard_profile():
     assert config.image_size == 64
     assert config.classes is None
     assert config.max_images_per_class is None
-    assert [e.name for e in config.experiments] == ["baseline", "strided_elu", "deep_swish"]
+    assert [e.name for e in config.experiments] == ["baseline", "strided_elu", "separable_swish"]
     first = config.experiments[0]
     assert (first.activation, first.optimizer, first.batch_size) == ("relu", "adam", 32)
     assert all(len(e.conv) >= 4 for e in DEFAULT_EXPERIMENTS)

@@ -32,7 +32,7 @@ PG_SERVER = os.environ.get("CNN_IT_PG_DSN", "postgresql://postgres@127.0.0.1:543
 REDIS_URL = os.environ.get("CNN_IT_REDIS_URL", "redis://127.0.0.1:6379/7")
 BUCKET, PREFIX = "cnn-distributed", "it"
 WORKERS = ("w1", "w2")
-EXPERIMENTS = ("baseline", "strided_elu", "deep_swish")
+EXPERIMENTS = ("baseline", "strided_elu", "separable_swish")
 RUN_TIMEOUT = float(os.environ.get("CNN_IT_RUN_TIMEOUT", 1200))
 
 

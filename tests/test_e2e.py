@@ -25,7 +25,7 @@ from tests.s3server import moto_s3
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_IDS = [f"{e}__{v}" for e in ("baseline", "strided_elu", "deep_swish") for v in ("unbalanced", "balanced")]
+MODEL_IDS = [f"{e}__{v}" for e in ("baseline", "strided_elu", "separable_swish") for v in ("unbalanced", "balanced")]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def assert_complete_run(store) -> dict:
         f"{prefix}/data/{name}"
         for name in ("ingest.json", "manifest.csv", "rejected.csv", "split.csv", "analysis.json", "dataset.json")
     ]
-    expected += [f"{prefix}/checks/{e}/single_batch.json" for e in ("baseline", "strided_elu", "deep_swish")]
+    expected += [f"{prefix}/checks/{e}/single_batch.json" for e in ("baseline", "strided_elu", "separable_swish")]
     for mid in MODEL_IDS:
         expected += [f"{prefix}/models/{mid}/{n}" for n in ("model.keras", "meta.json", "history.json", "curves.png")]
         expected += [f"{prefix}/viz/{mid}/viz.json", f"{prefix}/eval/{mid}/metrics.json"]

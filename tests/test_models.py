@@ -36,9 +36,12 @@ def test_default_experiments_follow_the_layer_contract(spec):
     names = [layer.name for layer in model.layers]
     assert names[0] == "standardize"
     assert type(model.layers[0]).__name__ == "Normalization"
-    convs = layers_of(model, "Conv2D")
+    convs = [layer for layer in model.layers if layer.name.startswith("conv")]
     assert len(convs) == len(spec.conv) >= 4
     assert [c.name for c in convs] == [f"conv{i}" for i in range(1, len(spec.conv) + 1)]
+    kinds = ["SeparableConv2D" if block.separable else "Conv2D" for block in spec.conv]
+    assert [type(c).__name__ for c in convs] == kinds
+    assert kinds[0] == "Conv2D"
     assert all(c.get_config()["activation"] == "linear" for c in convs)
     assert {f"act{i}" for i in range(1, len(spec.conv) + 1)} <= set(names)
     assert names[-1] == "softmax"
@@ -78,6 +81,29 @@ def test_pooling_strides_and_kernel_sizes_are_honoured():
     assert model.get_layer("conv3").strides == (2, 2)
     assert tuple(model.get_layer("act4").output.shape) == (None, 4, 4, 8)
     assert tuple(model.get_layer("pool4").output.shape) == (None, 2, 2, 8)
+
+
+def test_separable_blocks_are_depthwise_separable_and_cheaper():
+    separable = tuple(
+        ConvBlock(filters=b.filters, pool=b.pool, separable=i > 0) for i, b in enumerate(tiny_spec().conv)
+    )
+    model = models.build_model(tiny_spec(conv=separable, l2=0.01), 3, 16, MEAN, STD)
+    full = models.build_model(tiny_spec(l2=0.01), 3, 16, MEAN, STD)
+    assert [type(model.get_layer(f"conv{i}")).__name__ for i in range(1, 5)] == ["Conv2D"] + ["SeparableConv2D"] * 3
+    conv4 = model.get_layer("conv4")
+    assert conv4.depthwise_regularizer.get_config()["l2"] == pytest.approx(0.01)
+    assert conv4.pointwise_regularizer.get_config()["l2"] == pytest.approx(0.01)
+    assert not conv4.use_bias  # batch norm follows
+    # 3x3 depthwise (8 x 9) + pointwise (8 x 8) weights instead of 8 x 8 x 9
+    assert conv4.count_params() == 8 * 9 + 8 * 8 < full.get_layer("conv4").count_params() == 8 * 8 * 9
+    assert tuple(model.get_layer("pool4").output.shape) == tuple(full.get_layer("pool4").output.shape)
+
+
+def test_a_separable_first_layer_is_rejected_naming_the_field():
+    conv = [{"filters": 8, "separable": True}] + [{"filters": 8}] * 3
+    with pytest.raises(ConfigError, match="first layer must be a full convolution") as info:
+        PipelineConfig.from_dict({"experiments": [{"name": "sep", "conv": conv}]})
+    assert info.value.field == "experiments[0].conv"
 
 
 @pytest.mark.parametrize(

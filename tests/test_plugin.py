@@ -39,7 +39,7 @@ def summary(run_id: str, acc: float, f1: float, promoted: bool) -> dict:
         "models": {
             "baseline__unbalanced": {"test": {"accuracy": acc - 0.1, "macro_f1": f1 - 0.1}},
             "baseline__balanced": {"test": {"accuracy": acc, "macro_f1": f1}},
-            "deep_swish__balanced": {"test": None, "status": "not evaluated"},
+            "separable_swish__balanced": {"test": None, "status": "not evaluated"},
         },
         "ensembles": None,
         "promotion": {"promoted": promoted, "reason": "beats the champion" if promoted else "below margin"},
@@ -108,10 +108,10 @@ def test_extra_links_point_at_the_run_report_and_model_folder(monkeypatch):
     assert folder.get_link(None, ti_key=key) == ""  # only on training tasks
     assert report.get_link(None, ti_key=key._replace(dag_id="other_dag")) == ""
 
-    monkeypatch.setattr(cnn_reports, "_model_id", lambda ti_key: "deep_swish__balanced")  # its XCom
+    monkeypatch.setattr(cnn_reports, "_model_id", lambda ti_key: "separable_swish__balanced")  # its XCom
     train = key._replace(task_id="train")
     assert folder.get_link(None, ti_key=train) == (
-        "/cnn-reports/runs/manual__2025-03-01T10_00_00_00_00/models/deep_swish__balanced/"
+        "/cnn-reports/runs/manual__2025-03-01T10_00_00_00_00/models/separable_swish__balanced/"
     )
 
 

@@ -365,3 +365,16 @@ def test_training_with_the_lr_range_test_on_but_no_sweep_fails_naming_the_file(t
     ctx = tiny_ctx(lr_range_test=True)
     with pytest.raises(PipelineError, match=r"checks/small/lr_range\.json is missing"):
         train.run(ctx, "small", "unbalanced")
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "one_cycle"])
+def test_annealing_schedules_end_at_a_hundredth_of_the_rate_and_one_cycle_warms_up_first(schedule):
+    optimizer = train.make_optimizer(SMALL.model_copy(update={"lr_schedule": schedule, "learning_rate": 0.01}), 100)
+    schedule_fn = optimizer._learning_rate  # the schedule object (optimizer.learning_rate is its current value)
+    rates = np.array([float(schedule_fn(step)) for step in range(0, 101, 5)])
+    assert rates[-1] == pytest.approx(1e-4, rel=1e-3)
+    if schedule == "cosine":
+        assert rates[0] == pytest.approx(0.01) and np.all(np.diff(rates) <= 0)
+    else:  # 10 warm-up steps from a tenth of the rate to the rate, then down
+        assert rates[0] == pytest.approx(1e-3) and rates[2] == pytest.approx(0.01)
+        assert np.all(np.diff(rates[:3]) > 0) and np.all(np.diff(rates[2:]) <= 0)
