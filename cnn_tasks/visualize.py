@@ -158,6 +158,7 @@ def draw_filter_patterns(model, layer_names, steps: int, max_filters: int, seed:
             "seconds": round(time.perf_counter() - started, 2),
             "mean_activation_before": float(before.mean()),
             "mean_activation_after": float(after.mean()),
+            "high_frequency_share": round(high_frequency_share(patterns), 3),
         }
         fig = filter_pattern_figure(patterns, after, layer_name, steps)
         entries.append(
@@ -165,7 +166,8 @@ def draw_filter_patterns(model, layer_names, steps: int, max_filters: int, seed:
                 f"filters_{layer_name}.png",
                 fig,
                 f"Inputs that maximise the first {count} filters of {layer_name} after {steps} "
-                f"gradient-ascent steps; mean activation {before.mean():.2f} -> {after.mean():.2f}.",
+                f"gradient-ascent steps with jitter and smoothing; mean activation {before.mean():.2f} -> "
+                f"{after.mean():.2f}.",
             )
         )
     return entries, summary
@@ -173,7 +175,7 @@ def draw_filter_patterns(model, layer_names, steps: int, max_filters: int, seed:
 
 def draw_kernels(model, save) -> dict:
     """The first conv layer's kernels as colour tiles."""
-    tiles, first = first_layer_kernels(model), conv_layers(model)[0]
+    tiles, first = first_layer_kernels(model), full_conv_layers(model)[0]
     return save(
         "kernels_first_layer.png",
         kernel_figure(tiles, first.name),
@@ -193,7 +195,14 @@ def draw_grad_cam(model, images, labels, probabilities, class_names, seed: int, 
 
 # --------------------------------------------------------------------------- layers
 def conv_layers(model) -> list:
-    """The model's Conv2D layers, in order (nested sub-models are not searched)."""
+    """The model's Conv2D and SeparableConv2D layers, in order (nested sub-models are not searched)."""
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.SeparableConv2D))]
+
+
+def full_conv_layers(model) -> list:
+    """The model's (full) Conv2D layers: the ones with colour kernels."""
     import keras
 
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
@@ -201,7 +210,7 @@ def conv_layers(model) -> list:
 
 def require_conv_layers(model, model_id: str | None = None) -> None:
     """Reject models these pictures cannot explain."""
-    if not conv_layers(model):
+    if not full_conv_layers(model):
         raise ValueError(
             f"model {model_id or model.name!r} has no Conv2D layers: there are no filters, "
             "feature maps or kernels to visualise (nested sub-models are not searched)"
@@ -209,7 +218,7 @@ def require_conv_layers(model, model_id: str | None = None) -> None:
 
 
 def conv_unit_outputs(model) -> list[str]:
-    """For each Conv2D, the layer that ends its unit: its activation when one follows
+    """For each conv layer, the layer that ends its unit: its activation when one follows
     (conv<i> -> bn<i> -> act<i> gives act<i>), else the Conv2D itself."""
     import keras
 
@@ -223,7 +232,7 @@ def conv_unit_outputs(model) -> list[str]:
     )
     names, layers = [], model.layers
     for i, layer in enumerate(layers):
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.SeparableConv2D)):
             shown = layer
             for follower in layers[i + 1 :]:
                 if not isinstance(follower, unit_tail):
@@ -249,7 +258,7 @@ def feature_layers(model) -> list[str]:
 
 
 def default_filter_layers(model) -> list[str]:
-    """The first, middle and last Conv2D layers (without repeats)."""
+    """The first, middle and last conv layers (without repeats)."""
     names = [layer.name for layer in conv_layers(model)]
     return list(dict.fromkeys([names[0], names[len(names) // 2], names[-1]]))
 
@@ -389,25 +398,46 @@ def explanation(dead: dict) -> str:
 
 # --------------------------------------------------------------------------- filter patterns
 def filter_patterns(
-    model, layer_name: str, filter_indices: list[int], steps: int = 30, step_size: float = 3.0, seed: int = 0
+    model,
+    layer_name: str,
+    filter_indices: list[int],
+    steps: int = 30,
+    step_size: float = 3.0,
+    seed: int = 0,
+    regularise: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradient ascent on the input to find what maximises each filter of `layer_name`.
 
-    For a Conv2D layer the filter's activation is its own (linear) output, before batch norm and
-    activation, so the gradient does not vanish where a ReLU is off. All filters are optimised at once: one input per filter in a batch, the loss is the sum of each
-    input's own filter activation, so the gradient of each input only involves its own filter.
+    For a conv layer the filter's activation is its own (linear) output, before batch norm and
+    activation, so the gradient does not vanish where a ReLU is off. All filters are optimised at
+    once: one input per filter in a batch, the loss is the sum of each input's own filter activation,
+    so the gradient of each input only involves its own filter.
+    `regularise` adds what makes published filter visualisations legible (Yosinski et al. 2015, Olah
+    et al. 2017): each step sees the batch shifted by a random jitter, so no single pixel grid is
+    exploited; every BLUR_EVERY steps the images are smoothed and pulled slightly back towards grey,
+    which removes the high-frequency noise plain ascent amplifies.
     Returns (patterns [F, H, W, 3] in 0..1 for display, activation before, activation after).
     """
     import tensorflow as tf
 
     extractor = sub_model(model, [layer_name])
+    size = input_size(model)
     step = ascent_step(extractor, step_size)
     indices = tf.constant(filter_indices, tf.int32)
-    images = initial_inputs(len(indices), input_size(model), seed)
+    images = initial_inputs(len(indices), size, seed)
     before = filter_activation(extractor, images, indices).numpy()
-    images = gradient_ascent(step, images, indices, steps)
+    images = gradient_ascent(step, images, indices, steps, jitter=jitter_pixels(size) if regularise else 0, seed=seed)
     after = filter_activation(extractor, images, indices).numpy()
     return np.stack([deprocess(image) for image in images.numpy()]), before, after
+
+
+BLUR_EVERY = 4  # steps between smoothing passes
+DECAY = 0.95  # the pull towards grey at each smoothing pass
+
+
+def jitter_pixels(size: tuple[int, int]) -> int:
+    """The largest random shift per step: 1/16 of the image side, at least 1 px."""
+    return max(1, min(size) // 16)
 
 
 def initial_inputs(count: int, size: tuple[int, int], seed: int):
@@ -431,14 +461,15 @@ def filter_activation(extractor, images, indices):
 
 
 def ascent_step(extractor, step_size: float):
-    """One compiled gradient-ascent step: move each image along its normalised gradient."""
+    """One compiled gradient-ascent step: move each image along its normalised gradient, computed on
+    the batch rolled by `shift` pixels (a jitter; zero for plain ascent)."""
     import tensorflow as tf
 
     @tf.function
-    def step(images, indices):
+    def step(images, indices, shift):
         with tf.GradientTape() as tape:
             tape.watch(images)
-            loss = tf.reduce_sum(filter_activation(extractor, images, indices))
+            loss = tf.reduce_sum(filter_activation(extractor, tf.roll(images, shift, axis=[1, 2]), indices))
         grads = tape.gradient(loss, images)
         rms = tf.sqrt(tf.reduce_mean(tf.square(grads), axis=(1, 2, 3), keepdims=True))
         return tf.clip_by_value(images + step_size * grads / (rms + 1e-8), 0.0, 255.0)
@@ -446,11 +477,39 @@ def ascent_step(extractor, step_size: float):
     return step
 
 
-def gradient_ascent(step, images, indices, steps: int):
-    """Run `steps` ascent steps on the batch."""
-    for _ in range(steps):
-        images = step(images, indices)
+def smooth(images):
+    """A 3x3 binomial blur per channel (edges reflected), then a pull towards mid-grey."""
+    import tensorflow as tf
+
+    taps = tf.constant([1.0, 2.0, 1.0]) / 4.0
+    kernel = tf.tile(tf.reshape(tf.tensordot(taps, taps, axes=0), (3, 3, 1, 1)), (1, 1, 3, 1))
+    padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+    blurred = tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")
+    return 128.0 + (blurred - 128.0) * DECAY
+
+
+def gradient_ascent(step, images, indices, steps: int, jitter: int = 0, seed: int = 0):
+    """Run `steps` ascent steps on the batch; with a jitter, each step shifts by up to `jitter` px
+    (seeded) and every BLUR_EVERY steps the batch is smoothed."""
+    import tensorflow as tf
+
+    shifts = np.random.default_rng(seed).integers(-jitter, jitter + 1, (steps, 2), dtype=np.int32)
+    for i in range(steps):
+        images = step(images, indices, tf.constant(shifts[i]))
+        if jitter and (i + 1) % BLUR_EVERY == 0:
+            images = smooth(images)
     return images
+
+
+def high_frequency_share(patterns: np.ndarray) -> float:
+    """How much of the patterns' contrast is pixel-to-pixel noise: the mean squared difference between
+    neighbouring pixels (across and down) over 4 x the variance, averaged over patterns (about 1 for
+    white noise, near 0 for smooth shapes)."""
+    centred = patterns - patterns.mean(axis=(1, 2, 3), keepdims=True)
+    variance = (centred**2).mean(axis=(1, 2, 3)) + 1e-12
+    dx = (np.diff(centred, axis=2) ** 2).mean(axis=(1, 2, 3))
+    dy = (np.diff(centred, axis=1) ** 2).mean(axis=(1, 2, 3))
+    return float(np.mean((dx + dy) / (4 * variance)))
 
 
 def deprocess(image: np.ndarray) -> np.ndarray:
@@ -479,7 +538,7 @@ def filter_pattern_figure(patterns, after, layer_name: str, steps: int):
 # --------------------------------------------------------------------------- first-layer kernels
 def first_layer_kernels(model) -> np.ndarray:
     """The first Conv2D layer's kernels as RGB tiles [F, kh, kw, 3], each scaled to 0..1."""
-    kernel = np.asarray(conv_layers(model)[0].get_weights()[0])  # [kh, kw, in, F]
+    kernel = np.asarray(full_conv_layers(model)[0].get_weights()[0])  # [kh, kw, in, F]
     tiles = np.transpose(kernel, (3, 0, 1, 2))
     if tiles.shape[-1] != 3:  # not RGB: show the mean over input channels in grey
         tiles = np.repeat(tiles.mean(axis=-1, keepdims=True), 3, axis=-1)

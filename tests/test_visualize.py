@@ -122,6 +122,35 @@ def test_gradient_ascent_increases_each_filters_activation(model):
     assert np.all(after > before), (before, after)
 
 
+def test_jitter_and_smoothing_make_patterns_smoother_than_plain_ascent(model):
+    plain, before, plain_after = visualize.filter_patterns(model, "conv3", list(range(8)), steps=12, regularise=False)
+    smooth, _, smooth_after = visualize.filter_patterns(model, "conv3", list(range(8)), steps=12)
+    assert np.all(plain_after > before) and np.all(smooth_after > before)
+    assert visualize.high_frequency_share(smooth) < 0.7 * visualize.high_frequency_share(plain)
+
+
+def test_high_frequency_share_tells_noise_from_shapes():
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(0, 1, (4, 32, 32, 3))
+    ramp = np.broadcast_to(np.linspace(0, 1, 32)[None, None, :, None], (4, 32, 32, 3))
+    assert visualize.high_frequency_share(noise) == pytest.approx(1.0, abs=0.05)
+    assert visualize.high_frequency_share(ramp) < 0.01
+
+
+def test_separable_models_show_their_separable_layers_and_the_first_layers_kernels():
+    from cnn_tasks import models
+    from cnn_tasks.config import DEFAULT_EXPERIMENTS
+
+    spec = next(s for s in DEFAULT_EXPERIMENTS if any(b.separable for b in s.conv))
+    model = models.build_model(spec, CLASSES, 32, mean=[128.0] * 3, std=[64.0] * 3)
+    names = [layer.name for layer in visualize.conv_layers(model)]
+    assert names == [f"conv{i}" for i in range(1, len(spec.conv) + 1)]
+    assert visualize.default_filter_layers(model) == ["conv1", names[len(names) // 2], names[-1]]
+    assert visualize.first_layer_kernels(model).shape == (spec.conv[0].filters, 3, 3, 3)
+    patterns, _, after = visualize.filter_patterns(model, names[-1], [0, 1], steps=4)  # untrained: no claim on
+    assert patterns.shape == (2, 32, 32, 3) and np.all(np.isfinite(after))  # the activation reached
+
+
 def test_first_layer_kernels_one_tile_per_filter(model):
     tiles = visualize.first_layer_kernels(model)
     assert tiles.shape == (FILTERS[0], 3, 3, 3)
@@ -188,6 +217,7 @@ def test_run_writes_every_png_and_lists_them_in_viz_json(model, data, make_ctx, 
     assert viz["activations"]["act2"]["channels"]
     assert len(viz["activations"]["act2"]["channels"]) == 16
     assert all(p["mean_activation_after"] > p["mean_activation_before"] for p in viz["filter_patterns"].values())
+    assert all(0 <= p["high_frequency_share"] < 2 for p in viz["filter_patterns"].values())
     assert viz["explanation"]
     assert requested == [("test", visualize.TEST_IMAGES_MAX)]  # a bounded sample, not the whole split
     assert viz["images_considered"] == {**sample, "images": len(data[0])}
