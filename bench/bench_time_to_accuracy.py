@@ -8,7 +8,8 @@ them, 64 px, 70/20/10): the epochs and training wall time until validation accur
 90/95/96/97 %, test accuracy of the best epoch, images/s, training FLOPs per image, the FLOP/s that
 makes, and the machine's peak (a float32 matmul measured in the same run), so the distance to the
 limit is a printed ratio. Then per recipe the mean and spread over seeds, the ratio of each
-recipe's time to the first one's, and a plot of validation accuracy against wall time.
+recipe's time to the first one's, the soft-vote ensemble of the default experiments per seed (where
+they all ran), and a plot of validation accuracy against wall time.
 
 --budget M gives each run M / (recipes x seeds) minutes of training (time_budget_minutes); the
 summary lists every run the budget stopped and every threshold a run did not reach.
@@ -29,18 +30,24 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnn_tasks import data, download, models, rebalance, runtime, split, train  # noqa: E402
-from cnn_tasks.config import DEFAULT_EXPERIMENTS, PipelineConfig  # noqa: E402
+from cnn_tasks.config import DEFAULT_EXPERIMENTS, ExperimentSpec, PipelineConfig  # noqa: E402
 from cnn_tasks.context import RunContext, model_id  # noqa: E402
 
 EUROSAT_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "eurosat.zip"
 THRESHOLDS = (0.90, 0.95, 0.96, 0.97)
-BASELINE = DEFAULT_EXPERIMENTS[0]
 
-# name -> (experiment spec changes, config changes). The first recipe is the reference of the ratios.
-RECIPES: dict[str, tuple[dict, dict]] = {
-    "baseline": ({}, {}),  # today's default: the baseline spec as configured (Adam, plateau schedule)
-    "baseline_cosine_lrtest": ({"lr_schedule": "cosine"}, {"lr_range_test": True}),
+# The default baseline until December 2026: 6 conv layers, two at each of 64, 32 and 16 px, plateau decay.
+OLD_BASELINE = ExperimentSpec(
+    name="old-baseline",
+    conv=[{"filters": f, "pool": pool} for f in (32, 64, 128) for pool in ("none", "max")],
+)
+# name -> (experiment spec, config changes). The first recipe is the reference of the ratios.
+RECIPES: dict[str, tuple[ExperimentSpec, dict]] = {
+    "old_baseline": (OLD_BASELINE, {}),
+    **{spec.name: (spec, {}) for spec in DEFAULT_EXPERIMENTS},
+    "baseline_lrtest": (DEFAULT_EXPERIMENTS[0], {"lr_range_test": True}),
 }
+ENSEMBLE = tuple(spec.name for spec in DEFAULT_EXPERIMENTS)  # the report's "all models" soft vote, unbalanced
 
 
 def machine() -> str:
@@ -103,15 +110,16 @@ def time_to(history: list[dict], threshold: float) -> tuple[int, float] | None:
     return None
 
 
-def test_accuracy(ctx: RunContext, mid: str) -> float:
+def test_predictions(ctx: RunContext, mid: str) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) of the best epoch's model on the test split."""
     model = models.load_model(ctx.cached(ctx.model_key(mid, "model.keras")))
     x, y, _ = data.load_split_arrays(ctx, "test")
-    return float((model.predict(x, batch_size=256, verbose=0).argmax(axis=1) == y).mean())
+    return model.predict(x, batch_size=256, verbose=0), np.asarray(y)
 
 
 def run_recipe(work: Path, args, recipe: str, seed: int, budget_minutes: float | None) -> dict:
-    spec_changes, config_changes = RECIPES[recipe]
-    spec = BASELINE.model_copy(update={"name": recipe.replace("_", "-"), **spec_changes})
+    spec, config_changes = RECIPES[recipe]
+    spec = spec.model_copy(update={"name": recipe.replace("_", "-")})
     config = PipelineConfig.from_dict(
         {
             "store_uri": f"file://{work / 'store'}",
@@ -141,6 +149,7 @@ def run_recipe(work: Path, args, recipe: str, seed: int, budget_minutes: float |
     history = ctx.store.get_json(ctx.model_key(mid, "history.json"))
     model = models.load_model(ctx.cached(ctx.model_key(mid, "model.keras")))
     flops = training_flops_per_image(model)
+    probabilities, labels = test_predictions(ctx, mid)
     return {
         "recipe": recipe,
         "seed": seed,
@@ -151,7 +160,9 @@ def run_recipe(work: Path, args, recipe: str, seed: int, budget_minutes: float |
         "check_s": checked,
         "train_s": sum(h["seconds"] for h in history),
         "best_val": max(h["val_accuracy"] for h in history),
-        "test": test_accuracy(ctx, mid),
+        "test": float((probabilities.argmax(axis=1) == labels).mean()),
+        "probabilities": probabilities,
+        "labels": labels,
         "images_per_s": meta["images_per_s"],
         "flops_per_image": flops,
         "flops_per_s": flops * meta["images_per_s"],
@@ -167,6 +178,21 @@ def spread(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f} (1 seed)"
     return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f} ({len(values)} seeds)"
+
+
+def ensemble_accuracies(rows: list[dict]) -> list[float]:
+    """Per seed where every ENSEMBLE recipe ran: test accuracy of their averaged probabilities (the
+    runs of one seed split the same images the same way; the labels are checked)."""
+    accuracies = []
+    for seed in dict.fromkeys(r["seed"] for r in rows):
+        members = [r for r in rows if r["seed"] == seed and r["recipe"] in ENSEMBLE]
+        if len(members) < len(ENSEMBLE):
+            continue
+        labels = members[0]["labels"]
+        assert all(np.array_equal(m["labels"], labels) for m in members), "the runs of one seed split differently"
+        mean = np.mean([m["probabilities"] for m in members], axis=0)
+        accuracies.append(float((mean.argmax(axis=1) == labels).mean()))
+    return accuracies
 
 
 def summarise(rows: list[dict], peak: float) -> None:
@@ -202,6 +228,9 @@ def summarise(rows: list[dict], peak: float) -> None:
             print(
                 f"    {t:.0%} validation accuracy after {np.mean(times):.0f} s in {len(times)} of {len(mine)} runs{ratio}"
             )
+    ensembles = ensemble_accuracies(rows)
+    if ensembles:
+        print(f"  ensemble of {', '.join(ENSEMBLE)} (soft vote): test accuracy {spread(ensembles)}")
     skipped = [
         f"{r['recipe']} seed {r['seed']}: stopped by the time budget at epoch {r['epochs']}"
         for r in rows
