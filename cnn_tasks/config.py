@@ -214,17 +214,17 @@ DEFAULT_EXPERIMENTS: tuple[ExperimentSpec, ...] = (
     ),
     ExperimentSpec(
         name="strided_elu",
-        description="Learned downsampling: stride-2 convolutions instead of pooling, from the first layer on "
-        "(32-64-128-256 filters); ELU; SGD with Nesterov momentum 0.9 and a one-cycle schedule; batch size 64. "
-        "Tests whether strided convolutions and a different optimiser match the baseline at three quarters of "
-        "its FLOPs.",
+        description="Learned downsampling: stride-2 convolutions instead of pooling after the first layer, "
+        "at the baseline's widths (32-48-96-192 filters, 6 layers); ELU; SGD with Nesterov momentum 0.9 and a "
+        "one-cycle schedule; batch size 64. Tests whether strided convolutions and a different optimiser match "
+        "the baseline at four fifths of its FLOPs.",
         conv=(
-            _block(32, strides=2),
-            _block(64),
-            _block(64, strides=2),
-            _block(128),
-            _block(128, strides=2),
-            _block(256),
+            _block(32),
+            _block(48, strides=2),
+            _block(48),
+            _block(96, strides=2),
+            _block(96),
+            _block(192, strides=2),
         ),
         activation="elu",
         optimizer="sgd",
