@@ -12,6 +12,8 @@ DATASET_URL ?=
 DATASET_CHECKSUM ?=
 UNLABELLED_URL ?=
 STORE_URI ?=
+# Tasks at a time in `make run` (default: CNN_PARALLEL_TASKS, else 1); above 1 they run under the LocalExecutor.
+PARALLEL ?=
 PYTEST_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
@@ -32,11 +34,12 @@ $(STAMP): requirements/requirements.lock
 	$(PY) -m pip install --quiet -r requirements/requirements.lock
 	@touch $(STAMP)
 
-## make run [CONF=settings.yaml] [PROFILE=quick] [DATASET_URL=/path/EuroSAT.zip] [STORE_URI=s3://bucket/prefix]
+## make run [CONF=settings.yaml] [PROFILE=quick] [DATASET_URL=/path/EuroSAT.zip] [STORE_URI=s3://bucket/prefix] [PARALLEL=2]
 ## Exits non-zero when any task failed; its last lines say which task failed, why, and where the partial report is.
 run: setup
 	CONF="$(CONF)" PROFILE="$(PROFILE)" DATASET_URL="$(DATASET_URL)" DATASET_CHECKSUM="$(DATASET_CHECKSUM)" \
-	UNLABELLED_URL="$(UNLABELLED_URL)" STORE_URI="$(STORE_URI)" $(PY) -m cnn_tasks run
+	UNLABELLED_URL="$(UNLABELLED_URL)" STORE_URI="$(STORE_URI)" $(if $(PARALLEL),CNN_PARALLEL_TASKS="$(PARALLEL)") \
+	$(PY) -m cnn_tasks run
 
 ## make test [PYTEST_ARGS="-k storage"]
 test: setup lint

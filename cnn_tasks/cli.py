@@ -22,18 +22,21 @@ imports no Airflow.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from cnn_tasks import DAG_ID, failures
+from cnn_tasks import DAG_ID, failures, runtime
 from cnn_tasks.champion import CHAMPION_KEY
 from cnn_tasks.config import EUROSAT_URL, ConfigError, PipelineConfig
 from cnn_tasks.context import safe_run_id
@@ -150,7 +153,16 @@ def failure_line(store, run_id: str | None) -> str:
 
 
 def run_pipeline(conf: dict[str, Any]) -> int:
-    """Run the DAG once on `conf` with `airflow dags test`; 0 when every task succeeded."""
+    """Run the DAG once on `conf` with `airflow dags test`; 0 when every task succeeded.
+
+    With CNN_PARALLEL_TASKS above 1, mapped tasks run that many at a time: `dags test --use-executor`
+    with the LocalExecutor, whose workers need an execution API, so one is served for the run
+    (`execution_api`); each training task then uses cores / CNN_PARALLEL_TASKS TensorFlow threads.
+    """
+    try:
+        tasks = runtime.parallel_tasks()
+    except ValueError as exc:  # a bad CNN_PARALLEL_TASKS (make run PARALLEL=...)
+        raise SettingsError(f"{exc} (make run PARALLEL=N sets it)") from None
     config = PipelineConfig.from_dict(conf, given=set(conf))
     if config.dataset_url == EUROSAT_URL:
         check_reachable(config.dataset_url)
@@ -162,14 +174,16 @@ def run_pipeline(conf: dict[str, Any]) -> int:
         "pools",
         "set",
         os.environ.get("CNN_TRAINING_POOL", "training"),
-        "2",
+        str(tasks),
         "CNN training tasks",
         stdout=subprocess.DEVNULL,
     )
     store = open_store(config.store_uri, endpoint_url=config.s3_endpoint_url)
     before = run_ids(store)
-    # `dags test` exits non-zero when the DAG run ends failed (any task failed: see the DAG docstring).
-    failed = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]).returncode != 0
+    command = [airflow_bin(), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
+    with execution_api(tasks) as env:
+        # `dags test` exits non-zero when the DAG run ends failed (any task failed: see the DAG docstring).
+        failed = subprocess.run(command + (["--use-executor"] if env else []), env=env).returncode != 0
     new = sorted(run_ids(store) - before)
     run_id = new[-1] if new else None
     report = report_url(store, run_id)
@@ -180,6 +194,75 @@ def run_pipeline(conf: dict[str, Any]) -> int:
         return 1
     print(f"\nReport: {report}")
     return 0
+
+
+@contextlib.contextmanager
+def execution_api(tasks: int, timeout: float = 180.0):
+    """For `tasks` > 1: the environment of a LocalExecutor with `tasks` slots, and an Airflow
+    api-server on a free local port for its workers (stopped on exit). For 1: None (no executor:
+    `dags test` runs each task in its own process, one after another)."""
+    if tasks == 1:
+        yield None
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = os.environ | {
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": str(tasks),
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(tasks),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__WORKERS": "1",
+        # the executor signs the workers' task tokens, the api-server checks them: one secret for both
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET") or secrets.token_urlsafe(32),
+        "CNN_PARALLEL_TASKS": str(tasks),
+    }
+    log_path = Path(env.get("AIRFLOW_HOME", ROOT / ".airflow")) / "api-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [airflow_bin(), "api-server", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers stop with it
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/api/v2/version", server, timeout, log_path)
+        print(f"  {tasks} tasks at a time (LocalExecutor; execution API on port {port})", flush=True)
+        yield env
+    finally:
+        stop_process_group(server)
+
+
+def wait_for_http(url: str, server: subprocess.Popen, timeout: float, log_path: Path) -> None:
+    """Poll `url` until it answers; PipelineError naming the log when the server exits or times out."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise PipelineError(f"the Airflow api-server exited with status {server.returncode}: see {log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(1)
+    stop_process_group(server)
+    raise PipelineError(f"the Airflow api-server did not answer on {url} within {timeout:.0f} s: see {log_path}")
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM to the process's group, SIGKILL after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 # ----------------------------------------------------------------------------- store commands

@@ -14,6 +14,7 @@ import pytest
 
 from cnn_tasks import cli
 from cnn_tasks.config import PipelineConfig
+from cnn_tasks.errors import PipelineError
 from cnn_tasks.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,9 +130,11 @@ def test_run_with_an_invalid_file_fails_before_airflow_starts(tmp_path, monkeypa
     assert "Running" not in proc.stdout
 
 
-def test_make_run_passes_conf_and_the_variables_to_the_cli():
+@pytest.mark.parametrize("parallel", [None, "2"])
+def test_make_run_passes_conf_and_the_variables_to_the_cli(parallel):
     proc = subprocess.run(
-        ["make", "--no-print-directory", "-n", "run", "CONF=my.yaml", "PROFILE=quick"],
+        ["make", "--no-print-directory", "-n", "run", "CONF=my.yaml", "PROFILE=quick"]
+        + ([f"PARALLEL={parallel}"] if parallel else []),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -145,6 +148,7 @@ def test_make_run_passes_conf_and_the_variables_to_the_cli():
     assert line.startswith('CONF="my.yaml" PROFILE="quick" DATASET_URL="" '), line
     assert line.endswith("-m cnn_tasks run"), line
     assert 'STORE_URI=""' in line
+    assert ('CNN_PARALLEL_TASKS="2"' in line) == bool(parallel)
 
 
 def test_report_prints_the_latest_runs_report(tmp_path):
@@ -299,3 +303,31 @@ def test_tensorboard_serves_the_latest_runs_logs(store_with_logs, tmp_path):
             raise
     assert proc.returncode == 0, output
     assert output.startswith(f"run {SAFE_RUN}: TensorBoard logs of small__balanced, small__unbalanced"), output
+
+
+def test_a_bad_parallel_setting_fails_before_airflow_starts(monkeypatch, capsys):
+    monkeypatch.setenv("CNN_PARALLEL_TASKS", "two")
+    assert cli.main(["run", "--conf", str(ROOT / "examples" / "my_dataset_128px.yaml")]) == 1
+    err = capsys.readouterr()
+    assert (
+        err.err.strip()
+        == "Invalid setting: CNN_PARALLEL_TASKS: 'two' is not a whole number (make run PARALLEL=N sets it)"
+    )
+    assert "Running" not in err.out
+
+
+def test_one_task_at_a_time_needs_no_executor_or_api_server():
+    with cli.execution_api(1) as env:
+        assert env is None
+
+
+def test_an_api_server_that_exits_or_never_answers_fails_the_run_naming_its_log(tmp_path):
+    log = tmp_path / "api-server.log"
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
+    exited.wait()
+    with pytest.raises(PipelineError, match=rf"exited with status 3: see {log}"):
+        cli.wait_for_http("http://127.0.0.1:9/", exited, 10, log)
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    with pytest.raises(PipelineError, match=rf"did not answer on http://127.0.0.1:9/ within 2 s: see {log}"):
+        cli.wait_for_http("http://127.0.0.1:9/", silent, 2, log)
+    assert silent.poll() is not None  # stopped, not left behind

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -119,13 +120,33 @@ def assert_complete_run(store) -> dict:
     return summary
 
 
-def test_whole_dag_with_local_store(airflow_env, served_dataset, tmp_path):
+def overlapping_tasks(store, prefix: str, task: str) -> list[tuple[str, str]]:
+    """Pairs of `task`'s mapped instances whose wall times (from runs/<id>/timings/) overlapped."""
+    spans = []
+    for key in store.list(f"{prefix}/timings/{task}."):
+        timing = store.get_json(key)
+        end = datetime.fromisoformat(timing["at"]).timestamp()
+        spans.append((end - timing["seconds"], end, timing["task"]))
+    spans.sort()
+    return [(a[2], b[2]) for i, a in enumerate(spans) for b in spans[i + 1 :] if b[0] < a[1]]
+
+
+def test_whole_dag_with_local_store_two_tasks_at_a_time(airflow_env, served_dataset, tmp_path):
+    """`make run PARALLEL=2`: the LocalExecutor runs mapped tasks side by side, and the run completes."""
     url, checksum, unlabelled = served_dataset
     store_uri = f"file://{tmp_path / 'store'}"
-    conf = tiny_conf(url, checksum, store_uri) | {"unlabelled_url": str(unlabelled)}
-    run_dag(airflow_env, conf, tmp_path / "dags_test.log")
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(tiny_conf(url, checksum, store_uri) | {"unlabelled_url": str(unlabelled)}))
+    env = airflow_env | {"CONF": str(settings), "CNN_PARALLEL_TASKS": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnn_tasks", "run"], env=env, capture_output=True, text=True, timeout=1500, cwd=ROOT
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert "2 tasks at a time (LocalExecutor" in proc.stdout
     store = open_store(store_uri)
-    assert_complete_run(store)
+    summary = assert_complete_run(store)
+    assert proc.stdout.strip().splitlines()[-1].startswith("Report: file://")
+    assert overlapping_tasks(store, f"runs/{summary['run_id']}", "train"), "no two training tasks overlapped"
     predictions = [k for k in store.list("runs/") if k.endswith("report/predictions.csv")]
     assert predictions, "predictions.csv missing"
     rows = store.get_text(predictions[0]).strip().splitlines()
