@@ -262,7 +262,7 @@ QUICK_PROFILE: dict[str, Any] = {
     "image_size": 32,
     "epochs": 8,
     "min_images_per_class": 10,
-    "filter_pattern_steps": 10,
+    "filter_pattern_steps": 20,
 }
 
 
