@@ -65,9 +65,10 @@ RUN ?=
 tensorboard: setup
 	$(PY) -m cnn_tasks tensorboard $(if $(RUN),"$(RUN)") --store "$(or $(STORE_URI),$(CNN_STORE_URI))"
 
-## make bench: the data, input-pipeline and filter-pattern benchmarks (bench_quality.py takes hours: see README)
+## make bench: the data, input-pipeline, filter-pattern and model-cost benchmarks (minutes; the time-to-accuracy,
+## quality and parallel-run benchmarks take longer: see docs/benchmarks.md)
 bench: setup
-	$(PY) bench/bench_prepare.py && $(PY) bench/bench_train.py && $(PY) bench/bench_filters.py
+	$(PY) bench/bench_prepare.py && $(PY) bench/bench_train.py && $(PY) bench/bench_filters.py && $(PY) bench/bench_models.py
 
 ## make lock: re-resolve requirements/requirements.in into exact pins
 lock:
