@@ -12,8 +12,9 @@ DATASET_URL ?=
 DATASET_CHECKSUM ?=
 UNLABELLED_URL ?=
 STORE_URI ?=
-# Tasks at a time in `make run` (default: CNN_PARALLEL_TASKS, else 1); above 1 they run under the LocalExecutor.
-PARALLEL ?=
+# Tasks at a time in `make run`; above 1 they run under the LocalExecutor. 2 was faster than 1 on 2 cores
+# (bench/bench_parallel.py, docs/benchmarks.md).
+PARALLEL ?= 2
 PYTEST_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)

@@ -234,11 +234,13 @@ def test_make_run_fails_when_download_fails_and_says_why(airflow_env, escaping_a
     its last lines say which task failed and why, and where the partial report is."""
     store_uri = f"file://{tmp_path / 'store'}"
     env = airflow_env | {"PROFILE": "quick", "DATASET_URL": str(escaping_archive), "STORE_URI": store_uri}
+    env["CNN_PARALLEL_TASKS"] = "2"  # as `make run` sets it by default
     proc = subprocess.run(
         [sys.executable, "-m", "cnn_tasks", "run"], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-4000:]
+    assert "2 tasks at a time (LocalExecutor" in proc.stdout
     last = proc.stderr.strip().splitlines()[-2:]
     assert last[0].startswith("FAILED: download: DownloadError: unsafe archive member '../escape.txt'"), output[-4000:]
     assert "would write outside the extraction folder" in last[0]
