@@ -374,7 +374,10 @@ def test_annealing_schedules_end_at_a_hundredth_of_the_rate_and_one_cycle_warms_
     rates = np.array([float(schedule_fn(step)) for step in range(0, 101, 5)])
     assert rates[-1] == pytest.approx(1e-4, rel=1e-3)
     if schedule == "cosine":
-        assert rates[0] == pytest.approx(0.01) and np.all(np.diff(rates) <= 0)
+        assert rates[0] == pytest.approx(0.01)
+        assert np.all(np.diff(rates) <= 0)
     else:  # 10 warm-up steps from a tenth of the rate to the rate, then down
-        assert rates[0] == pytest.approx(1e-3) and rates[2] == pytest.approx(0.01)
-        assert np.all(np.diff(rates[:3]) > 0) and np.all(np.diff(rates[2:]) <= 0)
+        assert rates[0] == pytest.approx(1e-3)
+        assert rates[2] == pytest.approx(0.01)
+        assert np.all(np.diff(rates[:3]) > 0)
+        assert np.all(np.diff(rates[2:]) <= 0)

@@ -125,7 +125,8 @@ def test_gradient_ascent_increases_each_filters_activation(model):
 def test_jitter_and_smoothing_make_patterns_smoother_than_plain_ascent(model):
     plain, before, plain_after = visualize.filter_patterns(model, "conv3", list(range(8)), steps=12, regularise=False)
     smooth, _, smooth_after = visualize.filter_patterns(model, "conv3", list(range(8)), steps=12)
-    assert np.all(plain_after > before) and np.all(smooth_after > before)
+    assert np.all(plain_after > before)
+    assert np.all(smooth_after > before)
     assert visualize.high_frequency_share(smooth) < 0.7 * visualize.high_frequency_share(plain)
 
 
@@ -147,8 +148,9 @@ def test_separable_models_show_their_separable_layers_and_the_first_layers_kerne
     assert names == [f"conv{i}" for i in range(1, len(spec.conv) + 1)]
     assert visualize.default_filter_layers(model) == ["conv1", names[len(names) // 2], names[-1]]
     assert visualize.first_layer_kernels(model).shape == (spec.conv[0].filters, 3, 3, 3)
-    patterns, _, after = visualize.filter_patterns(model, names[-1], [0, 1], steps=4)  # untrained: no claim on
-    assert patterns.shape == (2, 32, 32, 3) and np.all(np.isfinite(after))  # the activation reached
+    patterns, _, after = visualize.filter_patterns(model, names[-1], [0, 1], steps=4)
+    assert patterns.shape == (2, 32, 32, 3)
+    assert np.all(np.isfinite(after))  # untrained: no claim on the activation reached
 
 
 def test_first_layer_kernels_one_tile_per_filter(model):
