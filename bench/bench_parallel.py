@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_time_to_accuracy import EUROSAT_ZIP, machine  # noqa: E402
 
+from cnn_tasks.failures import read_timings  # noqa: E402
 from cnn_tasks.storage import open_store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def spans(store, prefix: str, task: str) -> list[tuple[float, float]]:
     """(start, end) epoch seconds of each instance of `task`, from the run's timings."""
-    out = []
-    for key in store.list(f"{prefix}/timings/{task}."):
-        timing = store.get_json(key)
-        end = datetime.fromisoformat(timing["at"]).timestamp()
-        out.append((end - timing["seconds"], end))
-    return out
+    ends = [
+        (datetime.fromisoformat(t["at"]).timestamp(), t["seconds"])
+        for t in read_timings(store, prefix)
+        if t["task_id"] == task
+    ]
+    return [(end - seconds, end) for end, seconds in ends]
 
 
 def run_once(work: Path, settings: Path, parallel: int) -> dict:

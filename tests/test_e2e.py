@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cnn_tasks import DAG_ID, cli
+from cnn_tasks.failures import read_timings
 from cnn_tasks.storage import open_store
 from tests.airflow_stack import aws_connection, served_tiny_dataset, tiny_conf
 from tests.imagegen import make_dataset
@@ -123,10 +124,10 @@ def assert_complete_run(store) -> dict:
 def overlapping_tasks(store, prefix: str, task: str) -> list[tuple[str, str]]:
     """Pairs of `task`'s mapped instances whose wall times (from runs/<id>/timings/) overlapped."""
     spans = []
-    for key in store.list(f"{prefix}/timings/{task}."):
-        timing = store.get_json(key)
-        end = datetime.fromisoformat(timing["at"]).timestamp()
-        spans.append((end - timing["seconds"], end, timing["task"]))
+    for timing in read_timings(store, prefix):
+        if timing["task_id"] == task:
+            end = datetime.fromisoformat(timing["at"]).timestamp()
+            spans.append((end - timing["seconds"], end, timing["task"]))
     spans.sort()
     return [(a[2], b[2]) for i, a in enumerate(spans) for b in spans[i + 1 :] if b[0] < a[1]]
 
