@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from cnn_tasks import DAG_ID, failures, runtime
+from cnn_tasks import DAG_ID, failures, reuse, runtime
 from cnn_tasks.champion import CHAMPION_KEY
 from cnn_tasks.config import EUROSAT_URL, ConfigError, PipelineConfig
 from cnn_tasks.context import safe_run_id
@@ -192,6 +192,9 @@ def run_pipeline(conf: dict[str, Any]) -> int:
         print(failure_line(store, run_id), file=sys.stderr)
         print(f"Partial report: {report}" if report else "No report was written.", file=sys.stderr)
         return 1
+    stopped = f"runs/{run_id}/{reuse.STOPPED}"
+    if run_id and store.exists(stopped):
+        print(f"\nStopped after ingest: {store.get_json(stopped)['why']}")
     print(f"\nReport: {report}")
     return 0
 

@@ -43,6 +43,7 @@ Head = Literal["flatten", "global_average", "global_max"]
 PromotionMetric = Literal["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
 PredefinedSplit = Literal["auto", "ignore", "require"]
 ImageFit = Literal["squash", "pad", "center_crop"]
+SkipUnchanged = Literal["auto", "always", "never"]
 Augment = Literal["auto", "aerial", "natural", "none"]
 
 REBALANCE_STRATEGIES: tuple[str, ...] = get_args(Rebalance)
@@ -141,6 +142,7 @@ SLUG = _rule(
 DATA = {"section": "Data preparation"}
 TRAINING = {"section": "Model and training"}
 PROMOTION = {"section": "Promotion"}
+RETRAINING = {"section": "Retraining"}
 STORAGE = {"section": "Storage"}
 
 
@@ -516,6 +518,34 @@ class PipelineConfig(_Settings):
         title="Minimum accuracy to promote",
         json_schema_extra=PROMOTION,
         description="Guard: a model below this test accuracy is never promoted.",
+    )
+
+    skip_unchanged: SkipUnchanged = Field(
+        "auto",
+        title="Stop when nothing changed",
+        json_schema_extra=RETRAINING,
+        description=(
+            "Stop right after ingest when the dataset's content and the model settings equal the champion's: 'auto' "
+            "for scheduled and dataset-triggered runs (a manual run always trains), 'always', or 'never'."
+        ),
+    )
+    recompute: StrictBool = Field(
+        False,
+        title="Recompute data stages",
+        json_schema_extra=RETRAINING,
+        description=(
+            "Compute download, split and rebalance afresh. Off: a stage whose input, settings and code equal an earlier "
+            "run's copies that run's outputs (the report says which run)."
+        ),
+    )
+    reuse_models: StrictBool = Field(
+        False,
+        title="Reuse trained models",
+        json_schema_extra=RETRAINING,
+        description=(
+            "Copy a model an earlier run trained from the same data, experiment spec, seed and training settings "
+            "instead of training it again."
+        ),
     )
 
     store_uri: Annotated[str, STORE_SCHEME] = Field(

@@ -221,6 +221,8 @@ class Results(Contract):
     stage_times: list[dict[str, Any]]
     warnings: list[str]
     models: int
+    stopped: str | None = None  # why the run stopped after ingest (nothing changed), or None
+    reused: list[dict[str, Any]] = []  # stages whose outputs were copied from an earlier run
 
 
 class Summary(Contract):

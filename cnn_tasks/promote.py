@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from cnn_tasks import data, models
+from cnn_tasks import data, models, reuse
 from cnn_tasks.champion import CHAMPION_KEY, candidate_rows, champion_model_key, history_key, pick_candidate
 from cnn_tasks.contracts import Promotion
 from cnn_tasks.metrics import classification_metrics
@@ -186,6 +186,9 @@ def run(ctx) -> dict:
             "image_size": info.get("image_size"),
             "image_fit": data.image_fit(info),
             "dataset_sha256": info.get("dataset_sha256"),
+            # What the nothing-changed check compares a later run with (cnn_tasks.reuse).
+            "data_digest": (reuse.run_record(ctx, "download") or {}).get("data_digest"),
+            "settings_digest": reuse.model_settings_digest(cfg),
             "promoted_at": utc_stamp(),
             "ensemble": None if best["kind"] == "model" else {"name": best["name"], "value": best[metric]},
             "previous_run_id": previous.get("run_id") if previous else None,

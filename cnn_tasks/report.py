@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import jinja2
 
-from cnn_tasks import SPLIT_NAMES, SPLITS, runtime
+from cnn_tasks import SPLIT_NAMES, SPLITS, reuse, runtime
 from cnn_tasks.contracts import Contract, DatasetInfo, EnsembleSummary, ModelMeta, ModelMetrics, Promotion, Summary
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,8 @@ class Run:
         self.predictions = read_json(ctx, ctx.report_key("predictions.json"))
         self.failures = read_failures(ctx.store, ctx.prefix)
         self.timings = read_timings(ctx.store, ctx.prefix)
+        self.reuse = reuse.read_run_records(ctx)
+        self.stopped = read_json(ctx, reuse.stopped_key(ctx))
         self.versions = runtime.package_versions()
 
     def rel(self, key: str) -> str:
@@ -253,7 +255,7 @@ def warnings(run: Run) -> list[str]:
         reasons = ", ".join(f"{r}: {n}" for r, n in (ingest.get("rejected_by_reason") or {}).items())
         out.append(f"{ingest['rejected']} file(s) rejected ({reasons}): see Rejected files.")
     missing = [m for m in expected_model_ids(run.ctx) if m not in run.metas]
-    if missing:
+    if missing and not run.stopped:  # a run stopped because nothing changed trains nothing, by design
         out.append(f"Not trained: {', '.join(missing)}.")
     if run.ensemble and run.ensemble.get("not_run"):
         out.append(f"Ensembles not built: {run.ensemble['not_run']}.")
@@ -280,7 +282,18 @@ def results(run: Run) -> dict:
         "stage_times": stage_times(run),
         "warnings": warnings(run),
         "models": len(run.model_ids),
+        "stopped": (run.stopped or {}).get("why"),
+        "reused": reused_rows(run),
     }
+
+
+def reused_rows(run: Run) -> list[dict]:
+    """One row per stage this run copied from an earlier run, with the key that matched."""
+    return [
+        {"stage": r["name"].replace(".", " "), "reused from run": r["reused_from"], "key": r["key"][:12]}
+        for r in run.reuse
+        if r.get("reused_from")
+    ]
 
 
 # ----------------------------------------------------------------------------- sections

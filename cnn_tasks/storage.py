@@ -89,6 +89,10 @@ class ArtifactStore:
         """The object's size and its bytes in chunks; StoreError if it does not exist."""
         raise NotImplementedError
 
+    def copy(self, source: str, target: str) -> str:
+        """Copy the object at `source` to `target` inside the store, without passing it through this host."""
+        raise NotImplementedError
+
     # -- conveniences built on the above
     def put_json(self, key: str, value: Any) -> str:
         data = json.dumps(value, indent=2, sort_keys=True, default=_json_default).encode()
@@ -233,6 +237,22 @@ class LocalStore(ArtifactStore):
 
         return ObjectStream(path.stat().st_size, chunks())
 
+    def copy(self, source, target):
+        src = self.path(source)
+        if not src.is_file():
+            raise StoreError(f"{self.url(source)} does not exist: did the stage that writes it run?")
+        dst = self.path(target)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
+        tmp.unlink(missing_ok=True)
+        try:  # a hard link costs nothing; every write replaces a file, so the copies never change together
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        tmp.unlink(missing_ok=True)  # renaming onto a link to the same file leaves the name behind
+        return self.url(target)
+
 
 class S3Store(ArtifactStore):
     """A prefix inside an S3-compatible bucket (AWS, MinIO, moto), through a boto3 client."""
@@ -320,6 +340,24 @@ class S3Store(ArtifactStore):
                 raise self._missing(key, exc) from None
 
         return _atomic_download(path, download)
+
+    def copy(self, source, target):
+        from botocore.exceptions import ClientError
+
+        if source == target:  # S3 refuses to copy an object onto itself
+            if not self.exists(source):
+                raise StoreError(f"{self.url(source)} does not exist: did the stage that writes it run?")
+            return self.url(target)
+        try:  # a managed copy: server-side, multipart above 5 GB
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self._key(source)},
+                self.bucket,
+                self._key(target),
+                Config=self._transfer_config(),
+            )
+        except ClientError as exc:
+            raise self._missing(source, exc) from None
+        return self.url(target)
 
     def _missing(self, key: str, exc: Exception) -> Exception:
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")

@@ -196,27 +196,39 @@ def cnn_image_classification():
 
         return _stage(record)
 
+    # The data stages and training go through cnn_tasks.reuse: a stage whose input, settings and code
+    # equal an earlier run's copies that run's outputs (training only with reuse_models).
     @task
     def download() -> dict:
-        from cnn_tasks import download
+        from cnn_tasks import download, reuse
 
-        return _stage(download.run)
+        return _stage(reuse.data_stage, "download", download.run)
+
+    # Stops the run after ingest when nothing changed since the champion (skip_unchanged): the
+    # tasks after it are skipped; report and all_stages_succeeded still run.
+    @task.short_circuit(ignore_downstream_trigger_rules=False, retries=0)
+    def changed_since_champion() -> bool:
+        from cnn_tasks import reuse
+
+        dag_run = get_current_context()["dag_run"]
+        run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
+        return _stage(reuse.stop_if_unchanged, run_type)
 
     @task
     def split() -> dict:
-        from cnn_tasks import split
+        from cnn_tasks import reuse, split
 
-        return _stage(split.run)
+        return _stage(reuse.data_stage, "split", split.run)
 
     @task
     def rebalance() -> list[dict]:
         """Write the training data variants; return the training runs over them, which the training
         tasks map over: [{"experiment": ..., "variant": ...}], one variant only with rebalance=none."""
-        from cnn_tasks import rebalance
+        from cnn_tasks import rebalance, reuse
         from cnn_tasks.variants import training_runs
 
         def write(ctx):
-            rebalance.run(ctx)
+            reuse.data_stage(ctx, "rebalance", rebalance.run)
             return training_runs(ctx.config)
 
         return _stage(write)
@@ -233,9 +245,9 @@ def cnn_image_classification():
         map_index_template="{{ task.op_kwargs['experiment'] }} / {{ task.op_kwargs['variant'] }}",
     )
     def train(experiment: str, variant: str) -> dict:
-        from cnn_tasks import train
+        from cnn_tasks import reuse, train
 
-        return _stage(train.run, experiment, variant)
+        return _stage(reuse.train_stage, train.run, experiment, variant)
 
     @task(map_index_template=MODEL_LABEL)
     def visualize(trained: dict) -> dict:
@@ -305,7 +317,9 @@ def cnn_image_classification():
 
     # Stages that only follow one another are ordered with >>; data passes through the store.
     experiments = configure()
-    training_runs = experiments >> download() >> split() >> rebalance()  # `a >> b` is b: tasks made in order
+    training_runs = (  # `a >> b` is b: tasks made in order
+        experiments >> download() >> changed_since_champion() >> split() >> rebalance()
+    )
     checks = single_batch_check.expand(experiment=experiments)
     training_runs >> checks
     # One training task per experiment x data variant (one variant only with rebalance=none).

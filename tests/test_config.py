@@ -199,7 +199,14 @@ def test_field_schemas_are_flat_and_grouped_for_the_trigger_form():
     assert list(schemas)[0] == "profile"  # the profile and the most-used fields first, without a section
     assert not any("section" in schemas[name] for name in ("profile", "dataset_url", "image_size", "epochs"))
     sections = [schema.get("section") for schema in schemas.values()]
-    assert list(dict.fromkeys(sections)) == [None, "Data preparation", "Model and training", "Promotion", "Storage"]
+    assert list(dict.fromkeys(sections)) == [
+        None,
+        "Data preparation",
+        "Model and training",
+        "Promotion",
+        "Retraining",
+        "Storage",
+    ]
     assert sections == sorted(sections, key=list(dict.fromkeys(sections)).index)  # each section in one block
     for name, schema in schemas.items():
         assert "anyOf" not in schema, name

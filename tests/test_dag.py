@@ -27,7 +27,8 @@ def load_dag(tmp_path, **env):
         "if dag:\n"
         "    out['tasks'] = {t.task_id: {'up': sorted(t.upstream_task_ids), 'mapped': type(t).__name__.endswith('MappedOperator'),\n"
         "                   'pool': t.pool, 'retries': t.retries, 'timeout': t.execution_timeout.total_seconds(),\n"
-        "                   'backoff': t.retry_exponential_backoff, 'trigger_rule': getattr(t.trigger_rule, 'value', t.trigger_rule),\n"
+        "                   'backoff': t.retry_exponential_backoff, 'kind': type(t).__name__,\n"
+        "                   'ignores_downstream_rules': getattr(t, 'ignore_downstream_trigger_rules', None), 'trigger_rule': getattr(t.trigger_rule, 'value', t.trigger_rule),\n"
         "                   'label': getattr(t, 'map_index_template', None) or (t.partial_kwargs.get('map_index_template') if hasattr(t, 'partial_kwargs') else None)} for t in dag.tasks}\n"
         "    out['params'] = {k: {**dag.params.get_param(k).schema, 'description': dag.params.get_param(k).description} for k in dag.params}\n"
         "    out['defaults'] = {k: dag.params.get_param(k).value for k in dag.params}\n"
@@ -71,7 +72,8 @@ def test_tasks_and_dependencies(parsed):
     expected_upstream = {
         "configure": [],
         "download": ["configure"],
-        "split": ["download"],
+        "changed_since_champion": ["download"],
+        "split": ["changed_since_champion"],
         "rebalance": ["split"],
         "single_batch_check": ["configure", "rebalance"],
         "train": ["rebalance", "single_batch_check"],
@@ -87,6 +89,15 @@ def test_tasks_and_dependencies(parsed):
     # tasks are made in pipeline order: the final task lists failed and not-run tasks in this order
     assert list(tasks) == list(expected_upstream)
     assert {t for t, v in tasks.items() if v["mapped"]} == {"single_batch_check", "train", "visualize", "evaluate"}
+
+
+def test_an_unchanged_run_stops_after_ingest_but_still_reports(parsed):
+    """The nothing-changed check is a short-circuit right after download that skips only the tasks
+    it leads to by their own trigger rules: report and all_stages_succeeded (all_done) still run."""
+    check = parsed["tasks"]["changed_since_champion"]
+    assert check["kind"] == "_ShortCircuitDecoratedOperator"
+    assert check["ignores_downstream_rules"] is False
+    assert check["retries"] == 0
 
 
 def test_a_failed_stage_fails_the_run_after_the_report(parsed):
@@ -149,7 +160,7 @@ def test_params_lay_out_the_trigger_form_in_sections(parsed):
     assert {"image_size", "epochs", "classes"} <= set(main)
     assert not any("section" in params[n] for n in main)
     sections = list(dict.fromkeys(params[n].get("section") for n in names))
-    assert sections == [None, "Data preparation", "Model and training", "Promotion", "Storage"]
+    assert sections == [None, "Data preparation", "Model and training", "Promotion", "Retraining", "Storage"]
     assert params["experiments"]["section"] == "Model and training"
     assert params["store_uri"]["section"] == "Storage"
 

@@ -160,8 +160,31 @@ def test_whole_dag_with_s3_store_on_moto(airflow_env, served_dataset, tmp_path):
     url, checksum, _ = served_dataset
     with moto_s3("cnn-artifacts") as endpoint:
         env = airflow_env | {"AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint)}
-        run_dag(env, tiny_conf(url, checksum, "s3://cnn-artifacts/e2e"), tmp_path / "dags_test.log")
-        assert_complete_run(open_store("s3://cnn-artifacts/e2e", endpoint_url=endpoint))
+        conf = tiny_conf(url, checksum, "s3://cnn-artifacts/e2e")
+        run_dag(env, conf, tmp_path / "dags_test.log")
+        store = open_store("s3://cnn-artifacts/e2e", endpoint_url=endpoint)
+        first = assert_complete_run(store)["run_id"]
+        # Run again with nothing changed: ingest is copied from the first run, and the run stops there.
+        run_dag(env, conf | {"skip_unchanged": "always"}, tmp_path / "unchanged.log")
+        assert_stopped_after_ingest(env, store, first)
+
+
+def assert_stopped_after_ingest(env: dict, store, champion_run: str) -> None:
+    """The newest run stopped after ingest because nothing changed since `champion_run`: it succeeded,
+    skipped every stage after the check, reused the champion run's ingest and says why."""
+    run_id, state, tasks = dag_run_states(env)
+    assert state == "success", tasks
+    states = {task: s for (task, _), (s, _) in tasks.items()}
+    assert states["changed_since_champion"] == "success"
+    after = ("split", "rebalance", "single_batch_check", "train", "visualize", "evaluate", "ensemble", "promote")
+    assert {t: states[t] for t in after} == dict.fromkeys(after, "skipped")
+    assert states["report"] == states["all_stages_succeeded"] == "success"
+    prefix = f"runs/{safe(run_id)}"
+    assert store.get_json(f"{prefix}/reuse/download.json")["reused_from"] == champion_run
+    why = store.get_json(f"{prefix}/stopped.json")["why"]
+    assert f"nothing changed since champion run {champion_run}" in why
+    assert "Stopped after ingest" in store.get_text(f"{prefix}/report/index.html")
+    assert store.get_json(f"{prefix}/report/summary.json")["results"]["stopped"] == why
 
 
 def run_dag_expecting_failure(env: dict, conf: dict, log: Path) -> str:

@@ -47,6 +47,18 @@ def test_files_round_trip_and_missing_key_is_named(store, tmp_path):
         store.get_bytes("runs/r3/missing.json")
 
 
+def test_copy_makes_an_independent_object_and_names_a_missing_source(store):
+    store.put_bytes("runs/a/shard.tfrecord", b"first")
+    store.copy("runs/a/shard.tfrecord", "runs/b/shard.tfrecord")
+    assert store.get_bytes("runs/b/shard.tfrecord") == b"first"
+    store.put_bytes("runs/a/shard.tfrecord", b"rewritten")  # a copy never changes with its source
+    assert store.get_bytes("runs/b/shard.tfrecord") == b"first"
+    store.copy("runs/b/shard.tfrecord", "runs/b/shard.tfrecord")  # onto itself: unchanged, nothing left over
+    assert store.list("runs/b/") == ["runs/b/shard.tfrecord"]
+    with pytest.raises(StoreError, match="runs/a/missing does not exist"):
+        store.copy("runs/a/missing", "runs/b/missing")
+
+
 @pytest.mark.parametrize("key", ["../escape", "/abs/key", "runs/../../x", ""])
 def test_keys_cannot_escape_the_store(store, key):
     with pytest.raises(StoreError, match="invalid artifact key"):
