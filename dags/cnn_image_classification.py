@@ -10,6 +10,8 @@ Deployment settings (environment variables, read at parse time):
   CNN_RETRAIN_ON_ASSET  "true" to also run when the dataset Asset is updated
   CNN_STORE_URI, CNN_S3_ENDPOINT_URL, CNN_AWS_CONN_ID, CNN_DATASET_URL   Param defaults
   CNN_TRAINING_POOL     pool for training tasks (default "training")
+  CNN_TRAINING_QUEUE    Celery queue for the tasks that gain from a GPU (single-batch check,
+                        train, visualize); default: the normal queue
   CNN_TRAIN_TIMEOUT_HOURS  execution timeout of one training task (default 6)
 
 A failed stage fails the run. `report` runs whatever happened upstream (trigger rule all_done)
@@ -31,6 +33,8 @@ from cnn_tasks import DAG_ID
 from cnn_tasks.config import field_schemas
 
 TRAINING_POOL = os.environ.get("CNN_TRAINING_POOL", "training")
+# The GPU worker listens on this queue (docker-compose.yaml); unset, every task uses the normal queue.
+TRAINING_QUEUE = {"queue": q} if (q := os.environ.get("CNN_TRAINING_QUEUE", "").strip()) else {}
 # Updating this Asset (from a producer DAG or the REST API) announces new training data.
 DATASET_ASSET = Asset(name="cnn_training_dataset", uri="cnn://training-dataset")
 MODEL_LABEL = "{{ task.op_kwargs['trained']['model_id'] | replace('__', ' / ') }}"  # grid label of a mapped task
@@ -233,7 +237,7 @@ def cnn_image_classification():
 
         return _stage(write)
 
-    @task(retries=0, map_index_template="{{ task.op_kwargs['experiment'] }}")
+    @task(retries=0, map_index_template="{{ task.op_kwargs['experiment'] }}", **TRAINING_QUEUE)
     def single_batch_check(experiment: str) -> dict:
         from cnn_tasks import train
 
@@ -243,13 +247,14 @@ def cnn_image_classification():
         pool=TRAINING_POOL,
         execution_timeout=timedelta(hours=float(os.environ.get("CNN_TRAIN_TIMEOUT_HOURS", 6))),
         map_index_template="{{ task.op_kwargs['experiment'] }} / {{ task.op_kwargs['variant'] }}",
+        **TRAINING_QUEUE,
     )
     def train(experiment: str, variant: str) -> dict:
         from cnn_tasks import reuse, train
 
         return _stage(reuse.train_stage, train.run, experiment, variant)
 
-    @task(map_index_template=MODEL_LABEL)
+    @task(map_index_template=MODEL_LABEL, **TRAINING_QUEUE)  # gradient ascent and Grad-CAM
     def visualize(trained: dict) -> dict:
         from cnn_tasks import visualize
 

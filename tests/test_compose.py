@@ -146,6 +146,17 @@ def test_gpu_worker_is_an_optional_profile():
     assert all("profiles" not in SERVICES[s] for s in SERVICES if s != "airflow-worker-gpu")
 
 
+def test_the_gpu_worker_listens_on_the_training_queue_every_service_routes_to():
+    """The DAG (parsed by every service) and the GPU worker read the same CNN_TRAINING_QUEUE: set,
+    training waits for the GPU worker; unset, the GPU worker shares the normal queue."""
+    command = SERVICES["airflow-worker-gpu"]["command"]
+    assert interpolate(command, {"CNN_TRAINING_QUEUE": "gpu"}) == "celery worker --queues gpu"
+    assert interpolate(command, {}) == "celery worker --queues default"
+    assert interpolate(SERVICES["airflow-worker"]["command"], {"CNN_TRAINING_QUEUE": "gpu"}) == "celery worker"
+    for service in AIRFLOW:
+        assert interpolate(env(service)["CNN_TRAINING_QUEUE"], {"CNN_TRAINING_QUEUE": "gpu"}) == "gpu"
+
+
 def test_dockerfile_installs_the_pinned_lock_on_the_official_image():
     dockerfile = (ROOT / "Dockerfile").read_text()
     lock = (ROOT / "requirements/requirements.lock").read_text()

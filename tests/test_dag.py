@@ -27,7 +27,7 @@ def load_dag(tmp_path, **env):
         "if dag:\n"
         "    out['tasks'] = {t.task_id: {'up': sorted(t.upstream_task_ids), 'mapped': type(t).__name__.endswith('MappedOperator'),\n"
         "                   'pool': t.pool, 'retries': t.retries, 'timeout': t.execution_timeout.total_seconds(),\n"
-        "                   'backoff': t.retry_exponential_backoff, 'kind': type(t).__name__,\n"
+        "                   'backoff': t.retry_exponential_backoff, 'kind': type(t).__name__, 'queue': t.queue,\n"
         "                   'ignores_downstream_rules': getattr(t, 'ignore_downstream_trigger_rules', None), 'trigger_rule': getattr(t.trigger_rule, 'value', t.trigger_rule),\n"
         "                   'label': getattr(t, 'map_index_template', None) or (t.partial_kwargs.get('map_index_template') if hasattr(t, 'partial_kwargs') else None)} for t in dag.tasks}\n"
         "    out['params'] = {k: {**dag.params.get_param(k).schema, 'description': dag.params.get_param(k).description} for k in dag.params}\n"
@@ -89,6 +89,16 @@ def test_tasks_and_dependencies(parsed):
     # tasks are made in pipeline order: the final task lists failed and not-run tasks in this order
     assert list(tasks) == list(expected_upstream)
     assert {t for t, v in tasks.items() if v["mapped"]} == {"single_batch_check", "train", "visualize", "evaluate"}
+
+
+GPU_TASKS = {"single_batch_check", "train", "visualize"}
+
+
+def test_gpu_tasks_go_to_the_training_queue_when_one_is_named(parsed, tmp_path):
+    assert {t["queue"] for t in parsed["tasks"].values()} == {"default"}
+    routed = load_dag(tmp_path, CNN_TRAINING_QUEUE="gpu")["tasks"]
+    assert {name for name, t in routed.items() if t["queue"] == "gpu"} == GPU_TASKS
+    assert {t["queue"] for name, t in routed.items() if name not in GPU_TASKS} == {"default"}
 
 
 def test_an_unchanged_run_stops_after_ingest_but_still_reports(parsed):

@@ -2,11 +2,12 @@
 
 Airflow metadata in a PostgreSQL database created (and dropped) by the test, the CeleryExecutor
 with Redis as broker (a dedicated Redis db, flushed before and after), the scheduler,
-dag-processor, api-server and two Celery workers (`w1`, `w2`, concurrency 1 each) as separate
-processes, and the artifact store on a moto S3 server reached through the AIRFLOW_CONN_AWS_DEFAULT
-connection. A quick run is triggered through the REST API and must succeed with its mapped
-training tasks spread over both workers and its report in the bucket; afterwards no process the
-test started may remain.
+dag-processor, api-server and two Celery workers as separate processes: `w1` on the normal queue,
+`w2` on the training queue (CNN_TRAINING_QUEUE, as the GPU worker in docker-compose.yaml), and the
+artifact store on a moto S3 server reached through the AIRFLOW_CONN_AWS_DEFAULT connection. A
+quick run is triggered through the REST API and must succeed with its single-batch checks,
+training and visualisation on `w2` only, every other task on `w1`, and its report in the bucket;
+afterwards no process the test started may remain.
 
 Skipped (with the reason) only where PostgreSQL on 127.0.0.1:5432 or Redis on 127.0.0.1:6379 is not
 reachable. CNN_IT_PG_DSN / CNN_IT_REDIS_URL point it elsewhere.
@@ -31,7 +32,9 @@ pytestmark = pytest.mark.e2e
 PG_SERVER = os.environ.get("CNN_IT_PG_DSN", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("CNN_IT_REDIS_URL", "redis://127.0.0.1:6379/7")
 BUCKET, PREFIX = "cnn-distributed", "it"
-WORKERS = ("w1", "w2")
+TRAINING_QUEUE = "training"
+WORKERS = {"w1": "default", "w2": TRAINING_QUEUE}  # worker -> the queue it listens on
+TRAINING_TASKS = {"single_batch_check", "train", "visualize"}  # routed to CNN_TRAINING_QUEUE
 EXPERIMENTS = ("baseline", "strided_elu", "separable_swish")
 RUN_TIMEOUT = float(os.environ.get("CNN_IT_RUN_TIMEOUT", 1200))
 
@@ -126,6 +129,7 @@ def test_celery_deployment_on_postgres_redis_and_s3_with_two_workers(postgres_da
                 # plugin in the api-server reads the same store.
                 "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),
                 "CNN_STORE_URI": f"s3://{BUCKET}/{PREFIX}",
+                "CNN_TRAINING_QUEUE": TRAINING_QUEUE,
             },
         )
         print(f"\nAIRFLOW_HOME {stack.home}; database {db_name}; broker {redis_broker}; S3 {endpoint}")
@@ -135,15 +139,17 @@ def test_celery_deployment_on_postgres_redis_and_s3_with_two_workers(postgres_da
             stack.migrate(pools={"training": 2})
             timings["migrate"] = time.monotonic() - start
             stack.start_core()
-            for name in WORKERS:
+            for name, queue in WORKERS.items():
                 stack.start(
                     f"worker-{name}",
                     "celery",
                     "worker",
+                    "--queues",
+                    queue,
                     "--celery-hostname",
                     f"{name}@%h",
                     "--concurrency",
-                    "1",
+                    "2" if queue == TRAINING_QUEUE else "1",  # the training pool's 2 slots
                     "--skip-serve-logs",
                     "--pid",
                     str(stack.home / f"worker-{name}.pid"),
@@ -176,8 +182,13 @@ def test_celery_deployment_on_postgres_redis_and_s3_with_two_workers(postgres_da
             train = [ti for ti in tis if ti["task_id"] == "train"]
             assert len(train) == 2 * len(EXPERIMENTS), train  # experiments x {unbalanced, balanced}
             assert all(ti["state"] == "success" for ti in train), train
-            train_workers = {ti["hostname"].split("@")[0] for ti in train}
-            assert train_workers == set(WORKERS), f"mapped training ran on {train_workers}, not on both workers"
+            # Routing: what gains from a GPU ran on the training-queue worker only, the rest never there.
+            ran_on = {}
+            for ti in tis:
+                if ti["state"] == "success":
+                    ran_on.setdefault(ti["task_id"], set()).add(ti["hostname"].split("@")[0])
+            assert {t: w for t, w in ran_on.items() if t in TRAINING_TASKS} == dict.fromkeys(TRAINING_TASKS, {"w2"})
+            assert {t: w for t, w in ran_on.items() if t not in TRAINING_TASKS and w != {"w1"}} == {}
 
             # The workers' own logs agree with the hostnames the API reports.
             for name in WORKERS:
