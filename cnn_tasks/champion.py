@@ -1,8 +1,9 @@
 """The champion's place in the store and the choice of this run's candidate, shared by the promote
 stage (which installs champions) and the predict stage (which predicts with one).
 
-champion.json at the store root is the promoted model's record; champions/<run_id>/model.keras
-its copy; champions/history/<timestamp>-<run_id>.json every champion ever promoted.
+champion.json at the store root is the promoted model's record; champions/<run_id>/ holds its
+model.keras, its serving exports (saved_model/, model.tflite) and its model card;
+champions/history/<timestamp>-<run_id>.json every champion ever promoted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ CHAMPION_KEY = "champion.json"
 
 
 def champion_model_key(run_id: str) -> str:
-    return f"champions/{run_id}/model.keras"
+    return champion_key(run_id, "model.keras")
+
+
+def champion_key(run_id: str, name: str) -> str:
+    """A file promoted with run `run_id`'s champion: model.keras, saved_model, model.tflite, model_card.*"""
+    return f"champions/{run_id}/{name}"
 
 
 def history_key(champion: dict) -> str:

@@ -520,6 +520,16 @@ class PipelineConfig(_Settings):
         description="Guard: a model below this test accuracy is never promoted.",
     )
 
+    export_tflite: StrictBool = Field(
+        True,
+        title="Export TFLite",
+        json_schema_extra=PROMOTION,
+        description=(
+            "Also export a promoted champion as a float16 TFLite file (model.tflite) for phones and edge devices, "
+            "beside its SavedModel."
+        ),
+    )
+
     skip_unchanged: SkipUnchanged = Field(
         "auto",
         title="Stop when nothing changed",

@@ -61,18 +61,25 @@ def split_info(info: dict, split: str, variant: str = "unbalanced") -> dict:
 def decode_and_resize(image_bytes, image_size: int, fit: str = "squash"):
     """Encoded JPEG/PNG bytes -> float32 [S, S, 3] in 0..255 (bilinear, antialiased when shrinking).
 
-    `fit` (config.image_fit) says how a non-square image becomes square: "squash" resizes it to
-    S x S (distorting its aspect ratio), "pad" resizes it to fit inside S x S keeping its aspect
-    ratio and centres it on black, "center_crop" keeps the central square and resizes that.
-    A square image is the same in every mode.
+    `fit` (config.image_fit) says how a non-square image becomes square: see `fit_square`.
+    """
+    tf = _tf()
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return tf.ensure_shape(fit_square(tf.cast(image, tf.float32), image_size, fit), [image_size, image_size, 3])
+
+
+def fit_square(image, image_size: int, fit: str = "squash"):
+    """float32 pixels [H, W, 3] (or a batch [N, H, W, 3]) -> [S, S, 3] (or [N, S, S, 3]).
+
+    "squash" resizes to S x S (distorting the aspect ratio), "pad" resizes to fit inside S x S
+    keeping the aspect ratio and centres the picture on black, "center_crop" keeps the central square
+    and resizes that. A square image is the same in every mode.
     """
     tf = _tf()
     if fit not in IMAGE_FITS:
         raise ValueError(f"image_fit: {fit!r} is not one of {IMAGE_FITS}")
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    image = tf.cast(image, tf.float32)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    height, width = tf.shape(image)[-3], tf.shape(image)[-2]
     if fit == "center_crop":
         side = tf.minimum(height, width)
         image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
@@ -83,9 +90,8 @@ def decode_and_resize(image_bytes, image_size: int, fit: str = "squash"):
             lambda: image,
             lambda: tf.image.resize_with_pad(image, image_size, image_size, antialias=True),
         )
-    same_size = tf.logical_and(tf.shape(image)[0] == image_size, tf.shape(image)[1] == image_size)
-    image = tf.cond(same_size, lambda: image, lambda: tf.image.resize(image, [image_size, image_size], antialias=True))
-    return tf.ensure_shape(image, [image_size, image_size, 3])
+    same_size = tf.logical_and(tf.shape(image)[-3] == image_size, tf.shape(image)[-2] == image_size)
+    return tf.cond(same_size, lambda: image, lambda: tf.image.resize(image, [image_size, image_size], antialias=True))
 
 
 def image_fit(info: dict) -> str:

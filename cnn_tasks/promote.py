@@ -21,8 +21,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from cnn_tasks import data, models, reuse
-from cnn_tasks.champion import CHAMPION_KEY, candidate_rows, champion_model_key, history_key, pick_candidate
+from cnn_tasks import data, model_card, models, reuse, serving
+from cnn_tasks.champion import (
+    CHAMPION_KEY,
+    candidate_rows,
+    champion_key,
+    champion_model_key,
+    history_key,
+    pick_candidate,
+)
 from cnn_tasks.contracts import Promotion
 from cnn_tasks.metrics import classification_metrics
 
@@ -89,6 +96,31 @@ def install_champion(store, champion: dict, source_model_key: str, previous: dic
     store.put_json(history_key(champion), champion)
     store.put_json(CHAMPION_KEY, champion)
     return {"champion_key": CHAMPION_KEY, "history_key": history_key(champion), "model_key": champion["model_key"]}
+
+
+def export_champion(ctx, champion: dict) -> dict:
+    """What serving needs, under champions/<run_id>/ before champion.json names it: the SavedModel,
+    the float16 TFLite file (export_tflite) and the model card (also kept in the run's folder, for
+    the report). Returns their keys, which the champion record links to."""
+    store, run_id = ctx.store, champion["run_id"]
+    scratch = ctx.scratch("promote")
+    model = models.load_model(ctx.cached(champion["source_model_key"]))
+    size, fit = champion["image_size"], champion["image_fit"]
+    keys = {"saved_model_key": champion_key(run_id, "saved_model")}
+    serving.export_saved_model(model, champion["classes"], size, fit, scratch / "saved_model")
+    serving.upload_folder(store, scratch / "saved_model", keys["saved_model_key"])
+    if ctx.config.export_tflite:
+        keys["tflite_key"] = champion_key(run_id, "model.tflite")
+        store.put_file(keys["tflite_key"], serving.export_tflite(model, size, scratch / "model.tflite", scratch))
+    card = model_card.build(ctx, {**champion, **keys})
+    store.put_json(ctx.key("model_card.json"), card)
+    store.put_text(ctx.key("model_card.md"), model_card.markdown(card), "text/markdown; charset=utf-8")
+    for name in ("model_card.json", "model_card.md"):
+        key = champion_key(run_id, name)
+        store.copy(ctx.key(name), key)
+        keys[f"{name.replace('.', '_')}_key"] = key
+    log.info("exported the new champion: %s", ", ".join(keys.values()))
+    return keys
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -193,6 +225,7 @@ def run(ctx) -> dict:
             "ensemble": None if best["kind"] == "model" else {"name": best["name"], "value": best[metric]},
             "previous_run_id": previous.get("run_id") if previous else None,
         }
+        new.update(export_champion(ctx, new))
         record.update(install_champion(store, new, new["source_model_key"], previous))
         record["new_champion"] = new
     Promotion.write(store, ctx.key("promotion.json"), record)

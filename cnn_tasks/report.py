@@ -689,7 +689,40 @@ def section_champion(run: Run) -> dict:
         candidate_note=promotion.get("candidate_note"),
         facts=facts,
         guards=promotion.get("guards", []),
+        card=model_card_part(run),
     )
+
+
+def model_card_part(run: Run) -> dict | None:
+    """The promoted model's card (written by promote), for the champion section; None when none was."""
+    ctx = run.ctx
+    card = read_json(ctx, ctx.key("model_card.json"))
+    if card is None:
+        return None
+    metrics, new = card["metrics"], (run.promotion or {}).get("new_champion") or {}
+    return {
+        "intended_use": card["intended_use"],
+        "limits": card["limits"],
+        "accuracy": f"{metrics['accuracy']:.4f} (95 % interval {metrics['accuracy_ci95']}, "
+        f"{metrics['test_images']} test images)",
+        "per_class": [
+            {
+                "class": r["class"],
+                "support": r["support"],
+                "precision": r["precision"],
+                "precision 95 %": r["precision_ci95"],
+                "recall": r["recall"],
+                "recall 95 %": r["recall_ci95"],
+                "F1": r["f1"],
+            }
+            for r in metrics["per_class"]
+        ],
+        "weaknesses": card["weaknesses"],
+        "files": {
+            "model card": run.file(ctx.key("model_card.md"), "model_card.md"),
+            "exports": {k: ctx.store.url(new[k]) for k in ("model_key", "saved_model_key", "tflite_key") if new.get(k)},
+        },
+    }
 
 
 def section_predictions(run: Run) -> dict:

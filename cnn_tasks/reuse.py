@@ -29,10 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 
-from cnn_tasks import sources
+from cnn_tasks import runtime, sources
 from cnn_tasks.champion import CHAMPION_KEY
 from cnn_tasks.context import model_id
 from cnn_tasks.layout import readable
@@ -40,7 +39,6 @@ from cnn_tasks.layout import readable
 log = logging.getLogger(__name__)
 
 PACKAGE = Path(__file__).resolve().parent
-LIBRARIES = ("numpy", "pandas", "pillow", "tensorflow", "keras")  # their versions are part of every key
 TEXT_SUFFIXES = (".json", ".csv")  # outputs whose run-prefixed keys are rewritten when copied
 
 
@@ -116,6 +114,7 @@ NOT_IN_ANY_KEY = {
     "promotion_metric": "promotion always runs",
     "promotion_margin": "promotion always runs",
     "promotion_min_accuracy": "promotion always runs",
+    "export_tflite": "promotion always runs",
     "store_uri": "where outputs go",
     "s3_endpoint_url": "where outputs go",
     "aws_conn_id": "where outputs go",
@@ -149,10 +148,10 @@ def code_modules(module: str) -> tuple[str, ...]:
 
 @cache
 def code_fingerprint(module: str) -> str:
-    """A digest of the source of `code_modules(module)` and of the versions of LIBRARIES: any change
-    to the code that computes a stage changes its key."""
+    """A digest of the source of `code_modules(module)` and of Python's and the libraries' versions
+    (runtime.package_versions): any change to the code that computes a stage changes its key."""
     sources = {name: hashlib.sha256((PACKAGE / f"{name}.py").read_bytes()).hexdigest() for name in code_modules(module)}
-    return digest({"sources": sources, "libraries": {lib: _version(lib) for lib in LIBRARIES}})
+    return digest({"sources": sources, "libraries": runtime.package_versions()})
 
 
 def _imported(path: Path) -> list[str]:
@@ -164,13 +163,6 @@ def _imported(path: Path) -> list[str]:
         elif isinstance(node, ast.Import):
             names += [a.name.split(".")[1] for a in node.names if a.name.startswith("cnn_tasks.")]
     return names
-
-
-def _version(library: str) -> str | None:
-    try:
-        return metadata.version(library)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def tree_digest(folder: Path, skipped: list[dict] = ()) -> str:

@@ -79,3 +79,45 @@ def write_training_dataset(
     }
     ctx.store.put_json(ctx.data_key("dataset.json"), info)
     return info
+
+
+def write_model_meta(ctx, model_id: str, model, image_size: int = 16) -> dict:
+    """models/<id>/meta.json as the train stage writes it, for `model` trained by the run's first experiment."""
+    from cnn_tasks import models, runtime
+    from cnn_tasks.contracts import ModelMeta
+
+    experiment, variant = model_id.split("__")
+    spec = ctx.config.experiments[0]
+    meta = {
+        "model_id": model_id,
+        "experiment": experiment,
+        "variant": variant,
+        "description": spec.description,
+        "classes": ctx.store.get_json(ctx.data_key("dataset.json"))["classes"],
+        "image_size": image_size,
+        "image_fit": ctx.config.image_fit,
+        "spec": spec.model_dump(mode="json"),
+        "params": int(model.count_params()),
+        "layers": models.describe(model)["layers"],
+        "best_epoch": 3,
+        "epochs_run": 5,
+        "stopped_by": "early_stopping",
+        "resumed_from_epoch": 0,
+        "best_val_loss": 0.6,
+        "best_val_accuracy": 0.8,
+        "final_val_loss": 0.7,
+        "final_val_accuracy": 0.75,
+        "wall_time_s": 30.0,
+        "train_time_s": 25.0,
+        "images_per_s": 100.0,
+        "class_weight": None,
+        "dataset_sha256": None,
+        "config": ctx.config.to_dict(),
+        "versions": runtime.package_versions(),
+        "git_commit": runtime.git_commit(),
+        "runtime": {},
+        "keys": {"model": ctx.model_key(model_id, "model.keras")},
+        "figures": [],
+    }
+    ModelMeta.write(ctx.store, ctx.model_key(model_id, "meta.json"), meta)
+    return meta

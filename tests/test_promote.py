@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnn_tasks import data, models, promote
+from cnn_tasks import data, evaluate, model_card, models, promote, serving
 from cnn_tasks.champion import history_key, pick_candidate
-from tests.fixtures_training import write_training_dataset
+from tests.fixtures_training import write_model_meta, write_training_dataset
 from tests.helpers import tiny_model, write_single_model_ensemble
 
 
@@ -61,6 +61,10 @@ def pipeline(make_ctx, tmp_path):
         ctx = make_ctx(run_id, promotion_min_accuracy=0.5)
         classes = write_training_dataset(ctx, classes=3, train=2, val=2, test=4, size=16)["classes"]
         ctx.store.put_file(ctx.model_key("tiny__balanced", "model.keras"), paths[model])
+        write_model_meta(ctx, "tiny__balanced", models.load_model(paths[model]))
+        evaluate.run(ctx, "tiny__balanced")  # metrics.json, which the model card reads
+        ctx.store.put_json(ctx.data_key("ingest.json"), {"source": "generated", "layout": {"kind": "flat"}})
+        ctx.store.put_json(ctx.data_key("analysis.json"), {"split_ratios": [0.7, 0.2, 0.1], "seed": 42})
         write_single_model_ensemble(ctx, "tiny__balanced", classes, macro_f1, accuracy)
         return ctx
 
@@ -125,6 +129,75 @@ def test_promotion_history(pipeline):
     assert champion["metrics"]["accuracy"] == 1.0
     assert store.get_json("champion.json")["run_id"] == "run3"
     assert len(store.list("champions/history/")) == 2
+
+
+def test_a_promoted_champion_ships_a_saved_model_a_tflite_file_and_a_model_card(pipeline, tmp_path):
+    """Serving needs no project code: the SavedModel's signatures take encoded images (or uint8 pixels
+    of any size) and give the same probabilities as model.keras, with class names."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    ctx = pipeline("run1", "good", macro_f1=0.9, accuracy=0.9)
+    assert promote.run(ctx)["promoted"]
+    store, champion = ctx.store, ctx.store.get_json("champion.json")
+    model = models.load_model(store.get_file(champion["model_key"], tmp_path / "model.keras"))
+    x, y, _ = data.load_split_arrays(ctx, "test")
+    expected = model.predict(x, verbose=0)
+    loaded = tf.saved_model.load(str(serving.download_folder(store, champion["saved_model_key"], tmp_path / "sm")))
+    encoded = []
+    for image in x.astype(np.uint8):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "PNG")
+        encoded.append(buffer.getvalue())
+    from_bytes = loaded.signatures["serving_default"](images=tf.constant(encoded))
+    np.testing.assert_allclose(from_bytes["probabilities"].numpy(), expected, atol=1e-5)
+    classes = champion["classes"]
+    assert [label.decode() for label in from_bytes["label"].numpy()] == [classes[c] for c in expected.argmax(1)]
+    assert [name.decode() for name in from_bytes["class_names"].numpy()[0]] == classes
+    from_pixels = loaded.signatures["serving_pixels"](pixels=tf.constant(x.astype(np.uint8)))
+    np.testing.assert_allclose(from_pixels["probabilities"].numpy(), expected, atol=1e-5)
+    larger = np.repeat(np.repeat(x.astype(np.uint8), 3, axis=1), 2, axis=2)  # 48 x 32: squashed back to 16
+    resized = model.predict(data.fit_square(tf.constant(larger, tf.float32), 16, "squash"), verbose=0)
+    np.testing.assert_allclose(loaded.signatures["serving_pixels"](pixels=larger)["probabilities"], resized, atol=1e-5)
+
+    interpreter = tf.lite.Interpreter(model_content=store.get_bytes(champion["tflite_key"]))
+    (lite,) = interpreter.get_signature_runner("serve")(pixels=x.astype(np.float32)).values()
+    np.testing.assert_allclose(lite, expected, atol=1e-2)  # float16 weights
+
+    card = store.get_json(champion["model_card_json_key"])
+    assert card["metrics"]["accuracy"] == 1.0
+    assert card["metrics"]["test_images"] == len(y)
+    low, high = card["metrics"]["accuracy_ci95"]
+    assert 0.7 < low < 1.0 == high  # 12 of 12 right
+    assert [row["class"] for row in card["metrics"]["per_class"]] == classes
+    assert card["weaknesses"] == []
+    assert card["model"]["files"]["saved_model_key"] == champion["saved_model_key"]
+    assert card["provenance"]["versions"]["tensorflow"]
+    assert "## Intended use and limits" in store.get_text(champion["model_card_md_key"])
+    assert store.get_json(ctx.key("model_card.json")) == card  # kept in the run too, for its report
+
+
+def test_export_tflite_off_ships_no_tflite_file(pipeline, make_ctx):
+    ctx = pipeline("run1", "good", macro_f1=0.9, accuracy=0.9)
+    ctx = make_ctx("run1", promotion_min_accuracy=0.5, export_tflite=False)
+    assert promote.run(ctx)["promoted"]
+    assert "tflite_key" not in ctx.store.get_json("champion.json")
+    assert not ctx.store.list("champions/run1/model.tflite")
+
+
+def test_the_model_card_names_the_most_confused_classes_with_intervals():
+    confusion = [[8, 2, 0], [5, 5, 0], [0, 1, 9]]
+    rows = model_card.per_class(confusion, ["a", "b", "c"])
+    assert rows[1]["recall"] == 0.5
+    low, high = rows[1]["recall_ci95"]
+    assert low < 0.5 < high
+    assert rows[0]["precision"] == pytest.approx(8 / 13)
+    pairs = model_card.most_confused(confusion, ["a", "b", "c"])
+    assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [("b", "a", 5), ("a", "b", 2), ("c", "b", 1)]
+    assert pairs[0]["share_of_true_class"] == 0.5
+    assert model_card.wilson(0, 0) is None
 
 
 def test_champion_with_other_classes_is_incomparable(pipeline):
