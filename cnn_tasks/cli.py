@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from cnn_tasks import DAG_ID, failures, reuse, runtime
-from cnn_tasks.champion import CHAMPION_KEY
+from cnn_tasks.champion import champions
 from cnn_tasks.config import EUROSAT_URL, ConfigError, PipelineConfig
 from cnn_tasks.context import safe_run_id
 from cnn_tasks.errors import PipelineError
@@ -279,15 +279,22 @@ def latest_report(store) -> tuple[str, str] | None:
     return run_id, store.url(f"runs/{run_id}/report/index.html")
 
 
-def predict_with_champion(store, folder: Path, out: Path) -> int:
-    """Classify `folder` with the store's champion (predict's CLI on a local copy of the model and
-    the meta.json it was trained with, which holds its classes and image preprocessing)."""
+def predict_with_champion(store, folder: Path, out: Path, name: str | None = None) -> int:
+    """Classify `folder` with the champion of model `name` (the store's only one when None): predict's
+    CLI on a local copy of the model and the meta.json it was trained with, which holds its classes
+    and image preprocessing."""
     from cnn_tasks import predict
 
-    if not store.exists(CHAMPION_KEY):
-        raise PipelineError(f"{store.url(CHAMPION_KEY)} does not exist: no model has been promoted in this store yet")
-    champion = store.get_json(CHAMPION_KEY)
-    print(f"champion: {champion['model_id']} from run {champion['run_id']}", flush=True)
+    found = champions(store, include_legacy=True)
+    if not found:
+        raise PipelineError(f"no champion in {store.uri}: no model has been promoted in this store yet")
+    if name is None and len(found) > 1:
+        raise PipelineError(f"{store.uri} has champions for {', '.join(sorted(found))}: choose one with --model-name")
+    name = name or next(iter(found))
+    if name not in found:
+        raise PipelineError(f"no champion named {name!r} in {store.uri}; it has {', '.join(sorted(found))}")
+    champion = found[name]
+    print(f"champion of {name}: {champion['model_id']} from run {champion['run_id']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = store.get_file(champion["model_key"], Path(tmp) / "model.keras")
         source = champion.get("source_model_key")
@@ -363,6 +370,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("folder", type=Path, help="folder of images (searched recursively)")
     s.add_argument("--store", required=True, help="file:///path or s3://bucket/prefix")
     s.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
+    s.add_argument("--model-name", default=None, help="whose champion (default: the store's only one)")
     t = sub.add_parser("report", help="print where the latest run's report is")
     t.add_argument("--store", required=True, help="file:///path or s3://bucket/prefix")
     b = sub.add_parser("tensorboard", help="serve a run's TensorBoard logs (downloaded from the store)")
@@ -389,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_pipeline(build_conf(args.conf, {env: getattr(args, env) for env in OVERRIDES}))
         store = open_store(args.store, endpoint_url=args.s3_endpoint_url)
         if args.command == "predict":
-            return predict_with_champion(store, args.folder, args.out)
+            return predict_with_champion(store, args.folder, args.out, args.model_name)
         if args.command == "tensorboard":
             return serve_tensorboard(store, args.run, args.port)
         found = latest_report(store)

@@ -497,6 +497,26 @@ class PipelineConfig(_Settings):
         description="Gradient-ascent steps per filter visualisation.",
     )
 
+    model_name: Annotated[OptionalText, SLUG] = Field(
+        None,
+        title="Model name",
+        json_schema_extra=PROMOTION,
+        description=(
+            "The line of champions this run competes in: runs with the same name compete, runs with different names "
+            "never replace each other's champion. Empty: derived from the dataset's file or folder name "
+            "(EuroSAT.zip: eurosat)."
+        ),
+    )
+    new_lineage_on_class_change: StrictBool = Field(
+        False,
+        title="New classes start a new lineage",
+        json_schema_extra=PROMOTION,
+        description=(
+            "When this run's classes differ from its champion's, let its model replace that champion if it passes the "
+            "guards (the old champion stays in the history). Off: such a run is never promoted; the report says how "
+            "the classes differ."
+        ),
+    )
     promotion_metric: PromotionMetric = Field(
         "macro_f1",
         title="Promotion metric",
@@ -530,6 +550,17 @@ class PipelineConfig(_Settings):
         ),
     )
 
+    min_unseen_test_images: Int = Field(
+        30,
+        ge=1,
+        title="Minimum unseen test images",
+        json_schema_extra=PROMOTION,
+        description=(
+            "Champion and candidate are compared only on this run's test images that neither trained or validated on; "
+            "with fewer left, the comparison is refused and the candidate is not promoted."
+        ),
+    )
+
     skip_unchanged: SkipUnchanged = Field(
         "auto",
         title="Stop when nothing changed",
@@ -537,6 +568,24 @@ class PipelineConfig(_Settings):
         description=(
             "Stop right after ingest when the dataset's content and the model settings equal the champion's: 'auto' "
             "for scheduled and dataset-triggered runs (a manual run always trains), 'always', or 'never'."
+        ),
+    )
+    drift_class_share_change: Float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        title="Drift: class share change",
+        json_schema_extra=RETRAINING,
+        description="The report flags a class whose share of the images moved by more than this since the champion's data.",
+    )
+    drift_psi: Float = Field(
+        0.2,
+        gt=0,
+        title="Drift: channel PSI",
+        json_schema_extra=RETRAINING,
+        description=(
+            "The report flags a colour channel whose brightness distribution moved by a population stability index "
+            "above this since the champion's data (0.1: moderate shift, 0.25: large)."
         ),
     )
     recompute: StrictBool = Field(

@@ -206,6 +206,7 @@ class Promotion(Contract):
     champion_on_this_test: dict[str, Any] | None
     champion_key: str | None = None
     history_key: str | None = None
+    model_name: str | None = None  # absent before model names
     model_key: str | None = None
     new_champion: dict[str, Any] | None = None
 

@@ -35,15 +35,16 @@ def load_dataset_info(ctx: RunContext) -> dict:
 
 def read_csv(ctx: RunContext, name: str):
     """data/<name> (manifest.csv, split.csv) as a DataFrame of strings, empty cells kept as ''."""
+    return read_csv_text(ctx.store.get_text(ctx.data_key(name)))
+
+
+def read_csv_text(text: str):
+    """A manifest.csv or split.csv as `read_csv` reads it."""
     import io
 
     import pandas as pd
 
-    return pd.read_csv(
-        io.StringIO(ctx.store.get_text(ctx.data_key(name))),
-        dtype={"key": str, "class": str, "given_split": str},
-        keep_default_na=False,
-    )
+    return pd.read_csv(io.StringIO(text), dtype={"key": str, "class": str, "given_split": str}, keep_default_na=False)
 
 
 def split_info(info: dict, split: str, variant: str = "unbalanced") -> dict:

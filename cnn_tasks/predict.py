@@ -99,10 +99,11 @@ def stage_preprocessing(ctx, chosen: dict) -> Preprocessing:
 
 
 def choose_model(ctx, classes: list[str]) -> dict:
-    """The champion when its classes match this run's, else this run's best single model."""
+    """The champion of the run's model name when its classes match this run's, else this run's best
+    single model."""
     store = ctx.store
-    if store.exists(champion.CHAMPION_KEY):
-        current = store.get_json(champion.CHAMPION_KEY)
+    current = champion.read_champion(store, champion.model_name(ctx.config))
+    if current is not None:
         if list(current.get("classes") or []) == classes and store.exists(current["model_key"]):
             return {
                 "source": "champion",

@@ -1,4 +1,5 @@
-"""Champion promotion: does this run's best model beat the current champion on this run's test split?
+"""Champion promotion: does this run's best model beat the current champion of its model name on
+this run's test split?
 
 The candidate is this run's best row by `config.promotion_metric` (eval/ensemble/ensemble.json,
 or the per-model metrics when no ensemble stage ran). Only a single model can be deployed, so when
@@ -6,12 +7,14 @@ the best row is an ensemble its best member is the candidate, and the comparison
 member's own score (promoting it on the ensemble's score would overstate what gets deployed);
 the ensemble's result is recorded beside it.
 
-The champion (store-root champion.json) is re-evaluated on this run's test split when its classes
-match; otherwise it is incomparable and the candidate is NOT promoted (archive champion.json by hand
-to start a new champion line for a new class set). Guards: test accuracy >= promotion_min_accuracy.
-On promotion the model is copied to champions/<run_id>/model.keras, the champion record to
-champions/history/<timestamp>-<run_id>.json, then champion.json is replaced. Nothing older is
-deleted: every champion keeps its history record and its model copy.
+The champion is the one of the run's model name (`champion.model_name`; see cnn_tasks/champion.py
+for where champions live). It is re-evaluated on this run's test split when its classes match.
+When they differ the models solve different tasks: the candidate is not promoted and the reason
+says how the classes differ and what to do (another model_name, or new_lineage_on_class_change,
+which lets the candidate start a new lineage on the guards alone). Guards: test accuracy >=
+promotion_min_accuracy. On promotion the model, its serving exports and its model card go to
+champions/<name>/models/<run_id>/, the record to champions/<name>/history/, then
+champions/<name>/champion.json is replaced. Nothing older is deleted.
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ import numpy as np
 
 from cnn_tasks import data, model_card, models, reuse, serving
 from cnn_tasks.champion import (
-    CHAMPION_KEY,
     candidate_rows,
+    champion_json_key,
     champion_key,
     champion_model_key,
     history_key,
+    model_name,
     pick_candidate,
+    read_champion,
 )
 from cnn_tasks.contracts import Promotion
-from cnn_tasks.metrics import classification_metrics
+from cnn_tasks.metrics import classification_metrics, load_predictions
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +63,33 @@ def decide(
     return False, f"{value:.4f} does not beat the champion's {champion_value:.4f} by more than the margin {margin}"
 
 
+def class_difference(old: list[str], new: list[str]) -> str | None:
+    """How this run's classes differ from the champion's, in words; None when they are the same."""
+    old, new = list(old or []), list(new)
+    if old == new:
+        return None
+    added, removed = [c for c in new if c not in old], [c for c in old if c not in new]
+    parts = [f"added {', '.join(added)}" if added else "", f"removed {', '.join(removed)}" if removed else ""]
+    parts = [p for p in parts if p] or ["the same classes in another label order"]
+    return f"the champion has {len(old)} classes, this run {len(new)}: {'; '.join(parts)}"
+
+
 def champion_comparability(champion: dict, classes: list[str]) -> tuple[bool, str]:
-    if list(champion.get("classes") or []) != list(classes):
-        return False, (
-            f"champion classes {champion.get('classes')} differ from this run's {list(classes)}: "
-            "the models solve different tasks"
-        )
+    difference = class_difference(champion.get("classes"), classes)
+    if difference:
+        return False, f"{difference}: the models solve different tasks"
     return True, "same classes: re-evaluated on this run's test split"
+
+
+def class_change_advice(name: str, champion: dict, classes: list[str]) -> str:
+    """Why a run with other classes is not promoted, and the two ways forward."""
+    other = f"{name[:28]}-{len(classes)}-classes"
+    return (
+        f"not promoted: model '{name}' has a champion (run {champion.get('run_id')}) trained on other classes "
+        f"({class_difference(champion.get('classes'), classes)}). To keep both, run with another model_name "
+        f"(e.g. model_name={other}); to let this run's classes replace the champion, set "
+        "new_lineage_on_class_change=true"
+    )
 
 
 def evaluate_champion(model, x: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
@@ -94,50 +119,99 @@ def install_champion(store, champion: dict, source_model_key: str, previous: dic
     if previous and previous.get("promoted_at") and previous.get("run_id") and not store.exists(history_key(previous)):
         store.put_json(history_key(previous), previous)
     store.put_json(history_key(champion), champion)
-    store.put_json(CHAMPION_KEY, champion)
-    return {"champion_key": CHAMPION_KEY, "history_key": history_key(champion), "model_key": champion["model_key"]}
+    key = champion_json_key(champion["model_name"])
+    store.put_json(key, champion)
+    return {"champion_key": key, "history_key": history_key(champion), "model_key": champion["model_key"]}
 
 
 def export_champion(ctx, champion: dict) -> dict:
-    """What serving needs, under champions/<run_id>/ before champion.json names it: the SavedModel,
+    """What serving needs, under champions/<name>/models/<run_id>/ before champion.json names it: the SavedModel,
     the float16 TFLite file (export_tflite) and the model card (also kept in the run's folder, for
     the report). Returns their keys, which the champion record links to."""
-    store, run_id = ctx.store, champion["run_id"]
+    store, run_id, name = ctx.store, champion["run_id"], champion["model_name"]
     scratch = ctx.scratch("promote")
     model = models.load_model(ctx.cached(champion["source_model_key"]))
     size, fit = champion["image_size"], champion["image_fit"]
-    keys = {"saved_model_key": champion_key(run_id, "saved_model")}
+    keys = {"saved_model_key": champion_key(name, run_id, "saved_model")}
     serving.export_saved_model(model, champion["classes"], size, fit, scratch / "saved_model")
     serving.upload_folder(store, scratch / "saved_model", keys["saved_model_key"])
     if ctx.config.export_tflite:
-        keys["tflite_key"] = champion_key(run_id, "model.tflite")
+        keys["tflite_key"] = champion_key(name, run_id, "model.tflite")
         store.put_file(keys["tflite_key"], serving.export_tflite(model, size, scratch / "model.tflite", scratch))
     card = model_card.build(ctx, {**champion, **keys})
     store.put_json(ctx.key("model_card.json"), card)
     store.put_text(ctx.key("model_card.md"), model_card.markdown(card), "text/markdown; charset=utf-8")
-    for name in ("model_card.json", "model_card.md"):
-        key = champion_key(run_id, name)
-        store.copy(ctx.key(name), key)
-        keys[f"{name.replace('.', '_')}_key"] = key
+    for file in ("model_card.json", "model_card.md"):
+        key = champion_key(name, run_id, file)
+        store.copy(ctx.key(file), key)
+        keys[f"{file.replace('.', '_')}_key"] = key
     log.info("exported the new champion: %s", ", ".join(keys.values()))
     return keys
 
 
+def keep_training_data_record(ctx, champion: dict) -> dict:
+    """Copies, beside the champion, of what a later run compares it with: which images it trained and
+    validated on (split.csv, for the fair comparison) and the profile of its data (for drift)."""
+    keys = {}
+    for file, field in (("split.csv", "split_key"), ("profile.json", "profile_key")):
+        if ctx.store.exists(ctx.data_key(file)):
+            keys[field] = champion_key(champion["model_name"], champion["run_id"], file)
+            ctx.store.copy(ctx.data_key(file), keys[field])
+    return keys
+
+
 # ----------------------------------------------------------------------------- the stage
-def _champion_on_this_test(ctx, champion: dict, classes: list[str]) -> dict:
-    """{"comparable", "why", "metrics"} for the current champion on this run's test split."""
+def seen_keys(store, champion: dict) -> set[str] | None:
+    """The content keys of the images the champion trained or validated on (its run's split.csv, kept
+    beside it at promotion); None when it was promoted before they were recorded."""
+    key = champion.get("split_key")
+    if not key or not store.exists(key):
+        return None
+    table = data.read_csv_text(store.get_text(key))
+    return set(table.loc[table["split"].isin(["train", "val"]), "key"])
+
+
+def _champion_on_this_test(ctx, champion: dict, classes: list[str], candidate: str) -> dict:
+    """The fair comparison: champion and candidate scored on this run's test images that neither of
+    them trained or validated on. {"comparable", "why", "metrics" (the champion's),
+    "candidate_metrics", "unseen", "test_images"}."""
     comparable, why = champion_comparability(champion, classes)
     if not comparable:
-        return {"comparable": False, "why": why, "metrics": None}
+        return {"comparable": False, "why": why, "metrics": None, "classes_differ": True}
     if not ctx.store.exists(champion["model_key"]):
         return {"comparable": False, "why": f"champion model {champion['model_key']} is missing", "metrics": None}
     # The champion sees the test images prepared as it was trained (its size and image_fit).
-    x, y, _ = data.load_split_arrays(
+    x, y, keys = data.load_split_arrays(
         ctx, "test", variant="unbalanced", size=champion.get("image_size"), fit=data.image_fit(champion)
     )
+    keys = np.asarray([str(k) for k in keys])
+    seen = seen_keys(ctx.store, champion)
+    unseen = np.array([k not in seen for k in keys], bool) if seen is not None else np.ones(len(keys), bool)
+    counts = {"unseen": int(unseen.sum()), "test_images": len(keys)}
+    minimum = ctx.config.min_unseen_test_images
+    if seen is not None and counts["unseen"] < minimum:
+        return {
+            "comparable": False,
+            "metrics": None,
+            **counts,
+            "why": f"only {counts['unseen']} of this run's {len(keys)} test images are unseen by the champion (it "
+            f"trained or validated on the others), fewer than min_unseen_test_images={minimum}: no fair comparison",
+        }
+    predictions = load_predictions(ctx.store, ctx.eval_key(candidate, "predictions.npz"))
+    by_key = dict(zip(predictions["keys_test"].astype(str), predictions["p_test"]))
+    y = np.asarray(y, dtype=int)[unseen]
     model = models.load_model(ctx.cached(champion["model_key"]))
-    metrics = evaluate_champion(model, x, np.asarray(y, dtype=int), classes)
-    return {"comparable": True, "why": why, "metrics": metrics}
+    return {
+        "comparable": True,
+        "metrics": evaluate_champion(model, x[unseen], y, classes),
+        "candidate_metrics": classification_metrics(y, np.stack([by_key[k] for k in keys[unseen]]), classes),
+        **counts,
+        "why": f"same classes: both scored on the {counts['unseen']} of {len(keys)} test images that neither trained "
+        "or validated on"
+        if seen is not None
+        else "same classes; the champion's training images are not recorded (promoted by an older version), so "
+        f"both are scored on all {len(keys)} test images",
+    }
 
 
 def run(ctx) -> dict:
@@ -152,7 +226,8 @@ def run(ctx) -> dict:
     if not rows:
         raise RuntimeError(f"no evaluated models under {ctx.key('eval')}: run the evaluate stage first")
     best, deployable = pick_candidate(rows, metric)
-    previous = store.get_json(CHAMPION_KEY) if store.exists(CHAMPION_KEY) else None
+    name = model_name(cfg)
+    previous = read_champion(store, name)
     if previous and previous.get("run_id") == ctx.run_id:  # installed by an earlier try, then interrupted
         record = {
             "run_id": ctx.run_id,
@@ -166,20 +241,34 @@ def run(ctx) -> dict:
         }
         Promotion.write(store, ctx.key("promotion.json"), record)
         return _result(ctx, record)
-    champion = _champion_on_this_test(ctx, previous, classes) if previous else None
+    champion = _champion_on_this_test(ctx, previous, classes, deployable["name"]) if previous else None
     champion_value = champion["metrics"][metric] if champion and champion["metrics"] else None
     value, accuracy = deployable[metric], deployable["accuracy"]
+    if champion and champion.get("candidate_metrics"):  # compared on the same unseen images
+        value = champion["candidate_metrics"][metric]
+    classes_differ = bool(champion and champion.get("classes_differ"))
+    new_lineage = classes_differ and cfg.new_lineage_on_class_change
     promoted, reason = decide(
         value,
         accuracy,
         champion_value,
         bool(champion and champion["comparable"]),
-        previous is not None,
+        previous is not None and not new_lineage,
         cfg.promotion_margin,
         cfg.promotion_min_accuracy,
     )
+    if classes_differ and not new_lineage:
+        reason = class_change_advice(name, previous, classes)
+    elif champion and not champion["comparable"] and not new_lineage and accuracy >= cfg.promotion_min_accuracy:
+        reason = f"not promoted: the champion (run {previous.get('run_id')}) cannot be compared: {champion['why']}"
+    elif new_lineage and promoted:
+        reason = (
+            f"{champion['why']}; new_lineage_on_class_change is on, so this model starts a new lineage of "
+            f"'{name}' on the guards alone (the previous champion stays in its history)"
+        )
     record = {
         "run_id": ctx.run_id,
+        "model_name": name,
         "metric": metric,
         "margin": cfg.promotion_margin,
         "min_accuracy": cfg.promotion_min_accuracy,
@@ -205,9 +294,10 @@ def run(ctx) -> dict:
     }
     if promoted:
         new = {
+            "model_name": name,
             "run_id": ctx.run_id,
             "model_id": deployable["name"],
-            "model_key": champion_model_key(ctx.run_id),
+            "model_key": champion_model_key(name, ctx.run_id),
             "source_model_key": ctx.model_key(deployable["name"], "model.keras"),
             "metric": metric,
             "value": value,
@@ -226,6 +316,7 @@ def run(ctx) -> dict:
             "previous_run_id": previous.get("run_id") if previous else None,
         }
         new.update(export_champion(ctx, new))
+        new.update(keep_training_data_record(ctx, new))
         record.update(install_champion(store, new, new["source_model_key"], previous))
         record["new_champion"] = new
     Promotion.write(store, ctx.key("promotion.json"), record)
@@ -245,4 +336,5 @@ def _result(ctx, record: dict) -> dict:
         "value": record["candidate"][metric],
         "champion_value": (champion.get("metrics") or {}).get(metric),
         "promotion_key": ctx.key("promotion.json"),
+        "model_name": record.get("model_name"),
     }

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 
 import jinja2
 
-from cnn_tasks import SPLIT_NAMES, SPLITS, reuse, runtime
+from cnn_tasks import SPLIT_NAMES, SPLITS, drift, reuse, runtime
+from cnn_tasks.champion import model_name, read_champion
 from cnn_tasks.contracts import Contract, DatasetInfo, EnsembleSummary, ModelMeta, ModelMetrics, Promotion, Summary
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,9 @@ def warnings(run: Run) -> list[str]:
         out.append(f"Not trained: {', '.join(missing)}.")
     if run.ensemble and run.ensemble.get("not_run"):
         out.append(f"Ensembles not built: {run.ensemble['not_run']}.")
+    drifted = section_drift(run).get("flags") or []
+    if drifted:
+        out.append(f"Data drift since the champion: {'; '.join(drifted)}. See Data drift.")
     if run.predictions and run.predictions.get("rejected"):
         out.append(f"{run.predictions['rejected']} image(s) to predict could not be read: see Predictions.")
     return out
@@ -668,6 +672,7 @@ def section_champion(run: Run) -> dict:
     champion = promotion.get("champion_on_this_test") or {}
     previous = promotion.get("previous_champion") or {}
     facts = {
+        "model name": promotion.get("model_name"),
         "metric": metric,
         "margin": promotion.get("margin"),
         "candidate": promotion["candidate"]["name"],
@@ -725,6 +730,51 @@ def model_card_part(run: Run) -> dict | None:
     }
 
 
+def drift_reference(run: Run) -> dict | None:
+    """The champion this run is compared with: the one promotion found (before it maybe replaced it),
+    else the current champion of the run's model name when another run promoted it."""
+    ctx = run.ctx
+    if run.promotion is not None:
+        return run.promotion.get("previous_champion")
+    current = read_champion(ctx.store, model_name(ctx.config))
+    return current if current and current.get("run_id") != ctx.run_id else None
+
+
+def section_drift(run: Run) -> dict:
+    ctx, title = run.ctx, "Data drift since the champion"
+    current = read_json(ctx, ctx.data_key("profile.json"))
+    if current is None:
+        return not_run("drift", title, f"{ctx.data_key('profile.json')} missing: the split stage did not run")
+    reference = drift_reference(run)
+    name = model_name(ctx.config)
+    if reference is None:
+        return not_run("drift", title, f"no earlier champion of model '{name}' to compare with")
+    key = reference.get("profile_key")
+    if not key or not ctx.store.exists(key):
+        return not_run(
+            "drift", title, f"the champion (run {reference.get('run_id')}) was promoted before data profiles were kept"
+        )
+    cfg = ctx.config
+    result = drift.compare(current, ctx.store.get_json(key), cfg.drift_class_share_change, cfg.drift_psi)
+    fair = (run.promotion or {}).get("champion_on_this_test") or {}
+    then, now = (reference.get("metrics") or {}).get("accuracy"), (fair.get("metrics") or {}).get("accuracy")
+    accuracy = {
+        "champion's test accuracy when promoted": then,
+        "on this run's test images it never saw": now,
+        "change": now - then if now is not None and then is not None else None,
+        "images": fair.get("unseen"),
+    }
+    return section(
+        "drift",
+        title,
+        "ok" if not result["flags"] else "partial",
+        reference=f"champion of '{name}': {reference.get('model_id')} from run {reference.get('run_id')}",
+        accuracy=accuracy,
+        thresholds={"class share change": cfg.drift_class_share_change, "channel PSI": cfg.drift_psi},
+        **result,
+    )
+
+
 def section_predictions(run: Run) -> dict:
     ctx, predictions = run.ctx, run.predictions
     if predictions is None:
@@ -764,6 +814,7 @@ SECTIONS = (
     section_evaluation,
     section_ensembles,
     section_champion,
+    section_drift,
     section_predictions,
     section_overview,
 )

@@ -32,7 +32,7 @@ from functools import cache
 from pathlib import Path
 
 from cnn_tasks import runtime, sources
-from cnn_tasks.champion import CHAMPION_KEY
+from cnn_tasks.champion import model_name, read_champion
 from cnn_tasks.context import model_id
 from cnn_tasks.layout import readable
 
@@ -71,6 +71,7 @@ STAGES = {
         (
             "data/split.csv",
             "data/analysis.json",
+            "data/profile.json",
             "data/figures/counts_",
             "data/figures/image_sizes.png",
             "data/figures/samples.png",
@@ -115,6 +116,11 @@ NOT_IN_ANY_KEY = {
     "promotion_margin": "promotion always runs",
     "promotion_min_accuracy": "promotion always runs",
     "export_tflite": "promotion always runs",
+    "model_name": "promotion always runs",
+    "new_lineage_on_class_change": "promotion always runs",
+    "min_unseen_test_images": "promotion always runs",
+    "drift_class_share_change": "the report always runs",
+    "drift_psi": "the report always runs",
     "store_uri": "where outputs go",
     "s3_endpoint_url": "where outputs go",
     "aws_conn_id": "where outputs go",
@@ -375,7 +381,7 @@ def stop_if_unchanged(ctx, run_type: str) -> bool:
     """The short-circuit after ingest: True to go on. When the run stops, runs/<id>/stopped.json
     says why (the report shows it)."""
     store = ctx.store
-    champion = store.get_json(CHAMPION_KEY) if store.exists(CHAMPION_KEY) else None
+    champion = read_champion(store, model_name(ctx.config))
     data_digest = (run_record(ctx, "download") or {}).get("data_digest")
     verdict = unchanged(ctx.config, data_digest, champion, run_type)
     log.info("%s: %s", "stopping after ingest" if verdict.stop else "training", verdict.why)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from cnn_tasks import plots
+from cnn_tasks import drift, plots
 from cnn_tasks.data import SPLIT_NAMES, SPLITS, read_csv
 from cnn_tasks.errors import PipelineError
 
@@ -92,6 +92,7 @@ def run(ctx) -> dict:
         "no_leakage": True,
     }
     analysis["figures"] = draw_figures(ctx, table, counts, classes)
+    ctx.store.put_json(ctx.data_key("profile.json"), drift.profile(manifest, ingest))  # compared for drift
     ctx.store.put_json(ctx.data_key("analysis.json"), analysis)
     log.info("split %s; %s", analysis["totals"], analysis["conclusion"])
     return {

@@ -2,9 +2,11 @@
 
 What the plugin adds (Airflow 3 plugin interfaces, loaded by the api-server):
 
-* ``fastapi_apps``: a FastAPI app mounted at ``/cnn-reports`` that lists past runs (from
-  ``runs/*/report/summary.json``), newest first, and serves a run's files (report HTML, figures,
-  CSVs, folder listings) straight from the artifact store (local folder or S3/MinIO).
+* ``fastapi_apps``: a FastAPI app mounted at ``/cnn-reports`` that lists the champions per model
+  name, each with its metric over time as a chart, and past runs (from
+  ``runs/*/report/summary.json``), newest first; compares two runs side by side; and serves a run's
+  files (report HTML, figures, CSVs, folder listings) straight from the artifact store (local
+  folder or S3/MinIO).
 * ``external_views``: a "CNN reports" page in the UI's Browse menu that frames that app.
 * ``global_operator_extra_links``: a "Report" button on every task of the pipeline DAG and a
   "Model folder" button on training tasks.
@@ -39,6 +41,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cnn_tasks import DAG_ID
+from cnn_tasks.champion import champions, history
 from cnn_tasks.config import PipelineConfig
 from cnn_tasks.context import safe_run_id
 from cnn_tasks.storage import StoreError, content_type_for, make_s3_client, open_store
@@ -155,6 +158,93 @@ def list_runs(store, limit: int = MAX_RUNS) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- champions
+CHART_W, CHART_H, CHART_PAD = 320, 90, 8
+
+
+def history_points(records: list[dict]) -> list[dict]:
+    """The champion metric at each promotion, placed on a CHART_W x CHART_H chart (oldest left)."""
+    values = [r.get("value") for r in records]
+    known = [v for v in values if isinstance(v, (int, float))]
+    if not known:
+        return []
+    low, high = min(known), max(known)
+    span = (high - low) or 1.0
+    step = (CHART_W - 2 * CHART_PAD) / max(1, len(records) - 1)
+    points = []
+    for i, (record, value) in enumerate(zip(records, values)):
+        if not isinstance(value, (int, float)):
+            continue
+        points.append(
+            {
+                "x": round(CHART_PAD + i * step, 1),
+                "y": round(CHART_H - CHART_PAD - (value - low) / span * (CHART_H - 2 * CHART_PAD), 1),
+                "value": value,
+                "run_id": record.get("run_id"),
+                "promoted_at": record.get("promoted_at"),
+            }
+        )
+    return points
+
+
+def list_champions(store) -> list[dict]:
+    """One row per model name: its current champion and its champion metric over time."""
+    rows = []
+    for name, current in sorted(champions(store, include_legacy=True).items()):
+        past = history(store, name) or [current]
+        rows.append(
+            {
+                "model_name": name,
+                "model_id": current.get("model_id"),
+                "run_id": current.get("run_id"),
+                "metric": current.get("metric"),
+                "value": current.get("value"),
+                "promoted_at": current.get("promoted_at"),
+                "classes": len(current.get("classes") or []),
+                "promotions": len(past),
+                "history": history_points(past),
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- comparing runs
+def read_summary(store, run_id: str) -> dict:
+    try:
+        return store.get_json(run_key(f"{run_id}/report/summary.json"))
+    except (StoreError, ValueError):
+        raise HTTPException(404, f"run {run_id} has no readable report summary") from None
+
+
+def compare_runs(store, a: str, b: str) -> dict:
+    """Two runs side by side: each model's and ensemble's test scores, the decisions, changed settings."""
+    first, second = read_summary(store, a), read_summary(store, b)
+
+    def scores(summary: dict) -> dict[str, dict]:
+        found = {m: (v or {}).get("test") or {} for m, v in (summary.get("models") or {}).items()}
+        for row in (summary.get("ensembles") or {}).get("comparison") or []:
+            if row.get("kind") != "model":
+                found[row["name"]] = row
+        return found
+
+    left, right = scores(first), scores(second)
+    rows = []
+    for name in sorted(set(left) | set(right)):
+        row = {"name": name}
+        for metric in ("accuracy", "macro_f1"):
+            x, y = left.get(name, {}).get(metric), right.get(name, {}).get(metric)
+            row[metric] = (x, y, y - x if isinstance(x, (int, float)) and isinstance(y, (int, float)) else None)
+        rows.append(row)
+    config_a, config_b = first.get("config") or {}, second.get("config") or {}
+    changed = [
+        {"setting": k, "a": json.dumps(config_a.get(k)), "b": json.dumps(config_b.get(k))}
+        for k in sorted(set(config_a) | set(config_b))
+        if config_a.get(k) != config_b.get(k)
+    ]
+    decisions = {r: (s.get("promotion") or {}).get("reason") for r, s in ((a, first), (b, second))}
+    return {"a": a, "b": b, "rows": rows, "changed": changed, "decisions": decisions}
+
+
 # --------------------------------------------------------------------------- HTML
 def _metric(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
@@ -174,8 +264,16 @@ def _page(template: str, **values) -> HTMLResponse:
     return HTMLResponse(PAGES.get_template(template).render(**values))
 
 
-def index_page(rows: list[dict], base: str, store_uri: str) -> HTMLResponse:
-    return _page("index.html", title="CNN pipeline runs", rows=rows, base=base, store_uri=store_uri)
+def index_page(rows: list[dict], champion_rows: list[dict], base: str, store_uri: str) -> HTMLResponse:
+    return _page(
+        "index.html",
+        title="CNN pipeline runs",
+        rows=rows,
+        champions=champion_rows,
+        chart={"w": CHART_W, "h": CHART_H},
+        base=base,
+        store_uri=store_uri,
+    )
 
 
 def folder_page(store, key: str, base: str) -> HTMLResponse:
@@ -208,12 +306,24 @@ def _base(request: Request) -> str:
 
 @app.get("/", response_class=HTMLResponse)
 def index(request: Request, limit: int = Query(MAX_RUNS, ge=1, le=10_000)):
-    return index_page(list_runs(get_store(), limit), _base(request), store_settings()[0])
+    store = get_store()
+    return index_page(list_runs(store, limit), list_champions(store), _base(request), store_settings()[0])
 
 
 @app.get("/api/runs")
 def runs_json(limit: int = Query(MAX_RUNS, ge=1, le=10_000)) -> list[dict]:
     return list_runs(get_store(), limit)
+
+
+@app.get("/api/champions")
+def champions_json() -> list[dict]:
+    return list_champions(get_store())
+
+
+@app.get("/compare", response_class=HTMLResponse)
+def compare(request: Request, a: str = Query(..., min_length=1), b: str = Query(..., min_length=1)):
+    comparison = compare_runs(get_store(), a, b)
+    return _page("compare.html", title=f"{a} against {b}", base=_base(request), c=comparison)
 
 
 @app.get("/runs/{path:path}")

@@ -174,39 +174,61 @@ def test_report_on_a_store_without_runs_says_so(tmp_path):
     assert proc.stderr.strip() == f"no report in file://{tmp_path / 'empty'} yet"
 
 
-def test_predict_uses_the_champion_and_the_meta_json_it_was_trained_with(tmp_path, capsys):
+def champion_record(run_id: str, name: str) -> dict:
+    return {
+        "model_name": name,
+        "run_id": run_id,
+        "model_id": "tiny__unbalanced",
+        "model_key": f"champions/{name}/models/{run_id}/model.keras",
+        "classes": ["x", "y", "z"],
+        "source_model_key": f"runs/{run_id}/models/tiny__unbalanced/model.keras",
+    }
+
+
+@pytest.fixture
+def champion_store(tmp_path):
+    """A store whose model name `tiny` has a champion (a real tiny model) trained on CLASSES."""
     from tests.helpers import CLASSES, tiny_model
-    from tests.imagegen import make_dataset
 
     store = open_store(f"file://{tmp_path / 'store'}")
     tiny_model().save(tmp_path / "m.keras")
-    store.put_file("champions/r1/model.keras", tmp_path / "m.keras")
+    store.put_file("champions/tiny/models/r1/model.keras", tmp_path / "m.keras")
     store.put_json("runs/r1/models/tiny__unbalanced/meta.json", {"classes": CLASSES})
-    store.put_json(
-        "champion.json",
-        {
-            "run_id": "r1",
-            "model_id": "tiny__unbalanced",
-            "model_key": "champions/r1/model.keras",
-            "classes": ["x", "y", "z"],
-            "source_model_key": "runs/r1/models/tiny__unbalanced/model.keras",
-        },
-    )
+    store.put_json("champions/tiny/champion.json", champion_record("r1", "tiny"))
+    return store
+
+
+def test_predict_uses_the_champion_and_the_meta_json_it_was_trained_with(champion_store, tmp_path, capsys):
+    from tests.helpers import CLASSES
+    from tests.imagegen import make_dataset
+
     folder = make_dataset(tmp_path / "images", classes=3, per_class=2, size=20, seed=3)
     out = tmp_path / "preds.csv"
-    assert cli.main(["predict", str(folder), "--store", store.uri, "--out", str(out)]) == 0
+    assert cli.main(["predict", str(folder), "--store", champion_store.uri, "--out", str(out)]) == 0
     rows = out.read_text().splitlines()
     assert len(rows) == 1 + 6
     assert {row.split(",")[1] for row in rows[1:]} <= set(CLASSES)  # from meta.json, not the record
-    assert "champion: tiny__unbalanced from run r1" in capsys.readouterr().out
+    assert "champion of tiny: tiny__unbalanced from run r1" in capsys.readouterr().out
+
+
+def test_predict_with_several_model_names_needs_one(champion_store, tmp_path):
+    champion_store.put_json("champions/other/champion.json", champion_record("r2", "other"))
+    proc = run_cli("predict", str(tmp_path), "--store", champion_store.uri)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"PipelineError: {champion_store.uri} has champions for other, tiny: choose one with --model-name"
+    )
+    proc = run_cli("predict", str(tmp_path), "--store", champion_store.uri, "--model-name", "nope")
+    assert proc.stderr.strip() == (
+        f"PipelineError: no champion named 'nope' in {champion_store.uri}; it has other, tiny"
+    )
 
 
 def test_predict_without_a_champion_says_so(tmp_path):
     proc = run_cli("predict", str(tmp_path), "--store", f"file://{tmp_path / 'store'}")
     assert proc.returncode == 1
     assert proc.stderr.strip() == (
-        f"PipelineError: file://{tmp_path / 'store'}/champion.json does not exist: "
-        "no model has been promoted in this store yet"
+        f"PipelineError: no champion in file://{tmp_path / 'store'}: no model has been promoted in this store yet"
     )
 
 

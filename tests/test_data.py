@@ -302,7 +302,7 @@ def test_predict_stage_reads_with_the_champions_fit_and_this_runs_limits(make_ct
     meta_key = "runs/old/models/m1_balanced/meta.json"
     ctx.store.put_bytes("champions/old/model.keras", b"model")
     ctx.store.put_json(
-        champion.CHAMPION_KEY,
+        champion.champion_json_key(champion.model_name(ctx.config)),
         {
             "model_id": "m1_balanced",
             "run_id": "old",

@@ -164,7 +164,7 @@ def test_whole_dag_with_s3_store_on_moto(airflow_env, served_dataset, tmp_path):
         run_dag(env, conf, tmp_path / "dags_test.log")
         store = open_store("s3://cnn-artifacts/e2e", endpoint_url=endpoint)
         first = assert_complete_run(store)["run_id"]
-        champion = store.get_json("champion.json")  # the first run's best model, ready to serve
+        champion = store.get_json("champions/tiny/champion.json")  # the first run's best model, ready to serve
         assert champion["run_id"] == first
         assert store.exists(f"{champion['saved_model_key']}/saved_model.pb")
         assert store.exists(champion["tflite_key"])

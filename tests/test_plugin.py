@@ -172,6 +172,57 @@ def test_pages_escape_what_the_store_holds(reports, local_store):
     assert f'href="/cnn-reports/runs/{NEW}/report/%3Cb%3Eodd%20%26%20name.txt"' in listing
 
 
+def write_champions(root: Path) -> None:
+    """Model name `eurosat`: two promotions (0.80, then 0.90); model name `crops`: one (0.70)."""
+    for name, promotions in (
+        ("eurosat", [(OLD, 0.80, "20250101"), (NEW, 0.90, "20250201")]),
+        ("crops", [(NEW, 0.7, "20250202")]),
+    ):
+        for run_id, value, stamp in promotions:
+            record = {"model_name": name, "run_id": run_id, "model_id": "baseline__balanced", "metric": "macro_f1"}
+            record |= {"value": value, "promoted_at": f"{stamp}T000000Z", "classes": ["a", "b"]}
+            (root / f"champions/{name}/history").mkdir(parents=True, exist_ok=True)
+            (root / f"champions/{name}/history/{stamp}T000000Z-{run_id}.json").write_text(json.dumps(record))
+        (root / f"champions/{name}/champion.json").write_text(json.dumps(record))
+
+
+def test_lists_champions_per_model_name_with_their_metric_over_time(reports, local_store):
+    write_champions(local_store)
+    rows = {r["model_name"]: r for r in reports.get("/cnn-reports/api/champions").json()}
+    assert set(rows) == {"crops", "eurosat", "legacy"}  # legacy: champion.json from before model names
+    eurosat = rows["eurosat"]
+    assert (eurosat["run_id"], eurosat["value"], eurosat["promotions"]) == (NEW, 0.9, 2)
+    assert [p["value"] for p in eurosat["history"]] == [0.8, 0.9]
+    first, last = eurosat["history"]
+    assert first["x"] < last["x"]
+    assert first["y"] > last["y"]  # higher is better, drawn higher up
+    assert rows["crops"]["promotions"] == 1
+    assert rows["legacy"]["run_id"] is None
+    page = reports.get("/cnn-reports/").text
+    assert page.count("<polyline") == 2
+    assert "2 promotion(s); 0.800 → 0.900" in page
+    assert "secret" not in page
+
+
+def test_compares_two_runs_side_by_side(reports, local_store):
+    new = json.loads((local_store / f"runs/{NEW}/report/summary.json").read_text())
+    new["config"] = {"epochs": 30, "seed": 42}
+    (local_store / f"runs/{NEW}/report/summary.json").write_text(json.dumps(new))
+    old = json.loads((local_store / f"runs/{OLD}/report/summary.json").read_text())
+    old["config"] = {"epochs": 10, "seed": 42}
+    (local_store / f"runs/{OLD}/report/summary.json").write_text(json.dumps(old))
+    assert '<select name="a">' in reports.get("/cnn-reports/").text
+    page = reports.get("/cnn-reports/compare", params={"a": OLD, "b": NEW})
+    assert page.status_code == 200
+    row = page.text[page.text.index("<td>baseline__balanced</td>") :].split("</tr>")[0]
+    assert [cell.split(">")[-1] for cell in row.split("</td>")[1:4]] == ["0.810", "0.930", "0.120"]
+    assert "<td>epochs</td><td>10</td><td>30</td>" in page.text
+    assert "<td>seed</td>" not in page.text
+    assert "beats the champion" in page.text
+    assert reports.get("/cnn-reports/compare", params={"a": OLD, "b": "nope"}).status_code == 404
+    assert reports.get("/cnn-reports/compare", params={"a": OLD, "b": ".."}).status_code == 400
+
+
 def test_index_without_runs_says_so(reports, tmp_path, monkeypatch):
     monkeypatch.setenv("CNN_STORE_URI", f"file://{tmp_path / 'empty'}")
     page = reports.get("/cnn-reports/")

@@ -8,10 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnn_tasks import data, evaluate, model_card, models, promote, serving
+from cnn_tasks import champion, data, evaluate, model_card, models, promote, serving
 from cnn_tasks.champion import history_key, pick_candidate
 from tests.fixtures_training import write_model_meta, write_training_dataset
 from tests.helpers import tiny_model, write_single_model_ensemble
+
+CHAMPION = "champions/eurosat/champion.json"  # the runs' model name: derived from the default dataset
 
 
 @pytest.mark.parametrize(
@@ -78,9 +80,9 @@ def test_promotion_history(pipeline):
     assert out["promoted"]
     assert out["decision"] == "promoted"
     store = first.store
-    first_champion = store.get_json("champion.json")
+    first_champion = store.get_json(CHAMPION)
     assert first_champion["run_id"] == "run1"
-    assert store.exists("champions/run1/model.keras")
+    assert store.exists("champions/eurosat/models/run1/model.keras")
     info = data.load_dataset_info(first)
     assert first_champion["classes"] == info["classes"]
     assert first_champion["image_size"] == 16
@@ -95,25 +97,25 @@ def test_promotion_history(pipeline):
     assert out["champion_value"] == 0.0
     record = guarded.store.get_json(guarded.key("promotion.json"))
     assert record["guards"][0]["ok"] is False
-    assert store.get_json("champion.json")["run_id"] == "run1"
-    assert len(store.list("champions/history/")) == 1
+    assert store.get_json(CHAMPION)["run_id"] == "run1"
+    assert len(store.list("champions/eurosat/history/")) == 1
 
     # the champion scores 0 on this run's test split: a better model wins
     second = new_run("run3", "good", macro_f1=0.9, accuracy=0.9)
     out = promote.run(second)
     assert out["promoted"]
     assert out["champion_value"] == 0.0
-    assert store.get_json("champion.json")["run_id"] == "run3"
+    assert store.get_json(CHAMPION)["run_id"] == "run3"
     assert promote.run(second) == out  # a retried task keeps its decision, it does not compare with itself
     store.path(second.key("promotion.json")).unlink()  # as if interrupted after installing the champion
     recovered = promote.run(second)
     assert recovered["promoted"]
     assert recovered["decision"] == "promoted"
-    assert store.get_json("champion.json")["run_id"] == "run3"
+    assert store.get_json(CHAMPION)["run_id"] == "run3"
     assert store.get_json(history_key(first_champion)) == first_champion  # old one kept
-    assert store.exists("champions/run1/model.keras")
-    assert store.exists("champions/run3/model.keras")
-    assert len(store.list("champions/history/")) == 2
+    assert store.exists("champions/eurosat/models/run1/model.keras")
+    assert store.exists("champions/eurosat/models/run3/model.keras")
+    assert len(store.list("champions/eurosat/history/")) == 2
 
     # the champion is perfect on the test split: a worse model is refused
     third = new_run("run4", "wrong", macro_f1=0.7, accuracy=0.7)
@@ -127,8 +129,8 @@ def test_promotion_history(pipeline):
     assert champion["comparable"]
     assert champion["metrics"]["count"] == 12
     assert champion["metrics"]["accuracy"] == 1.0
-    assert store.get_json("champion.json")["run_id"] == "run3"
-    assert len(store.list("champions/history/")) == 2
+    assert store.get_json(CHAMPION)["run_id"] == "run3"
+    assert len(store.list("champions/eurosat/history/")) == 2
 
 
 def test_a_promoted_champion_ships_a_saved_model_a_tflite_file_and_a_model_card(pipeline, tmp_path):
@@ -141,7 +143,7 @@ def test_a_promoted_champion_ships_a_saved_model_a_tflite_file_and_a_model_card(
 
     ctx = pipeline("run1", "good", macro_f1=0.9, accuracy=0.9)
     assert promote.run(ctx)["promoted"]
-    store, champion = ctx.store, ctx.store.get_json("champion.json")
+    store, champion = ctx.store, ctx.store.get_json(CHAMPION)
     model = models.load_model(store.get_file(champion["model_key"], tmp_path / "model.keras"))
     x, y, _ = data.load_split_arrays(ctx, "test")
     expected = model.predict(x, verbose=0)
@@ -183,8 +185,8 @@ def test_export_tflite_off_ships_no_tflite_file(pipeline, make_ctx):
     ctx = pipeline("run1", "good", macro_f1=0.9, accuracy=0.9)
     ctx = make_ctx("run1", promotion_min_accuracy=0.5, export_tflite=False)
     assert promote.run(ctx)["promoted"]
-    assert "tflite_key" not in ctx.store.get_json("champion.json")
-    assert not ctx.store.list("champions/run1/model.tflite")
+    assert "tflite_key" not in ctx.store.get_json(CHAMPION)
+    assert not ctx.store.list("champions/eurosat/models/run1/model.tflite")
 
 
 def test_the_model_card_names_the_most_confused_classes_with_intervals():
@@ -200,23 +202,109 @@ def test_the_model_card_names_the_most_confused_classes_with_intervals():
     assert model_card.wilson(0, 0) is None
 
 
-def test_champion_with_other_classes_is_incomparable(pipeline):
-    new_run = pipeline
-    ctx = new_run("run5", "good", macro_f1=0.9, accuracy=0.9)
-    old = {
+def old_champion(classes: list[str]) -> dict:
+    return {
+        "model_name": "eurosat",
         "run_id": "old",
         "model_id": "m",
-        "model_key": "champions/old/model.keras",
+        "model_key": "champions/eurosat/models/old/model.keras",
         "metric": "macro_f1",
         "value": 0.5,
-        "classes": ["cat", "dog"],
+        "classes": classes,
         "promoted_at": "20240101T000000Z",
     }
-    ctx.store.put_json("champion.json", old)
+
+
+def test_a_champion_with_other_classes_is_kept_and_the_reason_says_how_to_go_on(pipeline):
+    ctx = pipeline("run5", "good", macro_f1=0.9, accuracy=0.9)
+    old = old_champion(["cat", "dog"])
+    ctx.store.put_json(CHAMPION, old)
     out = promote.run(ctx)
     record = ctx.store.get_json(ctx.key("promotion.json"))
     assert not out["promoted"]
     assert record["champion_on_this_test"]["comparable"] is False
-    assert "differ" in record["champion_on_this_test"]["why"]
-    assert ctx.store.get_json("champion.json") == old
+    assert record["reason"] == (
+        "not promoted: model 'eurosat' has a champion (run old) trained on other classes (the champion has 2 "
+        "classes, this run 3: added class_a, class_b, class_c; removed cat, dog). To keep both, run with another "
+        "model_name (e.g. model_name=eurosat-3-classes); to let this run's classes replace the champion, set "
+        "new_lineage_on_class_change=true"
+    )
+    assert ctx.store.get_json(CHAMPION) == old
     np.testing.assert_equal(out["champion_value"], None)
+
+
+def test_new_lineage_on_class_change_lets_new_classes_replace_the_champion(pipeline, make_ctx):
+    pipeline("run5", "good", macro_f1=0.9, accuracy=0.9)
+    ctx = make_ctx("run5", promotion_min_accuracy=0.5, new_lineage_on_class_change=True, export_tflite=False)
+    old = old_champion(["class_a", "class_b"])
+    ctx.store.put_json(CHAMPION, old)
+    out = promote.run(ctx)
+    assert out["promoted"]
+    assert "added class_c" in out["reason"]
+    assert "starts a new lineage of 'eurosat'" in out["reason"]
+    assert ctx.store.get_json(CHAMPION)["classes"] == ["class_a", "class_b", "class_c"]
+    assert ctx.store.get_json(history_key(old)) == old  # the old lineage stays in the history
+
+
+def test_model_names_keep_separate_champions(pipeline, make_ctx):
+    pipeline("run6", "good", macro_f1=0.9, accuracy=0.9)
+    ctx = make_ctx("run6", promotion_min_accuracy=0.5, model_name="crops", export_tflite=False)
+    other = old_champion(["cat", "dog"])
+    ctx.store.put_json(CHAMPION, other)  # eurosat's champion solves another task: irrelevant here
+    out = promote.run(ctx)
+    assert out["promoted"]
+    assert out["model_name"] == "crops"
+    assert out["reason"].startswith("no current champion")
+    assert ctx.store.get_json("champions/crops/champion.json")["run_id"] == "run6"
+    assert ctx.store.get_json(CHAMPION) == other
+    assert set(champion.champions(ctx.store)) == {"crops", "eurosat"}
+    assert [c["run_id"] for c in champion.history(ctx.store, "crops")] == ["run6"]
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://host/x/EuroSAT.zip", "eurosat"),
+        ("s3://bucket/data/flowers/", "flowers"),
+        ("/home/me/data/My Photos", "my-photos"),
+        ("/data/plants.tar.gz", "plants"),
+        ("C:\\data\\Birds_2024.tgz", "birds_2024"),
+        ("/", "dataset"),
+    ],
+)
+def test_the_model_name_is_derived_from_the_datasets_file_or_folder(url, name):
+    assert champion.derive_model_name(url) == name
+
+
+def write_split_csv(ctx, trained_on: list[str]) -> None:
+    """data/split.csv saying the run trained on `trained_on` (and tested on the rest of its test keys)."""
+    test_keys = [str(k) for k in data.load_split_arrays(ctx, "test")[2]]
+    rows = [f"{k},class_a,0,{'train' if k in trained_on else 'test'}," for k in test_keys]
+    ctx.store.put_text(ctx.data_key("split.csv"), "key,class,label,split,given_split\n" + "\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize(("seen", "comparable"), [(10, False), (6, True)])
+def test_champion_and_candidate_are_compared_only_on_images_neither_has_seen(pipeline, make_ctx, seen, comparable):
+    first = pipeline("run1", "wrong", macro_f1=0.6, accuracy=0.6)
+    test_keys = [str(k) for k in data.load_split_arrays(first, "test")[2]]  # the same images in every run
+    write_split_csv(first, trained_on=test_keys[:seen])
+    assert promote.run(first)["promoted"]
+    assert first.store.exists(first.store.get_json(CHAMPION)["split_key"])
+    pipeline("run2", "good", macro_f1=0.9, accuracy=0.9)
+    second = make_ctx("run2", promotion_min_accuracy=0.5, min_unseen_test_images=3, export_tflite=False)
+    out = promote.run(second)
+    fair = second.store.get_json(second.key("promotion.json"))["champion_on_this_test"]
+    assert fair["unseen"] == 12 - seen
+    assert fair["test_images"] == 12
+    assert fair["comparable"] is comparable
+    assert out["promoted"] is comparable
+    if comparable:
+        assert fair["metrics"]["count"] == 6
+        assert fair["candidate_metrics"]["count"] == 6
+        assert "both scored on the 6 of 12 test images that neither trained or validated on" in fair["why"]
+    else:
+        assert fair["why"] == (
+            "only 2 of this run's 12 test images are unseen by the champion (it trained or validated on the others), "
+            "fewer than min_unseen_test_images=3: no fair comparison"
+        )
+        assert out["reason"] == f"not promoted: the champion (run run1) cannot be compared: {fair['why']}"

@@ -31,6 +31,7 @@ SECTIONS = (
     "evaluation",
     "ensembles",
     "champion",
+    "drift",
     "predictions",
     "overview",
 )  # in page order
@@ -295,7 +296,8 @@ def test_sections_hold_every_stage_output(full_run):
     sections = sections_of(run)
     assert list(sections) == list(SECTIONS[1:])  # after the results; the run id and configuration last
     not_ok = {a: s["status"] for a, s in sections.items() if s["status"] != "ok"}
-    assert not_ok == {"checks": "1 missing", "predictions": "not run"}  # wide's single-batch check did not run
+    # wide's single-batch check did not run; the run's data has no profile to compare for drift
+    assert not_ok == {"checks": "1 missing", "drift": "not run", "predictions": "not run"}
     baseline = next(c for c in sections["checks"]["checks"] if c["name"] == "baseline")
     assert baseline["fields"]["plain"]["lr range test: learning_rate"] == 0.002  # beside the single-batch check
     assert [f["src"].rsplit("/", 1)[1] for f in baseline["figures"]] == ["loss.png", "lr_range.png"]
@@ -451,7 +453,11 @@ def test_full_report_page_and_summary(full_run):
     assert summary["promotion"]["promoted"] is True
     assert summary["ensembles"]["best"]
     assert summary["results"]["best_model"]["name"] in TRAINED
-    assert summary["sections"] == dict.fromkeys(SECTIONS[1:], "ok") | {"checks": "1 missing", "predictions": "not run"}
+    assert summary["sections"] == dict.fromkeys(SECTIONS[1:], "ok") | {
+        "checks": "1 missing",
+        "drift": "not run",
+        "predictions": "not run",
+    }
     assert summary["versions"]["numpy"] == np.__version__
     names = {"python"} | {n if isinstance(n, str) else n[0] for n in runtime.VERSION_PACKAGES}
     assert set(summary["versions"]) == names

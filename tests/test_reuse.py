@@ -234,12 +234,12 @@ def test_no_champion_or_one_without_digests_always_trains():
 
 
 def test_stop_if_unchanged_records_why_for_the_report(dataset, make_ctx):
-    from cnn_tasks.champion import CHAMPION_KEY
+    from cnn_tasks.champion import champion_json_key, model_name
 
     first = make_ctx("first", dataset_url=str(dataset), skip_unchanged="always", **SMALL)
     prepare(first)
     digest = reuse.run_record(first, "download")["data_digest"]
-    first.store.put_json(CHAMPION_KEY, champion_of(first.config, digest))
+    first.store.put_json(champion_json_key(model_name(first.config)), champion_of(first.config, digest))
     second = make_ctx("second", dataset_url=str(dataset), skip_unchanged="always", **SMALL)
     reuse.data_stage(second, "download", never)
     assert reuse.stop_if_unchanged(second, "manual") is False
