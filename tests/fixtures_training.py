@@ -81,19 +81,21 @@ def write_training_dataset(
     return info
 
 
-def write_model_meta(ctx, model_id: str, model, image_size: int = 16) -> dict:
-    """models/<id>/meta.json as the train stage writes it, for `model` trained by the run's first experiment."""
+def write_model_meta(ctx, model_id: str, model, image_size: int = 16, **overrides) -> dict:
+    """models/<id>/meta.json as the train stage writes it for `model`: `<experiment>__<variant>`, of
+    the run's experiment of that name (else its first); `overrides` replace any field."""
     from cnn_tasks import models, runtime
     from cnn_tasks.contracts import ModelMeta
 
     experiment, variant = model_id.split("__")
-    spec = ctx.config.experiments[0]
+    names = [e.name for e in ctx.config.experiments]
+    spec = ctx.config.experiment(experiment) if experiment in names else ctx.config.experiments[0]
     meta = {
         "model_id": model_id,
         "experiment": experiment,
         "variant": variant,
         "description": spec.description,
-        "classes": ctx.store.get_json(ctx.data_key("dataset.json"))["classes"],
+        "classes": overrides.get("classes") or ctx.store.get_json(ctx.data_key("dataset.json"))["classes"],
         "image_size": image_size,
         "image_fit": ctx.config.image_fit,
         "spec": spec.model_dump(mode="json"),
@@ -118,6 +120,6 @@ def write_model_meta(ctx, model_id: str, model, image_size: int = 16) -> dict:
         "runtime": {},
         "keys": {"model": ctx.model_key(model_id, "model.keras")},
         "figures": [],
-    }
+    } | overrides
     ModelMeta.write(ctx.store, ctx.model_key(model_id, "meta.json"), meta)
     return meta

@@ -18,6 +18,7 @@ from PIL import Image
 from cnn_tasks import ensemble, evaluate, failures, models, predict, promote, report, runtime
 from cnn_tasks.metrics import classification_metrics
 from cnn_tasks.plots import figure_entry
+from tests.fixtures_training import write_model_meta
 from tests.helpers import CLASSES, random_proba, store_figure_exists
 
 SECTIONS = (
@@ -117,8 +118,6 @@ def history(mid: str, epochs: int = 5) -> list[dict]:
 def write_models(ctx, tmp_path) -> None:
     """What the train stage leaves per trained model: a real model.keras of its experiment (built by
     models.build_model for the dataset's 16 px images), history.json, meta.json and the curves figure."""
-    from cnn_tasks.contracts import ModelMeta
-
     s = ctx.store
     for mid in TRAINED:
         experiment, variant = mid.split("__")
@@ -127,43 +126,22 @@ def write_models(ctx, tmp_path) -> None:
         model.save(tmp_path / f"{mid}.keras")
         s.put_file(ctx.model_key(mid, "model.keras"), tmp_path / f"{mid}.keras")
         s.put_json(ctx.model_key(mid, "history.json"), history(mid))
-        ModelMeta.write(
-            s,
-            ctx.model_key(mid, "meta.json"),
-            {
-                "model_id": mid,
-                "experiment": experiment,
-                "variant": variant,
-                "description": spec.description,
-                "classes": CLASSES,
-                "image_size": 16,
-                "image_fit": "squash",
-                "spec": spec.model_dump(mode="json"),
-                "params": int(model.count_params()),
-                "layers": models.describe(model)["layers"],
-                "best_epoch": 3,
-                "epochs_run": 5,
-                "stopped_by": "time_budget",
-                "resumed_from_epoch": 0,
-                "best_val_loss": 0.6,
-                "best_val_accuracy": 0.6,
-                "final_val_loss": 0.7,
-                "final_val_accuracy": 0.55,
-                "wall_time_s": 75.5,
-                "train_time_s": 12.5,
-                "images_per_s": 820.0,
-                "class_weight": None,
-                "dataset_sha256": "f00d",
-                "config": ctx.config.to_dict(),
-                "versions": {},
-                "git_commit": None,
-                "runtime": {},
-                "keys": {
-                    "model": ctx.model_key(mid, "model.keras"),
-                    "history_json": ctx.model_key(mid, "history.json"),
-                },
-                "figures": [png(s, ctx.model_key(mid, "curves.png"), f"Curves of {mid}.")],
-            },
+        write_model_meta(
+            ctx,
+            mid,
+            model,
+            classes=CLASSES,
+            stopped_by="time_budget",
+            best_val_accuracy=0.6,
+            final_val_accuracy=0.55,
+            wall_time_s=75.5,
+            train_time_s=12.5,
+            images_per_s=820.0,
+            dataset_sha256="f00d",
+            versions={},
+            git_commit=None,
+            keys={"model": ctx.model_key(mid, "model.keras"), "history_json": ctx.model_key(mid, "history.json")},
+            figures=[png(s, ctx.model_key(mid, "curves.png"), f"Curves of {mid}.")],
         )
 
 
