@@ -4,10 +4,12 @@ A stage's *key* is a sha256 over everything that shapes its outputs: its input (
 content digest for download, the upstream stage's key after that), the settings it reads
 (`STAGES`), and the code that computes it (the source of its module and of every cnn_tasks module
 it imports, and the versions of the libraries that decode, encode and train). Equal keys mean equal
-outputs, so a run whose key matches an earlier run's copies that run's outputs into its own
-prefix (a server-side copy on S3, a hard link on disk) instead of computing them; `runs/<old>/`
-inside the copied JSON and CSV files is rewritten to this run's prefix, so every run stays whole on
-its own. The data stages reuse by default (`recompute=true` turns it off); a trained model only
+outputs, so a run whose key matches an earlier run's reuses that run's outputs instead of
+computing them: the small ones (JSON, CSV, figures) are copied into its own prefix, with the keys
+of copied files rewritten inside them; the shards (`Stage.shared`, most of the bytes) are read in
+place from the run that made them, which its dataset.json and manifest.csv name (they are
+verified by sha256 when fetched). Reuse thus costs no time and no storage per run; a run whose
+indexed outputs were deleted computes them again. The data stages reuse by default (`recompute=true` turns it off); a trained model only
 with `reuse_models=true`.
 
   reuse/<stage>/<key>.json       at the store root: the run that computed it, its output keys,
@@ -25,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +50,7 @@ class Stage:
     module: str  # cnn_tasks.<module> computes it
     settings: tuple[str, ...]  # the PipelineConfig fields that shape its outputs
     outputs: tuple[str, ...]  # key prefixes of its outputs, relative to runs/<id>/
+    shared: tuple[str, ...] = ()  # the large ones among them, read in place from the run that made them
 
 
 STAGES = {
@@ -64,6 +68,7 @@ STAGES = {
             "seed",
         ),
         ("data/manifest.csv", "data/rejected.csv", "data/ingest.json", "data/clean/"),
+        ("data/clean/",),
     ),
     "split": Stage(
         "split",
@@ -81,6 +86,7 @@ STAGES = {
         "rebalance",
         ("rebalance", "seed", "image_size", "image_fit", "augment"),
         ("data/shards/", "data/dataset.json", "data/figures/rebalance_"),
+        ("data/shards/",),
     ),
     # One trained model; its key also holds the experiment's spec and the data variant.
     "train": Stage(
@@ -258,7 +264,7 @@ def reusing(
     entry = store.get_json(index) if enabled and store.exists(index) else None
     if entry is not None and entry["run_id"] != ctx.run_id:
         try:
-            result = _copy_outputs(ctx, entry)
+            result = _copy_outputs(ctx, entry, STAGES[stage].shared)
         except ReuseIndexError as exc:
             log.warning("%s: %s; computing it again", name, exc)
         else:
@@ -277,8 +283,10 @@ def reusing(
     return result
 
 
-def _copy_outputs(ctx, entry: dict) -> dict:
-    """Copy an indexed run's outputs into this run (rewriting its prefix in text files); its result."""
+def _copy_outputs(ctx, entry: dict, shared: tuple[str, ...] = ()) -> dict:
+    """Copy an indexed run's outputs into this run, except the `shared` ones (large shards, read in
+    place); in the copied text files, and in the result returned, keys of copied outputs are
+    rewritten to this run's prefix while keys of shared ones keep naming the run that made them."""
     store, old = ctx.store, f"runs/{entry['run_id']}/"
     new = ctx.prefix + "/"
     missing = [k for k in entry["outputs"] if not store.exists(k)]
@@ -287,13 +295,18 @@ def _copy_outputs(ctx, entry: dict) -> dict:
             f"run {entry['run_id']} computed it, but {len(missing)} of its {len(entry['outputs'])} outputs are "
             f"gone (e.g. {missing[:1]})"
         )
-    for source in entry["outputs"]:
-        target = new + source[len(old) :]
-        if source.endswith(TEXT_SUFFIXES):
-            store.put_text(target, store.get_text(source).replace(old, new))
+    copied = {k[len(old) :] for k in entry["outputs"] if not k[len(old) :].startswith(shared)}
+    pattern = re.compile(re.escape(old) + r"([^\s\"',]+)")
+
+    def rewrite(text: str) -> str:
+        return pattern.sub(lambda m: new + m.group(1) if m.group(1) in copied else m.group(0), text)
+
+    for rel in sorted(copied):
+        if rel.endswith(TEXT_SUFFIXES):
+            store.put_text(new + rel, rewrite(store.get_text(old + rel)))
         else:
-            store.copy(source, target)
-    return json.loads(json.dumps(entry["result"]).replace(old, new))
+            store.copy(old + rel, new + rel)
+    return json.loads(rewrite(json.dumps(entry["result"])))
 
 
 # ================================================================== the stages

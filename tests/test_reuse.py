@@ -36,20 +36,25 @@ def dataset(tmp_path):
     return make_dataset(tmp_path / "images", classes=3, per_class=12, size=20)
 
 
-def test_a_second_identical_run_copies_every_data_stage_and_stands_on_its_own(dataset, make_ctx):
+def test_a_second_identical_run_reuses_every_data_stage(dataset, make_ctx):
     first = make_ctx("first", dataset_url=str(dataset), **SMALL)
     first_results = prepare(first)
     second = make_ctx("second", dataset_url=str(dataset), **SMALL)
     second_results = prepare(second, compute=never)
     assert reused_from(second) == {"download": "first", "split": "first", "rebalance": "first"}
-    # The copies name this run's own keys, so the second run works with the first one deleted.
+    # The small files are this run's own copies; the shards are read where the first run wrote them.
     assert second_results["rebalance"]["dataset"] == "runs/second/data/dataset.json"
     assert second_results["download"]["accepted"] == first_results["download"]["accepted"]
-    x_first, y_first, keys_first = data.load_split_arrays(first, "train")
-    shutil.rmtree(first.store.path("runs/first"))
+    assert second.store.list("runs/second/data/shards/") == []
+    assert second.store.list("runs/second/data/clean/") == []
     info = data.load_dataset_info(second)
-    assert all(k.startswith("runs/second/") for k in info["splits"]["train"]["balanced"]["shards"])
-    x, y, keys = data.load_split_arrays(second, "train")
+    assert all(k.startswith("runs/first/data/shards/") for k in info["splits"]["train"]["balanced"]["shards"])
+    manifest = second.store.get_text(second.data_key("manifest.csv"))
+    assert "runs/first/data/clean/" in manifest
+    assert second.store.get_json(second.data_key("ingest.json"))["manifest"] == "runs/second/data/manifest.csv"
+    x_first, _, keys_first = data.load_split_arrays(first, "train")
+    first.store.path("runs/first/data/dataset.json").unlink()  # the second run reads its own copy
+    x, _, keys = data.load_split_arrays(second, "train")
     np.testing.assert_array_equal(x, x_first)
     assert list(keys) == list(keys_first)
     assert second.store.get_json(second.data_key("ingest.json"))["reused_from"] == "first"
@@ -126,6 +131,7 @@ def test_a_retried_task_of_the_same_run_computes_again(dataset, make_ctx):
 def test_trained_models_are_reused_only_with_reuse_models(dataset, make_ctx):
     def fake_train(ctx, experiment, variant):  # writes one output where training writes its model
         mid = f"{experiment}__{variant}"
+        ctx.store.put_bytes(ctx.model_key(mid, "model.keras"), b"weights")
         ctx.store.put_json(ctx.model_key(mid, "meta.json"), {"model_key": ctx.model_key(mid, "model.keras")})
         return {"model_id": mid, "meta": ctx.model_key(mid, "meta.json")}
 
