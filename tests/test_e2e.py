@@ -284,7 +284,10 @@ def test_make_run_fails_when_download_fails_and_says_why(airflow_env, escaping_a
     assert tis[("split", -1)][0] == "upstream_failed"
     # the final task's message, as the grid and the log show it
     assert "1 task(s) failed: download: DownloadError: unsafe archive member '../escape.txt'" in output
-    assert "Did not run because of it: split, rebalance, single_batch_check, train, visualize" in output
+    assert (
+        "Did not run because of it: changed_since_champion, split, rebalance, single_batch_check, train, visualize"
+        in output
+    )
     page = open_store(store_uri).get_text(f"runs/{safe(run_id)}/report/index.html")
     assert "This run FAILED: 1 task(s) failed." in page
     assert "DownloadError" in page
