@@ -69,6 +69,7 @@ def build(ctx, champion: dict) -> dict:
     analysis = store.get_json(ctx.data_key("analysis.json"))
     classes, confusion, test = metrics["classes"], metrics["confusion_matrices"]["test"], metrics["splits"]["test"]
     correct, total = sum(confusion[c][c] for c in range(len(classes))), sum(map(sum, confusion))
+    accuracy_ci = wilson(correct, total)
     spec = meta["spec"]
     weaknesses = most_confused(confusion, classes)
     return {
@@ -115,7 +116,7 @@ def build(ctx, champion: dict) -> dict:
         "metrics": {
             "test_images": total,
             "accuracy": test.get("accuracy"),
-            "accuracy_ci95": wilson(correct, total),
+            "accuracy_ci95": accuracy_ci,
             **{k: test.get(k) for k in ("balanced_accuracy", "macro_f1", "macro_auc", "log_loss")},
             "per_class": per_class(confusion, classes),
         },
@@ -129,7 +130,7 @@ def build(ctx, champion: dict) -> dict:
             "Measured only on a held-out part of the same dataset; images from another source, sensor, season or "
             "camera may score lower (watch the report's data drift section).",
             "Every image is assigned one of these classes, whatever it shows: there is no 'none of these'.",
-            f"Test accuracy is {test.get('accuracy', 0):.3f} (95 % interval {wilson(correct, total)}); "
+            f"Test accuracy is {test.get('accuracy', 0):.3f} (95 % interval {accuracy_ci}); "
             "per-class recall below shows which classes it misses most.",
         ]
         + [

@@ -11,6 +11,7 @@ downloaded copy of the run folder. A section whose stage did not run says "not r
 
 from __future__ import annotations
 
+import functools
 import logging
 import posixpath
 from datetime import UTC, datetime
@@ -144,6 +145,11 @@ class Run:
         self.stopped = read_json(ctx, reuse.stopped_key(ctx))
         self.versions = runtime.package_versions()
 
+    @functools.cached_property
+    def drift(self) -> dict:
+        """The drift section, built once: its flags are also among the Results warnings."""
+        return drift_section(self)
+
     def rel(self, key: str) -> str:
         return posixpath.relpath(key, self.base)
 
@@ -260,7 +266,7 @@ def warnings(run: Run) -> list[str]:
         out.append(f"Not trained: {', '.join(missing)}.")
     if run.ensemble and run.ensemble.get("not_run"):
         out.append(f"Ensembles not built: {run.ensemble['not_run']}.")
-    drifted = section_drift(run).get("flags") or []
+    drifted = run.drift.get("flags") or []
     if drifted:
         out.append(f"Data drift since the champion: {'; '.join(drifted)}. See Data drift.")
     if run.predictions and run.predictions.get("rejected"):
@@ -741,6 +747,10 @@ def drift_reference(run: Run) -> dict | None:
 
 
 def section_drift(run: Run) -> dict:
+    return run.drift
+
+
+def drift_section(run: Run) -> dict:
     ctx, title = run.ctx, "Data drift since the champion"
     current = read_json(ctx, ctx.data_key("profile.json"))
     if current is None:

@@ -251,9 +251,9 @@ def reusing(
     outputs: tuple[str, ...] | None = None,
     enabled: bool = True,
     facts: dict | None = None,
-) -> dict:
-    """The stage's XCom result: copied from the earlier run with this `key` when there is one (and
-    `enabled`), else `compute()`d and indexed under `key` for later runs.
+) -> tuple[dict, str | None]:
+    """(the stage's XCom result, the run it was reused from or None): reused from the earlier run
+    with this `key` when there is one (and `enabled`), else `compute()`d and indexed under `key`.
 
     `name` names this run's record (default the stage); `outputs` are the output key prefixes
     relative to runs/<id>/ (default the stage's); `facts` are kept in the run's record.
@@ -261,8 +261,10 @@ def reusing(
     name, outputs = name or stage, outputs or STAGES[stage].outputs
     store, index = ctx.store, index_key(stage, key)
     record = {"stage": stage, "name": name, "key": key, "reused_from": None, **(facts or {})}
-    entry = store.get_json(index) if enabled and store.exists(index) else None
-    if entry is not None and entry["run_id"] != ctx.run_id:
+    entry = _read_entry(store, index, name) if store.exists(index) else None
+    if entry is not None and not enabled:
+        log.info("%s: recomputed although run %s has it (key %s)", name, entry["run_id"], key[:12])
+    elif entry is not None and entry["run_id"] != ctx.run_id:
         try:
             result = _copy_outputs(ctx, entry, STAGES[stage].shared)
         except ReuseIndexError as exc:
@@ -270,9 +272,7 @@ def reusing(
         else:
             log.info("%s: reused from run %s (key %s)", name, entry["run_id"], key[:12])
             store.put_json(run_record_key(ctx, name), {**record, "reused_from": entry["run_id"], "at": _now()})
-            return result
-    elif not enabled and store.exists(index):
-        log.info("%s: recomputed although run %s has it (key %s)", name, store.get_json(index)["run_id"], key[:12])
+            return result, entry["run_id"]
     result = compute()
     written = [k for k in store.list(ctx.prefix + "/") if k[len(ctx.prefix) + 1 :].startswith(outputs)]
     store.put_json(
@@ -280,7 +280,19 @@ def reusing(
         {"stage": stage, "key": key, "run_id": ctx.run_id, "outputs": written, "result": result, "at": _now()},
     )
     store.put_json(run_record_key(ctx, name), {**record, "at": _now()})
-    return result
+    return result, None
+
+
+def _read_entry(store, index: str, name: str) -> dict | None:
+    """The index entry at `index`, or None (with a warning) when it cannot be read: computed again."""
+    try:
+        entry = store.get_json(index)
+        if not isinstance(entry, dict) or not {"run_id", "outputs", "result"} <= set(entry):
+            raise ValueError("it lacks run_id, outputs or result")
+    except ValueError as exc:
+        log.warning("%s: the reuse index entry %s is unreadable (%s); computing it again", name, store.url(index), exc)
+        return None
+    return entry
 
 
 def _copy_outputs(ctx, entry: dict, shared: tuple[str, ...] = ()) -> dict:
@@ -323,8 +335,7 @@ def data_stage(ctx, stage: str, compute: Callable) -> dict:
         if upstream is None:  # the upstream stage ran without a record: nothing to key this one by
             return compute(ctx)
     key = stage_key(cfg, stage, upstream)
-    result = reusing(ctx, stage, key, lambda: compute(ctx), enabled=not cfg.recompute, facts=facts)
-    reused = run_record(ctx, stage)["reused_from"]
+    result, reused = reusing(ctx, stage, key, lambda: compute(ctx), enabled=not cfg.recompute, facts=facts)
     if stage == "download" and reused:  # same images, maybe from another address: say where they came from
         ingest = ctx.store.get_json(ctx.data_key("ingest.json"))
         ingest.update(
@@ -343,7 +354,7 @@ def train_stage(ctx, compute: Callable, experiment: str, variant: str) -> dict:
         return compute(ctx, experiment, variant)
     spec = cfg.experiment(experiment).model_dump(mode="json")
     key = stage_key(cfg, "train", upstream, {"experiment": spec, "variant": variant})
-    return reusing(
+    result, _ = reusing(
         ctx,
         "train",
         key,
@@ -352,6 +363,7 @@ def train_stage(ctx, compute: Callable, experiment: str, variant: str) -> dict:
         outputs=(f"models/{mid}/",),
         enabled=cfg.reuse_models and not cfg.recompute,
     )
+    return result
 
 
 # ================================================================== nothing changed

@@ -91,10 +91,3 @@ def upload_folder(store, folder: Path, prefix: str) -> list[str]:
         store.put_file(key, file)
         keys.append(key)
     return keys
-
-
-def download_folder(store, prefix: str, folder: Path) -> Path:
-    """The inverse of `upload_folder`."""
-    for key in store.list(prefix + "/"):
-        store.get_file(key, folder / key[len(prefix) + 1 :])
-    return folder

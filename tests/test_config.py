@@ -149,6 +149,11 @@ def test_settings_are_frozen_and_reject_unknown_fields():
         ({"image_size": "big"}, "image_size", "not a valid int"),
         ({"split": [0.8, 0.2, 0.0]}, "split", "every ratio must be > 0"),
         ({"dataset_url": " "}, "dataset_url", "must not be empty"),
+        ({"model_name": "My Photos"}, "model_name", "'My Photos': use 1-40 lowercase letters"),
+        ({"skip_unchanged": "sometimes"}, "skip_unchanged", "not one of"),
+        ({"min_unseen_test_images": 0}, "min_unseen_test_images", "0 must be >= 1"),
+        ({"drift_psi": 0}, "drift_psi", "0 must be > 0"),
+        ({"recompute": "yes"}, "recompute", "must be true or false"),
     ],
 )
 def test_invalid_values_name_the_field(values, field, message):

@@ -147,7 +147,9 @@ def test_a_promoted_champion_ships_a_saved_model_a_tflite_file_and_a_model_card(
     model = models.load_model(store.get_file(champion["model_key"], tmp_path / "model.keras"))
     x, y, _ = data.load_split_arrays(ctx, "test")
     expected = model.predict(x, verbose=0)
-    loaded = tf.saved_model.load(str(serving.download_folder(store, champion["saved_model_key"], tmp_path / "sm")))
+    for key in store.list(champion["saved_model_key"] + "/"):
+        store.get_file(key, tmp_path / "sm" / key[len(champion["saved_model_key"]) + 1 :])
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
     encoded = []
     for image in x.astype(np.uint8):
         buffer = io.BytesIO()
@@ -179,6 +181,21 @@ def test_a_promoted_champion_ships_a_saved_model_a_tflite_file_and_a_model_card(
     assert card["provenance"]["versions"]["tensorflow"]
     assert "## Intended use and limits" in store.get_text(champion["model_card_md_key"])
     assert store.get_json(ctx.key("model_card.json")) == card  # kept in the run too, for its report
+
+
+def test_a_failed_export_installs_no_champion_and_a_retry_promotes(pipeline, monkeypatch):
+    """The exports are written before champion.json names them: a failure leaves the store as it was."""
+    ctx = pipeline("run1", "good", macro_f1=0.9, accuracy=0.9)
+    real = serving.export_tflite
+    monkeypatch.setattr(serving, "export_tflite", lambda *a: (_ for _ in ()).throw(RuntimeError("converter crashed")))
+    with pytest.raises(RuntimeError, match="converter crashed"):
+        promote.run(ctx)
+    assert not ctx.store.exists(CHAMPION)
+    assert not ctx.store.list("champions/eurosat/history/")
+    assert not ctx.store.exists(ctx.key("promotion.json"))  # the decision is not recorded either
+    monkeypatch.setattr(serving, "export_tflite", real)
+    assert promote.run(ctx)["promoted"]  # the task's retry
+    assert ctx.store.exists(ctx.store.get_json(CHAMPION)["tflite_key"])
 
 
 def test_export_tflite_off_ships_no_tflite_file(pipeline, make_ctx):

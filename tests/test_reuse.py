@@ -120,6 +120,19 @@ def test_outputs_that_are_gone_are_computed_again_with_a_warning(dataset, make_c
     assert "rebalance: run first computed it, but 1 of its" in caplog.text
 
 
+def test_an_unreadable_index_entry_is_computed_again_with_a_warning(dataset, make_ctx, caplog):
+    first = make_ctx("first", dataset_url=str(dataset), **SMALL)
+    prepare(first)
+    (index,) = first.store.list("reuse/split/")
+    first.store.put_text(index, '{"half": ')  # a write cut off, or a file from another tool
+    second = make_ctx("second", dataset_url=str(dataset), **SMALL)
+    prepare(second)
+    # split's key is unchanged, so the stage after it still reuses the first run's outputs
+    assert reused_from(second) == {"download": "first", "split": None, "rebalance": "first"}
+    assert f"split: the reuse index entry {first.store.url(index)} is unreadable" in caplog.text
+    assert first.store.get_json(index)["run_id"] == "second"  # indexed again by the run that computed it
+
+
 def test_a_retried_task_of_the_same_run_computes_again(dataset, make_ctx):
     ctx = make_ctx("first", dataset_url=str(dataset), **SMALL)
     prepare(ctx)
