@@ -154,6 +154,15 @@ def test_whole_dag_with_local_store_two_tasks_at_a_time(airflow_env, served_data
     assert len(rows) == 1 + 6, rows  # header + six readable images; the broken one is rejected
     rejected = store.get_text(predictions[0].replace("predictions.csv", "predictions_rejected.csv"))
     assert "broken.png" in rejected, rejected
+    # `make run` again with nothing changed: it stops after ingest, exits 0 and says why
+    settings.write_text(json.dumps(json.loads(settings.read_text()) | {"skip_unchanged": "always"}))
+    again = subprocess.run(
+        [sys.executable, "-m", "cnn_tasks", "run"], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
+    last = again.stdout.strip().splitlines()
+    assert last[-3].startswith(f"Stopped after ingest: nothing changed since champion run {summary['run_id']}")
+    assert last[-1].startswith("Report: file://")
 
 
 def test_whole_dag_with_s3_store_on_moto(airflow_env, served_dataset, tmp_path):
