@@ -10,8 +10,9 @@ member as they stream, to zip members too) judges names, links and special files
 - unsafe member names (absolute, or leading outside the extraction folder; a name such as
   'a/../b' that stays inside is extracted as 'b') and malformed archives (truncated, bad
   CRC, encrypted, unsupported compression, names too long, a name used as file and folder,
-  names that only differ in Unicode normalisation) end in a DownloadError naming the archive as
-  the user gave it and the member;
+  a member written through a link (named as a link, with where it points), names that only differ
+  in Unicode normalisation) end in a DownloadError naming the archive as the user gave it and the
+  member;
 - members are listed in `skipped` instead: links that do not lead to a file of the archive
   (pointing outside it, at a folder or at nothing; links are never created on disk: a link to a
   file of the archive is followed and the file copied), devices and fifos, a name repeated (the
@@ -755,6 +756,8 @@ class _Extraction:
         self.skipped: list[dict] = []
         self.kinds: dict[str, str] = {}  # normalised path -> DIR or FILE
         self.spellings: dict[str, str] = {}  # normalised path -> its spelling in the archive
+        self.link_at: dict[str, _Member] = {}  # normalised path -> the link member claiming it
+        self.folder_by: dict[str, str] = {}  # folder path -> the first member written below it
         self.links: list[tuple[_Member, Path, Path]] = []
         self.name_max = _name_max(dest)
 
@@ -846,14 +849,43 @@ class _Extraction:
             kind = self.kinds.get(path)
             wanted = DIR if i < len(parts) or member.kind == DIR else FILE
             if kind is not None and kind != wanted:
-                raise DownloadError(
-                    f"{self.what}: {path!r} is both a file and a folder in the archive "
-                    f"(member {member.name!r}): re-create the archive without the clash"
-                )
+                raise self.clash(path, member)
             if kind == FILE:
                 return False
             self.kinds[path] = wanted
+            if wanted == DIR and i < len(parts):
+                self.folder_by.setdefault(path, member.name)
+            elif member.kind in (SYMLINK, HARDLINK):
+                self.link_at[path] = member
         return True
+
+    def clash(self, path: str, member: _Member) -> DownloadError:
+        """The error for `path` claimed as a file (or a link) by one member and as a folder by another.
+        A link is named as such, with where it points: links are never created on disk, so nothing can
+        be written through one."""
+        link = self.link_at.get(path)
+        if link is not None:  # the link came first, then a member below it
+            clash = f"{member.name!r} is written through it"
+        elif member.kind in (SYMLINK, HARDLINK) and member.name == path:  # the folder came first
+            link, below = member, self.folder_by.get(path)
+            clash = f"it is also a folder of the archive{f' (holding {below!r})' if below else ''}"
+        else:
+            return DownloadError(
+                f"{self.what}: {path!r} is both a file and a folder in the archive "
+                f"(member {member.name!r}): re-create the archive without the clash"
+            )
+        outside = link.refused is not None and link.refused[0] == LINK  # tarfile's data filter said so
+        advice = (
+            "The link points outside the archive, a way to make extraction write elsewhere: do not use an "
+            "archive from a source you do not trust; otherwise re-create it"
+            if outside
+            else "Re-create the archive"
+        )
+        return DownloadError(
+            f"{self.what}: {path!r} is a {_link_kind(link)} link (to {link.link!r}) and {clash}: links to "
+            f"folders are not followed, so the archive cannot be extracted as it is. {advice} with a real folder at "
+            f"{path!r} instead of the link (e.g. tar --dereference, or zip without --symlinks)"
+        )
 
     @contextlib.contextmanager
     def writing(self, member: _Member):

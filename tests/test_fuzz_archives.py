@@ -10,6 +10,7 @@ of writing gigabytes.
 
 from __future__ import annotations
 
+import io
 import tarfile
 import unicodedata
 import zipfile
@@ -33,6 +34,34 @@ def link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarIn
     info = tarfile.TarInfo(name)
     info.type, info.linkname = kind, target
     return info
+
+
+def tar_in_order(path: Path, entries: list[tuple[str, bytes | tarfile.TarInfo]]) -> Path:
+    """A tar.gz holding `entries` in this order: (name, file bytes) or (name, a link's TarInfo)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz", format=tarfile.GNU_FORMAT) as tf:
+        for name, entry in entries:
+            if isinstance(entry, tarfile.TarInfo):
+                tf.addfile(entry)
+            else:
+                info = tarfile.TarInfo(name)
+                info.size = len(entry)
+                tf.addfile(info, io.BytesIO(entry))
+    return path
+
+
+def zip_in_order(path: Path, entries: list[tuple[str, bytes | str]]) -> Path:
+    """A zip holding `entries` in this order: (name, file bytes) or (name, a symbolic link's target)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, entry in entries:
+            if isinstance(entry, str):
+                info = zipfile.ZipInfo(name)
+                info.external_attr = 0o120777 << 16  # a Unix symbolic link, as `zip --symlinks` stores one
+                zf.writestr(info, entry)
+            else:
+                zf.writestr(name, entry)
+    return path
 
 
 def patch_bytes(path: Path, old: bytes, new: bytes, count: int = 2) -> None:
@@ -282,6 +311,63 @@ def test_devices_and_fifos_are_listed_as_special_files(tmp_path, inp, monkeypatc
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, kept_sources(members))
     assert row(out, "cats/pipe.png")["reason"] == row(out, "dogs/disk.png")["reason"] == sources.SPECIAL_FILE
+
+
+LINK_ADVICE = "with a real folder at 'ds/cats/escape' instead of the link (e.g. tar --dereference"
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+def test_a_member_written_through_a_symlink_out_of_the_archive_is_named_as_a_link(tmp_path, inp, monkeypatch, fmt):
+    entries = [*dataset().items(), ("ds/cats/escape", "../../../etc"), ("ds/cats/escape/x.png", png(0))]
+    if fmt == "tar":
+        entries[-2] = ("ds/cats/escape", link("ds/cats/escape", "../../../etc"))
+        archive = tar_in_order(inp / "escape.tar.gz", entries)
+    else:
+        archive = zip_in_order(inp / "escape.zip", entries)
+    out = run(tmp_path, monkeypatch, archive)
+    assert_error(
+        out,
+        archive,
+        "'ds/cats/escape' is a symbolic link (to '../../../etc') and 'ds/cats/escape/x.png' is written through it: "
+        "links to folders are not followed, so the archive cannot be extracted as it is.",
+        "The link points outside the archive",
+        "do not use an archive from a source you do not trust",
+        LINK_ADVICE,
+    )
+    assert "both a file and a folder" not in out.message
+    assert not list(tmp_path.rglob("x.png"))
+
+
+def test_a_link_inside_the_archive_and_a_folder_of_the_same_name_are_named_in_either_order(tmp_path, inp, monkeypatch):
+    to_dogs = link("ds/cats/escape", "../dogs")
+    for order, entries, words in [
+        (
+            "link_first",
+            [*dataset().items(), ("ds/cats/escape", to_dogs), ("ds/cats/escape/x.png", png(0))],
+            "'ds/cats/escape' is a symbolic link (to '../dogs') and 'ds/cats/escape/x.png' is written through it",
+        ),
+        (
+            "folder_first",
+            [*dataset().items(), ("ds/cats/escape/x.png", png(0)), ("ds/cats/escape", to_dogs)],
+            "'ds/cats/escape' is a symbolic link (to '../dogs') and it is also a folder of the archive "
+            "(holding 'ds/cats/escape/x.png')",
+        ),
+    ]:
+        archive = tar_in_order(inp / f"{order}.tar.gz", entries)
+        out = run(tmp_path / order, monkeypatch, archive)
+        assert_error(out, archive, words, f"Re-create the archive {LINK_ADVICE}")
+        assert "outside the archive" not in out.message
+
+
+def test_a_hard_link_written_through_is_named_as_a_hard_link(tmp_path, inp, monkeypatch):
+    entries = [
+        *dataset().items(),
+        ("ds/cats/escape", link("ds/cats/escape", "ds/dogs/0.png", tarfile.LNKTYPE)),
+        ("ds/cats/escape/x.png", png(0)),
+    ]
+    archive = tar_in_order(inp / "hard.tar.gz", entries)
+    out = run(tmp_path, monkeypatch, archive)
+    assert_error(out, archive, "'ds/cats/escape' is a hard link (to 'ds/dogs/0.png') and 'ds/cats/escape/x.png'")
 
 
 # ================================================================== unsafe paths
