@@ -16,6 +16,8 @@ STORE_URI ?=
 # (bench/bench_parallel.py, docs/benchmarks.md).
 PARALLEL ?= 2
 PYTEST_ARGS ?=
+# make run VERBOSE=1: Airflow's own output in the terminal instead of one line per task
+VERBOSE ?=
 
 export PYTHONPATH := $(CURDIR)
 export AIRFLOW_HOME := $(CURDIR)/.airflow
@@ -39,7 +41,7 @@ $(STAMP): requirements/requirements.lock
 ## Exits non-zero when any task failed; its last lines say which task failed, why, and where the partial report is.
 run: setup
 	CONF="$(CONF)" PROFILE="$(PROFILE)" DATASET_URL="$(DATASET_URL)" DATASET_CHECKSUM="$(DATASET_CHECKSUM)" \
-	UNLABELLED_URL="$(UNLABELLED_URL)" STORE_URI="$(STORE_URI)" $(if $(PARALLEL),CNN_PARALLEL_TASKS="$(PARALLEL)") \
+	UNLABELLED_URL="$(UNLABELLED_URL)" STORE_URI="$(STORE_URI)" VERBOSE="$(VERBOSE)" $(if $(PARALLEL),CNN_PARALLEL_TASKS="$(PARALLEL)") \
 	$(PY) -m cnn_tasks run
 
 ## make test [PYTEST_ARGS="-k storage"]

@@ -7,6 +7,12 @@ artifact store and writes its own outputs under the run's prefix; the dict it re
 The names below are defined here once, for the stages, the DAG, the plugin, scripts and tests.
 """
 
+import os
+
+# TensorFlow's C++ start-up notes (CPU instructions, oneDNN) are INFO messages written to stderr,
+# which Airflow's task log shows as red ERROR lines: hidden unless the user sets the variable.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 DAG_ID = "cnn_image_classification"
 SPLITS = ("train", "val", "test")  # the labelled splits, in this order everywhere
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}  # for prose

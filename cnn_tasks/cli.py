@@ -31,12 +31,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from cnn_tasks import DAG_ID, failures, reuse, runtime
+from cnn_tasks import DAG_ID, failures, progress, reuse, runtime
 from cnn_tasks.champion import champions
 from cnn_tasks.config import EUROSAT_URL, ConfigError, PipelineConfig
 from cnn_tasks.context import safe_run_id
@@ -152,8 +153,12 @@ def failure_line(store, run_id: str | None) -> str:
     return failures.summary_line(records)
 
 
-def run_pipeline(conf: dict[str, Any]) -> int:
+def run_pipeline(conf: dict[str, Any], verbose: bool = False) -> int:
     """Run the DAG once on `conf` with `airflow dags test`; 0 when every task succeeded.
+
+    The terminal shows one line per task as it starts and ends, the per-epoch training lines and
+    warnings (`cnn_tasks.progress`), then the answer; Airflow's own output goes to a log file whose
+    path is printed (`verbose`: to the terminal, as Airflow prints it).
 
     With CNN_PARALLEL_TASKS above 1, mapped tasks run that many at a time: `dags test --use-executor`
     with the LocalExecutor, whose workers need an execution API, so one is served for the run
@@ -169,34 +174,98 @@ def run_pipeline(conf: dict[str, Any]) -> int:
     print(
         f"Running {DAG_ID} ({config.profile} profile) on {config.dataset_url}\n  store: {config.store_uri}", flush=True
     )
-    airflow("db", "migrate", stdout=subprocess.DEVNULL)
-    airflow(
-        "pools",
-        "set",
-        os.environ.get("CNN_TRAINING_POOL", "training"),
-        str(tasks),
-        "CNN training tasks",
-        stdout=subprocess.DEVNULL,
-    )
-    store = open_store(config.store_uri, endpoint_url=config.s3_endpoint_url)
-    before = run_ids(store)
-    command = [airflow_bin(), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
-    with execution_api(tasks) as env:
-        # `dags test` exits non-zero when the DAG run ends failed (any task failed: see the DAG docstring).
-        failed = subprocess.run(command + (["--use-executor"] if env else []), env=env).returncode != 0
+    log_path = airflow_home() / "logs" / f"make-run-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    progress_path = log_path.with_suffix(".progress.jsonl")
+    with open(log_path, "w") as log:
+        output = {} if verbose else {"stdout": log, "stderr": subprocess.STDOUT}
+        if not verbose:
+            print(f"  Airflow's log: {log_path} (VERBOSE=1 shows it here)", flush=True)
+        airflow("db", "migrate", **({"stdout": subprocess.DEVNULL} if verbose else output))
+        airflow(
+            "pools",
+            "set",
+            os.environ.get("CNN_TRAINING_POOL", "training"),
+            str(tasks),
+            "CNN training tasks",
+            **({"stdout": subprocess.DEVNULL} if verbose else output),
+        )
+        store = open_store(config.store_uri, endpoint_url=config.s3_endpoint_url)
+        before = run_ids(store)
+        command = [airflow_bin(), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
+        with execution_api(tasks) as env, following(progress_path, enabled=not verbose):
+            env = (env or os.environ) | {progress.ENV: str(progress_path)}
+            # `dags test` exits non-zero when the DAG run ends failed (any task failed: see the DAG docstring).
+            failed = (
+                subprocess.run(command + (["--use-executor"] if tasks > 1 else []), env=env, **output).returncode != 0
+            )
     new = sorted(run_ids(store) - before)
     run_id = new[-1] if new else None
     report = report_url(store, run_id)
     if failed:
         print("\nThe DAG run failed.", file=sys.stderr)
+        if run_id is None and not verbose:  # nothing reached the store: Airflow's own words say why
+            print(f"The last lines of Airflow's log ({log_path}):", file=sys.stderr)
+            print("\n".join(log_path.read_text(errors="replace").splitlines()[-15:]), file=sys.stderr)
         print(failure_line(store, run_id), file=sys.stderr)
         print(f"Partial report: {report}" if report else "No report was written.", file=sys.stderr)
         return 1
     stopped = f"runs/{run_id}/{reuse.STOPPED}"
     if run_id and store.exists(stopped):
         print(f"\nStopped after ingest: {store.get_json(stopped)['why']}")
+    else:
+        print("\n" + "\n".join(answer(store, run_id)))
     print(f"\nReport: {report}")
     return 0
+
+
+def airflow_home() -> Path:
+    return Path(os.environ.get("AIRFLOW_HOME") or ROOT / ".airflow")
+
+
+@contextlib.contextmanager
+def following(path: Path, enabled: bool = True):
+    """Print the run's progress events (`cnn_tasks.progress`) while the block runs."""
+    if not enabled:
+        yield
+        return
+    path.touch()
+    stop = threading.Event()
+    thread = threading.Thread(target=progress.follow, args=(path, lambda line: print(line, flush=True), stop))
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def answer(store, run_id: str | None) -> list[str]:
+    """What a run found, from its summary.json: best model and ensemble, the champion decision and
+    the warnings."""
+    key = f"runs/{run_id}/report/summary.json"
+    if not run_id or not store.exists(key):
+        return ["The run wrote no summary.json: see the report."]
+    results = store.get_json(key).get("results") or {}
+    lines = []
+
+    def score(entry: dict) -> str:
+        parts = [f"test accuracy {entry['accuracy']:.4f}" if entry.get("accuracy") is not None else "not evaluated"]
+        if entry.get("macro_f1") is not None:
+            parts.append(f"macro-F1 {entry['macro_f1']:.4f}")
+        return ", ".join(parts)
+
+    if best := results.get("best_model"):
+        lines.append(f"Best model:    {best['name'].replace('__', ' / ')}: {score(best)}")
+    if best := results.get("best_ensemble"):
+        lines.append(f"Best ensemble: {best['name']}: {score(best)}")
+    if champion := results.get("champion"):
+        reason = f" ({champion['reason']})" if champion.get("reason") else ""
+        lines.append(f"Champion:      {champion.get('decision')}{reason}")
+    warned = results.get("warnings") or []
+    lines.append(f"Warnings:      {len(warned)}" if warned else "Warnings:      none")
+    lines += [f"  - {w}" for w in warned]
+    return lines
 
 
 @contextlib.contextmanager
@@ -220,7 +289,7 @@ def execution_api(tasks: int, timeout: float = 180.0):
         "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET") or secrets.token_urlsafe(32),
         "CNN_PARALLEL_TASKS": str(tasks),
     }
-    log_path = Path(env.get("AIRFLOW_HOME", ROOT / ".airflow")) / "api-server.log"
+    log_path = airflow_home() / "api-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         server = subprocess.Popen(
@@ -366,6 +435,12 @@ def parser() -> argparse.ArgumentParser:
             default=os.environ.get(env),
             help=f"overrides {field} from the settings file; default: ${env}",
         )
+    r.add_argument(
+        "--verbose",
+        action="store_true",
+        default=os.environ.get("VERBOSE", "").lower() in ("1", "true", "yes"),
+        help="show Airflow's own output instead of the progress lines; default: $VERBOSE",
+    )
     s = sub.add_parser("predict", help="classify a folder of images with the champion of a store")
     s.add_argument("folder", type=Path, help="folder of images (searched recursively)")
     s.add_argument("--store", required=True, help="file:///path or s3://bucket/prefix")
@@ -394,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if args.command == "run":
-            return run_pipeline(build_conf(args.conf, {env: getattr(args, env) for env in OVERRIDES}))
+            conf = build_conf(args.conf, {env: getattr(args, env) for env in OVERRIDES})
+            return run_pipeline(conf, verbose=args.verbose)
         store = open_store(args.store, endpoint_url=args.s3_endpoint_url)
         if args.command == "predict":
             return predict_with_champion(store, args.folder, args.out, args.model_name)

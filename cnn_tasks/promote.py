@@ -37,6 +37,7 @@ from cnn_tasks.champion import (
 )
 from cnn_tasks.contracts import Promotion
 from cnn_tasks.metrics import classification_metrics, load_predictions
+from cnn_tasks.progress import TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ def run(ctx) -> dict:
         record.update(install_champion(store, new, new["source_model_key"], previous))
         record["new_champion"] = new
     Promotion.write(store, ctx.key("promotion.json"), record)
-    log.info("promotion: %s (%s)", record["decision"], reason)
+    log.info("promotion: %s (%s)", record["decision"], reason, extra=TERMINAL)
     return _result(ctx, record)
 
 

@@ -38,6 +38,7 @@ from cnn_tasks import runtime, sources
 from cnn_tasks.champion import model_name, read_champion
 from cnn_tasks.context import model_id
 from cnn_tasks.layout import readable
+from cnn_tasks.progress import TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ def reusing(
         except ReuseIndexError as exc:
             log.warning("%s: %s; computing it again", name, exc)
         else:
-            log.info("%s: reused from run %s (key %s)", name, entry["run_id"], key[:12])
+            log.info("%s: reused from run %s (key %s)", name, entry["run_id"], key[:12], extra=TERMINAL)
             store.put_json(run_record_key(ctx, name), {**record, "reused_from": entry["run_id"], "at": _now()})
             return result, entry["run_id"]
     result = compute()
@@ -409,7 +410,7 @@ def stop_if_unchanged(ctx, run_type: str) -> bool:
     champion = read_champion(store, model_name(ctx.config))
     data_digest = (run_record(ctx, "download") or {}).get("data_digest")
     verdict = unchanged(ctx.config, data_digest, champion, run_type)
-    log.info("%s: %s", "stopping after ingest" if verdict.stop else "training", verdict.why)
+    log.info("%s: %s", "stopping after ingest" if verdict.stop else "training", verdict.why, extra=TERMINAL)
     if verdict.stop:
         store.put_json(stopped_key(ctx), {"why": verdict.why, "champion_run_id": champion["run_id"], "at": _now()})
     return not verdict.stop

@@ -31,6 +31,7 @@ from cnn_tasks.context import RunContext
 from cnn_tasks.context import model_id as make_model_id
 from cnn_tasks.contracts import ModelMeta
 from cnn_tasks.errors import PipelineError
+from cnn_tasks.progress import TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def single_batch_check(ctx: RunContext, experiment: str) -> dict:
             f"{len(y)} training images ({verdict}; needs accuracy 1.0 and loss <= {LOSS_TOLERANCE} within "
             f"single_batch_steps={ctx.config.single_batch_steps}). The architecture is too weak or broken."
         )
-    log.info("single-batch check passed for %s %s", experiment, verdict)
+    log.info("single-batch check passed for %s %s", experiment, verdict, extra=TERMINAL)
     summary = {k: v for k, v in result.items() if k not in ("losses", "accuracies")}
     if ctx.config.lr_range_test:
         summary["learning_rate"] = lr_range_test(ctx, experiment)["learning_rate"]
@@ -254,7 +255,7 @@ def run(ctx: RunContext, experiment: str, variant: str, extra_callbacks=()) -> d
     initial_epoch = _backup_epoch(work)
     history = _load_history(work)[:initial_epoch]
     if initial_epoch:
-        log.info("%s: resuming after epoch %d (state restored from the store)", mid, initial_epoch)
+        log.info("%s: resuming after epoch %d (state restored from the store)", mid, initial_epoch, extra=TERMINAL)
 
     model = _build(ctx, spec, info)
     steps = data.steps_per_epoch(train_part["count"], spec.batch_size)
@@ -475,6 +476,7 @@ def _log_progress(mid: str, entry: dict, epochs: int, history: list[dict]) -> No
         entry["seconds"],
         eta // 60,
         eta % 60,
+        extra=TERMINAL,
     )
 
 

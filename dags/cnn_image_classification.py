@@ -83,13 +83,15 @@ def _stage(fn, *args):
 
     from airflow.sdk.exceptions import AirflowFailException
 
-    from cnn_tasks import failures
+    from cnn_tasks import failures, progress
     from cnn_tasks.errors import PipelineError
 
     ti, ctx, started = get_current_context()["ti"], None, time.monotonic()
+    will_retry = lambda exc: not isinstance(exc, PipelineError) and ti.try_number <= ti.max_tries
     try:
-        ctx = _ctx()
-        result = fn(ctx, *args)
+        with progress.reporting(failures.task_name(ti.task_id, ti.map_index, _label(ti)), will_retry):
+            ctx = _ctx()
+            result = fn(ctx, *args)
     except BaseException as exc:  # BaseException: a task timeout too
         if ctx is not None:  # no context: an invalid config, nothing may be written
             failures.record_failure(
@@ -100,7 +102,7 @@ def _stage(fn, *args):
                 _label(ti),
                 exc,
                 ti.try_number,
-                final=isinstance(exc, PipelineError) or ti.try_number > ti.max_tries,
+                final=not will_retry(exc),
             )
         if isinstance(exc, PipelineError):
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
