@@ -113,8 +113,8 @@ def run(ctx) -> dict:
     """Fetch, validate, dedupe and pack the dataset; write manifest, rejected list and ingest.json."""
     cfg = ctx.config
     started = time.monotonic()
-    folder, skipped = _fetch(ctx)
-    found = detect_layout(folder, subdir=cfg.dataset_subdir, predefined_split=cfg.predefined_split)
+    folder, skipped, archive = _fetch(ctx)
+    found = detect_layout(folder, subdir=cfg.dataset_subdir, predefined_split=cfg.predefined_split, archive=archive)
     classes = select_classes(found.classes, cfg.classes, cfg.classes_limit)
     log.info(
         "dataset at %s: layout %s%s; %d classes available, using %d: %s",
@@ -240,11 +240,12 @@ def _ingest_record(
     }
 
 
-def _fetch(ctx) -> tuple[Path, list[dict]]:
-    """The dataset's local folder and the archive members its extraction skipped."""
+def _fetch(ctx) -> tuple[Path, list[dict], str | None]:
+    """The dataset's local folder, the archive members its extraction skipped and the archive it
+    was extracted from (as the user named it; None for a folder)."""
     cfg = ctx.config
     fetched = sources.fetch_source(ctx, cfg.dataset_url, cfg.dataset_checksum)
-    return Path(fetched.folder), list(fetched.skipped)
+    return Path(fetched.folder), list(fetched.skipped), fetched.archive
 
 
 def _plan(found: Layout, classes: list[str], cfg, per_class: dict, metadata: list[Path]) -> tuple[list, int]:

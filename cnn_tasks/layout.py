@@ -13,8 +13,12 @@ It accepts, below any number of wrapper folders (a folder holding exactly one fo
                     folders: never images; a mapping file names numeric (0, 1, ...) or WordNet-id
                     (n01440764) class folders
 
-Anything else fails with a DatasetError that shows the top two levels of what was found and the
-setting that resolves it. Class names are decoded safely (a non-UTF-8 folder name gets a readable
+Anything else fails with a DatasetError that shows the top two levels of what was found (named
+from the dataset's top, './', never by the folder it was fetched or extracted into) and the
+setting that resolves it. Fewer than two classes says what was found instead: one class (its
+name and images; with the unlabelled folders and loose files beside it), images without class
+folders, only archives (archives inside the dataset are not extracted: extract it, or point
+dataset_url at it), or nothing usable. Class names are decoded safely (a non-UTF-8 folder name gets a readable
 name) and NFC-normalised; names that collide after normalisation are an error, names that differ
 only by case a warning.
 """
@@ -25,6 +29,7 @@ import json
 import os
 import random
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -257,6 +262,7 @@ class Layout:
     mapping: dict[str, str] = field(default_factory=dict)  # class folder name -> readable class name
     mapping_file: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    archive: str | None = None  # the archive the root was extracted from, as the user gave it
 
     @property
     def splits(self) -> dict[str, str]:
@@ -311,13 +317,16 @@ def unescape_path(text: str) -> str:
     return os.fsdecode(raw)
 
 
-def detect_layout(folder: Path, *, subdir: str | None = None, predefined_split: str = "auto") -> Layout:
+def detect_layout(
+    folder: Path, *, subdir: str | None = None, predefined_split: str = "auto", archive: str | None = None
+) -> Layout:
     """Find the labelled splits, class folders, unlabelled images and metadata under `folder`.
 
     `subdir` (config.dataset_subdir) names the folder to start from (found at the root or below
     wrappers). `predefined_split`: with 'ignore' the class folders of the given splits need not
     agree (every labelled image is pooled) and split-named folders of images are plain classes;
-    with 'require' a dataset without a given train and test (or val) split is an error.
+    with 'require' a dataset without a given train and test (or val) split is an error. `archive`
+    names the archive `folder` was extracted from, as the user gave it (for messages).
     """
     root = Path(folder)
     node = _find_subdir(root, subdir) if subdir else root
@@ -330,7 +339,7 @@ def detect_layout(folder: Path, *, subdir: str | None = None, predefined_split: 
         if any(r in SPLITS for r in roles.values()) or len(dirs) != 1 or roles[dirs[0]] or depth > 50:
             break
         node, depth = dirs[0], depth + 1
-    layout = Layout(root, node, "", [], [], loose=loose, metadata=metadata)
+    layout = Layout(root, node, "", [], [], loose=loose, metadata=metadata, archive=archive)
     _warn_unused_split_lists(layout)
     _split_names_as_classes(layout, dirs, roles, predefined_split)
     if any(r in SPLITS for r in roles.values()):
@@ -340,6 +349,7 @@ def detect_layout(folder: Path, *, subdir: str | None = None, predefined_split: 
     _check_nested(layout)
     _name_classes(layout)
     _agree_across_splits(layout, predefined_split)
+    _check_two_classes(layout)
     _describe_kind(layout)
     _check_policy(layout, predefined_split)
     return layout
@@ -368,7 +378,9 @@ def _find_subdir(root: Path, subdir: str) -> Path:
             break
         node = dirs[0]
     seen = ", ".join(readable(d.name) for d in _entries(root)[0]) or "nothing"
-    raise DatasetError(f"dataset_subdir: {subdir!r} is not in the dataset (its top level holds: {seen})\n" + tree(root))
+    raise DatasetError(
+        f"dataset_subdir: {subdir!r} is not in the dataset (its top level holds: {seen})\n" + tree(root, root=root)
+    )
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -492,12 +504,137 @@ def _flat_layout(layout: Layout, dirs: list[Path], roles: dict) -> None:
                 "it is a class"
             )
     if len(classes) < 2:
-        raise DatasetError(
-            f"no class folders found in the dataset: expected one folder per class (at the top, below "
-            f"wrapper folders, in train/val/test split folders, or in dataset_subdir), with at least 2 "
-            f"classes; found {len(classes)} class folder(s) in {layout.rel(layout.base)!r}:\n" + tree(layout.base)
-        )
+        raise _too_few_classes(layout, classes)
     layout.groups.append(Group("", layout.base, _class_folders(layout, classes)))
+
+
+CLASS_FOLDERS_HINT = (
+    "class folders are read at the top of the dataset, below wrapper folders, in train/val/test split "
+    "folders, or in dataset_subdir"
+)
+
+
+def _too_few_classes(layout: Layout, classes: list[Path]) -> DatasetError:
+    """The error for a dataset without two class folders, saying what was found instead: one class
+    folder (perhaps beside unlabelled folders or loose files), one folder of images (one class),
+    images directly at the top, only archives, or nothing usable."""
+    base, root = layout.base, layout.root
+    archives = {p: kind for p in layout.loose if (kind := archive_format(p))}
+    if not classes and archives and len(archives) == len(layout.loose):
+        return _only_archives(layout, archives)
+    unlabelled = [p for p in layout.unlabelled if p.parent == base]
+    direct = [p for p in layout.loose if p.parent == base]
+    if classes:  # one class folder
+        folder, shown = classes[0], base
+    elif direct and base != root and not unlabelled:  # a folder of images, reached through wrappers: one class
+        folder, shown = base, base.parent
+    else:
+        folder, shown = None, base
+    outside = [p for p in layout.loose if folder is not base or p.parent != base]
+    notes = [
+        f"{layout.rel(u)!r} ({_count_files(u)} images) is read as unlabelled images, not a class (its name "
+        "says so; rename it if it is a class)"
+        for u in unlabelled
+    ]
+    if outside and (folder is not None or unlabelled):
+        names = ", ".join(repr(layout.rel(p)) for p in outside[:3]) + (", ..." if len(outside) > 3 else "")
+        packed = " (archives inside the dataset are not extracted)" if set(outside) & set(archives) else ""
+        notes.append(
+            f"{_files_phrase(len(outside))} lie outside any class folder ({names}){packed}: move them into "
+            "their class folders"
+        )
+    note = "; " + "; ".join(notes) if notes else ""
+    picture = ":\n" + tree(shown, root=root)
+    if folder is not None:
+        cls, rel = class_name(folder.name), layout.rel(folder)
+        count = f"{_count_files(folder)} images" + (f" in {rel!r}" if rel != cls else "")
+        return DatasetError(
+            f"the dataset holds one class, {cls!r} ({count}), and at least two are needed{note}. Add a folder "
+            f"of images for each other class beside {rel!r}, named after the class ({CLASS_FOLDERS_HINT})" + picture
+        )
+    if unlabelled:
+        return DatasetError(
+            f"the dataset holds no class folders{note}. Put each class's images in a folder named after the "
+            f"class, at least two classes ({CLASS_FOLDERS_HINT})" + picture
+        )
+    if direct:
+        return DatasetError(
+            f"the dataset holds {_files_phrase(len(direct))} directly in its top folder and no class folders: "
+            "put each class's images in a folder named after the class, at least two classes (e.g. cat/1.jpg "
+            f"and dog/1.jpg), and point DATASET_URL (the dataset_url param) at the folder or archive holding "
+            "those folders" + picture
+        )
+    metadata = ", ".join(repr(layout.rel(p)) for p in layout.metadata[:3])
+    return DatasetError(
+        "the dataset holds no images and no class folders"
+        + (f" (only {metadata}{', ...' if len(layout.metadata) > 3 else ''})" if metadata else "")
+        + f": check that DATASET_URL (the dataset_url param) names the dataset; {CLASS_FOLDERS_HINT}, at least "
+        "two classes" + picture
+    )
+
+
+def _files_phrase(n: int) -> str:
+    return f"{n} file{'s' if n != 1 else ''}"
+
+
+def _count_files(folder: Path) -> int:
+    """The image candidates below `folder` (what would be read as its class's images)."""
+    return len(list_class_files(folder, [])[0])
+
+
+def _only_archives(layout: Layout, archives: dict[Path, str]) -> DatasetError:
+    """The error for a dataset whose only files are archives (e.g. an archive inside the archive given)."""
+    names = [layout.rel(p) for p in archives]
+    unreadable = sorted({kind for kind in archives.values() if kind not in READABLE_ARCHIVES})
+    cannot = f" ({' and '.join(unreadable)} archives cannot be read here)" if unreadable else ""
+    if len(names) == 1:
+        (name,), (kind,) = names, archives.values()
+        what = f"{'another archive' if layout.archive else 'an archive'}, {name!r} (a {kind} archive),"
+        todo = f"Extract {name!r}{cannot} and point DATASET_URL (the dataset_url param) at the folder it holds, or "
+        todo += (
+            "re-pack it as zip or tar.gz"
+            if unreadable
+            else f"point DATASET_URL at {name!r} itself (e.g. DATASET_URL=/path/to/{PurePosixPath(name).name})"
+        )
+    else:
+        shown = ", ".join(repr(n) for n in names[:4]) + (", ..." if len(names) > 4 else "")
+        what = f"{'other archives' if layout.archive else 'archives'} ({shown})"
+        todo = (
+            f"Extract them{cannot} into one folder, one sub-folder per class, and point DATASET_URL "
+            "(the dataset_url param) at it"
+        )
+    holder = f"{layout.archive!r} holds only" if layout.archive else "the dataset holds only"
+    return DatasetError(
+        f"{holder} {what} and no class folders: archives inside the dataset are not extracted. {todo}:\n"
+        + tree(layout.base, root=layout.root)
+    )
+
+
+# Archive formats by their first bytes; dataset_url reads the first five (sources.extract_archive).
+_ARCHIVE_MAGIC = [
+    (b"PK\x03\x04", "zip"),
+    (b"PK\x05\x06", "zip"),
+    (b"\x1f\x8b", "tar.gz (gzip)"),
+    (b"BZh", "tar.bz2 (bzip2)"),
+    (b"\xfd7zXZ\x00", "tar.xz (xz)"),
+    (b"7z\xbc\xaf\x27\x1c", "7z"),
+    (b"Rar!\x1a\x07", "rar"),
+]
+READABLE_ARCHIVES = {"zip", "tar", "tar.gz (gzip)", "tar.bz2 (bzip2)", "tar.xz (xz)"}
+
+
+def archive_format(path: Path) -> str | None:
+    """The archive format of a file from its first bytes ('zip', 'tar', '7z', ...), or None."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never open a named pipe or device: it may block
+            return None
+        with open(path, "rb") as src:
+            head = src.read(512)
+    except OSError:
+        return None
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    return next((kind for magic, kind in _ARCHIVE_MAGIC if head.startswith(magic)), None)
 
 
 def _split_layout(layout: Layout, dirs: list[Path], roles: dict) -> None:
@@ -513,7 +650,8 @@ def _split_layout(layout: Layout, dirs: list[Path], roles: dict) -> None:
             f"ambiguous layout in {layout.rel(base)!r}: split folders "
             f"({', '.join(readable(d.name) for d in dirs if roles[d])}) lie beside other folders holding "
             f"files ({names}), so it is unclear which folders are classes. Set dataset_subdir to the folder "
-            f"whose sub-folders are the classes{example}, or move the extra folders away:\n" + tree(base)
+            f"whose sub-folders are the classes{example}, or move the extra folders away:\n"
+            + tree(base, root=layout.root)
         )
     layout.metadata += list(others)  # folders holding no files at all (or only hidden ones)
     by_role: dict[str, list[Path]] = {}
@@ -525,7 +663,7 @@ def _split_layout(layout: Layout, dirs: list[Path], roles: dict) -> None:
             raise DatasetError(
                 f"ambiguous layout: {len(folders)} folders are a {role} split "
                 f"({', '.join(repr(readable(f.name)) for f in folders)}); keep one, or set dataset_subdir to "
-                "the one to use (its sub-folders are then the classes):\n" + tree(base)
+                "the one to use (its sub-folders are then the classes):\n" + tree(base, root=layout.root)
             )
     for d in dirs:
         if roles[d]:
@@ -595,7 +733,7 @@ def _check_nested(layout: Layout) -> None:
                 f"({', '.join(repr(readable(d.name)) for d in found[:5])}), so it is unclear whether "
                 f"the classes are the folders of {layout.rel(group.folder)!r} or the folders inside them. "
                 f"Set dataset_subdir to the folder whose sub-folders are the classes (e.g. dataset_subdir="
-                f"{layout.rel(folder)!r}), or flatten the class folders:\n" + tree(group.folder)
+                f"{layout.rel(folder)!r}), or flatten the class folders:\n" + tree(group.folder, root=layout.root)
             )
 
 
@@ -762,6 +900,22 @@ def _agree_across_splits(layout: Layout, predefined_split: str) -> None:
         )
 
 
+def _check_two_classes(layout: Layout) -> None:
+    """Split folders holding class folders of a single class in all: say which, and its images."""
+    if len(layout.classes) != 1:
+        return
+    name = layout.classes[0]
+    counts = ", ".join(
+        f"{g.split or 'no split'}: {_count_files(g.classes[name])} images" for g in layout.groups if name in g.classes
+    )
+    folders = ", ".join(repr(layout.rel(g.folder)) for g in layout.groups)
+    raise DatasetError(
+        f"the dataset holds one class, {name!r} ({counts}), and at least two are needed. Add a folder of images "
+        f"for each other class beside {name!r} in every split folder ({folders}), named after the class "
+        f"({CLASS_FOLDERS_HINT}):\n" + tree(layout.base, root=layout.root)
+    )
+
+
 def _ordered(names: set[str]) -> list[str]:
     """Label order: numeric names by value, others alphabetically."""
     if names and all(n.isdigit() for n in names):
@@ -796,26 +950,30 @@ def _check_policy(layout: Layout, predefined_split: str) -> None:
         raise DatasetError(
             "the dataset holds no labelled images: every split folder holds images without class "
             "folders (found: " + layout.kind + "); put each class's images in a folder named "
-            "after the class" + hint + ":\n" + tree(layout.base)
+            "after the class" + hint + ":\n" + tree(layout.base, root=layout.root)
         )
     if predefined_split == "require" and not ("train" in given and given & {"val", "test"}):
         raise DatasetError(
             f"predefined_split=require: the dataset does not ship a train split and a test (or val) split "
             f"with class folders (found layout: {layout.kind}); set predefined_split=auto to carve the missing "
-            "splits from the labelled images:\n" + tree(layout.base)
+            "splits from the labelled images:\n" + tree(layout.base, root=layout.root)
         )
     if predefined_split != "ignore" and given and "train" not in given:
         raise DatasetError(
             f"the dataset has {' and '.join(sorted(given))} split folder(s) but no training split (found layout: "
             f"{layout.kind}); set predefined_split=ignore to pool every labelled image and split it by the split "
-            "ratios:\n" + tree(layout.base)
+            "ratios:\n" + tree(layout.base, root=layout.root)
         )
 
 
 # ================================================================== the error's picture
-def tree(folder: Path, levels: int = 2, limit: int = TREE_ENTRIES) -> str:
-    """The top `levels` levels below `folder` as an indented tree, `limit` entries per folder."""
-    lines = [f"  {readable(folder.name) or '.'}/"]
+def tree(folder: Path, levels: int = 2, limit: int = TREE_ENTRIES, *, root: Path | None = None) -> str:
+    """The top `levels` levels below `folder` as an indented tree, `limit` entries per folder.
+
+    With `root` (the dataset's top), the first line names `folder` relative to it ('./' for the top
+    itself), never by the name of the folder the dataset was fetched or extracted into (a cache
+    folder the user never saw)."""
+    lines = [f"  {readable_path(folder, root) if root is not None else readable(folder.name) or '.'}/"]
 
     def walk(node: Path, depth: int) -> None:
         dirs, files = _entries(node)

@@ -120,10 +120,12 @@ class Fetched:
 
     `skipped` holds one dict per member: `source` (its path inside the archive, relative to
     `folder`), `reason` (LINK, OVERSIZED_MEMBER, SPECIAL_FILE, DUPLICATE_MEMBER) and `detail`.
+    `archive` names the archive `folder` was extracted from, as the user gave it (None for a folder).
     """
 
     folder: Path
     skipped: list[dict] = field(default_factory=list)
+    archive: str | None = None
 
 
 # ================================================================== fetch
@@ -410,7 +412,7 @@ def _extract_cached(ctx, archive: Path, what: str) -> Fetched:
         / _digest(f"v{EXTRACTION_VERSION}|{archive}|{info.st_size}|{info.st_mtime_ns}|{limits}")
     )
     with _building(entry):
-        cached = _read_extraction(entry)
+        cached = _read_extraction(entry, what)
         if cached is not None:
             log.info("using the cached extraction of %s", what)
             return cached
@@ -425,16 +427,16 @@ def _extract_cached(ctx, archive: Path, what: str) -> Fetched:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("extracted %s in %.1f s", what, time.monotonic() - started)
-        return _read_extraction(entry)
+        return _read_extraction(entry, what)
 
 
-def _read_extraction(entry: Path) -> Fetched | None:
-    """The finished extraction in `entry`, or None when there is none (or it is damaged)."""
+def _read_extraction(entry: Path, what: str) -> Fetched | None:
+    """The finished extraction of archive `what` in `entry`, or None when there is none (or it is damaged)."""
     try:
         skipped = json.loads((entry / "skipped.json").read_text())["skipped"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return Fetched(entry / "data", skipped) if (entry / "data").is_dir() else None
+    return Fetched(entry / "data", skipped, archive=what) if (entry / "data").is_dir() else None
 
 
 def extract_archive(archive: Path, dest: Path, *, what: str | None = None) -> list[dict]:

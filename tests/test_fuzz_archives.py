@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn_tasks import sources
+from cnn_tasks import layout, sources
 from tests.fuzzing import assert_kept, ingest
 from tests.helpers import dataset, make_tar, make_zip, png
 
@@ -476,6 +476,52 @@ def test_gzip_of_a_single_image_is_not_a_tar(tmp_path, inp, monkeypatch):
     archive.write_bytes(gzip.compress(png(0) * 40))
     out = run(tmp_path, monkeypatch, archive)
     assert_error(out, archive, "is a compressed file but not a tar archive")
+
+
+def cache_folders_shown(tmp_path: Path, message: str) -> list[str]:
+    """The cache's folders (entries, extraction folders: names a user never saw) that `message` shows as folders."""
+    cache = tmp_path / "cache"
+    names = {p.name for p in [*cache.glob("*"), *cache.glob("*/*"), *cache.glob("extracted/*/*")] if p.is_dir()}
+    return sorted(name for name in names if f"{name}/" in message)
+
+
+@pytest.mark.parametrize("inner", ["EuroSAT.zip", "EuroSAT.tar.gz"])
+@pytest.mark.parametrize("outer", ["data.zip", "data.tar.gz"])
+def test_an_archive_holding_only_another_archive_says_so_and_how_to_proceed(tmp_path, inp, monkeypatch, outer, inner):
+    packed = make_zip if inner.endswith(".zip") else make_tar
+    inner_bytes = packed(tmp_path / "made" / inner, dataset()).read_bytes()
+    archive = (make_zip if outer.endswith(".zip") else make_tar)(inp / outer, {inner: inner_bytes})
+    out = run(tmp_path, monkeypatch, archive)
+    assert isinstance(out.error, layout.DatasetError), out.error
+    kind = "zip" if inner.endswith(".zip") else "tar.gz (gzip)"
+    assert out.message.splitlines()[0] == (
+        f"{str(archive)!r} holds only another archive, {inner!r} (a {kind} archive), and no class folders: "
+        f"archives inside the dataset are not extracted. Extract {inner!r} and point DATASET_URL (the "
+        f"dataset_url param) at the folder it holds, or point DATASET_URL at {inner!r} itself (e.g. "
+        f"DATASET_URL=/path/to/{inner}):"
+    )
+    assert out.message.splitlines()[1:] == ["  ./", f"    {inner}"]  # paths from the archive's root
+    assert cache_folders_shown(tmp_path, out.message) == [], out.message
+    assert out.store_keys == []
+    fixed = ingest(tmp_path / "fixed", tmp_path / "made" / inner, monkeypatch)  # following the advice works
+    assert_kept(fixed, kept_sources(dataset()))
+
+
+def test_an_archive_holding_a_wrapper_with_archives_names_them_from_its_root(tmp_path, inp, monkeypatch):
+    members = {
+        "wrap/train.zip": make_zip(tmp_path / "made" / "train.zip", dataset()).read_bytes(),
+        "wrap/test.7z": b"7z\xbc\xaf\x27\x1c" + bytes(40),
+        "wrap/README.md": b"two parts",
+    }
+    archive = make_zip(inp / "parts.zip", members)
+    out = run(tmp_path, monkeypatch, archive)
+    assert isinstance(out.error, layout.DatasetError), out.error
+    assert out.message.startswith(
+        f"{str(archive)!r} holds only other archives ('wrap/test.7z', 'wrap/train.zip') and no class folders: "
+        "archives inside the dataset are not extracted. Extract them (7z archives cannot be read here) into one "
+        "folder, one sub-folder per class, and point DATASET_URL (the dataset_url param) at it:\n  wrap/\n"
+    )
+    assert cache_folders_shown(tmp_path, out.message) == [], out.message
 
 
 @pytest.mark.parametrize("mode", ["w:bz2", "w:xz"])

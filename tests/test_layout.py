@@ -372,6 +372,97 @@ def test_unlabelled_path_round_trips_a_non_utf8_name(tmp_path):
     assert (root / layout.unescape_path(entry["path"])).is_dir()
 
 
+# ================================================================== fewer than two classes
+HINT = "class folders are read at the top of the dataset, below wrapper folders"
+# name -> (files, the message's first line, what its tree shows)
+TOO_FEW_CLASSES = {
+    "one class folder": (
+        images("alpha", n=12),
+        "the dataset holds one class, 'alpha' (12 images), and at least two are needed. Add a folder of images "
+        f"for each other class beside 'alpha', named after the class ({HINT}",
+        ["  ./", "    alpha/  (0 folders, 12 files)"],
+    ),
+    "one class below a wrapper": (
+        images("wrap/alpha", n=3),
+        "the dataset holds one class, 'alpha' (3 images in 'wrap/alpha'), and at least two are needed. Add a "
+        "folder of images for each other class beside 'wrap/alpha'",
+        ["  wrap/", "    alpha/  (0 folders, 3 files)"],
+    ),
+    "one class beside an unlabelled folder": (
+        {**images("alpha", n=4), **images("unlabelled", n=5)},
+        "the dataset holds one class, 'alpha' (4 images), and at least two are needed; 'unlabelled' (5 images) "
+        "is read as unlabelled images, not a class (its name says so; rename it if it is a class). Add a folder "
+        "of images for each other class beside 'alpha'",
+        ["  ./", "    alpha/  (0 folders, 4 files)", "    unlabelled/  (0 folders, 5 files)"],
+    ),
+    "one class beside loose images": (
+        {**images("alpha", n=4), "x.png": None, "y.png": None},
+        "the dataset holds one class, 'alpha' (4 images), and at least two are needed; 2 files lie outside any "
+        "class folder ('x.png', 'y.png'): move them into their class folders. Add a folder of images for each "
+        "other class beside 'alpha'",
+        ["  ./", "    x.png"],
+    ),
+    "images and no folders": (
+        images(".", n=3),
+        "the dataset holds 3 files directly in its top folder and no class folders: put each class's images in "
+        "a folder named after the class, at least two classes (e.g. cat/1.jpg and dog/1.jpg), and point "
+        "DATASET_URL (the dataset_url param) at the folder or archive holding those folders",
+        ["  ./", "    img0.png"],
+    ),
+    "only an unlabelled folder": (
+        images("unlabelled", n=5),
+        "the dataset holds no class folders; 'unlabelled' (5 images) is read as unlabelled images, not a class "
+        "(its name says so; rename it if it is a class). Put each class's images in a folder named after the "
+        "class, at least two classes",
+        ["  ./", "    unlabelled/  (0 folders, 5 files)"],
+    ),
+    "no images at all": (
+        {"README.md": "# about"},
+        "the dataset holds no images and no class folders (only 'README.md'): check that DATASET_URL (the "
+        f"dataset_url param) names the dataset; {HINT}",
+        ["  ./", "    README.md"],
+    ),
+    "one class in every split folder": (
+        {**images("train/alpha", n=4), **images("test/alpha", n=2)},
+        "the dataset holds one class, 'alpha' (test: 2 images, train: 4 images), and at least two are needed. "
+        "Add a folder of images for each other class beside 'alpha' in every split folder ('test', 'train')",
+        ["  ./", "    train/  (1 folders, 0 files)", "      alpha/  (0 folders, 4 files)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOO_FEW_CLASSES))
+def test_fewer_than_two_classes_says_what_was_found_and_what_to_do(tmp_path, name):
+    files, words, picture = TOO_FEW_CLASSES[name]
+    root = build(tmp_path / "cache_entry_1234", files)  # the folder's own name is never shown
+    with pytest.raises(layout.DatasetError) as info:
+        layout.detect_layout(root)
+    message = str(info.value)
+    assert words in message, message
+    assert "0 class folder(s)" not in message
+    assert "cache_entry_1234" not in message
+    lines = message.splitlines()
+    for line in picture:
+        assert line in lines, message
+    assert lines[1] == picture[0], message  # the tree starts at the folder shown, named relative to the top
+
+
+def test_one_class_fails_ingest_naming_it_and_its_images(tmp_path, monkeypatch):
+    root = build(tmp_path / "input" / "ds", images("alpha", n=12))
+    out = ingest(tmp_path, root, monkeypatch)
+    assert isinstance(out.error, layout.DatasetError), out.error
+    assert out.message.startswith("the dataset holds one class, 'alpha' (12 images), and at least two are needed")
+    assert out.store_keys == []
+
+
+def test_the_error_tree_names_folders_relative_to_the_dataset_top(tmp_path):
+    root = build(tmp_path / "d41d8cd98f00b204e9800998", images("train/a", "train/b", "extra"))
+    with pytest.raises(layout.DatasetError) as info:
+        layout.detect_layout(root)
+    assert "\n  ./\n    extra/  (0 folders, 2 files)" in str(info.value)
+    assert "d41d8cd98f00b204e9800998" not in str(info.value)
+
+
 # ================================================================== end to end (fuzz corpus)
 def _zip(folder: Path, archive: Path) -> Path:
     with zipfile.ZipFile(archive, "w") as zf:

@@ -54,6 +54,15 @@ def test_fetch_source_lists_skipped_members_and_fetch_returns_the_same_folder(tm
     assert sources.fetch(ctx, str(archive)) == fetched.folder
 
 
+def test_fetch_source_names_the_archive_as_given_and_no_archive_for_a_folder(tmp_path, ctx):
+    archive = make_zip(tmp_path / "given.zip", dataset())
+    assert sources.fetch_source(ctx, str(archive)).archive == str(archive)  # for messages about its contents
+    assert sources.fetch_source(ctx, str(archive)).archive == str(archive)  # the cached extraction too
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert sources.fetch_source(ctx, str(folder)).archive is None
+
+
 def test_a_cached_extraction_returns_the_same_skipped_list(tmp_path, ctx, monkeypatch):
     archive = _with_links(tmp_path / "links.tar.gz")
     first = sources.fetch_source(ctx, str(archive))
