@@ -262,3 +262,61 @@ def write_single_model_ensemble(ctx, model_id: str, classes: list[str], macro_f1
         "not_run": "fewer than 2 evaluated models",
     }
     EnsembleSummary.write(ctx.store, ctx.eval_key("ensemble", "ensemble.json"), record)
+
+
+# ================================================================== the reports plugin
+TRAINING_FAILURE = {
+    "task": "train [baseline / balanced]",
+    "error": "TrainingDivergedError",
+    "message": "baseline__balanced diverged: the loss was NaN at epoch 3; lower the learning rate",
+}
+
+
+def plugin_run_summary(
+    run_id: str,
+    accuracy: float | None = None,
+    macro_f1: float | None = None,
+    promotion: dict | None = None,
+    failures: list[dict] = (),
+    classes: list[str] | None = None,
+) -> dict:
+    """The parts of a report/summary.json that the reports plugin reads: one model's test scores
+    (none when `accuracy` is None, as in a run that failed before evaluating), the champion
+    decision, the recorded failures and the dataset's classes."""
+    test = None if accuracy is None else {"accuracy": accuracy, "macro_f1": macro_f1}
+    return {
+        "run_id": run_id,
+        "config": {},
+        "dataset": {"classes": list(classes or CLASSES)},
+        "models": {"baseline__balanced": {"test": test}},
+        "ensembles": None,
+        "promotion": promotion,
+        "results": {"stopped": None},
+        "failures": list(failures),
+    }
+
+
+def write_plugin_run(root: Path, run_id: str, summary: dict) -> Path:
+    """The run's report (summary.json and a small index.html) in the local store at `root`."""
+    import json
+
+    return build(
+        root,
+        {
+            f"runs/{run_id}/report/summary.json": json.dumps(summary),
+            f"runs/{run_id}/report/index.html": f"<html><body><h1>Report of {run_id}</h1></body></html>",
+        },
+    )
+
+
+def dag_run_source(dag_id: str, run_id: str, conf: dict, state: str = "success") -> str:
+    """Python that records a DAG run of `dag_id` with `conf` in the Airflow database that its
+    environment names (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN): run it with `python -c`."""
+    return (
+        "import pendulum\n"
+        "from airflow.models.dagrun import DagRun\n"
+        "from airflow.utils.session import create_session\n"
+        "with create_session() as session:\n"
+        f"    session.add(DagRun(dag_id={dag_id!r}, run_id={run_id!r}, conf={conf!r}, run_type='manual',\n"
+        f"                       state={state!r}, run_after=pendulum.now('UTC')))\n"
+    )

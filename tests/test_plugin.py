@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,8 @@ PLUGINS = ROOT / "plugins"
 sys.path.insert(0, str(PLUGINS))  # Airflow puts the plugins folder on sys.path the same way
 
 import cnn_reports  # noqa: E402
+
+from tests.helpers import TRAINING_FAILURE, build, dag_run_source, plugin_run_summary, write_plugin_run  # noqa: E402
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -57,7 +60,15 @@ def write_runs(put) -> None:
 
 
 @pytest.fixture
-def reports(monkeypatch):
+def dag_runs(monkeypatch) -> dict:
+    """The DAG runs Airflow's database holds, by the run's id in the store: {"run_id", "state", "conf"}."""
+    found: dict[str, dict] = {}
+    monkeypatch.setattr(cnn_reports, "find_dag_run", found.get)
+    return found
+
+
+@pytest.fixture
+def reports(monkeypatch, dag_runs):
     """A TestClient for the plugin app mounted at /cnn-reports, as the api-server mounts it."""
     cnn_reports._open_store.cache_clear()
     cnn_reports.app.dependency_overrides[cnn_reports.can_read_runs] = lambda: None  # auth: see below
@@ -122,12 +133,16 @@ def test_lists_runs_newest_first_with_metrics(reports, local_store):
     assert rows[0] | {"modified": None} == {
         "run_id": NEW,
         "modified": None,
+        "status": "succeeded",
+        "cause": None,
         "models": 3,
         "best_model": "baseline__balanced",
         "accuracy": 0.93,
         "macro_f1": 0.92,
         "promoted": False,
         "reason": "below margin",
+        "decision": "not promoted",
+        "decision_note": "below margin",
         "report": f"runs/{NEW}/report/index.html",
     }
     assert rows[1]["promoted"] is True
@@ -211,7 +226,7 @@ def test_compares_two_runs_side_by_side(reports, local_store):
     old = json.loads((local_store / f"runs/{OLD}/report/summary.json").read_text())
     old["config"] = {"epochs": 10, "seed": 42}
     (local_store / f"runs/{OLD}/report/summary.json").write_text(json.dumps(old))
-    assert '<select name="a">' in reports.get("/cnn-reports/").text
+    assert '<select name="a" required>' in reports.get("/cnn-reports/").text
     page = reports.get("/cnn-reports/compare", params={"a": OLD, "b": NEW})
     assert page.status_code == 200
     row = page.text[page.text.index("<td>baseline__balanced</td>") :].split("</tr>")[0]
@@ -309,6 +324,248 @@ def test_refuses_symlinks_leading_out_of_the_store(reports, local_store, tmp_pat
     assert reports.get(f"/cnn-reports/runs/{NEW}/report/leak.txt").status_code == 404
 
 
+# ----------------------------------------------------------------------------- the run's own store
+DAG_RUN = "manual__2025-03-01T10:00:00+00:00"  # what Airflow calls the run
+RUN = "manual__2025-03-01T10_00_00_00_00"  # what the store calls it (safe_run_id)
+
+
+def wants_html() -> dict:
+    return {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}  # what a browser sends for a page
+
+
+@pytest.fixture
+def other_store(tmp_path, monkeypatch):
+    """A second local store (the deployment may read it: CNN_REPORT_LOCAL_STORES) where only RUN wrote."""
+    root = tmp_path / "other-stores" / "experiments"
+    write_plugin_run(root, RUN, plugin_run_summary(RUN, 0.9, 0.9))
+    build(root, {f"runs/{RUN}/models/baseline__balanced/curves.png": PNG, "runs/someone_else/report/index.html": "x"})
+    monkeypatch.setenv("CNN_REPORT_LOCAL_STORES", f"file://{tmp_path / 'other-stores'}")
+    return root
+
+
+def test_links_of_a_run_that_chose_another_store_open_that_store(
+    reports, local_store, other_store, dag_runs, monkeypatch
+):
+    dag_runs[RUN] = {"run_id": DAG_RUN, "state": "success", "conf": {"store_uri": f"file://{other_store}"}}
+    monkeypatch.setattr(cnn_reports, "_model_id", lambda ti_key: "baseline__balanced")
+    from airflow.models.taskinstancekey import TaskInstanceKey
+
+    key = TaskInstanceKey(cnn_reports.DAG_ID, "train", DAG_RUN, map_index=0)
+    report = reports.get(cnn_reports.RunReportLink().get_link(None, ti_key=key), headers=wants_html())
+    assert report.status_code == 200
+    assert f"Report of {RUN}" in report.text
+    folder = reports.get(cnn_reports.ModelFolderLink().get_link(None, ti_key=key), headers=wants_html())
+    assert folder.status_code == 200
+    assert "curves.png" in folder.text
+    assert f"in the run's own store file://{other_store}" in folder.text
+    figure = reports.get(f"/cnn-reports/runs/{RUN}/report/../models/baseline__balanced/curves.png")
+    assert figure.content == PNG
+    # Nothing else of that store: another run's folder there is looked up as that run (deployment's store).
+    assert reports.get("/cnn-reports/runs/someone_else/report/index.html").status_code == 404
+    assert reports.get(f"/cnn-reports/runs/{RUN}/%2e%2e/someone_else/report/index.html").status_code == 400
+    # A run whose conf names the deployment's own store, or none, reads the deployment's store.
+    dag_runs[NEW] = {"run_id": "scheduled__2025-02-01T00:00:00+00:00", "state": "success", "conf": {}}
+    assert reports.get(f"/cnn-reports/runs/{NEW}/models/baseline__balanced/curves.png").content == PNG
+
+
+def test_a_run_store_the_deployment_may_not_read_gets_a_page_saying_why(
+    reports, local_store, tmp_path, dag_runs, monkeypatch
+):
+    elsewhere = tmp_path / "elsewhere"
+    write_plugin_run(elsewhere, RUN, plugin_run_summary(RUN, 0.9, 0.9))
+    dag_runs[RUN] = {"run_id": DAG_RUN, "state": "success", "conf": {"store_uri": f"file://{elsewhere}"}}
+    page = reports.get(f"/cnn-reports/runs/{RUN}/report/index.html", headers=wants_html())
+    assert page.status_code == 403
+    assert page.headers["content-type"].startswith("text/html")
+    assert f"Report of {RUN}" not in page.text
+    assert "CNN_REPORT_LOCAL_STORES" in page.text  # what to do
+    assert f"store_uri in the conf of Airflow run {DAG_RUN}" in page.text  # how the store was chosen
+    api = reports.get(f"/cnn-reports/runs/{RUN}/report/index.html")
+    assert api.status_code == 403
+    assert "CNN_REPORT_LOCAL_STORES" in api.json()["detail"]
+
+    # An S3 store behind an endpoint other than the deployment's: the deployment's credentials stay home.
+    monkeypatch.setenv("CNN_S3_ENDPOINT_URL", "http://minio:9000")
+    opened = []
+    monkeypatch.setattr(cnn_reports, "_open_store", lambda *args: opened.append(args))
+    conf = {"store_uri": "s3://loot/x", "s3_endpoint_url": "http://attacker.example:9000", "aws_conn_id": "admin"}
+    dag_runs[RUN] = {"run_id": DAG_RUN, "state": "success", "conf": conf}
+    page = reports.get(f"/cnn-reports/runs/{RUN}/report/index.html", headers=wants_html())
+    assert page.status_code == 403
+    assert "http://attacker.example:9000" in page.text
+    assert opened == []
+
+
+def test_a_run_without_a_report_gets_a_page_saying_why_and_what_to_do(reports, local_store, dag_runs):
+    from cnn_tasks import failures
+
+    prefix = "runs/manual__2025-04-01T00_00_00_00_00"
+    build(local_store, {f"{prefix}/config.json": "{}", f"{prefix}/data/dataset.json": "{}"})
+    dag_runs[prefix[5:]] = {"run_id": "manual__2025-04-01T00:00:00+00:00", "state": "running", "conf": {}}
+    page = reports.get(f"/cnn-reports/{prefix}/report/index.html", headers=wants_html())
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert "This run has no report yet" in page.text
+    assert "The run is still running" in page.text
+    assert '{"detail"' not in page.text
+    assert f'href="/cnn-reports/{prefix}/">The run' in page.text  # its files
+
+    store = cnn_reports.get_store()
+    failures.record_failure(store, prefix, "split", -1, None, ValueError("class 'gamma' has 2 images"), 1, True)
+    dag_runs[prefix[5:]]["state"] = "failed"
+    page = reports.get(f"/cnn-reports/{prefix}/report/index.html", headers=wants_html())
+    assert "see the report task&#39;s log" in page.text
+    assert "split: ValueError: class &#39;gamma&#39; has 2 images" in page.text  # the recorded failure
+    assert "config.json" not in page.text  # only folders are named: data/, failures/
+    assert "data/, failures/" in page.text
+
+    nothing = reports.get("/cnn-reports/runs/never_ran/report/index.html", headers=wants_html())
+    assert nothing.status_code == 404
+    assert "This run wrote nothing to its store" in nothing.text
+    api = reports.get("/cnn-reports/runs/never_ran/report/index.html")  # an API client: JSON that says why
+    assert api.json()["detail"].startswith("This run wrote nothing to its store")
+    unknown = reports.get("/cnn-reports/no-such-page", headers=wants_html())
+    assert unknown.status_code == 404
+    assert "<h1>Not found</h1>" in unknown.text
+
+
+def test_a_run_store_that_cannot_be_opened_gets_a_503_page(reports, local_store, dag_runs, monkeypatch):
+    from cnn_tasks.storage import StoreUnavailable
+
+    def unreachable(*args):
+        raise StoreUnavailable("cannot reach bucket 'cnn' at http://minio:9000: connection refused")
+
+    monkeypatch.setattr(cnn_reports, "_open_store", unreachable)
+    dag_runs[RUN] = {"run_id": DAG_RUN, "state": "success", "conf": {"store_uri": "s3://cnn/x", "aws_conn_id": "ops"}}
+    page = reports.get(f"/cnn-reports/runs/{RUN}/report/index.html", headers=wants_html())
+    assert page.status_code == 503
+    assert "connection refused" in page.text
+    assert "The run wrote with the connection &#39;ops&#39;" in page.text
+    assert reports.get("/cnn-reports/", headers=wants_html()).status_code == 503
+
+
+# ----------------------------------------------------------------------------- the runs page
+FAILED_RUN = "manual__2025-03-02T00_00_00_00_00"
+
+
+def test_failed_runs_show_failed_and_the_cause_their_report_recorded(reports, local_store):
+    also = {"task": "evaluate [baseline / balanced]", "error": "StoreError", "message": "x"}
+    summary = plugin_run_summary(FAILED_RUN, failures=[TRAINING_FAILURE, also])
+    write_plugin_run(local_store, FAILED_RUN, summary)
+    rows = {r["run_id"]: r for r in reports.get("/cnn-reports/api/runs").json()}
+    assert rows[FAILED_RUN]["status"] == "failed"
+    assert rows[FAILED_RUN]["cause"] == (
+        "train [baseline / balanced]: TrainingDivergedError: baseline__balanced diverged: the loss was NaN at "
+        "epoch 3; lower the learning rate (also failed: evaluate [baseline / balanced])"
+    )
+    assert rows[NEW]["status"] == "succeeded"
+    page = reports.get("/cnn-reports/").text
+    row = page[page.index(f">{FAILED_RUN}</a>") :].split("</tr>")[0]
+    assert '<span class="failed">FAILED</span>' in row
+    assert "TrainingDivergedError: baseline__balanced diverged: the loss was NaN at epoch 3" in row
+    assert "none: the run failed" in row  # no champion decision, and why
+    assert '<span class="succeeded">SUCCEEDED</span>' in page
+
+
+def test_the_champion_decision_is_said_once(reports, local_store):
+    reason = "not promoted: model 'eurosat' has a champion (run x) trained on other classes"
+    summary = plugin_run_summary(FAILED_RUN, 0.5, 0.5, promotion={"promoted": False, "reason": reason})
+    write_plugin_run(local_store, FAILED_RUN, summary)
+    page = reports.get("/cnn-reports/").text
+    assert '<span class="no">not promoted</span>: model &#39;eurosat&#39; has a champion' in page
+    assert page.count("not promoted") == 2  # this run and NEW ("below margin"), once each
+
+
+def test_times_are_shown_in_one_readable_format(reports, local_store):
+    import re
+
+    write_champions(local_store)
+    record = json.loads((local_store / "champions/eurosat/champion.json").read_text())
+    record["promoted_at"] = "20261204T125101730963Z"  # as promote.utc_stamp writes it
+    (local_store / "champions/eurosat/champion.json").write_text(json.dumps(record))
+    stamp = datetime(2026, 12, 4, 9, 30, tzinfo=UTC).timestamp()
+    os.utime(local_store / f"runs/{NEW}/report/summary.json", (stamp, stamp))
+    page = reports.get("/cnn-reports/").text
+    assert "<td>2026-12-04 12:51 UTC</td>" in page
+    assert "<td>2026-12-04 09:30 UTC</td>" in page  # when NEW's report was written
+    assert "(2025-02-01 00:00 UTC)" in page  # a point of the chart
+    assert re.findall(r"\d{8}T\d{6}|\d{4}-\d\d-\d\dT\d\d:", page) == []  # no raw stamp or ISO time left
+    assert cnn_reports.readable_time("2025-02-01T10:20:30.5+02:00") == "2025-02-01 08:20 UTC"
+    assert cnn_reports.readable_time(None) == "–"
+
+
+def selected(page: str, name: str) -> list[str]:
+    """The options pre-selected in the compare form's select `name`."""
+    import re
+
+    form = page[page.index(f'<select name="{name}"') :].split("</select>")[0]
+    return re.findall(r'<option value="([^"]*)"[^>]* selected', form)
+
+
+def test_the_compare_form_does_not_preselect_a_failed_run(reports, local_store):
+    write_plugin_run(local_store, FAILED_RUN, plugin_run_summary(FAILED_RUN, failures=[TRAINING_FAILURE]))
+    page = reports.get("/cnn-reports/").text
+    assert page.index(FAILED_RUN) < page.index(NEW)  # the newest run failed
+    assert selected(page, "b") == [NEW]
+    assert selected(page, "a") == [OLD]
+    assert f'<option value="{FAILED_RUN}">{FAILED_RUN} (failed)</option>' in page
+
+    (local_store / f"runs/{OLD}/report/summary.json").unlink()  # one run left that succeeded
+    page = reports.get("/cnn-reports/").text
+    assert selected(page, "b") == [NEW]
+    assert selected(page, "a") == [""]  # "choose a run", which the browser will not submit
+    assert '<option value="" selected disabled>choose a run</option>' in page
+
+
+def test_comparing_runs_with_different_classes_says_so_above_the_score_differences(reports, local_store):
+    write_plugin_run(local_store, "a", plugin_run_summary("a", 0.8, 0.8, classes=["cat", "dog", "owl"]))
+    write_plugin_run(local_store, "b", plugin_run_summary("b", 0.9, 0.9, classes=["cat", "dog", "fox", "eel"]))
+    write_plugin_run(local_store, "c", plugin_run_summary("c", 0.9, 0.9, classes=["dog", "owl", "cat"]))
+    page = reports.get("/cnn-reports/compare", params={"a": "a", "b": "b"}).text
+    note = "A has 3 classes, B 4: B adds fox, eel; B drops owl"
+    assert note in page
+    assert page.index("The runs classify different classes") < page.index("<th>Model or ensemble</th>")
+    same = reports.get("/cnn-reports/compare", params={"a": "a", "b": "c"}).text  # the same classes, reordered
+    assert "different classes" not in same
+    failed = reports.get("/cnn-reports/compare", params={"a": "a", "b": NEW}).text
+    assert "different classes" not in failed  # NEW recorded no classes: nothing to say
+
+
+def test_the_run_files_page_groups_files_by_stage(reports, local_store):
+    files = {f"runs/{NEW}/data/shards/train-{i:03}.npz": "x" for i in range(120)}
+    for model in ("baseline__balanced", "baseline__unbalanced"):
+        files |= {f"runs/{NEW}/models/{model}/ckpt-{i:02}.keras": "x" for i in range(40)}
+        files |= {f"runs/{NEW}/viz/{model}/filters-{i:02}.png": "x" for i in range(30)}
+        files[f"runs/{NEW}/eval/{model}/metrics.json"] = "{}"
+    files |= {f"runs/{NEW}/config.json": "{}", f"runs/{NEW}/failures/split.json": "{}"}
+    build(local_store, files)
+    page = reports.get(f"/cnn-reports/runs/{NEW}/", headers=wants_html()).text
+    assert "268 file(s)" in page
+    sections = [
+        (s.split("</strong>")[0], s.split('<span class="no">')[1].split(" file(s)")[0])
+        for s in page.split("<summary><strong>")[1:]
+    ]
+    assert sections == [
+        ("(this folder)", "1"),
+        ("data", "120"),
+        ("models/baseline__balanced", "42"),
+        ("models/baseline__unbalanced", "40"),
+        ("viz/baseline__balanced", "30"),
+        ("viz/baseline__unbalanced", "30"),
+        ("eval/baseline__balanced", "1"),
+        ("eval/baseline__unbalanced", "1"),
+        ("report", "2"),
+        ("failures", "1"),
+    ]
+    opened = [s.split("<summary><strong>")[1].split("</strong>")[0] for s in page.split("<details open>")[1:]]
+    assert opened == ["(this folder)", "report"]  # the rest folded
+    assert page.count("<li>") == 268
+    assert f'<a href="/cnn-reports/runs/{NEW}/models/baseline__balanced/">folder</a>' in page
+    assert f'<a href="/cnn-reports/runs/{NEW}/data/shards/train-007.npz">shards/train-007.npz</a>' in page
+    small = reports.get(f"/cnn-reports/runs/{NEW}/models/baseline__balanced/", headers=wants_html()).text
+    assert small.count("<details open>") == 1  # a small folder: its one section open
+
+
 # ----------------------------------------------------------------------------- S3 store
 def test_s3_store_through_the_airflow_connection(reports, monkeypatch):
     import boto3
@@ -348,6 +605,37 @@ def test_s3_store_through_the_airflow_connection(reports, monkeypatch):
         assert reports.get("/cnn-reports/runs/%2e%2e/champion.json").status_code == 400
 
 
+def test_a_run_that_chose_another_s3_store_is_read_with_the_deployments_connection(reports, dag_runs, monkeypatch):
+    import boto3
+
+    from tests.s3server import moto_s3
+
+    with moto_s3("cnn-artifacts") as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        put = lambda key, data: s3.put_object(Bucket="cnn-artifacts", Key=f"experiments/{key}", Body=data)  # noqa: E731
+        put(f"runs/{RUN}/report/index.html", f"<html>Report of {RUN}</html>".encode())
+        put(f"runs/{RUN}/models/baseline__balanced/curves.png", PNG)
+        connection = {"conn_type": "aws", "login": "testing", "password": "testing"}
+        connection["extra"] = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+        monkeypatch.setenv("AIRFLOW_CONN_CNN_S3", json.dumps(connection))
+        monkeypatch.setenv("CNN_AWS_CONN_ID", "cnn_s3")
+        monkeypatch.setenv("CNN_STORE_URI", "s3://cnn-artifacts/team/")
+        monkeypatch.delenv("CNN_S3_ENDPOINT_URL", raising=False)
+        # The trigger form's conf: another prefix, the deployment's endpoint, a connection the plugin never uses.
+        conf = {"store_uri": "s3://cnn-artifacts/experiments", "s3_endpoint_url": endpoint, "aws_conn_id": "nope"}
+        dag_runs[RUN] = {"run_id": DAG_RUN, "state": "success", "conf": conf}
+        page = reports.get(f"/cnn-reports/runs/{RUN}/report/index.html", headers=wants_html())
+        assert page.status_code == 200
+        assert f"Report of {RUN}" in page.text
+        assert reports.get(f"/cnn-reports/runs/{RUN}/models/baseline__balanced/curves.png").content == PNG
+
+        dag_runs[RUN]["conf"] = {"store_uri": "s3://no-such-bucket/x"}
+        page = reports.get(f"/cnn-reports/runs/{RUN}/report/index.html", headers=wants_html())
+        assert page.status_code == 503
+        assert "bucket &#39;no-such-bucket&#39; does not exist" in page.text
+        assert "s3://no-such-bucket/x" in page.text
+
+
 # ----------------------------------------------------------------------------- auth (live api-server)
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -356,8 +644,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def api_server(tmp_path_factory):
-    """A real `airflow api-server` with this plugins folder, a local store and two users."""
+def api_env(tmp_path_factory) -> dict:
+    """The environment of the live api-server: a local store with two runs, a second local store
+    it may also read (CNN_REPORT_LOCAL_STORES), two users, a sqlite database."""
     home = tmp_path_factory.mktemp("airflow")
     store = home / "store"
     write_runs(
@@ -365,8 +654,7 @@ def api_server(tmp_path_factory):
     )
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({"admin": "admin-pw", "viewer": "viewer-pw"}))
-    port = _free_port()
-    env = {
+    return {
         **os.environ,
         "AIRFLOW_HOME": str(home),
         "PYTHONPATH": str(ROOT),
@@ -380,7 +668,15 @@ def api_server(tmp_path_factory):
         "AIRFLOW__API_AUTH__JWT_SECRET": "test-only-secret",
         "AIRFLOW__API__WORKERS": "1",
         "CNN_STORE_URI": f"file://{store}",
+        "CNN_REPORT_LOCAL_STORES": str(home / "other-stores"),
     }
+
+
+@pytest.fixture(scope="module")
+def api_server(api_env):
+    """A real `airflow api-server` with this plugins folder, a local store and two users."""
+    env, home = api_env, Path(api_env["AIRFLOW_HOME"])
+    port = _free_port()
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
     log = open(home / "api-server.log", "w")
@@ -446,3 +742,19 @@ def test_api_server_exposes_the_page_and_links_to_the_ui(api_server):
     assert plugin["external_views"][0]["url_route"] == "cnn-reports"
     assert plugin["fastapi_apps"][0]["url_prefix"] == "/cnn-reports"
     assert len(plugin["global_operator_extra_links"]) == 2
+
+
+def test_report_links_follow_the_store_in_the_runs_conf_in_airflows_database(api_server, api_env):
+    """The run is looked up in the api-server's own database by the store's form of its id."""
+    other = Path(api_env["CNN_REPORT_LOCAL_STORES"]) / "experiments"
+    write_plugin_run(other, RUN, plugin_run_summary(RUN, 0.9, 0.9))
+    record = dag_run_source(cnn_reports.DAG_ID, DAG_RUN, {"store_uri": f"file://{other}"})
+    subprocess.run([sys.executable, "-c", record], env=api_env, check=True, capture_output=True, timeout=120)
+    cookies = {"_token": _token(api_server, "viewer", "viewer-pw")}
+    page = httpx.get(f"{api_server}/cnn-reports/runs/{RUN}/report/index.html", cookies=cookies, headers=wants_html())
+    assert page.status_code == 200
+    assert f"Report of {RUN}" in page.text
+    missing = httpx.get(f"{api_server}/cnn-reports/runs/{RUN}/models/", cookies=cookies, headers=wants_html())
+    assert missing.status_code == 404
+    assert "This model&#39;s files are not there" in missing.text
+    assert f"store_uri in the conf of Airflow run {DAG_RUN}" in missing.text
