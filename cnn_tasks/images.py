@@ -8,10 +8,14 @@
 - images over `MAX_PIXELS` (or that Pillow flags as decompression bombs) are rejected, and so are
   images whose shorter side is below `min_side` or whose sides differ more than
   `max_aspect_ratio` times (checked from the header, before the pixels are decoded);
+- a format Pillow identifies but that is not in SUPPORTED_FORMATS (EPS and WMF need external
+  tools; FITS, HDF5, MPEG, ... are not photographs), or whose decoder this Pillow lacks, is
+  UNSUPPORTED_FORMAT, naming the format (never an internal library error);
 - EXIF orientation is applied;
 - every colour mode becomes 8-bit RGB: greyscale and CMYK are converted, 16-bit values are
   scaled (v >> 8), transparency (RGBA, LA, palette or RGB with a transparent colour) is
-  composited onto white.
+  composited onto white; 32-bit integer (mode I with 32 bits per sample) and 32-bit float
+  images have no agreed 0..255 scale and are UNSUPPORTED_MODE.
 
 `validate(path)` adds what ingest needs: the content key (sha256 of the decoded pixels), the
 per-channel sums for normalisation statistics, and the bytes to pack into shards. Those bytes are
@@ -55,6 +59,7 @@ TRUNCATED = "truncated"
 CORRUPT = "corrupt"
 TOO_MANY_PIXELS = "too_many_pixels"
 UNSUPPORTED_MODE = "unsupported_mode"
+UNSUPPORTED_FORMAT = "unsupported_format"
 UNREADABLE = "unreadable"
 TOO_SMALL = "too_small"
 EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
@@ -66,7 +71,39 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 _EXIF_ORIENTATION = 0x0112
 _LEVELS = np.arange(256, dtype=np.int64)
-_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}  # "I" only when its samples have 16 bits
+# Formats that hold at most 16 bits per sample: Pillow widens their 16-bit greyscale to mode "I".
+_AT_MOST_16_BITS = {"PNG", "PPM"}
+# Raster formats Pillow decodes by itself, as Pillow names them (Image.format). Any other format Pillow
+# identifies (EPS and WMF need external tools; FITS, HDF5, GRIB, MPEG, ... are not photographs) is
+# rejected as UNSUPPORTED_FORMAT, naming the format.
+SUPPORTED_FORMATS = frozenset(
+    {
+        "PNG",
+        "JPEG",
+        "MPO",  # JPEG with extra frames, as cameras write it
+        "GIF",
+        "BMP",
+        "DIB",
+        "TIFF",
+        "WEBP",
+        "PPM",  # PBM, PGM, PPM
+        "TGA",
+        "ICO",
+        "JPEG2000",
+        "AVIF",
+        "QOI",
+        "PCX",
+        "SGI",
+        "PSD",
+        "DDS",
+        "ICNS",
+        "SUN",
+        "XBM",
+        "XPM",
+    }
+)
+CONVERT_HINT = "convert it to PNG or JPEG"
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 
@@ -256,6 +293,11 @@ def decode_bytes(
             raise ImageRejected(TOO_MANY_PIXELS, str(exc)) from None
         except Exception as exc:  # a header so broken (or cut so short) that even identification fails
             raise _decode_error(exc) from None
+        if image.format not in SUPPORTED_FORMATS:
+            raise ImageRejected(
+                UNSUPPORTED_FORMAT,
+                f"the file holds {format_name(image)}, which is not a supported image format: {CONVERT_HINT}",
+            )
         width, height = image.size
         if width * height > max_pixels:
             raise ImageRejected(
@@ -266,7 +308,7 @@ def decode_bytes(
         try:
             image.load()
         except Exception as exc:
-            raise _decode_error(exc) from None
+            raise _decode_error(exc, image) from None
     orientation = _orientation(image)
     rgb = to_rgb(image)
     if orientation in range(2, 9):
@@ -291,8 +333,24 @@ def _signature(data: bytes) -> str | None:
     return next((kind for magic, kind in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
-def _decode_error(exc: Exception) -> ImageRejected:
-    """The rejection for an error Pillow raised while reading a header or the pixels."""
+def format_name(image: Image.Image) -> str:
+    """The format Pillow identified, as a person reads it: 'EPS (Encapsulated Postscript)'."""
+    name = image.format or "an unknown format"
+    description = getattr(image, "format_description", None)
+    return f"{name} ({description})" if description and description.casefold() != name.casefold() else name
+
+
+# What Pillow says when decoding needs a library or program it does not have.
+_MISSING_TOOL = ("ghostscript", "not available", "cannot find loader", "no handler", "not supported on this platform")
+
+
+def _decode_error(exc: Exception, image: Image.Image | None = None) -> ImageRejected:
+    """The rejection for an error Pillow raised while reading a header or the pixels (of `image`)."""
+    if image is not None and isinstance(exc, OSError) and any(w in str(exc).lower() for w in _MISSING_TOOL):
+        return ImageRejected(
+            UNSUPPORTED_FORMAT,
+            f"the file holds {format_name(image)}, which cannot be decoded here ({exc}): {CONVERT_HINT}",
+        )
     if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
         return ImageRejected(TRUNCATED, f"the file ends before the image does ({type(exc).__name__}: {exc})")
     if isinstance(exc, ValueError) and "MAX_TEXT_CHUNK" in str(exc):
@@ -328,11 +386,27 @@ def _apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
     return image.transpose(_TRANSPOSES[orientation])
 
 
+def _sample_bits(image: Image.Image) -> int:
+    """Bits per sample of a mode "I" image (Pillow's 32-bit integer mode, which also holds 16-bit data):
+    TIFF says (BitsPerSample), PNG and PGM hold at most 16, anything else is taken as 32."""
+    if image.format == "TIFF":
+        bits = getattr(image, "tag_v2", {}).get(258)
+        bits = max(bits) if isinstance(bits, tuple) and bits else bits
+        return int(bits) if isinstance(bits, int) else 32
+    return 16 if image.format in _AT_MOST_16_BITS else 32
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB (transparency composited onto white)."""
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image
+    if mode == "I" and _sample_bits(image) > 16:
+        raise ImageRejected(
+            UNSUPPORTED_MODE,
+            f"32-bit integer images (mode I, {_sample_bits(image)} bits per sample) have no agreed 0..255 scale: "
+            "save it with 8 or 16 bits per sample (e.g. as a 16-bit PNG)",
+        )
     if mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.int64)
         grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
@@ -342,7 +416,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     if mode == "F":
-        raise ImageRejected(UNSUPPORTED_MODE, "32-bit float images have no agreed 0..255 scale")
+        raise ImageRejected(
+            UNSUPPORTED_MODE,
+            "32-bit float images (mode F) have no agreed 0..255 scale: save it with 8 or 16 bits per sample "
+            "(e.g. as a 16-bit PNG)",
+        )
     try:
         return image.convert("RGB")
     except (ValueError, OSError) as exc:

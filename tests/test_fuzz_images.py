@@ -90,6 +90,29 @@ def float_tiff() -> bytes:
     return encoded(Image.fromarray(np.random.default_rng(0).random((8, 8)).astype(np.float32), "F"), "TIFF")
 
 
+def int32_tiff() -> bytes:
+    """A 32-bit integer TIFF (Pillow mode I) whose values reach far past 16 bits."""
+    values = np.random.default_rng(0).integers(0, 2**31 - 1, (16, 16), dtype=np.int32)
+    return encoded(Image.fromarray(values, "I"), "TIFF")
+
+
+def postscript() -> bytes:
+    """An EPS file, as Pillow writes one (reading it back would need Ghostscript)."""
+    return encoded(Image.fromarray(noise()), "EPS")
+
+
+def fits() -> bytes:
+    """A FITS image (astronomy): Pillow decodes it, but it is not a supported image format."""
+    cards = [("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "2"), ("NAXIS1", "16"), ("NAXIS2", "16")]
+    header = b"".join(f"{k:<8}= {v:>20}".ljust(80).encode() for k, v in cards) + b"END".ljust(80)
+    return header.ljust(2880, b" ") + noise()[..., 0].tobytes().ljust(2880, b"\0")
+
+
+def pgm16() -> bytes:
+    """A 16-bit PGM (maxval 65535), which Pillow reads as mode I."""
+    return b"P5\n16 16\n65535\n" + (noise()[..., 0].astype(">u2") * 257).tobytes()
+
+
 # ================================================================== expected outcomes
 @dataclass(frozen=True)
 class Rejected:
@@ -169,6 +192,27 @@ CASES = {
         Rejected(images.EXTREME_ASPECT_RATIO, "9x100 has aspect ratio 11.11, above max_aspect_ratio=10"),
     ),
     "float.tif": (float_tiff, Rejected(images.UNSUPPORTED_MODE, "32-bit float")),
+    "int32.tif": (
+        int32_tiff,
+        Rejected(
+            images.UNSUPPORTED_MODE,
+            "32-bit integer images (mode I, 32 bits per sample) have no agreed 0..255 scale: save it with 8 or "
+            "16 bits per sample (e.g. as a 16-bit PNG)",
+        ),
+    ),
+    # Formats Pillow identifies but that are not supported: named, with what to do.
+    "postscript_named.jpg": (
+        postscript,
+        Rejected(
+            images.UNSUPPORTED_FORMAT,
+            "the file holds EPS (Encapsulated Postscript), which is not a supported image format: convert it to "
+            "PNG or JPEG",
+        ),
+    ),
+    "telescope.png": (
+        fits,
+        Rejected(images.UNSUPPORTED_FORMAT, "the file holds FITS, which is not a supported image format"),
+    ),
     # Odd but valid: accepted, converted to 8-bit RGB, packed as PNG that training decodes.
     "garbage_after_iend.png": (lambda: png() + b"\0garbage" * 16, Accepted("RGB", "PNG")),
     "no_iend.png": (lambda: png()[:-12], Accepted("RGB", "PNG")),
@@ -181,6 +225,11 @@ CASES = {
         lambda: encoded(Image.fromarray(noise()[..., 0].astype(np.uint16) * 257), "TIFF"),
         Accepted("I;16", "TIFF"),
     ),
+    "grey16_big_endian.tif": (
+        lambda: encoded(Image.frombytes("I;16B", (16, 16), (noise()[..., 0].astype(">u2") * 257).tobytes()), "TIFF"),
+        Accepted("I;16B", "TIFF"),
+    ),
+    "grey16.pgm": (pgm16, Accepted("I", "PPM")),  # mode I holding 16-bit samples: scaled, not refused
     "rgb16.png": (lambda: png_rgb16(noise().astype(np.uint16) * 256), Accepted("RGB", "PNG")),
     "cmyk.jpg": (lambda: encoded(Image.new("CMYK", (16, 16), (10, 200, 30, 40)), "JPEG"), Accepted("CMYK", "JPEG")),
     "palette_transparent.png": (
@@ -252,6 +301,7 @@ def test_the_corpus_covers_every_rejection_reason_of_an_image():
         images.TOO_SMALL,
         images.EXTREME_ASPECT_RATIO,
         images.UNSUPPORTED_MODE,
+        images.UNSUPPORTED_FORMAT,
     }
     assert len(CASES) >= 30
 

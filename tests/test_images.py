@@ -84,6 +84,55 @@ def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
     assert result.reencoded
 
 
+# The 16-bit greyscale files Pillow reads, in each mode it gives them: all scaled v >> 8, as before.
+_GREY16 = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
+SIXTEEN_BIT_GREY = {
+    "grey16.png": (lambda: encoded(Image.fromarray(_GREY16), "PNG"), "I;16"),
+    "grey16.tif": (lambda: encoded(Image.fromarray(_GREY16), "TIFF"), "I;16"),
+    "grey16_big_endian.tif": (
+        lambda: encoded(Image.frombytes("I;16B", (4, 1), _GREY16.astype(">u2").tobytes()), "TIFF"),
+        "I;16B",
+    ),
+    "grey16.pgm": (lambda: b"P5\n4 1\n65535\n" + _GREY16.astype(">u2").tobytes(), "I"),  # 16 bits read as mode I
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIXTEEN_BIT_GREY))
+def test_16_bit_grey_in_every_mode_pillow_gives_it_is_scaled(tmp_path, name):
+    make, mode = SIXTEEN_BIT_GREY[name]
+    path = write(tmp_path, name, make())
+    result = images.validate(path)
+    pixels = np.asarray(images.load_rgb(path))
+    assert result.original_mode == mode
+    assert pixels[0, :, 0].tolist() == [0, 3, 128, 255]
+    assert (pixels[..., 0] == pixels[..., 2]).all()
+
+
+@pytest.mark.parametrize("top", [2**31 - 1, 3])
+def test_a_32_bit_integer_tiff_is_an_unsupported_mode_not_a_white_image(tmp_path, top):
+    # Clipped to 16 bits and shifted, every value over 65535 came out white (255); small values came
+    # out black. Whatever its values, a 32-bit image has no agreed 0..255 scale, as 32-bit float has not.
+    values = np.array([[0, 1, min(70_000, top), top]], dtype=np.int32)
+    path = write(tmp_path, "int32.tif", encoded(Image.fromarray(values, "I"), "TIFF"))
+    for read in (images.load_rgb, images.validate):
+        with pytest.raises(images.ImageRejected) as info:
+            read(path)
+        assert str(info.value) == (
+            "unsupported_mode: 32-bit integer images (mode I, 32 bits per sample) have no agreed 0..255 "
+            "scale: save it with 8 or 16 bits per sample (e.g. as a 16-bit PNG)"
+        )
+
+
+def test_a_32_bit_float_tiff_says_what_to_do(tmp_path):
+    path = write(tmp_path, "float.tif", encoded(Image.fromarray(np.zeros((4, 4), np.float32), "F"), "TIFF"))
+    with pytest.raises(images.ImageRejected) as info:
+        images.validate(path)
+    assert str(info.value) == (
+        "unsupported_mode: 32-bit float images (mode F) have no agreed 0..255 scale: save it with 8 or 16 bits "
+        "per sample (e.g. as a 16-bit PNG)"
+    )
+
+
 def test_16_bit_rgb_is_reencoded_as_8_bit(tmp_path):
     result, pixels = _validated(tmp_path, "rgb16.png")
     assert np.array_equal(pixels, noise())  # (v * 256 + 7) >> 8 == v: the low byte is dropped
@@ -272,6 +321,48 @@ def test_a_metadata_decompression_bomb_is_refused_in_words(tmp_path, kind, body)
     with pytest.raises(images.ImageRejected, match="refused as a possible decompression bomb") as info:
         images.validate(path)
     assert info.value.reason == images.CORRUPT
+
+
+# ================================================================== formats
+def test_postscript_named_jpg_is_an_unsupported_format_not_a_ghostscript_error(tmp_path):
+    path = write(tmp_path, "photo.jpg", encoded(Image.fromarray(noise()), "EPS"))
+    for read in (images.load_rgb, images.validate):
+        with pytest.raises(images.ImageRejected) as info:
+            read(path)
+        assert str(info.value) == (
+            "unsupported_format: the file holds EPS (Encapsulated Postscript), which is not a supported image "
+            "format: convert it to PNG or JPEG"
+        )
+        assert "Ghostscript" not in str(info.value)
+
+
+def test_a_format_pillow_decodes_but_the_pipeline_does_not_accept_is_named(tmp_path):
+    data = encoded(Image.fromarray(noise()[..., 0]), "IM")  # Pillow's own IFUNC format: decodable, not accepted
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), noise()[..., 0])
+    with pytest.raises(images.ImageRejected) as info:
+        images.validate(write(tmp_path, "scan.png", data))
+    assert (info.value.reason, info.value.detail) == (
+        images.UNSUPPORTED_FORMAT,
+        "the file holds IM (IFUNC Image Memory), which is not a supported image format: convert it to PNG or JPEG",
+    )
+
+
+def test_a_supported_format_whose_decoder_is_missing_is_unsupported_here_not_corrupt(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    data = encoded(Image.fromarray(noise()), "JPEG2000")
+    monkeypatch.delattr(PILImage.core, "jpeg2k_decoder")  # as on a Pillow built without OpenJPEG
+    with pytest.raises(images.ImageRejected) as info:
+        images.validate(write(tmp_path, "photo.jp2", data))
+    assert str(info.value) == (
+        "unsupported_format: the file holds JPEG2000 (JPEG 2000 (ISO 15444)), which cannot be decoded here "
+        "(decoder jpeg2k not available): convert it to PNG or JPEG"
+    )
+
+
+def test_every_supported_format_is_one_pillow_can_open():
+    Image.init()
+    assert images.SUPPORTED_FORMATS - set(Image.OPEN) <= {"MPO", "AVIF"}  # MPO opens through JPEG; AVIF needs libavif
 
 
 # ================================================================== what is not a regular file, or too big
