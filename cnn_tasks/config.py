@@ -279,7 +279,10 @@ class PipelineConfig(_Settings):
         title="Profile",
         description=(
             "'quick' runs a few minutes on a laptop CPU (few classes, images and epochs); 'standard' is the real job. "
-            "Quick settings apply to fields left at their defaults."
+            "Quick sets "
+            + ", ".join(f"{name} {value}" for name, value in QUICK_PROFILE.items())
+            + ". In this form it changes only fields still at their standard default; in a settings file or "
+            "make run, a value you give is kept."
         ),
     )
     dataset_url: Annotated[str, NOT_EMPTY] = Field(
@@ -444,8 +447,9 @@ class PipelineConfig(_Settings):
         description=(
             "Random changes to training batches, for the kind of images: 'aerial' (satellite, microscopy, textures: "
             "flips in both axes and 90-degree rotations, brightness and contrast), 'natural' (photos with an up: "
-            "horizontal flip, random resized crop, colour jitter) or 'none'; 'auto' is 'aerial' for the default "
-            "EuroSAT dataset, else 'natural'. Rebalance=augment's copies follow it too."
+            "horizontal flip, random resized crop, colour jitter) or 'none'; 'auto' decides from the class names: "
+            "'aerial' when most are satellite or aerial scene classes (EuroSAT, UC Merced, RESISC45), else 'natural'. "
+            "The report's data section says which preset was used and why. Rebalance=augment's copies follow it too."
         ),
     )
     lr_range_test: StrictBool = Field(
@@ -632,9 +636,9 @@ class PipelineConfig(_Settings):
         """Build and validate a config; `profile` overrides apply under explicit values.
 
         `given` names the fields the user set (default: every key of `values`). The profile fills
-        a field the user did not set or left at its standard default; an optional field the user
-        set to empty (None, e.g. classes_limit: all classes) is an explicit choice and wins. A
-        trigger form gives every field, so there only values that differ from the defaults count.
+        only the fields the user did not set: a value given (also one equal to the standard default,
+        or empty, e.g. classes_limit: all classes) is kept. A trigger form gives every field, so
+        there only values that differ from the standard defaults count as given.
         """
         try:
             return cls.model_validate(dict(values or {}), context={"given": given})
@@ -673,19 +677,14 @@ class PipelineConfig(_Settings):
         merged = {k: v for k, v in values.items() if v is not None or k in nullable or k not in defaults}
         merged["profile"] = merged.get("profile") or "standard"
         if merged["profile"] == "quick":
-            # A form submits every field, so the profile wins wherever a field still holds
-            # its standard default; a value the user changed is kept.
             for name, quick_value in QUICK_PROFILE.items():
-                explicit_empty = name in given and name in values and values[name] is None
-                if not explicit_empty and merged.get(name, defaults[name]) == defaults[name]:
+                if name not in given and merged.get(name, defaults[name]) == defaults[name]:
                     merged[name] = quick_value
         if (
             merged.get("dataset_url", EUROSAT_URL) != EUROSAT_URL
             and merged.get("dataset_checksum", EUROSAT_CHECKSUM) == EUROSAT_CHECKSUM
         ):
             merged["dataset_checksum"] = None  # the pinned checksum belongs to the EuroSAT archive only
-        if _augment_preset(merged.get("augment", "auto")) == "auto":  # resolved here, so config.json says which
-            merged["augment"] = "aerial" if merged.get("dataset_url", EUROSAT_URL) == EUROSAT_URL else "natural"
         return merged
 
     @model_validator(mode="after")

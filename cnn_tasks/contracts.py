@@ -82,6 +82,11 @@ class DatasetInfo(Contract):
     std: list[float]
     dataset_sha256: str | None = None
     rebalance: str
+    # the augmentation preset training uses (augment 'auto' decided from the classes) and why
+    augment: Literal["aerial", "natural", "none"] | None = None  # absent in files written before: the config's
+    augment_reason: str | None = None
+    # rebalancing changed nothing (the splits were already balanced): the balanced variant is not trained
+    balanced_same_as_unbalanced: bool = False
     splits: dict[Literal["train", "val", "test"], dict[Literal["unbalanced", "balanced"], SplitData]]
     figures: list[Figure] = []
 

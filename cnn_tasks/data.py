@@ -33,6 +33,15 @@ def load_dataset_info(ctx: RunContext) -> dict:
     return DatasetInfo.read(ctx.store, ctx.data_key("dataset.json"))
 
 
+def augment_preset(ctx: RunContext, info: dict | None = None) -> str:
+    """The augmentation preset training uses: decided by the rebalance stage (dataset.json), which
+    resolves augment 'auto' from the class names; the config's for files written before."""
+    from cnn_tasks.image_kind import resolve_augment
+
+    info = info or load_dataset_info(ctx)
+    return info.get("augment") or resolve_augment(ctx.config.augment, info["classes"])[0]
+
+
 def read_csv(ctx: RunContext, name: str):
     """data/<name> (manifest.csv, split.csv) as a DataFrame of strings, empty cells kept as ''."""
     return read_csv_text(ctx.store.get_text(ctx.data_key(name)))
@@ -129,8 +138,8 @@ def dataset(
     if training:
         ds = ds.shuffle(min(part["count"], 20_000), seed=ctx.config.seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
-    if training and ctx.config.augment != "none":
-        augment = augmenter(ctx.config.augment, ctx.config.seed)
+    if training and (preset := augment_preset(ctx, info)) != "none":
+        augment = augmenter(preset, ctx.config.seed)
         ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     if part.get("class_weight"):
         table = class_weight_vector(part["class_weight"], len(info["classes"]))

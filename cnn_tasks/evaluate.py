@@ -137,7 +137,7 @@ def run(ctx, model_id: str) -> dict:
         log.info("%s: predicted the %s split (%s)", model_id, split, evaluated[split]["description"])
     tta = None
     if ctx.config.tta:
-        views = TTA_VIEWS[ctx.config.augment]
+        views = TTA_VIEWS[data.augment_preset(ctx)]  # the preset training used
         tta = {
             "views": list(views),
             "test": classification_metrics(y_test, predict_views(model, test_images, views), classes),

@@ -7,8 +7,9 @@ variant applies config.rebalance:
   oversample    minority classes topped up to the largest class with exact copies (same key)
   undersample   every class cut to the smallest class (seeded sample)
   augment       minority classes topped up with augmented copies, keys '<key>#aug<n>': a small
-                brightness/contrast change plus, by the config.augment preset, a flip and 90-degree
-                rotation (aerial), a horizontal flip (natural) or nothing else (none)
+                brightness/contrast change plus, by the augmentation preset (config.augment, 'auto'
+                decided from the class names: cnn_tasks.image_kind), a flip and 90-degree rotation
+                (aerial), a horizontal flip (natural) or nothing else (none)
 The test split is written once, "unbalanced", and never changed. Copies are chosen from the
 split table alone (no pixels), so one streaming pass over the clean shards writes every
 variant; records keep the seeded random order of the clean shards, copies follow their original.
@@ -29,7 +30,10 @@ from cnn_tasks import plots
 from cnn_tasks.context import file_sha256
 from cnn_tasks.contracts import DatasetInfo
 from cnn_tasks.data import SPLIT_NAMES, SPLITS, read_csv
+from cnn_tasks.image_kind import resolve_augment
+from cnn_tasks.progress import TERMINAL
 from cnn_tasks.shards import ShardWriter
+from cnn_tasks.variants import variants_note
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ def run(ctx) -> dict:
     cfg = ctx.config
     analysis = ctx.store.get_json(ctx.data_key("analysis.json"))
     classes = analysis["classes"]
+    preset, why = resolve_augment(cfg.augment, classes)
+    log.info("augmentation preset %s: %s", preset, why, extra=TERMINAL)
     table = read_csv(ctx, "split.csv")
     manifest = read_csv(ctx, "manifest.csv")
     split_of = dict(zip(table["key"], table["split"]))
@@ -71,7 +77,7 @@ def run(ctx) -> dict:
         split = split_of[key]
         _write(writers, counts, (split, "unbalanced"), image, label, key)
         if (split, "balanced") in writers:
-            _write_balanced(writers, counts, split, plans[split], cfg, image, label, key)
+            _write_balanced(writers, counts, split, plans[split], cfg, preset, image, label, key)
 
     expected = Counter(table["split"])
     for split in SPLITS:
@@ -108,12 +114,17 @@ def run(ctx) -> dict:
         "std": analysis["std"],
         "dataset_sha256": dataset_sha256(manifest),
         "rebalance": cfg.rebalance,
+        "augment": preset,
+        "augment_reason": why,
+        "balanced_same_as_unbalanced": cfg.rebalance != "none" and all(same_data(splits[s]) for s in BALANCED_SPLITS),
         "splits": splits,
         "figures": [before_after_figure(ctx, s, classes, splits[s], cfg.rebalance) for s in BALANCED_SPLITS],
     }
     DatasetInfo.write(ctx.store, ctx.data_key("dataset.json"), dataset)
     summary = {f"{s}/{v}": splits[s][v]["count"] for s in splits for v in splits[s]}
     log.info("rebalance=%s: %s", cfg.rebalance, summary)
+    if dataset["balanced_same_as_unbalanced"]:
+        log.info("%s", variants_note(cfg.rebalance, dataset), extra=TERMINAL)
     return {"dataset": ctx.data_key("dataset.json"), "rebalance": cfg.rebalance, "counts": summary}
 
 
@@ -149,6 +160,14 @@ def balanced_variant(variants: dict, split: str, strategy: str) -> dict:
     return dict(unbalanced)  # none
 
 
+def same_data(variants: dict) -> bool:
+    """The balanced variant of a split holds what the unbalanced one holds: rebalancing an already
+    balanced split adds, removes and reweights nothing."""
+    balanced, unbalanced = variants["balanced"], variants["unbalanced"]
+    weights = (balanced.get("class_weight") or {}).values()
+    return balanced["class_counts"] == unbalanced["class_counts"] and all(abs(w - 1) < 1e-6 for w in weights)
+
+
 def class_weights(class_counts: list[int]) -> dict[str, float]:
     """Weights N / (C x n_class), so every class contributes equally to the loss."""
     total, n = sum(class_counts), len(class_counts)
@@ -182,7 +201,7 @@ def _write(writers, counts, name, image: bytes, label: int, key: str) -> None:
     counts[name][label] += 1
 
 
-def _write_balanced(writers, counts, split, plan: Plan, cfg, image, label, key) -> None:
+def _write_balanced(writers, counts, split, plan: Plan, cfg, preset: str, image, label, key) -> None:
     name = (split, "balanced")
     if plan.keep is not None and key not in plan.keep:
         return
@@ -190,7 +209,7 @@ def _write_balanced(writers, counts, split, plan: Plan, cfg, image, label, key) 
     for n in range(1, plan.copies.get(key, 0) + 1):
         if cfg.rebalance == "augment":
             rng = np.random.default_rng([cfg.seed, int(key[:15], 16), n])
-            _write(writers, counts, name, augment(image, rng, cfg.augment), label, f"{key}#aug{n}")
+            _write(writers, counts, name, augment(image, rng, preset), label, f"{key}#aug{n}")
         else:
             _write(writers, counts, name, image, label, key)
 

@@ -229,13 +229,15 @@ def cnn_image_classification():
     @task
     def rebalance() -> list[dict]:
         """Write the training data variants; return the training runs over them, which the training
-        tasks map over: [{"experiment": ..., "variant": ...}], one variant only with rebalance=none."""
+        tasks map over: [{"experiment": ..., "variant": ...}], one variant only with rebalance=none
+        or when rebalancing changed nothing."""
         from cnn_tasks import rebalance, reuse
+        from cnn_tasks.contracts import DatasetInfo
         from cnn_tasks.variants import training_runs
 
         def write(ctx):
             reuse.data_stage(ctx, "rebalance", rebalance.run)
-            return training_runs(ctx.config)
+            return training_runs(ctx.config, DatasetInfo.read(ctx.store, ctx.data_key("dataset.json")))
 
         return _stage(write)
 

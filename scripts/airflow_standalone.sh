@@ -15,7 +15,7 @@ export AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=${AIRFLOW__CORE__MAX_ACTIVE_TASKS
 export CNN_PARALLEL_TASKS=${CNN_PARALLEL_TASKS:-$AIRFLOW__CORE__PARALLELISM}
 export AIRFLOW__API__PORT=${AIRFLOW__API__PORT:-8080}
 export AIRFLOW__API__HOST=${AIRFLOW__API__HOST:-127.0.0.1}
-timeout=${AIRFLOW_START_TIMEOUT:-240}
+timeout=${AIRFLOW_START_TIMEOUT:-300}
 url="http://$AIRFLOW__API__HOST:$AIRFLOW__API__PORT"
 mkdir -p "$AIRFLOW_HOME"
 log="$AIRFLOW_HOME/standalone.log"
@@ -36,8 +36,11 @@ airflow pools set "${CNN_TRAINING_POOL:-training}" "$AIRFLOW__CORE__PARALLELISM"
 echo "Starting Airflow (log: $log) ..."
 setsid airflow standalone >"$log" 2>&1 &
 pid=$!
-stop() { trap - INT TERM; echo "Stopping Airflow..."; kill -TERM -- "-$pid" 2>/dev/null || true
-         wait "$pid" 2>/dev/null || true; kill -KILL -- "-$pid" 2>/dev/null || true; }
+stop() {  # SIGTERM to every part, SIGKILL to what is left after 30 s
+  trap - INT TERM; echo "Stopping Airflow..."; kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+}
 trap 'stop; exit 0' INT TERM
 fail() { echo "$1" >&2; echo "The last lines of $log:" >&2; tail -n 25 "$log" >&2; stop >/dev/null; exit 1; }
 

@@ -30,6 +30,22 @@ def test_quick_profile_fills_fields_left_at_defaults_but_keeps_user_values():
     assert config.classes_limit == 4
 
 
+def test_a_value_given_equal_to_the_standard_default_is_kept_under_the_quick_profile():
+    config = PipelineConfig.from_dict({"profile": "quick", "epochs": 30, "image_size": 64})
+    assert (config.epochs, config.image_size) == (30, 64)  # typed by the user: kept
+    assert config.max_images_per_class == 300  # not given: the profile fills it
+    # Airflow passes every Param; the run's conf (what make run sends) says which the user gave.
+    params = PipelineConfig().to_dict() | {"profile": "quick"}
+    assert PipelineConfig.from_dict(params, given={"profile", "epochs"}).epochs == 30
+    assert PipelineConfig.from_dict(params, given={"profile"}).epochs == 8
+
+
+def test_the_form_says_which_fields_the_quick_profile_changes():
+    description = field_schemas()["profile"]["description"]
+    assert "Quick sets max_images_per_class 300, classes_limit 4, image_size 32, epochs 8" in description
+    assert "a value you give is kept" in description
+
+
 def test_an_explicit_empty_value_wins_over_the_quick_profile():
     config = PipelineConfig.from_dict({"profile": "quick", "classes_limit": None})
     assert config.classes_limit is None  # "all classes", said explicitly
@@ -224,15 +240,14 @@ def test_field_schemas_are_flat_and_grouped_for_the_trigger_form():
     assert schemas["split"]["items"] == {"type": "number"}
 
 
-def test_the_augmentation_preset_auto_is_aerial_for_eurosat_and_natural_for_other_data():
-    assert PipelineConfig.from_dict({}).augment == "aerial"
-    assert PipelineConfig.from_dict({"dataset_url": "/data/photos.zip"}).augment == "natural"
+def test_the_augmentation_preset_auto_stays_auto_until_the_data_decides():
+    assert PipelineConfig.from_dict({}).augment == "auto"  # rebalance decides from the class names
+    assert PipelineConfig.from_dict({"dataset_url": "/data/eurosat.zip"}).augment == "auto"
     assert PipelineConfig.from_dict({"dataset_url": "/data/tiles.zip", "augment": "aerial"}).augment == "aerial"
     form = {name: schema["default"] for name, schema in field_schemas().items()}
-    assert form["augment"] == "auto"  # the trigger form offers auto, resolved when the run starts
-    assert PipelineConfig.from_dict(form | {"dataset_url": "/data/photos.zip"}).augment == "natural"
-    # settings files from before the presets: true still augments, false does not
-    assert PipelineConfig.from_dict({"dataset_url": "/data/photos.zip", "augment": True}).augment == "natural"
+    assert form["augment"] == "auto"
+    # settings files from before the presets: true still augments (auto), false does not
+    assert PipelineConfig.from_dict({"dataset_url": "/data/photos.zip", "augment": True}).augment == "auto"
     assert PipelineConfig.from_dict({"augment": False}).augment == "none"
 
 

@@ -50,14 +50,14 @@ def test_make_airflow_starts_every_part_from_a_shell_without_the_venv(tmp_path):
     proc = subprocess.Popen(
         ["make", "--no-print-directory", "airflow", f"AIRFLOW_HOME={tmp_path / 'home'}"],
         cwd=ROOT,
-        env=user_shell_env(AIRFLOW__API__PORT=str(port)),
+        env=user_shell_env(AIRFLOW__API__PORT=str(port), AIRFLOW_START_TIMEOUT="600"),  # a busy CI machine
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
     try:
-        printed = read_until(proc, "Login: ", 420)
+        printed = read_until(proc, "Login: ", 660)
         assert f"Airflow is up: http://127.0.0.1:{port}" in "\n".join(printed)
         user, password = printed[-1].removeprefix("Login: ").split(" / ")
         base = f"http://127.0.0.1:{port}"
@@ -78,7 +78,7 @@ def test_make_airflow_starts_every_part_from_a_shell_without_the_venv(tmp_path):
         assert "FileNotFoundError" not in log
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
-        rest, _ = proc.communicate(timeout=120)
+        rest, _ = proc.communicate(timeout=180)
     assert "Stopping Airflow..." in rest
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "home")], capture_output=True, text=True).stdout
     assert left == ""

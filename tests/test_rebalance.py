@@ -76,6 +76,9 @@ def test_dataset_json_matches_the_contract(outputs, strategy):
         "std",
         "dataset_sha256",
         "rebalance",
+        "augment",
+        "augment_reason",
+        "balanced_same_as_unbalanced",
         "splits",
         "figures",
     }
@@ -213,3 +216,32 @@ def test_augmented_copies_follow_the_augmentation_preset():
     assert corners["none"] == {(0, 1)}  # only brightness and contrast change
     assert corners["natural"] == {(0, 1), (0, 6)}  # mirrored left-right, never turned
     assert len(corners["aerial"]) == 8  # every flip and 90-degree rotation of the square
+
+
+def test_imbalanced_data_is_trained_on_both_variants_and_records_its_augmentation_preset(outputs):
+    from cnn_tasks.variants import training_variants
+
+    ctx, ds = outputs["oversample"]
+    assert ds["balanced_same_as_unbalanced"] is False
+    assert training_variants(ctx.config, ds) == ("unbalanced", "balanced")
+    assert ds["augment"] == "natural"  # class_a, class_b, class_c are no satellite scenes
+    assert ds["augment_reason"].startswith("augment 'auto': the class names do not look like satellite")
+
+
+@pytest.mark.parametrize("strategy", ["class_weight", "oversample", "undersample", "augment"])
+def test_already_balanced_data_trains_each_experiment_once_and_says_why(tmp_path, strategy):
+    from cnn_tasks.variants import expected_model_ids, variants_note
+
+    root = make_dataset(tmp_path / "data", classes=2, per_class=20, size=10)
+    ctx = _ctx(tmp_path / "store", dataset_url=str(root), rebalance=strategy)
+    download.run(ctx)
+    split.run(ctx)
+    rebalance.run(ctx)
+    ds = data.load_dataset_info(ctx)
+    assert ds["balanced_same_as_unbalanced"] is True
+    assert [m.split("__")[1] for m in expected_model_ids(ctx.config, ds)] == ["unbalanced"] * len(
+        ctx.config.experiments
+    )
+    assert variants_note(strategy, ds).startswith(
+        f"the training and validation splits are already balanced, so rebalance={strategy} changed nothing"
+    )
