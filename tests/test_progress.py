@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import textwrap
 import threading
@@ -197,3 +198,15 @@ def test_a_run_that_fails_before_any_task_shows_the_end_of_airflows_log(fake_air
     err = capsys.readouterr().err
     assert "airflow.exceptions.DagNotFound: Dag id cnn_image_classification not found" in err
     assert err.strip().splitlines()[-1] == "No report was written."
+
+
+def test_tensorflow_start_up_notes_stay_out_of_a_tasks_log():
+    """TensorFlow's C++ INFO notes go to stderr, which Airflow's task log shows as red ERROR lines."""
+    import subprocess
+
+    code = "import cnn_tasks, tensorflow as tf; print(float(tf.reduce_sum(tf.ones((4, 4)))))"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.stdout.strip() == "16.0", proc.stderr
+    assert "cpu_feature_guard" not in proc.stderr
+    assert "I0000" not in proc.stderr
