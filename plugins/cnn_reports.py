@@ -485,7 +485,8 @@ def decision(promotion: dict) -> tuple[str | None, str | None]:
 def run_row(run_id: str, modified: datetime, summary: dict) -> dict:
     """The index-page facts of one run: status, best model by test macro-F1, the champion decision."""
     tests = {m: (v or {}).get("test") or {} for m, v in (summary.get("models") or {}).items()}
-    best = max(tests, key=lambda m: (tests[m].get("macro_f1") or 0, tests[m].get("accuracy") or 0), default=None)
+    scored = [m for m, test in tests.items() if test]  # a run that failed before evaluating has none
+    best = max(scored, key=lambda m: (tests[m].get("macro_f1") or 0, tests[m].get("accuracy") or 0), default=None)
     champion = summary.get("promotion") or {}
     status, cause = run_status(summary)
     label, note = decision(champion)
@@ -520,7 +521,7 @@ def list_runs(store, limit: int = MAX_RUNS) -> list[dict]:
 def compare_choice(rows: list[dict]) -> dict:
     """The runs the compare form starts on: the two newest that succeeded with scores (never a
     failed run); None where there are not enough."""
-    scored = [r["run_id"] for r in rows if r["status"] == SUCCEEDED and r["models"]]
+    scored = [r["run_id"] for r in rows if r["status"] == SUCCEEDED and r["best_model"]]
     return {"b": scored[0] if scored else None, "a": scored[1] if len(scored) > 1 else None}
 
 
@@ -680,7 +681,8 @@ def index_page(rows: list[dict], champion_rows: list[dict], base: str, store_uri
 # A run's top folders in pipeline order; under these, one section per model or experiment.
 STAGES = ("data", "checks", "models", "viz", "eval", "reuse", "report", "failures", "timings")
 PER_MODEL = ("checks", "models", "viz", "eval")
-OPEN_UP_TO = 30  # sections of a listing with at most this many files all start open
+OPEN_UP_TO = 30  # sections of a listing with at most this many files all start open; else only these:
+ALWAYS_OPEN = ("", "report", "failures")  # the folder's own files, the report, what failed
 
 
 def file_groups(keys: list[str], folder: str, base: str) -> list[dict]:
@@ -705,7 +707,7 @@ def file_groups(keys: list[str], folder: str, base: str) -> list[dict]:
             "name": group or "(this folder)",
             "href": f"{base}/{quote(folder + group)}/" if group else None,
             "files": files,
-            "open": len(keys) <= OPEN_UP_TO or group in ("", "report"),
+            "open": len(keys) <= OPEN_UP_TO or group in ALWAYS_OPEN,
         }
         for group, files in sorted(groups.items(), key=lambda item: order(item[0]))
     ]

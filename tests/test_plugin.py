@@ -464,6 +464,8 @@ def test_failed_runs_show_failed_and_the_cause_their_report_recorded(reports, lo
     assert '<span class="failed">FAILED</span>' in row
     assert "TrainingDivergedError: baseline__balanced diverged: the loss was NaN at epoch 3" in row
     assert "none: the run failed" in row  # no champion decision, and why
+    assert "<td>baseline__balanced</td>" not in row  # no best model without test scores
+    assert rows[FAILED_RUN]["best_model"] is None
     assert '<span class="succeeded">SUCCEEDED</span>' in page
 
 
@@ -558,7 +560,7 @@ def test_the_run_files_page_groups_files_by_stage(reports, local_store):
         ("failures", "1"),
     ]
     opened = [s.split("<summary><strong>")[1].split("</strong>")[0] for s in page.split("<details open>")[1:]]
-    assert opened == ["(this folder)", "report"]  # the rest folded
+    assert opened == ["(this folder)", "report", "failures"]  # the rest folded
     assert page.count("<li>") == 268
     assert f'<a href="/cnn-reports/runs/{NEW}/models/baseline__balanced/">folder</a>' in page
     assert f'<a href="/cnn-reports/runs/{NEW}/data/shards/train-007.npz">shards/train-007.npz</a>' in page
