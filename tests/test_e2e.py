@@ -147,6 +147,15 @@ def test_whole_dag_with_local_store_two_tasks_at_a_time(airflow_env, served_data
     store = open_store(store_uri)
     summary = assert_complete_run(store)
     assert proc.stdout.strip().splitlines()[-1].startswith("Report: file://")
+    # what the user reads: one line per task start and end, the epochs, the answer; not Airflow's log
+    shown = proc.stdout.splitlines()
+    assert "No tasks to run" not in proc.stdout
+    assert any(line.endswith("  download: started") for line in shown), proc.stdout[-4000:]
+    assert any("  report: done in " in line for line in shown), proc.stdout[-4000:]
+    assert any(" epoch 1/" in line for line in shown), proc.stdout[-4000:]
+    assert any(line.startswith("Best model:    ") for line in shown), proc.stdout[-4000:]
+    assert any(line.startswith("Champion:      ") for line in shown), proc.stdout[-4000:]
+    assert len(shown) < 150, f"{len(shown)} lines: a progress view, not a log"
     assert overlapping_tasks(store, f"runs/{summary['run_id']}", "train"), "no two training tasks overlapped"
     predictions = [k for k in store.list("runs/") if k.endswith("report/predictions.csv")]
     assert predictions, "predictions.csv missing"
