@@ -65,7 +65,7 @@ from cnn_tasks.champion import champions, history
 from cnn_tasks.config import PipelineConfig
 from cnn_tasks.context import safe_run_id
 from cnn_tasks.failures import read_failures
-from cnn_tasks.storage import StoreError, content_type_for, make_s3_client, open_store
+from cnn_tasks.storage import StoreError, StoreUnavailable, content_type_for, make_s3_client, open_store
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,27 @@ def _open_store(uri: str, endpoint_url: str | None, aws_conn_id: str):
         endpoint_url, session = _s3_access(endpoint_url, aws_conn_id)
         s3_client = make_s3_client(endpoint_url, session=session)
     return open_store(uri, endpoint_url=endpoint_url, s3_client=s3_client)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a store that is gone or unreachable raises (not the plugin's own bugs)."""
+    errors: list[type[BaseException]] = [StoreError, StoreUnavailable, OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:  # no S3 support installed: local stores only
+        pass
+    return tuple(errors)
+
+
+def read_deployment_store(read):
+    """`read(store)` on the deployment's store; a 503 page when the store fails midway."""
+    store = get_store()
+    try:
+        return read(store)
+    except _read_errors() as exc:
+        raise unreadable_store(store_settings()[0], store_settings()[2], exc) from None
 
 
 def get_store():
@@ -417,7 +438,7 @@ def object_response(run: RunStore, key: str) -> Response:
         obj = run.store.stream(key)  # a local link leading out of the store counts as missing
     except StoreError:
         raise missing(run, key) from None
-    except Exception as exc:  # noqa: BLE001 - StoreUnavailable, botocore errors
+    except _read_errors() as exc:
         problem = unreadable_store(run.uri, store_settings()[2], exc)
         problem.facts = run.facts()
         raise problem from None
@@ -716,7 +737,7 @@ def file_groups(keys: list[str], folder: str, base: str) -> list[dict]:
 def folder_page(run: RunStore, key: str, base: str) -> HTMLResponse:
     try:
         keys = run.store.list(key)
-    except Exception as exc:  # noqa: BLE001 - StoreUnavailable, botocore errors
+    except _read_errors() as exc:
         problem = unreadable_store(run.uri, store_settings()[2], exc)
         problem.facts = run.facts()
         raise problem from None
@@ -800,18 +821,18 @@ def _base(request: Request) -> str:
 
 @app.get("/", response_class=HTMLResponse)
 def index(request: Request, limit: int = Query(MAX_RUNS, ge=1, le=10_000)):
-    store = get_store()
-    return index_page(list_runs(store, limit), list_champions(store), _base(request), store_settings()[0])
+    rows, champion_rows = read_deployment_store(lambda store: (list_runs(store, limit), list_champions(store)))
+    return index_page(rows, champion_rows, _base(request), store_settings()[0])
 
 
 @app.get("/api/runs")
 def runs_json(limit: int = Query(MAX_RUNS, ge=1, le=10_000)) -> list[dict]:
-    return list_runs(get_store(), limit)
+    return read_deployment_store(lambda store: list_runs(store, limit))
 
 
 @app.get("/api/champions")
 def champions_json() -> list[dict]:
-    return list_champions(get_store())
+    return read_deployment_store(list_champions)
 
 
 @app.get("/compare", response_class=HTMLResponse)

@@ -435,6 +435,7 @@ def test_a_run_store_that_cannot_be_opened_gets_a_503_page(reports, local_store,
     def unreachable(*args):
         raise StoreUnavailable("cannot reach bucket 'cnn' at http://minio:9000: connection refused")
 
+    opens = cnn_reports._open_store
     monkeypatch.setattr(cnn_reports, "_open_store", unreachable)
     dag_runs[RUN] = {"run_id": DAG_RUN, "state": "success", "conf": {"store_uri": "s3://cnn/x", "aws_conn_id": "ops"}}
     page = reports.get(f"/cnn-reports/runs/{RUN}/report/index.html", headers=wants_html())
@@ -442,6 +443,13 @@ def test_a_run_store_that_cannot_be_opened_gets_a_503_page(reports, local_store,
     assert "connection refused" in page.text
     assert "The run wrote with the connection &#39;ops&#39;" in page.text
     assert reports.get("/cnn-reports/", headers=wants_html()).status_code == 503
+
+    monkeypatch.setattr(cnn_reports, "_open_store", opens)  # the deployment's store opens, then fails
+    monkeypatch.setattr(cnn_reports, "summaries", lambda store: unreachable())
+    page = reports.get("/cnn-reports/", headers=wants_html())
+    assert page.status_code == 503
+    assert "connection refused" in page.text
+    assert reports.get("/cnn-reports/api/runs").status_code == 503
 
 
 # ----------------------------------------------------------------------------- the runs page
