@@ -135,28 +135,49 @@ def classification_table(y: np.ndarray, proba: np.ndarray, classes: list[str]):
 
 
 # ----------------------------------------------------------------------------- figures
+# The report shows confusion matrices 1000 px wide: a figure W inches wide then shows 10 pt text at
+# 10 * 1000 / (72 * W) px. Cells are CONFUSION_CELL_IN inches (room for "100" or a 3-digit count),
+# and the font grows with the figure so the numbers read at about 11 px on the page (up to ~30 classes).
+CONFUSION_CELL_IN = 0.5
+CONFUSION_SIDE_BY_SIDE = 12  # up to this many classes counts and shares sit side by side, else one above the other
+CONFUSION_PAGE_PX = 1000
+
+
+def confusion_layout(n_classes: int) -> dict:
+    """Figure size, panel grid and font size of a confusion figure for `n_classes` classes."""
+    side_by_side = n_classes <= CONFUSION_SIDE_BY_SIDE
+    panel = CONFUSION_CELL_IN * n_classes + 2.5  # the matrix plus its class-name labels
+    width = max(8.0, 2 * panel if side_by_side else panel)
+    return {
+        "nrows": 1 if side_by_side else 2,
+        "ncols": 2 if side_by_side else 1,
+        "figsize": (width, panel if side_by_side else 2 * panel),
+        "fontsize": float(np.clip(11 * 72 * width / CONFUSION_PAGE_PX, 10, 14)),
+    }
+
+
 def plot_confusion(store, key: str, y, proba, classes: list[str], title: str) -> str:
-    """Counts (left) and row-normalised (right) confusion matrices, coloured, values in the cells."""
-    from sklearn.metrics import ConfusionMatrixDisplay
+    """Counts and row percentages (each true class's images = 100) of the confusion matrix,
+    coloured, values in the cells; sized and lettered by class count (confusion_layout)."""
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
     n = len(classes)
-    size = max(5.0, 0.6 * n + 3)
-    fig, axes = new_figure(2 * size + 1, size, ncols=2)
-    pred = np.asarray(proba).argmax(axis=1)
-    for ax, normalize, fmt, label in ((axes[0], None, "d", "counts"), (axes[1], "true", ".2f", "row-normalised")):
-        ConfusionMatrixDisplay.from_predictions(
-            y,
-            pred,
-            labels=list(range(n)),
-            display_labels=classes,
-            normalize=normalize,
-            values_format=fmt,
-            cmap="Blues",
-            ax=ax,
-            colorbar=False,
-            xticks_rotation=45,
+    layout = confusion_layout(n)
+    size = layout["fontsize"]
+    fig, axes = new_figure(*layout["figsize"], nrows=layout["nrows"], ncols=layout["ncols"])
+    counts = confusion_matrix(y, np.asarray(proba).argmax(axis=1), labels=list(range(n)))
+    shares = np.rint(100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)).astype(int)
+    for ax, matrix, label in ((axes[0], counts, "counts"), (axes[1], shares, "% of each true class")):
+        ConfusionMatrixDisplay(matrix, display_labels=classes).plot(
+            values_format="d", cmap="Blues", ax=ax, colorbar=False, xticks_rotation=45, text_kw={"fontsize": size}
         )
-        ax.set_title(f"{title}: {label}")
+        ax.tick_params(labelsize=size)
+        for tick in ax.get_xticklabels():  # anchored at their end, long class names do not overlap
+            tick.set(rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_xlabel("Predicted label", fontsize=size)
+        ax.set_ylabel("True label", fontsize=size)
+        ax.set_title(label, fontsize=size)
+    fig.suptitle(title, fontsize=size + 1)
     fig.tight_layout()
     return save_figure(store, key, fig)
 
@@ -316,7 +337,9 @@ def evaluate_predictions(
             figure_entry(
                 key,
                 f"{name}: confusion matrix on the {split} split ({what[split]}), counts "
-                "(left) and row-normalised so the diagonal is each class's recall (right).",
+                f"({'left' if len(classes) <= CONFUSION_SIDE_BY_SIDE else 'top'}) and as a percentage of each "
+                "true class, so the diagonal is each class's recall "
+                f"({'right' if len(classes) <= CONFUSION_SIDE_BY_SIDE else 'bottom'}).",
             )
         )
     y, proba = splits["test"]

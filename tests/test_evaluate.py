@@ -61,6 +61,47 @@ def test_wrong_examples_are_most_confident_first():
     assert sorted(metrics.select_examples(y, proba, correct=True)) == [3, 4]
 
 
+@pytest.mark.parametrize("n_classes", [3, 10, 25])
+def test_confusion_numbers_read_at_page_width(tmp_path, monkeypatch, n_classes):
+    """The report shows confusion figures metrics.CONFUSION_PAGE_PX wide: the cell numbers stay about
+    11 px there (at least 10) however many classes, and fit inside their cells."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from cnn_tasks.storage import LocalStore
+
+    kept, close = [], plt.close
+    monkeypatch.setattr(plt, "close", kept.append)  # plots.save_figure closes the figure: keep it to inspect
+    store = LocalStore(tmp_path)
+    rng = np.random.default_rng(n_classes)
+    y = rng.integers(0, n_classes, 40 * n_classes)
+    proba = random_proba(len(y), n_classes, seed=2)
+    proba[np.arange(len(y)), y] += 0.3
+    names = [f"a_long_class_name_{i}" for i in range(n_classes)]
+    metrics.plot_confusion(store, "cm.png", y, proba, names, "m test")
+    width = Image.open(io.BytesIO(store.get_bytes("cm.png"))).size[0]
+    fig = kept[0]
+    try:
+        counts, shares = fig.axes[:2]
+        texts = counts.texts + shares.texts
+        assert len(texts) == 2 * n_classes**2  # every cell has its number, in both panels
+        on_page = metrics.CONFUSION_PAGE_PX / width  # the saved image scaled to the page
+        pixels = {round(t.get_fontsize() * 110 / 72 * on_page, 1) for t in texts}
+        assert min(pixels) >= 10, pixels
+        assert max(pixels) <= 20, pixels  # not blown up either
+        renderer = fig.canvas.get_renderer()
+        cell = counts.transData.transform((1, 0))[0] - counts.transData.transform((0, 0))[0]
+        assert max(t.get_window_extent(renderer).width for t in texts) < cell  # "100" fits its cell
+        assert [t.get_text() for t in shares.texts if t.get_text() not in map(str, range(101))] == []  # whole %
+        side_by_side = bool(counts.get_position().y0 == pytest.approx(shares.get_position().y0))
+        assert side_by_side is (n_classes <= metrics.CONFUSION_SIDE_BY_SIDE)
+    finally:
+        for f in kept:
+            close(f)
+
+
 def test_figures_and_tables_exist_for_every_class(tmp_path):
     from cnn_tasks.storage import LocalStore
 
