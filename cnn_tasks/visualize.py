@@ -595,37 +595,51 @@ def heatmap_examples(labels, predicted, seed: int, count: int = HEATMAP_EXAMPLES
     return {"correct": pick(correct), "wrong": pick(~correct)}
 
 
+GRAD_CAM_PAIRS_PER_ROW = 2  # each example is a pair: the image as the model saw it, then the overlay
+
+
 def grad_cam_figure(images, labels, probabilities, chosen: dict, heatmaps: dict, class_names):
-    """One row per group (correct / wrong), each image overlaid with its heatmap."""
+    """Per group (correct / wrong) rows of examples, each the original image beside the same image
+    overlaid with its heatmap."""
     groups = [g for g in chosen if len(chosen[g])]
-    cols = max(len(chosen[g]) for g in groups)
-    fig, axes = new_figure(2.3 * cols, 2.6 * len(groups), nrows=len(groups), ncols=cols, squeeze=False)
-    for r, group in enumerate(groups):
-        for c, (i, heatmap) in enumerate(zip(chosen[group], heatmaps[group])):
+    pairs = min(GRAD_CAM_PAIRS_PER_ROW, max(len(chosen[g]) for g in groups))
+    rows = [
+        (g, chosen[g][i : i + pairs], heatmaps[g][i : i + pairs])
+        for g in groups
+        for i in range(0, len(chosen[g]), pairs)
+    ]
+    fig, axes = new_figure(4.4 * pairs, 2.9 * len(rows), nrows=len(rows), ncols=2 * pairs, squeeze=False)
+    for r, (group, indices, maps) in enumerate(rows):
+        for c, (i, heatmap) in enumerate(zip(indices, maps)):
             predicted = int(probabilities[i].argmax())
             truth = "?" if labels is None else class_names[int(labels[i])]
-            axes[r, c].imshow(_display(images[i]))
-            axes[r, c].imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-            axes[r, c].set_title(
-                f"{group}: true {truth}\npred {class_names[predicted]} ({probabilities[i, predicted]:.2f})", fontsize=8
+            original, overlay = axes[r, 2 * c], axes[r, 2 * c + 1]
+            original.imshow(_display(images[i]))
+            original.set_title(
+                f"{group}: true {truth}\npred {class_names[predicted]} ({probabilities[i, predicted]:.2f})", fontsize=9
             )
+            overlay.imshow(_display(images[i]))
+            overlay.imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+            overlay.set_title("Grad-CAM overlay", fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle("Grad-CAM: where the evidence for the predicted class lies", y=1.02)
+    fig.suptitle("Grad-CAM: each image, then where the evidence for its predicted class lies", y=1.0)
+    fig.tight_layout()
     return fig
 
 
 def grad_cam_caption(chosen: dict) -> str:
+    pair = "each image beside its Grad-CAM heatmap of the predicted class"
     if "predicted" in chosen:
-        return "Grad-CAM heatmaps of the predicted class on a few images (labels unknown)."
+        return f"A few images (labels unknown), {pair}."
     if not len(chosen["wrong"]):
         return (
-            f"Grad-CAM heatmaps of the predicted class on {len(chosen['correct'])} correctly classified "
-            "test images; none of the test images was classified wrongly."
+            f"{len(chosen['correct'])} correctly classified test images, {pair}; none of the test images was "
+            "classified wrongly."
         )
     return (
-        f"Grad-CAM heatmaps of the predicted class on {len(chosen['correct'])} correctly (top) and "
-        f"{len(chosen['wrong'])} wrongly (bottom) classified test images."
+        f"{len(chosen['correct'])} correctly (top rows) and {len(chosen['wrong'])} wrongly (bottom rows) classified "
+        f"test images, {pair}."
     )
 
 

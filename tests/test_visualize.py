@@ -170,6 +170,34 @@ def test_grad_cam_heatmaps_are_input_sized_finite_and_in_unit_range(model, data)
     assert heatmaps.max() <= 1
 
 
+def test_grad_cam_shows_each_original_image_beside_its_overlay(model, data):
+    images, labels = data
+    probabilities = visualize.predict(model, images)
+    chosen = {"correct": np.array([0, 3, 7]), "wrong": np.array([10])}
+    heatmaps = {g: visualize.grad_cam(model, images[i], probabilities[i].argmax(axis=1)) for g, i in chosen.items()}
+    fig = visualize.grad_cam_figure(images, labels, probabilities, chosen, heatmaps, ["red", "green", "blue"])
+    try:
+        shown = [ax for ax in fig.axes if ax.images]
+        assert len(shown) == 2 * 4  # a pair per example
+        originals, overlays = shown[0::2], shown[1::2]
+        assert [len(ax.images) for ax in originals] == [1] * 4  # the image alone
+        assert [len(ax.images) for ax in overlays] == [2] * 4  # the same image under its heatmap
+        for original, overlay in zip(originals, overlays):
+            np.testing.assert_array_equal(original.images[0].get_array(), overlay.images[0].get_array())
+            assert original.get_position().x1 <= overlay.get_position().x0  # beside it, on its left
+            assert abs(original.get_position().y0 - overlay.get_position().y0) < 1e-6
+            assert overlay.get_title() == "Grad-CAM overlay"
+        assert [ax.get_title().split(":")[0] for ax in originals] == ["correct"] * 3 + ["wrong"]
+        assert originals[3].get_position().y1 < originals[0].get_position().y0  # the wrong ones below
+    finally:
+        plt.close(fig)
+    caption = visualize.grad_cam_caption(chosen)
+    assert caption == (
+        "3 correctly (top rows) and 1 wrongly (bottom rows) classified test images, each image beside its "
+        "Grad-CAM heatmap of the predicted class."
+    )
+
+
 def test_model_without_conv_layers_is_rejected(tmp_path, data):
     dense = keras.Sequential(
         [keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(), keras.layers.Dense(CLASSES, activation="softmax")],
