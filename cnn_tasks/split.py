@@ -7,7 +7,9 @@ Reads data/manifest.csv (never the pixels, except a few samples for the grid) an
                        shortfalls against the reference minimums, image sizes, the training
                        split's channel mean/std (for normalisation), the layout found and
                        where each split came from ("origin"), "figures"
-  data/figures/*.png   class counts per split (bar and pie), image sizes, sample grid
+  data/figures/*.png   class counts (the splits side by side), class shares (one pie, or one per
+                       split when their mixes differ), image sizes (only when they differ: else
+                       the report says the one size in a sentence), sample grid
 
 Predefined splits (config.predefined_split, manifest column `given_split` written by download):
 `auto` keeps a given test split as the test split and a given validation split as the validation
@@ -336,51 +338,92 @@ def size_summary(part: pd.DataFrame) -> dict:
 
 
 # ================================================================== figures
+SHARE_TOLERANCE = 0.02  # class shares of the splits within 2 points of each other: one share chart
+
+
 def draw_figures(ctx, table: pd.DataFrame, counts: dict, classes: list[str]) -> list[dict]:
-    figures = []
-    for split in SPLITS:
-        figures.append(counts_bar(ctx, split, counts[split]))
-        figures.append(counts_pie(ctx, split, counts[split]))
-    figures.append(size_histograms(ctx, table))
+    """Class counts (one chart, the splits side by side), class shares (one chart when the splits
+    share them, else one pie per split), image sizes (only when they differ) and sample images."""
+    figures = [counts_bars(ctx, counts), counts_shares(ctx, counts)]
+    if not uniform_size(table):
+        figures.append(size_histograms(ctx, table))
     figures.append(sample_grid(ctx, table, classes))
     return figures
 
 
-def counts_bar(ctx, split: str, counts: dict[str, int]) -> dict:
-    fig, ax = plots.new_figure(max(6, 0.7 * len(counts) + 2), 4.5)
-    bars = ax.bar(list(counts), list(counts.values()), color="tab:blue")
-    ax.bar_label(bars, fontsize=8)
-    minimum = REFERENCE_MINIMUMS[split]
-    title = f"{SPLIT_NAMES[split].capitalize()} split: images per class (n={sum(counts.values())})"
-    if minimum <= 1.5 * max(counts.values()):
-        ax.axhline(minimum, color="tab:red", linestyle="--", linewidth=1, label=f"reference minimum ({minimum})")
-        ax.legend(fontsize=8)
-    else:  # a line far above the bars would flatten them: say it instead
-        title += f"\nall classes are far below the reference minimum of {minimum}"
+def uniform_size(table: pd.DataFrame) -> tuple[int, int] | None:
+    """(width, height) when every image has that size; None when sizes differ."""
+    sizes = set(zip(table["width"].astype(int), table["height"].astype(int)))
+    return next(iter(sizes)) if len(sizes) == 1 else None
+
+
+def shares_differ(counts: dict) -> bool:
+    """Whether some class's share of its split differs by more than SHARE_TOLERANCE between splits."""
+    shares = np.array([[n / max(sum(c.values()), 1) for n in c.values()] for c in counts.values()])
+    return bool((shares.max(axis=0) - shares.min(axis=0)).max() > SHARE_TOLERANCE)
+
+
+def counts_bars(ctx, counts: dict) -> dict:
+    """Images per class, the three splits side by side, each split's reference minimum as a
+    dashed line in its colour when it is within reach of the bars (else said in the title)."""
+    classes, splits = list(counts[SPLITS[0]]), [s for s in SPLITS if s in counts]
+    fig, ax = plots.new_figure(max(7, 0.9 * len(classes) + 2.5), 4.8)
+    width = 0.8 / len(splits)
+    x = np.arange(len(classes))
+    far = []
+    for i, split in enumerate(splits):
+        values = [counts[split][c] for c in classes]
+        bars = ax.bar(x + (i - (len(splits) - 1) / 2) * width, values, width, label=SPLIT_NAMES[split])
+        ax.bar_label(bars, fontsize=8)
+        minimum = REFERENCE_MINIMUMS[split]
+        if minimum <= 1.5 * max(max(c.values()) for c in counts.values()):
+            ax.axhline(minimum, color=bars.patches[0].get_facecolor(), linestyle="--", linewidth=1)
+        else:  # a line far above the bars would flatten them: say it instead
+            far.append(f"{SPLIT_NAMES[split]} {minimum}")
+    ax.set_xticks(x, classes, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_ylabel("images")
-    ax.set_title(title)
-    ax.tick_params(axis="x", rotation=45)
-    key = plots.save_figure(ctx.store, ctx.data_key("figures", f"counts_{split}_bar.png"), fig)
+    sizes = ", ".join(f"{SPLIT_NAMES[s]} {sum(counts[s].values())}" for s in splits)
+    title = f"Images per class and split\n({sizes} images)"
+    if far:
+        title += "\nfar below the reference minimum per class:\n" + ", ".join(far)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    key = plots.save_figure(ctx.store, ctx.data_key("figures", "counts_per_split.png"), fig)
     return plots.figure_entry(
         key,
-        f"Images per class in the {SPLIT_NAMES[split]} split (bar chart), compared "
-        f"with the reference minimum of {minimum} per class.",
+        "Images per class in the training, validation and test splits side by side; dashed lines are the reference "
+        "minimums per class, in each split's colour, where the bars come near them.",
     )
 
 
-def counts_pie(ctx, split: str, counts: dict[str, int]) -> dict:
-    fig, ax = plots.new_figure(6, 6)
-    ax.pie(
-        list(counts.values()),
-        labels=list(counts),
-        autopct="%1.1f%%",
-        startangle=90,
-        counterclock=False,
-        textprops={"fontsize": 8},
+def counts_shares(ctx, counts: dict) -> dict:
+    """The share of each class: one pie when every split has the same shares (within
+    SHARE_TOLERANCE, as a stratified split gives), else one pie per split side by side."""
+    splits = [s for s in SPLITS if s in counts]
+    differ = shares_differ({s: counts[s] for s in splits})
+    shown = splits if differ else ["all"]
+    fig, axes = plots.new_figure(5.5 * len(shown), 5.5, ncols=len(shown), squeeze=False)
+    for ax, split in zip(axes[0], shown):
+        values = counts[split] if split != "all" else {c: sum(counts[s][c] for s in splits) for c in counts[splits[0]]}
+        ax.pie(
+            list(values.values()),
+            labels=list(values),
+            autopct="%1.1f%%",
+            startangle=90,
+            counterclock=False,
+            textprops={"fontsize": 9},
+        )
+        ax.set_title(
+            "Every split: share of each class" if split == "all" else f"{SPLIT_NAMES[split].capitalize()} split"
+        )
+    key = plots.save_figure(ctx.store, ctx.data_key("figures", "counts_shares.png"), fig)
+    caption = (
+        "Share of each class in each split: the splits' class mixes differ by more than "
+        f"{SHARE_TOLERANCE:.0%} somewhere."
+        if differ
+        else f"Share of each class, the same in every split (within {SHARE_TOLERANCE:.0%}): one chart for all."
     )
-    ax.set_title(f"{SPLIT_NAMES[split].capitalize()} split: share of each class")
-    key = plots.save_figure(ctx.store, ctx.data_key("figures", f"counts_{split}_pie.png"), fig)
-    return plots.figure_entry(key, f"Share of each class in the {SPLIT_NAMES[split]} split (pie chart).")
+    return plots.figure_entry(key, caption)
 
 
 def size_histograms(ctx, table: pd.DataFrame) -> dict:

@@ -125,13 +125,76 @@ def test_training_mean_and_std_match_the_pixels(analysed):
 
 def test_figures_are_written_with_captions(analysed):
     ctx, figures = analysed["ctx"], analysed["analysis"]["figures"]
-    names = {f["key"].rsplit("/", 1)[1] for f in figures}
-    expected = {f"counts_{s}_{kind}.png" for s in ("train", "val", "test") for kind in ("bar", "pie")}
-    assert expected | {"image_sizes.png", "samples.png"} == names
+    names = [f["key"].rsplit("/", 1)[1] for f in figures]
+    # one count chart for the three splits, one share chart; every image is 12 x 12 px: no size histogram
+    assert names == ["counts_per_split.png", "counts_shares.png", "samples.png"]
     for figure in figures:
         assert figure["caption"]
         assert ctx.store.get_bytes(figure["key"]).startswith(b"\x89PNG")
     assert analysed["analysis"]["image_sizes"]["train"]["most_common"] == [[12, 12, 44]]
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures split.draw_* save, kept open to look at (closed afterwards)."""
+    import matplotlib.pyplot as plt
+
+    from cnn_tasks import plots
+
+    figures = {}
+    save, close = plots.save_figure, plt.close
+
+    def keep(store, key, fig, dpi=110):
+        figures[key.rsplit("/", 1)[1]] = fig
+        fig.canvas.draw()
+        return save(store, key, fig, dpi)
+
+    monkeypatch.setattr(split.plots, "save_figure", keep)
+    monkeypatch.setattr(split.plots.plt, "close", lambda fig: None)
+    yield figures
+    for fig in figures.values():
+        close(fig)
+
+
+def test_one_class_count_chart_has_the_three_splits_side_by_side(analysed, drawn):
+    counts = analysed["analysis"]["counts"]
+    entry = split.counts_bars(analysed["ctx"], counts)
+    ax = drawn["counts_per_split.png"].axes[0]
+    assert len(drawn["counts_per_split.png"].axes) == 1
+    bars = ax.containers
+    assert [[p.get_height() for p in c.patches] for c in bars] == [list(counts[s].values()) for s in split.SPLITS]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training", "validation", "test"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["class_a", "class_b", "class_c"]
+    first = [c.patches[0] for c in bars]  # class_a's three bars stand next to each other
+    assert first[0].get_x() + first[0].get_width() <= first[1].get_x() + 1e-9
+    assert "far below the reference minimum per class:\ntraining 1000, validation 300, test 60" in ax.get_title()
+    assert entry["caption"].startswith("Images per class in the training, validation and test splits side by side")
+
+
+def test_class_shares_are_one_chart_when_the_splits_share_them(analysed, drawn):
+    ctx = analysed["ctx"]
+    same = {"train": {"a": 70, "b": 140}, "val": {"a": 20, "b": 40}, "test": {"a": 10, "b": 20}}
+    assert split.shares_differ(same) is False
+    entry = split.counts_shares(ctx, same)
+    assert len(drawn["counts_shares.png"].axes) == 1
+    assert drawn["counts_shares.png"].axes[0].get_title() == "Every split: share of each class"
+    assert "the same in every split (within 2%): one chart for all" in entry["caption"]
+
+    differ = analysed["analysis"]["counts"]  # 21/14/9, 6/4/2, 3/2/1: class_a is 47.7 % of training, 50 % of test
+    assert split.shares_differ(differ) is True
+    entry = split.counts_shares(ctx, differ)
+    assert [ax.get_title() for ax in drawn["counts_shares.png"].axes] == [
+        "Training split",
+        "Validation split",
+        "Test split",
+    ]
+    assert "the splits' class mixes differ by more than 2% somewhere" in entry["caption"]
+
+
+def test_image_sizes_are_drawn_only_when_they_differ(analysed):
+    table = analysed["table"].assign(width=12, height=12)
+    assert split.uniform_size(table) == (12, 12)
+    assert split.uniform_size(table.assign(width=[12] * (len(table) - 1) + [40])) is None
 
 
 # ================================================================== predefined splits
