@@ -229,6 +229,10 @@ class Results(Contract):
     models: int
     stopped: str | None = None  # why the run stopped after ingest (nothing changed), or None
     reused: list[dict[str, Any]] = []  # stages whose outputs were copied from an earlier run
+    # every model and ensemble, best first: {metric, test_images, lead, rows} (cnn_tasks.leaderboard)
+    leaderboard: dict[str, Any] | None = None
+    run_time: dict[str, Any] | None = None  # {started, duration_s, tasks, line}, from the task timings
+    links: dict[str, Any] = {}  # {airflow_run: URL or None, tensorboard: command or None}
 
 
 class Summary(Contract):

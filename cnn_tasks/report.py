@@ -3,10 +3,12 @@ twin (report/summary.json).
 
 Everything comes from the stage JSONs in the store. Each section function returns data (a dict);
 the Jinja2 templates in cnn_tasks/templates render it, escaping every value. The page opens with the
-results (best model, best ensemble, champion decision, dataset, stage times, warnings) and ends with
-the run id and configuration, collapsed. Figures are linked relative to the page
-("../eval/<id>/roc_test.png"), so the page works from the bucket, a local store folder or a
-downloaded copy of the run folder. A section whose stage did not run says "not run: <why>".
+results (cnn_tasks.headline: the result cards, the leaderboard of every model and ensemble, the
+warnings, the run's time and links) and ends with the run id and configuration, collapsed. Figures
+are linked relative to the page ("../eval/<id>/roc_test.png"), so the page works from the bucket, a
+local store folder or a downloaded copy of the run folder. A section whose stage did not run says
+"not run: <why>" (red); one with nothing to do in a normal run (no champion yet to compare with, no
+unlabelled images) says so in a neutral note; one with nothing to say is one line.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from datetime import UTC, datetime
 
 import jinja2
 
-from cnn_tasks import SPLIT_NAMES, SPLITS, drift, reuse, runtime
+from cnn_tasks import SPLIT_NAMES, SPLITS, drift, leaderboard, reuse, runtime
 from cnn_tasks.champion import model_name, read_champion
 from cnn_tasks.contracts import Contract, DatasetInfo, EnsembleSummary, ModelMeta, ModelMetrics, Promotion, Summary
+from cnn_tasks.headline import results, task_url
+from cnn_tasks.leaderboard import duration, fmt
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +45,6 @@ ENSEMBLE_COLUMNS = [
 
 
 # ----------------------------------------------------------------------------- values and templates
-def fmt(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
-def duration(seconds) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "—"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
-
-
 def is_flat(value) -> bool:
     """A list of scalars: fits in one table cell as 'a, b, c'."""
     return isinstance(value, (list, tuple)) and all(not isinstance(v, (dict, list, tuple)) for v in value)
@@ -83,23 +72,45 @@ ENV = jinja2.Environment(
 )
 ENV.filters.update(fmt=fmt, duration=duration)
 ENV.tests.update(flat=is_flat, records=is_records)
-ENV.globals.update(columns_of=columns_of, kv_rows=kv_rows)
+ENV.globals.update(
+    columns_of=columns_of,
+    kv_rows=kv_rows,
+    leaderboard_rows=leaderboard.display_rows,
+    leaderboard_columns=leaderboard.columns,
+)
+WIDE_FIGURES = ("confusion", "grad_cam")  # shown page-wide: their numbers and images need the room
+
+
+LONG_LIST = 8  # flat lists longer than this (per-step losses) are folded, not spelt out in the table
 
 
 def fields(values: dict, skip: tuple = ("figures",)) -> dict:
-    """A stage JSON split for display: scalars and flat lists in one name/value table (`plain`),
-    each nested value under its own heading (`nested`)."""
+    """A stage JSON split for display: scalars and short flat lists in one name/value table
+    (`plain`), long flat lists folded (`long`), each nested value under its own heading (`nested`)."""
     shown = {k: v for k, v in values.items() if k not in skip}
-    plain = {k: v for k, v in shown.items() if not isinstance(v, (dict, list)) or is_flat(v)}
-    return {"plain": plain, "nested": {k.replace("_", " "): v for k, v in shown.items() if k not in plain}}
+    flat = {k: v for k, v in shown.items() if not isinstance(v, (dict, list)) or is_flat(v)}
+    long = {k.replace("_", " "): v for k, v in flat.items() if isinstance(v, (list, tuple)) and len(v) > LONG_LIST}
+    return {
+        "plain": {k: v for k, v in flat.items() if k.replace("_", " ") not in long},
+        "long": long,
+        "nested": {k.replace("_", " "): v for k, v in shown.items() if k not in flat},
+    }
 
 
 def section(anchor: str, title: str, status: str = "ok", **data) -> dict:
     return {"anchor": anchor, "title": title, "status": status, "not_run": None, **data}
 
 
-def not_run(anchor: str, title: str, why: str) -> dict:
-    return {"anchor": anchor, "title": title, "status": "not run", "not_run": why}
+def not_run(anchor: str, title: str, why: str, neutral: bool = False) -> dict:
+    """A section whose stage did not run; `neutral` when that is a normal state of a run (a first
+    run has no champion to compare with, a dataset may have no unlabelled images): a plain note."""
+    return {
+        "anchor": anchor,
+        "title": title,
+        "status": "nothing to do" if neutral else "not run",
+        "not_run": why,
+        "neutral": neutral,
+    }
 
 
 # ----------------------------------------------------------------------------- reading the run
@@ -158,7 +169,13 @@ class Run:
         key = entry.get("key", "")
         if not key.startswith(self.ctx.prefix + "/") or not self.ctx.store.exists(key):
             return {"missing": f"figure {key} is listed but missing from this run's folder"}
-        return {"missing": None, "src": self.rel(key), "caption": entry.get("caption") or posixpath.basename(key)}
+        name = posixpath.basename(key)
+        return {
+            "missing": None,
+            "src": self.rel(key),
+            "caption": entry.get("caption") or name,
+            "wide": name.startswith(WIDE_FIGURES) or "_confusion_" in name,
+        }
 
     def figures(self, entries: list[dict] | None) -> list[dict]:
         return [self.figure(e) for e in entries or []]
@@ -168,142 +185,6 @@ class Run:
         if not self.ctx.store.exists(key):
             return {"missing": f"{key} was not written"}
         return {"missing": None, "href": self.rel(key), "text": text}
-
-
-# ----------------------------------------------------------------------------- results first
-def best_model(evals: dict) -> dict | None:
-    """The single model with the best test macro-F1 (then accuracy)."""
-    tests = {m: e["splits"].get("test") or {} for m, e in evals.items()}
-    if not tests:
-        return None
-    best = max(tests, key=lambda m: (tests[m].get("macro_f1") or 0, tests[m].get("accuracy") or 0))
-    return {"name": best, "accuracy": tests[best].get("accuracy"), "macro_f1": tests[best].get("macro_f1")}
-
-
-def best_ensemble(ensemble: dict | None) -> dict | None:
-    if not ensemble or not ensemble.get("best_ensemble"):
-        return None
-    row = next((r for r in ensemble["comparison"] if r.get("name") == ensemble["best_ensemble"]), {})
-    return {
-        "name": ensemble["best_ensemble"],
-        "accuracy": row.get("accuracy"),
-        "macro_f1": row.get("macro_f1"),
-        "overall_best": ensemble.get("best"),
-        "metric": ensemble.get("metric"),
-    }
-
-
-def dataset_line(run: Run) -> str | None:
-    """'3 classes, 71 images (training 42, validation 11, test 30), layout class_folders, 2 rejected'."""
-    analysis, ingest, dataset = run.analysis or {}, run.ingest or {}, run.dataset or {}
-    if not (analysis or ingest or dataset):
-        return None
-    classes = analysis.get("classes") or dataset.get("classes") or ingest.get("classes") or []
-    totals = analysis.get("totals") or {}
-    parts = [f"{len(classes)} classes"]
-    if totals:
-        split_counts = ", ".join(f"{SPLIT_NAMES[s]} {totals[s]}" for s in SPLITS if s in totals)
-        parts.append(f"{sum(totals.values())} images ({split_counts})")
-    elif "accepted" in ingest:
-        parts.append(f"{ingest['accepted']} images")
-    kind = (analysis.get("layout") or ingest.get("layout") or {}).get("kind")
-    if kind:
-        parts.append(f"layout {kind}")
-    if "rejected" in ingest:
-        parts.append(f"{ingest['rejected']} rejected")
-    return ", ".join(parts)
-
-
-# How the report names a training's end (meta.json stopped_by); running all epochs needs no note.
-STOPPED_BY = {"early_stopping": "stopped early", "time_budget": "stopped by budget"}
-
-
-def stage_times(run: Run) -> list[dict]:
-    """Wall time of each task's successful try, in the order the tasks finished (runs/<id>/timings/,
-    written by the DAG), with the epochs each training ran."""
-
-    def epochs(record: dict) -> str:
-        meta = run.metas.get(model_id_of(record)) or {}
-        if "epochs_run" not in meta:
-            return ""
-        why = STOPPED_BY.get(meta.get("stopped_by"))
-        return f"{meta['epochs_run']} of {run.ctx.config.epochs}" + (
-            f", {why} at epoch {meta['epochs_run']}" if why else ""
-        )
-
-    return [
-        {"task": t.get("task", "?"), "wall time": duration(t.get("seconds")), "epochs": epochs(t)} for t in run.timings
-    ]
-
-
-def model_id_of(record: dict) -> str:
-    """'train [baseline / balanced]' -> 'baseline__balanced' ('' for other tasks)."""
-    task = record.get("task") or ""
-    return task.partition(" [")[2].rstrip("]").replace(" / ", "__") if record.get("task_id") == "train" else ""
-
-
-def warnings(run: Run) -> list[str]:
-    """What a reader must not miss: imbalance, shortfalls, rejected files, layout oddities, models or
-    stages that did not run, leakage, unreadable images to predict."""
-    out = []
-    analysis, ingest = run.analysis or {}, run.ingest or {}
-    for split, m in (analysis.get("imbalance") or {}).items():
-        if m.get("severity") not in (None, "balanced"):
-            out.append(
-                f"{SPLIT_NAMES.get(split, split)} split: {m['severity']} class imbalance "
-                f"(largest/smallest = {m['max_min_ratio']:.2f})."
-            )
-    if analysis.get("shortfalls"):
-        out.append(analysis["shortfall_text"])
-    if analysis and not analysis.get("no_leakage"):
-        out.append("The leakage check did not pass: an image may appear in more than one split.")
-    out += (analysis.get("layout") or {}).get("warnings", [])
-    if ingest.get("rejected"):
-        reasons = ", ".join(f"{r}: {n}" for r, n in (ingest.get("rejected_by_reason") or {}).items())
-        out.append(f"{ingest['rejected']} file(s) rejected ({reasons}): see Rejected files.")
-    missing = [m for m in expected_model_ids(run.ctx) if m not in run.metas]
-    if missing and not run.stopped:  # a run stopped because nothing changed trains nothing, by design
-        out.append(f"Not trained: {', '.join(missing)}.")
-    if run.ensemble and run.ensemble.get("not_run"):
-        out.append(f"Ensembles not built: {run.ensemble['not_run']}.")
-    drifted = run.drift.get("flags") or []
-    if drifted:
-        out.append(f"Data drift since the champion: {'; '.join(drifted)}. See Data drift.")
-    if run.predictions and run.predictions.get("rejected"):
-        out.append(f"{run.predictions['rejected']} image(s) to predict could not be read: see Predictions.")
-    return out
-
-
-def results(run: Run) -> dict:
-    promotion = run.promotion
-    champion = (
-        None
-        if promotion is None
-        else {
-            **{k: promotion.get(k) for k in ("decision", "reason", "metric")},
-            "candidate": (promotion.get("candidate") or {}).get("name"),
-        }
-    )
-    return {
-        "best_model": best_model(run.evals),
-        "best_ensemble": best_ensemble(run.ensemble),
-        "champion": champion,
-        "dataset": dataset_line(run),
-        "stage_times": stage_times(run),
-        "warnings": warnings(run),
-        "models": len(run.model_ids),
-        "stopped": (run.stopped or {}).get("why"),
-        "reused": reused_rows(run),
-    }
-
-
-def reused_rows(run: Run) -> list[dict]:
-    """One row per stage this run copied from an earlier run, with the key that matched."""
-    return [
-        {"stage": r["name"].replace(".", " "), "reused from run": r["reused_from"], "key": r["key"][:12]}
-        for r in run.reuse
-        if r.get("reused_from")
-    ]
 
 
 # ----------------------------------------------------------------------------- sections
@@ -395,12 +276,17 @@ def layout_part(analysis: dict) -> dict | None:
         "text": text,
         "notes": notes,
         "warnings": warns,
-        "origins": [
-            {"split": SPLIT_NAMES[s], "images come from": analysis["origin"].get(s, "-"), "images": totals.get(s, "-")}
-            for s in SPLITS
-            if s in analysis.get("origin", {})
-        ],
+        "origins": origins(analysis.get("origin") or {}, totals),
     }
+
+
+def origins(origin: dict, totals: dict) -> list[dict] | str:
+    """Where each split's images came from: a table, or one sentence when every split came the same way."""
+    splits = [s for s in SPLITS if s in origin]
+    if len(splits) > 1 and len({origin[s] for s in splits}) == 1:
+        counts = ", ".join(f"{SPLIT_NAMES[s]} {totals.get(s, '-')}" for s in splits)
+        return f"Every split was {origin[splits[0]]} ({counts} images)."
+    return [{"split": SPLIT_NAMES[s], "images come from": origin[s], "images": totals.get(s, "-")} for s in splits]
 
 
 def analysis_tables(analysis: dict) -> dict:
@@ -415,7 +301,7 @@ def analysis_tables(analysis: dict) -> dict:
         }
         for c in analysis["classes"]
     ]
-    imbalance = [
+    imbalance = balanced_sentence(analysis["imbalance"]) or [
         {
             "split": SPLIT_NAMES[s],
             "largest class": f"{m['largest']} ({m['largest_count']})",
@@ -426,7 +312,7 @@ def analysis_tables(analysis: dict) -> dict:
         }
         for s, m in analysis["imbalance"].items()
     ]
-    sizes = [
+    sizes = size_sentence(analysis["image_sizes"]) or [
         {
             "split": SPLIT_NAMES[s],
             "width min/median/max": _range(d["width"]),
@@ -453,6 +339,25 @@ def analysis_tables(analysis: dict) -> dict:
     }
 
 
+def balanced_sentence(imbalance: dict) -> str | None:
+    """One sentence instead of the imbalance table when every split is balanced."""
+    if not imbalance or any(m.get("severity") != "balanced" for m in imbalance.values()):
+        return None
+    worst = max(m["max_min_ratio"] for m in imbalance.values())
+    return f"Every split is balanced (largest/smallest class at most {worst:.2f})."
+
+
+def size_sentence(image_sizes: dict) -> str | None:
+    """'All 80 images are 28 x 28 px.' when every image of every split has one size (the split
+    stage then draws no size histogram); None when sizes differ."""
+    parts = [d for d in image_sizes.values() if d.get("most_common")]
+    found = {tuple(d["most_common"][0][:2]) for d in parts}
+    if not parts or len(found) != 1 or any(len(d["most_common"]) != 1 for d in parts):
+        return None
+    (width, height), images = found.pop(), sum(d["most_common"][0][2] for d in parts)
+    return f"All {images} images are {width} x {height} px."
+
+
 def _range(d: dict) -> str:
     return f"{d['min']} / {fmt(d['median'])} / {d['max']}"
 
@@ -463,6 +368,9 @@ def section_rejected(run: Run) -> dict:
         return not_run(
             "rejected", "Rejected files", f"{ctx.data_key('ingest.json')} missing: the download stage did not run"
         )
+    if not ingest.get("rejected"):
+        accepted = f" (all {ingest['accepted']} accepted)" if "accepted" in ingest else ""
+        return section("rejected", "Rejected files", line=f"None: no file was rejected{accepted}.")
     return section(
         "rejected",
         "Rejected files",
@@ -526,6 +434,7 @@ def section_models(run: Run) -> dict:
                 "id": mid,
                 "missing": None,
                 "params": meta.get("params"),
+                "summary": model_summary(meta, ctx.config.epochs),
                 "layers": meta.get("layers", []),
                 # classes, config and versions are shown once, at the end
                 "fields": fields(meta, skip=("figures", "classes", "config", "description", "layers", "versions")),
@@ -534,6 +443,29 @@ def section_models(run: Run) -> dict:
     return section(
         "models", "Models", rebalance_note=note, reference=specs[0].name, experiments=experiments, models=trained
     )
+
+
+def model_summary(meta: dict, max_epochs: int) -> str:
+    """'685,411 parameters; 2 of 8 epochs (stopped early), best 2; trained in 1 min 57 s': the folded model's title."""
+    why = leaderboard.STOPPED_BY.get(meta.get("stopped_by"))
+    return (
+        f"{meta.get('params', 0):,} parameters; {meta.get('epochs_run')} of {max_epochs} epochs"
+        + (f" ({why})" if why else "")
+        + f", best {meta.get('best_epoch')}; trained in {duration(meta.get('train_time_s'))}"
+    )
+
+
+def check_line(check: dict, lr_fields: dict) -> str:
+    """'Passed: loss 0.0165 after 4 of 150 steps on one batch of 32 (tolerance 0.05).' (+ the range test's rate)."""
+    text = (
+        f"{'Passed' if check.get('passed') else 'Failed'}: loss {fmt(check.get('loss'))} after {check.get('steps')} "
+        f"of {check.get('max_steps')} steps on one batch of {check.get('batch_size')} "
+        f"(tolerance {fmt(check.get('loss_tolerance'))})."
+    )
+    if "learning_rate" in lr_fields:
+        text += f" Learning-rate range test: trains with {lr_fields['learning_rate']:g}"
+        text += f" (the spec says {lr_fields['spec_learning_rate']:g})." if "spec_learning_rate" in lr_fields else "."
+    return text
 
 
 def section_checks(run: Run) -> dict:
@@ -549,6 +481,8 @@ def section_checks(run: Run) -> dict:
             else {
                 "name": spec.name,
                 "missing": None,
+                "passed": bool(check.get("passed")),
+                "line": check_line(check, lr_fields),
                 "fields": fields({**check, **{f"lr range test: {k}": v for k, v in lr_fields.items()}}),
                 "figures": run.figures((check.get("figures") or []) + (lr_range.get("figures") or [])),
             }
@@ -590,11 +524,17 @@ def section_viz(run: Run) -> dict:
                 "id": mid,
                 "missing": None,
                 "explanation": explanation if isinstance(explanation, list) else [explanation] if explanation else [],
-                "dead_channels": viz.get("dead_channels"),
+                "dead_channels": dead_layers(viz.get("dead_channels")),
                 "figures": run.figures(viz.get("figures")),
             }
         )
     return section("viz", "Visualisations", models=models)
+
+
+def dead_layers(dead) -> list[dict]:
+    """The layers with dead channels ({layer: {dead, total}} in viz.json): none is one sentence, no table."""
+    rows = dead if isinstance(dead, list) else [{"layer": k, **v} for k, v in (dead or {}).items()]
+    return [r for r in rows if isinstance(r, dict) and r.get("dead")]
 
 
 def tta_columns(metrics: dict) -> dict:
@@ -758,7 +698,7 @@ def drift_section(run: Run) -> dict:
     reference = drift_reference(run)
     name = model_name(ctx.config)
     if reference is None:
-        return not_run("drift", title, f"no earlier champion of model '{name}' to compare with")
+        return not_run("drift", title, f"no earlier champion of model '{name}' to compare with", neutral=True)
     key = reference.get("profile_key")
     if not key or not ctx.store.exists(key):
         return not_run(
@@ -791,8 +731,8 @@ def section_predictions(run: Run) -> dict:
         return not_run(
             "predictions", "Predictions", f"{ctx.report_key('predictions.json')} missing: the predict stage did not run"
         )
-    if predictions["status"] != "done":
-        return not_run("predictions", "Predictions", predictions.get("reason", "skipped"))
+    if predictions["status"] != "done":  # skipped: nothing to predict, a normal state
+        return not_run("predictions", "Predictions", predictions.get("reason", "skipped"), neutral=True)
     import io
 
     import pandas as pd
@@ -835,7 +775,13 @@ def render(run: Run, sections: list[dict], headline: dict) -> str:
     return ENV.get_template("report.html").render(
         title=f"CNN image classification report: {run.ctx.run_id}",
         run_id=run.ctx.run_id,
-        failures=[{k: f.get(k) for k in ("task", "error", "message")} for f in run.failures],
+        failures=[
+            {
+                **{k: f.get(k) for k in ("task", "error", "message")},
+                "log": task_url(headline["links"]["airflow_run"], f),
+            }
+            for f in run.failures
+        ],
         results=headline,
         sections=sections,
     )

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_tasks import ensemble, evaluate, failures, models, predict, promote, report, runtime
+from cnn_tasks import ensemble, evaluate, failures, headline, leaderboard, models, predict, promote, report, runtime
 from cnn_tasks.metrics import classification_metrics
 from cnn_tasks.plots import figure_entry
 from tests.fixtures_training import write_model_meta
@@ -62,11 +62,11 @@ def analysis_fixture(figures):
     }
     imbalance = {name: split.imbalance_measures(c) for name, c in counts.items()}
     shortfalls = split.find_shortfalls(counts)
-    sizes = {
-        "width": {"min": 16, "median": 16.0, "max": 16},
-        "height": {"min": 16, "median": 16.0, "max": 16},
-        "most_common": [[16, 16, 39]],
-    }
+
+    def sizes(images: int) -> dict:  # every image 16 x 16 px
+        side = {"min": 16, "median": 16.0, "max": 16}
+        return {"width": side, "height": side, "most_common": [[16, 16, images]]}
+
     return {
         "classes": CLASSES,
         "counts": counts,
@@ -85,7 +85,7 @@ def analysis_fixture(figures):
         "conclusion": split.conclusion(imbalance, "augment") + " <fixed>",
         "shortfalls": shortfalls,
         "shortfall_text": split.shortfall_text(shortfalls),
-        "image_sizes": dict.fromkeys(counts, sizes),
+        "image_sizes": {n: sizes(sum(c.values())) for n, c in counts.items()},
         "mean": [1.0, 2.0, 3.0],
         "std": [4.0, 5.0, 6.0],
         "no_leakage": True,
@@ -93,20 +93,25 @@ def analysis_fixture(figures):
     }
 
 
+STUCK = "baseline__balanced"  # its validation accuracy stays at chance (3 classes, 4 of 11 in the largest)
+
+
 def history(mid: str, epochs: int = 5) -> list[dict]:
-    """A history.json as train.EpochRecorder writes it: improving, then over-fitting after epoch 3."""
+    """A history.json as train.EpochRecorder writes it: improving, then over-fitting after epoch 3
+    (STUCK stays near always answering the largest validation class, 4 of 11 = 0.364, in 4 of 5 epochs)."""
     rng = np.random.default_rng(len(mid))
     rows = []
     for epoch in range(1, epochs + 1):
         loss = 1.1 * 0.7**epoch
         val_loss = 1.15 * 0.75 ** min(epoch, 3) + 0.04 * max(0, epoch - 3) + rng.uniform(0, 0.01)
+        val_accuracy = (0.6 if epoch == 3 else 0.37 + 0.01 * epoch) if mid == STUCK else 1 - val_loss / 1.5
         rows.append(
             {
                 "epoch": epoch,
                 "loss": loss,
                 "accuracy": 1 - loss / 1.6,
                 "val_loss": val_loss,
-                "val_accuracy": 1 - val_loss / 1.5,
+                "val_accuracy": val_accuracy,
                 "learning_rate": 1e-3,
                 "seconds": 2.5 + rng.uniform(0, 0.2),
                 "images_per_s": 800.0 + rng.uniform(0, 50),
@@ -198,7 +203,7 @@ def write_upstream(ctx):
         ctx.viz_key("baseline__unbalanced", "viz.json"),
         {
             "explanation": "Early filters pick up colour.",
-            "dead_channels": [{"layer": "act1", "dead": 0, "total": 8}],
+            "dead_channels": {"act1": {"dead": 0, "total": 8}, "act2": {"dead": 0, "total": 8}},
             "figures": [png(s, ctx.viz_key("baseline__unbalanced", "kernels.png"), "First-layer kernels.")],
         },
     )
@@ -226,9 +231,14 @@ def write_our_stages(ctx):
 
 
 def links(html_text: str) -> list[str]:
+    """Every figure and file the page links to in the run folder (not anchors or Airflow's pages)."""
     return re.findall(r'<img src="([^"]+)"', html_text) + [
-        h for h in re.findall(r'<a href="([^"]+)"', html_text) if not h.startswith("#")
+        h for h in re.findall(r'<a href="([^"]+)"', html_text) if not h.startswith(("#", "http://", "https://"))
     ]
+
+
+def section_html(page: str, anchor: str) -> str:
+    return page.split(f'<section id="{anchor}">')[1].split("</section>")[0]
 
 
 def sections_of(run) -> dict[str, dict]:
@@ -274,8 +284,9 @@ def test_sections_hold_every_stage_output(full_run):
     sections = sections_of(run)
     assert list(sections) == list(SECTIONS[1:])  # after the results; the run id and configuration last
     not_ok = {a: s["status"] for a, s in sections.items() if s["status"] != "ok"}
-    # wide's single-batch check did not run; the run's data has no profile to compare for drift
-    assert not_ok == {"checks": "1 missing", "drift": "not run", "predictions": "not run"}
+    # wide's single-batch check did not run; the run's data has no profile to compare for drift; no
+    # unlabelled images to predict is a normal state, not a failure
+    assert not_ok == {"checks": "1 missing", "drift": "not run", "predictions": "nothing to do"}
     baseline = next(c for c in sections["checks"]["checks"] if c["name"] == "baseline")
     assert baseline["fields"]["plain"]["lr range test: learning_rate"] == 0.002  # beside the single-batch check
     assert [f["src"].rsplit("/", 1)[1] for f in baseline["figures"]] == ["loss.png", "lr_range.png"]
@@ -310,7 +321,7 @@ def test_sections_hold_every_stage_output(full_run):
     assert sections["ensembles"]["rows"] == ensemble_json["comparison"]
     assert sum(1 for r in sections["ensembles"]["rows"] if r.get("best")) == 1
     assert sections["champion"]["decision"].startswith("Decision: promoted.")
-    assert sections["predictions"]["not_run"]
+    assert sections["predictions"]["neutral"] is True
     assert "unlabelled_url is not set" in sections["predictions"]["not_run"]
 
     # data: counts per class, the shortfall marker, the layout warnings
@@ -347,7 +358,7 @@ def test_results_come_from_the_stage_outputs(full_run):
     ctx = full_run
     failures.record_timing(ctx.store, ctx.prefix, "download", -1, None, 3.24)
     failures.record_timing(ctx.store, ctx.prefix, "train", 2, "wide / unbalanced", 76.0, try_number=2)
-    results = report.results(report.Run(ctx))
+    results = headline.results(report.Run(ctx))
     tests = {m: ctx.store.get_json(ctx.eval_key(m, "metrics.json"))["splits"]["test"] for m in TRAINED}
     best = max(TRAINED, key=lambda m: tests[m]["macro_f1"])
     assert results["best_model"] == {
@@ -384,6 +395,15 @@ def test_results_come_from_the_stage_outputs(full_run):
     assert "Not trained: wide__balanced." in warnings
     assert "a <layout> warning" in warnings
     assert "fall short of the reference minimums" in warnings
+    assert (
+        f"{STUCK} stayed at chance: its validation accuracy was within 9 points of always answering the largest "
+        "class (36.4%) in 4 of 5 epochs." in warnings
+    )
+    assert "baseline__unbalanced stayed" not in warnings  # at chance in its first epoch only
+    assert results["run_time"]["tasks"] == 2
+    assert results["run_time"]["duration_s"] >= 76.0
+    assert results["run_time"]["line"].startswith("Run started 20")
+    assert " UTC and took 1 min " in results["run_time"]["line"]
 
 
 def test_full_report_page_and_summary(full_run):
@@ -403,7 +423,8 @@ def test_full_report_page_and_summary(full_run):
     overview = page.split('<section id="overview">')[1]
     assert "<details><summary>Configuration</summary>" in overview
     assert "test_run" in overview
-    assert "test_run" not in page.split("<nav>")[0].split("</title>")[1]  # not before the answer
+    # not before the answer: only the Run line after the warnings names it (the TensorBoard command)
+    assert "test_run" not in page.split('<h3 id="warnings">')[0].split("</title>")[1]
     sources = re.findall(r'<img src="([^"]+)"', page)
     for src in links(page):
         assert not src.startswith(("/", "file:", "s3:")), src
@@ -413,7 +434,7 @@ def test_full_report_page_and_summary(full_run):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;fixed&gt;" in page
     assert "&lt;layout&gt;" in page
-    assert page.count('<tr class="best">') == 1
+    assert page.count('<tr class="best">') == 2  # the leaderboard's best and the ensemble table's
     assert 'name="viewport"' in page
     assert ".scroll{overflow-x:auto" in page  # phone width: tables scroll
     assert page.count("<table>") == page.count('<div class="scroll"><table>')
@@ -421,6 +442,9 @@ def test_full_report_page_and_summary(full_run):
         assert f"<summary>Layer table of {mid} (" in page
 
     summary = ctx.store.get_json(out["summary_key"])
+    board = headline.results(report.Run(ctx))["leaderboard"]
+    assert summary["results"]["leaderboard"] == board  # the page's leaderboard, machine-readable
+    assert [r["name"] for r in summary["results"]["leaderboard"]["rows"]][0] == board["rows"][0]["name"]
     assert set(summary["models"]) == set(TRAINED)
     for mid in TRAINED:
         metrics = ctx.store.get_json(ctx.eval_key(mid, "metrics.json"))["splits"]["test"]
@@ -434,7 +458,7 @@ def test_full_report_page_and_summary(full_run):
     assert summary["sections"] == dict.fromkeys(SECTIONS[1:], "ok") | {
         "checks": "1 missing",
         "drift": "not run",
-        "predictions": "not run",
+        "predictions": "nothing to do",
     }
     assert summary["versions"]["numpy"] == np.__version__
     names = {"python"} | {n if isinstance(n, str) else n[0] for n in runtime.VERSION_PACKAGES}
@@ -442,7 +466,9 @@ def test_full_report_page_and_summary(full_run):
     assert summary["config"]["experiments"][0]["name"] == "baseline"
 
 
-def test_empty_run_says_what_did_not_run(make_ctx):
+def test_empty_run_says_what_did_not_run(make_ctx, monkeypatch):
+    for name in ("AIRFLOW__API__BASE_URL", "AIRFLOW_CTX_DAG_ID", "AIRFLOW_CTX_DAG_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
     ctx = make_ctx()
     run = report.Run(ctx)
     for anchor, data in sections_of(run).items():
@@ -456,9 +482,11 @@ def test_empty_run_says_what_did_not_run(make_ctx):
         elif anchor != "overview":
             assert data["status"] == "not run", anchor
             assert data["not_run"], anchor
-    results = report.results(run)
-    assert [results[k] for k in ("best_model", "best_ensemble", "champion", "dataset")] == [None] * 4
+    results = headline.results(run)
+    assert [results[k] for k in ("best_model", "best_ensemble", "champion", "dataset", "leaderboard")] == [None] * 5
     assert results["stage_times"] == []
+    assert results["run_time"] is None
+    assert results["links"] == {"airflow_run": None, "tensorboard": None}  # nothing trained, nothing to show
 
     out = report.run(ctx)
     page = ctx.store.get_text(out["report_key"])
@@ -517,17 +545,17 @@ def test_table_marks_the_best_row_and_not_run_notes():
     "seconds, text", [(3.25, "3.2 s"), (59.4, "59.4 s"), (75.5, "1 min 16 s"), (3600, "60 min 00 s"), (None, "—")]
 )
 def test_duration(seconds, text):
-    assert report.duration(seconds) == text
+    assert leaderboard.duration(seconds) == text
 
 
 def test_best_model_prefers_macro_f1_then_accuracy():
     def evals(**tests):
         return {m: {"splits": {"test": t}} for m, t in tests.items()}
 
-    assert report.best_model({}) is None
-    picked = report.best_model(evals(a={"macro_f1": 0.8, "accuracy": 0.9}, b={"macro_f1": 0.85, "accuracy": 0.7}))
+    assert headline.best_model({}) is None
+    picked = headline.best_model(evals(a={"macro_f1": 0.8, "accuracy": 0.9}, b={"macro_f1": 0.85, "accuracy": 0.7}))
     assert picked == {"name": "b", "accuracy": 0.7, "macro_f1": 0.85}
-    tie = report.best_model(evals(a={"macro_f1": 0.8, "accuracy": 0.7}, b={"macro_f1": 0.8, "accuracy": 0.75}))
+    tie = headline.best_model(evals(a={"macro_f1": 0.8, "accuracy": 0.7}, b={"macro_f1": 0.8, "accuracy": 0.75}))
     assert tie["name"] == "b"
 
 
@@ -550,4 +578,212 @@ def test_a_balanced_clean_run_has_no_data_warnings(make_ctx):
     )
     ctx.store.put_json(ctx.data_key("ingest.json"), {"accepted": 4080, "rejected": 0, "rejected_by_reason": {}})
     not_trained = ", ".join(report.expected_model_ids(ctx))  # only what is missing is reported
-    assert report.warnings(report.Run(ctx)) == [f"Not trained: {not_trained}."]
+    assert headline.warnings(report.Run(ctx)) == [f"Not trained: {not_trained}."]
+
+
+# ----------------------------------------------------------------------------- the first screen
+def test_the_leaderboard_of_every_model_and_ensemble_comes_right_under_the_cards(full_run):
+    ctx = full_run
+    page = ctx.store.get_text(report.run(ctx)["report_key"])
+    results = section_html(page, "results")
+    cards, board, warnings = (
+        results.index(x) for x in ('<div class="cards">', '<div id="leaderboard">', '<h3 id="warnings">')
+    )
+    assert cards < board < warnings  # the leaderboard first after the cards, the warnings next
+    count = len(headline.results(report.Run(ctx))["warnings"])
+    assert f'<p class="warn">{count} warnings: see <a href="#warnings">Warnings</a>' in results[:cards]  # said first
+    assert results.index("<h3>Run</h3>") > warnings  # the run's time and links after the warnings
+    table = results[board:warnings]
+    ensemble_json = ctx.store.get_json(ctx.eval_key("ensemble", "ensemble.json"))
+    rows = re.findall(r"<tr(?: class=\"best\")?><td class=\"num\">(\d+)</td><td>([^<]+)</td>", table)
+    ensembles = [r["name"] for r in ensemble_json["comparison"] if r["kind"] == "ensemble"]
+    assert len(rows) == len(TRAINED) + len(ensembles) == 9
+    assert [int(rank) for rank, _ in rows] == list(range(1, 10))
+    names = {name.split(" (ensemble of")[0] for _, name in rows}
+    assert names == set(TRAINED) | set(ensembles)
+    assert table.count('<tr class="best">') == 1
+    assert '<tr class="best"><td class="num">1</td>' in table  # the first row is the highlighted one
+    for header in ("test accuracy", "95 % interval", "images right", "macro-F1", "validation accuracy", "epochs"):
+        assert f"<th>{header}</th>" in table, header
+    assert "<th>training time</th>" in table
+
+    board = headline.results(report.Run(ctx))["leaderboard"]
+    values = [(r["macro_f1"], r["accuracy"]) for r in board["rows"]]
+    assert values == sorted(values, reverse=True)  # best first by the promotion metric, then accuracy
+    assert board["metric"] == ctx.config.promotion_metric == "macro_f1"
+    assert board["test_images"] == 30
+    first_model = next(r for r in board["rows"] if r["kind"] == "model")
+    metrics = ctx.store.get_json(ctx.eval_key(first_model["name"], "metrics.json"))
+    confusion = metrics["confusion_matrices"]["test"]
+    assert first_model["test_right"] == sum(confusion[i][i] for i in range(3))
+    assert first_model["accuracy_ci95"] == model_card_wilson(first_model["test_right"], 30)
+    assert first_model["val_accuracy"] == metrics["splits"]["val"]["accuracy"]
+    assert f"<td>5 of {ctx.config.epochs}, stopped by budget</td><td>12.5 s</td>" in table  # epochs, training time
+    ensemble_row = next(r for r in board["rows"] if r["kind"] == "ensemble")
+    assert ensemble_row["epochs_run"] is None
+    assert ensemble_row["train_time_s"] is None
+    assert "<td>-</td><td>-</td><td>-</td></tr>" in table  # an ensemble: no validation score, epochs or time
+    assert f'<p class="lead">{board["lead"]}</p>' in table.replace("&#39;", "'")
+
+
+def model_card_wilson(right: int, images: int):
+    from cnn_tasks.model_card import wilson
+
+    return wilson(right, images)
+
+
+def scored(right: int, f1: float, val: float = 0.5) -> dict:
+    """A metrics.json of 48 test images (two classes of 24) with `right` of them right."""
+    wrong = 48 - right
+    return {
+        "splits": {"test": {"accuracy": right / 48, "macro_f1": f1}, "val": {"accuracy": val}},
+        "confusion_matrices": {
+            "test": [[24 - wrong // 2, wrong // 2], [wrong - wrong // 2, 24 - (wrong - wrong // 2)]]
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "evals, lead",
+    [
+        (
+            {"a": scored(43, 0.9), "b": scored(42, 0.87)},
+            "a is best by 1 image of 48 over b: a lead within the 95 % interval of its accuracy (0.778-0.955), "
+            "so more test images would be needed to call it better.",
+        ),
+        (
+            {"a": scored(42, 0.87), "b": scored(42, 0.87), "c": scored(30, 0.6)},
+            "a is tied with b (same 42 of 48 test images right, same macro-F1).",
+        ),
+        ({"a": scored(47, 0.97), "b": scored(30, 0.6)}, "a is best by 17 images of 48 over b."),
+        (
+            {"a": scored(40, 0.85), "b": scored(41, 0.8)},
+            "a is ahead on macro-F1 (0.8500 against 0.8000), but b gets 1 more image of 48 right: a lead within the "
+            "95 % interval of its accuracy (0.704-0.913), so more test images would be needed to call it better.",
+        ),
+        ({"a": scored(40, 0.85)}, "a is the only evaluated model: 40 of 48 test images right."),
+    ],
+)
+def test_the_leaderboard_says_the_lead_in_words(evals, lead):
+    board = leaderboard.build(evals, {}, None, "macro_f1", 8)
+    assert board["lead"] == lead
+    assert board["rows"][0]["best"] is True
+    html_text = str(
+        report.ENV.get_template("macros.html").module.table(
+            leaderboard.display_rows(board), leaderboard.columns(board), best="best"
+        )
+    )
+    assert html_text.count('<tr class="best">') == 1
+    assert f"<td>{board['rows'][0]['test_right']} of 48</td><td>best</td>" in html_text
+
+
+def test_a_tie_says_same_in_the_vs_best_column():
+    board = leaderboard.build(
+        {"a": scored(42, 0.87), "b": scored(42, 0.87), "c": scored(40, 0.8)}, {}, None, "macro_f1", 8
+    )
+    assert [r["vs_best"] for r in board["rows"]] == ["best", "same", "-2"]
+
+
+def test_wall_time_is_one_line_with_the_tasks_folded(full_run):
+    ctx = full_run
+    for i in range(28):  # a full run's 28 tasks
+        failures.record_timing(ctx.store, ctx.prefix, "evaluate", i, f"model {i}", 10.0 + i)
+    page = ctx.store.get_text(report.run(ctx)["report_key"])
+    results = section_html(page, "results")
+    line = re.search(r'<p id="run-time">(.*?)</p>', results, re.S).group(1)
+    assert line.startswith("Run started 20")
+    assert "tasks; the report&#39;s own time not included)." in line
+    tasks = len(failures.read_timings(ctx.store, ctx.prefix))
+    assert tasks >= 28
+    assert f"({tasks} tasks; the report" in line
+    folded = results.split("<details><summary>Wall time per task (")[1].split("</details>")[0]
+    assert folded.startswith(f"{tasks} tasks)</summary>")
+    assert folded.count("<tr>") == tasks + 1  # the header and one row per task
+    assert results.index('<h3 id="warnings">') < results.index("<details><summary>Wall time per task")
+
+
+def test_links_back_to_the_airflow_run_and_to_tensorboard(full_run, monkeypatch):
+    ctx = full_run
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow.example:8080/")
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_ID", "cnn_image_classification")
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "manual__2026-01-02T03:04:05+00:00")
+    failures.record_failure(ctx.store, ctx.prefix, "evaluate", 1, "wide / unbalanced", ValueError("boom"))
+    try:
+        page = ctx.store.get_text(report.run(ctx)["report_key"])
+    finally:
+        failures.record_recovered(ctx.store, ctx.prefix, "evaluate", 1)
+    run_url = "http://airflow.example:8080/dags/cnn_image_classification/runs/manual__2026-01-02T03%3A04%3A05%2B00%3A00"
+    assert f'<a href="{run_url}">This run in Airflow</a>' in section_html(page, "results")
+    assert f'<a href="{run_url}/tasks/evaluate/mapped/1">its log in Airflow</a>' in page  # the failed task's log
+    command = f"make tensorboard RUN=test_run STORE_URI={ctx.store.uri}"
+    assert f"<code>{command}</code>" in section_html(page, "results")
+
+    monkeypatch.delenv("AIRFLOW__API__BASE_URL")  # the base URL unknown: no link rather than a wrong one
+    assert headline.links(report.Run(ctx))["airflow_run"] is None
+    assert "This run in Airflow" not in ctx.store.get_text(report.run(ctx)["report_key"])
+
+
+def test_the_pictures_that_need_room_are_page_wide(full_run):
+    page = full_run.store.get_text(report.run(full_run)["report_key"])
+    wide = re.findall(r'<figure class="wide"><a href="([^"]+)"', page)
+    for mid in TRAINED:
+        assert f"../eval/{mid}/confusion_test.png" in wide
+    assert any(re.fullmatch(r"\.\./eval/ensemble/.+_confusion_test\.png", src) for src in wide)
+    assert "../models/comparison.png" in wide
+    assert not any("roc_test" in src for src in wide)
+
+
+def test_sections_with_nothing_to_say_are_one_line(full_run, make_ctx):
+    page = full_run.store.get_text(report.run(full_run)["report_key"])
+    viz = section_html(page, "viz")
+    assert "No channel was dead on the sample." in viz or "dead" not in viz.lower()
+    assert "<table" not in viz  # no table of zero dead channels
+    models_ = section_html(page, "models")
+    assert "<details open>" not in models_  # layer tables folded
+    assert "<details><summary>spec</summary>" in models_  # so is each model's spec
+    assert "<h4>spec</h4>" not in models_
+    sizes = section_html(page, "data").split("<h3>Image sizes (before resizing)</h3>")[1].split("<h3>")[0]
+    assert sizes.startswith("<p>All 80 images are 16 x 16 px.</p>")  # one size: a sentence, no table
+
+    ctx = make_ctx("clean")
+    ctx.store.put_json(ctx.data_key("ingest.json"), {"accepted": 80, "rejected": 0, "rejected_by_reason": {}})
+    ctx.store.put_json(
+        ctx.check_key("baseline", "single_batch.json"),
+        {
+            "passed": True,
+            "loss": 0.01,
+            "steps": 50,
+            "max_steps": 150,
+            "batch_size": 32,
+            "loss_tolerance": 0.05,
+            "losses": [2.0 - 0.04 * i for i in range(50)],
+        },
+    )
+    clean = ctx.store.get_text(report.run(ctx)["report_key"])
+    assert (
+        section_html(clean, "rejected")
+        .strip()
+        .endswith("<h2>Rejected files</h2>\n<p>None: no file was rejected (all 80 accepted).</p>")
+    )
+    checks = section_html(clean, "checks")
+    assert (
+        '<p class="note">Passed: loss 0.0100 after 50 of 150 steps on one batch of 32 (tolerance 0.0500).</p>' in checks
+    )
+    assert "<details><summary>Every value of the check</summary>" in checks  # the check's table, folded
+    assert "<details><summary>losses (50 values)</summary>" in checks  # folded, not spelt out in the table
+    assert "<td>losses</td>" not in checks
+
+
+def test_a_first_runs_normal_states_are_neutral_notes(make_ctx):
+    ctx = make_ctx("first", model_name="orchards")
+    ctx.store.put_json(ctx.data_key("profile.json"), {"images": 3})
+    ctx.store.put_json(ctx.report_key("predictions.json"), {"status": "skipped", "reason": "no unlabelled images"})
+    page = ctx.store.get_text(report.run(ctx)["report_key"])
+    drift_ = section_html(page, "drift")
+    assert '<p class="note">No earlier champion of model &#39;orchards&#39; to compare with.</p>' in drift_
+    assert "notrun" not in drift_
+    predictions = section_html(page, "predictions")
+    assert '<p class="note">No unlabelled images.</p>' in predictions
+    assert "notrun" not in predictions
+    sections = ctx.store.get_json(ctx.report_key("summary.json"))["sections"]
+    assert sections["drift"] == sections["predictions"] == "nothing to do"
