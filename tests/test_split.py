@@ -287,9 +287,9 @@ def test_run_on_a_pre_split_dataset_records_layout_and_origin(tmp_path):
     table = pd.read_csv(io.StringIO(ctx.store.get_text(ctx.data_key("split.csv"))), keep_default_na=False)
     assert list(table.columns) == ["key", "class", "label", "split", "given_split"]
     assert set(table.loc[table["split"] == "test", "given_split"]) == {"test"}
-    from cnn_tasks import report
+    from cnn_tasks import report_text
 
-    part = report.layout_part(analysis)  # the report's data section
+    part = report_text.layout_part(analysis)  # the report's data section
     assert part["text"].startswith(
         "Layout found: train/test below data/ (predefined_split=auto). Given splits: "
         "train = data/train/, test = data/test/."
