@@ -211,7 +211,7 @@ def warnings(run) -> list[str]:
     if ingest.get("rejected"):
         reasons = ", ".join(f"{r}: {n}" for r, n in (ingest.get("rejected_by_reason") or {}).items())
         out.append(f"{ingest['rejected']} file(s) rejected ({reasons}): see Rejected files.")
-    missing = [m for m in expected_model_ids(run.ctx.config) if m not in run.metas]
+    missing = [m for m in expected_model_ids(run.ctx.config, run.dataset) if m not in run.metas]
     if missing and not run.stopped:  # a run stopped because nothing changed trains nothing, by design
         out.append(f"Not trained: {', '.join(missing)}.")
     out += chance_warnings(run)

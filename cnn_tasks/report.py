@@ -113,10 +113,10 @@ def trained_model_ids(ctx) -> list[str]:
     return sorted({k[len(prefix) :].split("/")[0] for k in ctx.store.list(prefix) if k.endswith("/meta.json")})
 
 
-def expected_model_ids(ctx) -> list[str]:
+def expected_model_ids(ctx, dataset: dict | None = None) -> list[str]:
     from cnn_tasks.variants import expected_model_ids as expected
 
-    return expected(ctx.config)
+    return expected(ctx.config, dataset)
 
 
 class Run:
@@ -219,7 +219,8 @@ def section_data(run: Run) -> dict:
             for v, d in variants.items()
         ]
         data["dataset"] = {
-            "facts": {k: dataset.get(k) for k in ("classes", "image_size", "rebalance", "mean", "std")},
+            "facts": {k: dataset.get(k) for k in ("classes", "image_size", "rebalance", "mean", "std")}
+            | ({"augmentation": f"{dataset['augment']}: {dataset['augment_reason']}"} if dataset.get("augment") else {}),
             "rows": rows,
             "figures": run.figures(dataset.get("figures")),
         }
@@ -248,18 +249,17 @@ def section_models(run: Run) -> dict:
     """What each experiment is and why (its description), how it differs from the reference, and
     per trained model its training summary and layer table."""
     ctx = run.ctx
-    note = None
-    if ctx.config.rebalance == "none":
-        from cnn_tasks.variants import REBALANCE_NONE_NOTE
+    from cnn_tasks.variants import variants_note
 
-        note = REBALANCE_NONE_NOTE + "."
+    note = variants_note(ctx.config.rebalance, run.dataset)
+    note = note and note + "."
     specs = list(ctx.config.experiments)
     diffs = spec_differences(specs)
     experiments = [
         {"name": s.name, "description": s.description or "(no description)", "diffs": None if i == 0 else diffs[s.name]}
         for i, s in enumerate(specs)
     ]
-    expected = expected_model_ids(ctx)
+    expected = expected_model_ids(ctx, run.dataset)
     trained = []
     for mid in expected + [m for m in run.model_ids if m not in expected]:
         meta = run.metas.get(mid)

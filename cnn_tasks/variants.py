@@ -22,7 +22,7 @@ def variants_note(rebalance: str, dataset: dict | None = None) -> str | None:
         return REBALANCE_NONE_NOTE
     if (dataset or {}).get("balanced_same_as_unbalanced"):
         return (
-            f"the training and validation splits are already balanced, so rebalance={rebalance} changed nothing: "
+            f"The training and validation splits are already balanced, so rebalance={rebalance} changed nothing: "
             "each experiment is trained once, on the data as it is (a balanced variant would train on the same data)"
         )
     return None

@@ -96,9 +96,12 @@ class Proc:
 
 # --------------------------------------------------------------------------------- test data
 @contextlib.contextmanager
-def served_tiny_dataset(base: Path, classes: int = 3, per_class: int = 24, size: int = 28) -> Iterator[dict]:
-    """A tiny generated dataset (3 classes x 24 images, zipped under a wrapper folder)
-    behind a local HTTP server; yields {"url", "checksum", "path"}."""
+def served_tiny_dataset(
+    base: Path, classes: int = 3, per_class: int | list[int] | None = None, size: int = 28
+) -> Iterator[dict]:
+    """A tiny generated dataset (3 classes of 24, 24 and 16 images, zipped under a wrapper folder)
+    behind a local HTTP server; yields {"url", "checksum", "path"}. Imbalanced by default, so a run
+    trains every experiment on both data variants (balanced data trains only one)."""
     import functools
     import hashlib
     import http.server
@@ -106,6 +109,7 @@ def served_tiny_dataset(base: Path, classes: int = 3, per_class: int = 24, size:
 
     from tests.imagegen import make_dataset, zip_folder
 
+    per_class = per_class if per_class is not None else [24] * (classes - 1) + [16]
     folder = make_dataset(base / "images", classes=classes, per_class=per_class, size=size, seed=1)
     (base / "www").mkdir(parents=True, exist_ok=True)
     archive = zip_folder(folder, base / "www" / "tiny.zip", wrapper="tiny_dataset")

@@ -243,5 +243,5 @@ def test_already_balanced_data_trains_each_experiment_once_and_says_why(tmp_path
         ctx.config.experiments
     )
     assert variants_note(strategy, ds).startswith(
-        f"the training and validation splits are already balanced, so rebalance={strategy} changed nothing"
+        f"The training and validation splits are already balanced, so rebalance={strategy} changed nothing"
     )

@@ -787,3 +787,30 @@ def test_a_first_runs_normal_states_are_neutral_notes(make_ctx):
     assert "notrun" not in predictions
     sections = ctx.store.get_json(ctx.report_key("summary.json"))["sections"]
     assert sections["drift"] == sections["predictions"] == "nothing to do"
+
+
+def test_a_run_whose_rebalancing_changed_nothing_says_so_and_which_augmentation_it_used(make_ctx):
+    ctx = make_ctx(rebalance="oversample")
+    counts = {"shards": [], "count": 30, "class_counts": [10, 10, 10], "class_weight": None}
+    ctx.store.put_json(
+        ctx.data_key("dataset.json"),
+        {
+            "classes": CLASSES,
+            "image_size": 16,
+            "mean": [0.5] * 3,
+            "std": [0.2] * 3,
+            "rebalance": "oversample",
+            "augment": "natural",
+            "augment_reason": "augment 'auto': the class names do not look like satellite or aerial scenes",
+            "balanced_same_as_unbalanced": True,
+            "splits": {s: {"unbalanced": counts, "balanced": counts} for s in ("train", "val")}
+            | {"test": {"unbalanced": counts}},
+        },
+    )
+    page = ctx.store.get_text(report.run(ctx)["report_key"])
+    models = section_html(page, "models")
+    assert "already balanced, so rebalance=oversample changed nothing: each experiment is trained once" in models
+    assert all(m.endswith("__unbalanced") for m in report.expected_model_ids(ctx, report.Run(ctx).dataset))
+    assert "augment &#39;auto&#39;: the class names do not look like satellite" in section_html(page, "data")
+    not_trained = [w for w in headline.warnings(report.Run(ctx)) if w.startswith("Not trained")]
+    assert "__balanced" not in " ".join(not_trained)
