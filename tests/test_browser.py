@@ -8,7 +8,8 @@ checks the report's confusion matrices and ensemble table. A second run is trigg
 REST API (/api/v2, token from /auth/token) with an S3 store on a moto server and its summary.json
 is read back with boto3. The report plugin must refuse unauthenticated and path-traversal
 requests through the real api-server. The trigger form opens on the profile and the most-used
-fields, with the other settings in collapsed sections.
+fields, with the other settings in collapsed sections. The report opens on its result cards with
+the leaderboard of every model and ensemble inside the first screen, and links back to the run.
 
 Screenshots go to test-artifacts/browser/ (git-ignored). Without Chromium (and no way to install
 it: scripts/install_browser.sh needs root and apt) the tests are skipped with the reason.
@@ -329,6 +330,9 @@ def test_trigger_form_quick_run_and_report_in_the_browser(airflow, browser, shot
             report = page
         report.wait_for_load_state("load")
         check_report_page(report, shots / "07-report.png")
+        check_report_top(
+            report, shots / "07-report.png", f"{stack.base_url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}"
+        )
 
         # The plugin's runs page lists this run and links to the same report.
         runs = browser.new_page()
@@ -371,6 +375,30 @@ def check_report_page(report, screenshot: Path) -> None:
     report.screenshot(path=str(screenshot.with_name(screenshot.stem + "-ensembles.png")))
     confusion.first.scroll_into_view_if_needed()
     report.screenshot(path=str(screenshot.with_name(screenshot.stem + "-confusion.png")))
+
+
+def check_report_top(report, screenshot: Path, run_url: str) -> None:
+    """The report's first screen (check_report_page shot it): the result cards, then the leaderboard of
+    every model and ensemble, its top inside the viewport; the run's line links back to this Airflow run."""
+    report.evaluate("window.scrollTo(0, 0)")
+    viewport = report.viewport_size["height"]
+    cards = report.locator("section#results .cards").bounding_box()
+    board = report.locator("#leaderboard")
+    top = board.bounding_box()["y"]
+    assert cards["y"] + cards["height"] <= top < viewport, (cards, top, viewport)
+    rows = board.locator("tbody tr")
+    names = {n.strip().split(" (ensemble of")[0] for n in rows.locator("td:nth-child(2)").all_inner_texts()}
+    assert MODEL_IDS <= names, names
+    assert len(names) > len(MODEL_IDS), f"no ensembles in the leaderboard: {names}"
+    assert board.locator("tbody tr.best").count() == 1
+    assert board.locator("tbody tr").first.get_attribute("class") == "best"  # the best first, highlighted
+    assert board.locator("p.lead").inner_text().strip()
+    board.screenshot(path=str(screenshot.with_name(screenshot.stem + "-leaderboard.png")))
+    height = report.evaluate("document.documentElement.scrollHeight")
+    print(f"report: page height {height} px, leaderboard top {top:.0f} px (viewport {viewport} px)")
+    link = report.get_by_role("link", name="This run in Airflow")
+    assert link.get_attribute("href") == run_url
+    assert "make tensorboard RUN=" in report.locator("section#results code").inner_text()
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 300)
