@@ -234,6 +234,20 @@ def store_figure_exists(store, key: str) -> bool:
 
 
 # ================================================================== real data
+EUROSAT_CLASSES = [  # the class folders of ../shared/datasets/eurosat.zip
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+]
+
+
 def eurosat_zip() -> Path:
     """The shared EuroSAT archive, or skip the test when this machine does not have it."""
     if not EUROSAT_ZIP.is_file():

@@ -7,19 +7,7 @@ from __future__ import annotations
 import pytest
 
 from cnn_tasks.image_kind import resolve_augment
-
-EUROSAT = [
-    "AnnualCrop",
-    "Forest",
-    "HerbaceousVegetation",
-    "Highway",
-    "Industrial",
-    "Pasture",
-    "PermanentCrop",
-    "Residential",
-    "River",
-    "SeaLake",
-]
+from tests.helpers import EUROSAT_CLASSES as EUROSAT
 
 
 @pytest.mark.parametrize(

@@ -18,21 +18,9 @@ import pytest
 from cnn_tasks import download, images, rebalance, split
 from cnn_tasks.config import PipelineConfig
 from cnn_tasks.context import RunContext
-from tests.helpers import eurosat_zip
+from tests.helpers import EUROSAT_CLASSES, eurosat_zip
 
 PER_CLASS_IN_ZIP, PER_CLASS = 40, 30
-EUROSAT_CLASSES = [
-    "AnnualCrop",
-    "Forest",
-    "HerbaceousVegetation",
-    "Highway",
-    "Industrial",
-    "Pasture",
-    "PermanentCrop",
-    "Residential",
-    "River",
-    "SeaLake",
-]
 
 
 def _subset_zip(source, target) -> None:
