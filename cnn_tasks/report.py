@@ -32,6 +32,7 @@ from cnn_tasks.report_text import (
     check_line,
     columns_of,
     dead_layers,
+    fields,
     is_flat,
     is_records,
     kv_rows,
@@ -66,22 +67,10 @@ ENV.globals.update(
     leaderboard_columns=leaderboard.columns,
 )
 WIDE_FIGURES = ("confusion", "grad_cam")  # shown page-wide: their numbers and images need the room
-
-
-LONG_LIST = 8  # flat lists longer than this (per-step losses) are folded, not spelt out in the table
-
-
-def fields(values: dict, skip: tuple = ("figures",)) -> dict:
-    """A stage JSON split for display: scalars and short flat lists in one name/value table
-    (`plain`), long flat lists folded (`long`), each nested value under its own heading (`nested`)."""
-    shown = {k: v for k, v in values.items() if k not in skip}
-    flat = {k: v for k, v in shown.items() if not isinstance(v, (dict, list)) or is_flat(v)}
-    long = {k.replace("_", " "): v for k, v in flat.items() if isinstance(v, (list, tuple)) and len(v) > LONG_LIST}
-    return {
-        "plain": {k: v for k, v in flat.items() if k.replace("_", " ") not in long},
-        "long": long,
-        "nested": {k.replace("_", " "): v for k, v in shown.items() if k not in flat},
-    }
+# Figures folded under each model (a click away): the feature maps and filter patterns of every layer,
+# the validation and training confusion matrices (their accuracies are in the evaluation table).
+VIZ_FOLDED = ("activations_", "filters_")
+EVAL_FOLDED = ("confusion_val", "confusion_train")
 
 
 def section(anchor: str, title: str, status: str = "ok", **data) -> dict:
@@ -167,6 +156,12 @@ class Run:
     def figures(self, entries: list[dict] | None) -> list[dict]:
         return [self.figure(e) for e in entries or []]
 
+    def folded_figures(self, entries: list[dict] | None, fold: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+        """(shown, folded): the figures whose file name starts with one of `fold` go in a folded list."""
+        figures = self.figures(entries)
+        folded = [f for f in figures if not f["missing"] and posixpath.basename(f["src"]).startswith(fold)]
+        return [f for f in figures if f not in folded], folded
+
     def file(self, key: str, text: str) -> dict:
         """{href, text} of a file the run wrote, or {missing: why}."""
         if not self.ctx.store.exists(key):
@@ -220,7 +215,9 @@ def section_data(run: Run) -> dict:
         ]
         data["dataset"] = {
             "facts": {k: dataset.get(k) for k in ("classes", "image_size", "rebalance", "mean", "std")}
-            | ({"augmentation": f"{dataset['augment']}: {dataset['augment_reason']}"} if dataset.get("augment") else {}),
+            | (
+                {"augmentation": f"{dataset['augment']}: {dataset['augment_reason']}"} if dataset.get("augment") else {}
+            ),
             "rows": rows,
             "figures": run.figures(dataset.get("figures")),
         }
@@ -340,7 +337,7 @@ def section_viz(run: Run) -> dict:
                 "missing": None,
                 "explanation": explanation if isinstance(explanation, list) else [explanation] if explanation else [],
                 "dead_channels": dead_layers(viz.get("dead_channels")),
-                "figures": run.figures(viz.get("figures")),
+                **dict(zip(("figures", "folded"), run.folded_figures(viz.get("figures"), VIZ_FOLDED))),
             }
         )
     return section("viz", "Visualisations", models=models)
@@ -372,7 +369,7 @@ def section_evaluation(run: Run) -> dict:
             "missing": None,
             "report": evals[mid].get("classification_report", []),
             "csv": run.file(ctx.eval_key(mid, "classification_report.csv"), "classification_report.csv"),
-            "figures": run.figures(evals[mid].get("figures")),
+            **dict(zip(("figures", "folded"), run.folded_figures(evals[mid].get("figures"), EVAL_FOLDED))),
         }
         for mid in run.model_ids
     ]

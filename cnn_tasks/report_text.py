@@ -31,6 +31,22 @@ def kv_rows(values: dict) -> list[dict]:
     return [{"name": k, "value": v} for k, v in values.items()]
 
 
+LONG_LIST = 8  # flat lists longer than this (per-step losses) are folded, not spelt out in the table
+
+
+def fields(values: dict, skip: tuple = ("figures",)) -> dict:
+    """A stage JSON split for display: scalars and short flat lists in one name/value table
+    (`plain`), long flat lists folded (`long`), each nested value under its own heading (`nested`)."""
+    shown = {k: v for k, v in values.items() if k not in skip}
+    flat = {k: v for k, v in shown.items() if not isinstance(v, (dict, list)) or is_flat(v)}
+    long = {k.replace("_", " "): v for k, v in flat.items() if isinstance(v, (list, tuple)) and len(v) > LONG_LIST}
+    return {
+        "plain": {k: v for k, v in flat.items() if k.replace("_", " ") not in long},
+        "long": long,
+        "nested": {k.replace("_", " "): v for k, v in shown.items() if k not in flat},
+    }
+
+
 # ----------------------------------------------------------------------------- tables and sentences
 
 

@@ -353,12 +353,12 @@ def check_report_page(report, screenshot: Path) -> None:
     """The served report shows loaded confusion-matrix figures and the ensemble comparison table."""
     assert "/cnn-reports/runs/" in report.url, report.url
     report.get_by_role("heading", name=re.compile("Ensembles")).first.wait_for()
-    confusion = report.locator("img[src*='confusion']")
+    confusion = report.locator("img[src*='confusion_test']")  # validation and training ones are folded
     assert confusion.count() >= len(MODEL_IDS), confusion.count()
     for i in range(confusion.count()):  # the report's figures load lazily
         confusion.nth(i).scroll_into_view_if_needed()
     report.wait_for_function(
-        """() => [...document.querySelectorAll("img[src*='confusion']")]
+        """() => [...document.querySelectorAll("img[src*='confusion_test']")]
         .every(img => img.complete && img.naturalWidth > 0)""",
         timeout=60_000,
     )

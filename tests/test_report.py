@@ -15,7 +15,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_tasks import ensemble, evaluate, failures, headline, leaderboard, models, predict, promote, report, runtime
+from cnn_tasks import (
+    ensemble,
+    evaluate,
+    failures,
+    headline,
+    leaderboard,
+    models,
+    predict,
+    promote,
+    report,
+    report_text,
+    runtime,
+)
 from cnn_tasks.metrics import classification_metrics
 from cnn_tasks.plots import figure_entry
 from tests.fixtures_training import write_model_meta
@@ -521,7 +533,7 @@ def test_macros_escape_hostile_names_everywhere():
             str(m.table([{HOSTILE: HOSTILE, "n": 0.5, "flat": [HOSTILE, 1], "nested": {HOSTILE: [{HOSTILE: 1}]}}])),
             str(m.figure({"missing": None, "src": f"../x/{HOSTILE}.png", "caption": HOSTILE})),
             str(m.file({"missing": None, "href": f'"{HOSTILE}', "text": HOSTILE})),
-            str(m.fields(report.fields({"a": HOSTILE, HOSTILE: {"b": HOSTILE}}))),
+            str(m.fields(report_text.fields({"a": HOSTILE, HOSTILE: {"b": HOSTILE}}))),
             str(m.not_run(HOSTILE)),
         ]
     )
@@ -731,6 +743,44 @@ def test_the_pictures_that_need_room_are_page_wide(full_run):
     assert any(re.fullmatch(r"\.\./eval/ensemble/.+_confusion_test\.png", src) for src in wide)
     assert "../models/comparison.png" in wide
     assert not any("roc_test" in src for src in wide)
+    assert "figure.wide img{width:auto;max-width:min(1000px,100%)}" in page  # never blown up past their size
+    for mid in TRAINED:  # the validation confusion matrix is a click away; the test one is on the page
+        model = section_html(page, "evaluation").split(f"<h3>{mid}</h3>")[1].split("<h3>")[0]
+        folded = model.split("<details><summary>Confusion matrices on the validation and training splits</summary>")
+        assert len(folded) == 2, mid
+        assert "confusion_test.png" in folded[0]
+        assert "confusion_val.png" in folded[1]
+        assert "confusion_val.png" not in folded[0]
+
+
+def test_each_layers_feature_maps_are_folded(make_ctx):
+    ctx = make_ctx("viz")
+    names = [
+        "activations_act1.png",
+        "activations_pool1.png",
+        "filters_conv1.png",
+        "kernels_first_layer.png",
+        "grad_cam.png",
+    ]
+    entries = [png(ctx.store, ctx.viz_key("m__unbalanced", n), n) for n in names]
+    ctx.store.put_json(ctx.viz_key("m__unbalanced", "viz.json"), {"explanation": "x", "figures": entries})
+    shown, folded = report.Run(ctx).folded_figures(entries, report.VIZ_FOLDED)
+    assert [f["caption"] for f in shown] == ["kernels_first_layer.png", "grad_cam.png"]
+    assert [f["caption"] for f in folded] == names[:3]
+    html_text = report.ENV.get_template("sections/viz.html").render(
+        s={
+            "models": [
+                {"id": "m", "missing": None, "explanation": [], "dead_channels": [], "figures": shown, "folded": folded}
+            ]
+        },
+        m=report.ENV.get_template("macros.html").module,
+    )
+    visible, hidden = html_text.split(
+        "<details><summary>Feature maps and filter patterns of each layer (3 figures)</summary>"
+    )
+    assert "grad_cam.png" in visible
+    assert "activations_act1.png" in hidden
+    assert "activations_act1.png" not in visible
 
 
 def test_sections_with_nothing_to_say_are_one_line(full_run, make_ctx):
