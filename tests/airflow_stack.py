@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cnn_tasks import DAG_ID
 
@@ -521,3 +522,23 @@ def artifacts_dir(name: str) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+# --------------------------------------------------------------------------------- browser
+CHROMIUM = os.environ.get("CNN_CHROMIUM", "/usr/bin/chromium")
+
+
+def chromium_or_skip() -> str:
+    """Debian's chromium; installed by scripts/install_browser.sh when missing and possible."""
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and CHROMIUM == "/usr/bin/chromium":
+        subprocess.run(["bash", str(ROOT / "scripts" / "install_browser.sh")], timeout=900, check=False)
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        pytest.skip(
+            f"{CHROMIUM} is not installed and scripts/install_browser.sh could not install it "
+            "(it needs root and apt-get)"
+        )
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"playwright (python) is not installed: {exc}")
+    return CHROMIUM

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -34,10 +33,10 @@ import pytest
 
 from tests.airflow_stack import (
     DAG_ID,
-    ROOT,
     AirflowStack,
     artifacts_dir,
     aws_connection,
+    chromium_or_skip,
     served_tiny_dataset,
     tiny_conf,
 )
@@ -45,7 +44,6 @@ from tests.s3server import moto_s3
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("CNN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -61,22 +59,6 @@ BUCKET = "cnn-browser"
 # The trigger form's sections in order: Airflow's open default section, then the collapsed ones.
 FORM_SECTIONS = ("Run Parameters", "Data preparation", "Model and training", "Promotion", "Storage")
 MODEL_IDS = {f"{e}__{v}" for e in ("baseline", "strided_elu", "separable_swish") for v in ("unbalanced", "balanced")}
-
-
-def chromium_or_skip() -> str:
-    """Debian's chromium; installed by scripts/install_browser.sh when missing and possible."""
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and CHROMIUM == "/usr/bin/chromium":
-        subprocess.run(["bash", str(ROOT / "scripts" / "install_browser.sh")], timeout=900, check=False)
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.skip(
-            f"{CHROMIUM} is not installed and scripts/install_browser.sh could not install it "
-            "(it needs root and apt-get)"
-        )
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"playwright (python) is not installed: {exc}")
-    return CHROMIUM
 
 
 # ----------------------------------------------------------------------------------- fixtures

@@ -16,39 +16,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 
 import pytest
 
 from cnn_tasks import DAG_ID
-from tests.airflow_stack import ROOT, AirflowStack, artifacts_dir
+from tests.airflow_stack import AirflowStack, artifacts_dir, chromium_or_skip
 from tests.helpers import TRAINING_FAILURE, build, dag_run_source, plugin_run_summary, write_plugin_run
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("CNN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage"]
 SUCCEEDED = "manual__2026-12-04T09_30_00_00_00"
 FAILED = "manual__2026-12-04T12_51_00_00_00"
 ELSEWHERE, ELSEWHERE_DAG_RUN = "manual__2026-12-05T08_00_00_00_00", "manual__2026-12-05T08:00:00+00:00"
 UNFINISHED, UNFINISHED_DAG_RUN = "manual__2026-12-06T08_00_00_00_00", "manual__2026-12-06T08:00:00+00:00"
-
-
-def chromium_or_skip() -> str:
-    """Debian's chromium; installed by scripts/install_browser.sh when missing and possible."""
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and CHROMIUM == "/usr/bin/chromium":
-        subprocess.run(["bash", str(ROOT / "scripts" / "install_browser.sh")], timeout=900, check=False)
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.skip(
-            f"{CHROMIUM} is not installed and scripts/install_browser.sh could not install it "
-            "(it needs root and apt-get)"
-        )
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"playwright (python) is not installed: {exc}")
-    return CHROMIUM
 
 
 @pytest.fixture(scope="module")
