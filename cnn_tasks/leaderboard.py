@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from cnn_tasks import progress
+
 # How the report names a training's end (meta.json stopped_by); running all epochs needs no note.
 STOPPED_BY = {"early_stopping": "stopped early", "time_budget": "stopped by budget"}
 METRIC_NAMES = {
@@ -35,10 +37,7 @@ def fmt(value) -> str:
 
 
 def duration(seconds) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "—"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+    return progress.duration(seconds) if isinstance(seconds, (int, float)) else "—"
 
 
 def plural(n: int, word: str) -> str:

@@ -554,7 +554,7 @@ def test_table_marks_the_best_row_and_not_run_notes():
 
 
 @pytest.mark.parametrize(
-    "seconds, text", [(3.25, "3.2 s"), (59.4, "59.4 s"), (75.5, "1 min 16 s"), (3600, "60 min 00 s"), (None, "—")]
+    "seconds, text", [(3.25, "3.2 s"), (59.4, "59.4 s"), (75.5, "1 min 16 s"), (3600, "1 h 00 min"), (None, "—")]
 )
 def test_duration(seconds, text):
     assert leaderboard.duration(seconds) == text
