@@ -179,16 +179,17 @@ def run_pipeline(conf: dict[str, Any], verbose: bool = False) -> int:
     progress_path = log_path.with_suffix(".progress.jsonl")
     with open(log_path, "w") as log:
         output = {} if verbose else {"stdout": log, "stderr": subprocess.STDOUT}
+        setup = {"stdout": subprocess.DEVNULL} if verbose else output  # the set-up commands' chatter
         if not verbose:
             print(f"  Airflow's log: {log_path} (VERBOSE=1 shows it here)", flush=True)
-        airflow("db", "migrate", **({"stdout": subprocess.DEVNULL} if verbose else output))
+        airflow("db", "migrate", **setup)
         airflow(
             "pools",
             "set",
             os.environ.get("CNN_TRAINING_POOL", "training"),
             str(tasks),
             "CNN training tasks",
-            **({"stdout": subprocess.DEVNULL} if verbose else output),
+            **setup,
         )
         store = open_store(config.store_uri, endpoint_url=config.s3_endpoint_url)
         before = run_ids(store)
