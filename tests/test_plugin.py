@@ -28,6 +28,7 @@ sys.path.insert(0, str(PLUGINS))  # Airflow puts the plugins folder on sys.path 
 
 import cnn_reports  # noqa: E402
 
+from cnn_tasks import runs_html, runs_page  # noqa: E402
 from tests.helpers import TRAINING_FAILURE, build, dag_run_source, plugin_run_summary, write_plugin_run  # noqa: E402
 
 PNG = base64.b64decode(
@@ -260,10 +261,12 @@ def test_plugin_reaches_the_store_only_through_its_public_interface():
 
     from cnn_tasks import storage
 
-    tree = ast.parse((PLUGINS / "cnn_reports.py").read_text())
+    sources = [PLUGINS / "cnn_reports.py", *sorted((ROOT / "cnn_tasks").glob("runs_*.py"))]  # the plugin's modules
+    trees = [ast.parse(path.read_text()) for path in sources]
     public = {name for name in dir(storage.ArtifactStore) if not name.startswith("_")} | {"uri"}
     imported = {
         alias.name
+        for tree in trees
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module == "cnn_tasks.storage"
         for alias in node.names
@@ -271,6 +274,7 @@ def test_plugin_reaches_the_store_only_through_its_public_interface():
     assert imported.isdisjoint({"LocalStore", "S3Store"}), imported
     used = {
         node.attr
+        for tree in trees
         for node in ast.walk(tree)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "store"
     }
@@ -445,7 +449,7 @@ def test_a_run_store_that_cannot_be_opened_gets_a_503_page(reports, local_store,
     assert reports.get("/cnn-reports/", headers=wants_html()).status_code == 503
 
     monkeypatch.setattr(cnn_reports, "_open_store", opens)  # the deployment's store opens, then fails
-    monkeypatch.setattr(cnn_reports, "summaries", lambda store: unreachable())
+    monkeypatch.setattr(runs_page, "summaries", lambda store: unreachable())
     page = reports.get("/cnn-reports/", headers=wants_html())
     assert page.status_code == 503
     assert "connection refused" in page.text
@@ -500,8 +504,8 @@ def test_times_are_shown_in_one_readable_format(reports, local_store):
     assert "<td>2026-12-04 09:30 UTC</td>" in page  # when NEW's report was written
     assert "(2025-02-01 00:00 UTC)" in page  # a point of the chart
     assert re.findall(r"\d{8}T\d{6}|\d{4}-\d\d-\d\dT\d\d:", page) == []  # no raw stamp or ISO time left
-    assert cnn_reports.readable_time("2025-02-01T10:20:30.5+02:00") == "2025-02-01 08:20 UTC"
-    assert cnn_reports.readable_time(None) == "–"
+    assert runs_html.readable_time("2025-02-01T10:20:30.5+02:00") == "2025-02-01 08:20 UTC"
+    assert runs_html.readable_time(None) == "–"
 
 
 def selected(page: str, name: str) -> list[str]:
