@@ -33,6 +33,7 @@ SETTINGS_LAYER = {
     "fields": ("errors",),
     "experiments": ("fields",),
     "config": ("experiments", "fields"),
+    "deployment": (),
 }
 
 
