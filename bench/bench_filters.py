@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnn_tasks import models, visualize  # noqa: E402
-from cnn_tasks.config import DEFAULT_EXPERIMENTS, PipelineConfig  # noqa: E402
+from cnn_tasks.config import PipelineConfig  # noqa: E402
+from cnn_tasks.experiments import DEFAULT_EXPERIMENTS  # noqa: E402
 
 
 def timed_patterns(model, layer_name: str, count: int, steps: int, regularise: bool):

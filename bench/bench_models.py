@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_time_to_accuracy import OLD_BASELINE, machine, matmul_peak_flops, training_flops_per_image  # noqa: E402
 
 from cnn_tasks import models, train  # noqa: E402
-from cnn_tasks.config import DEFAULT_EXPERIMENTS  # noqa: E402
+from cnn_tasks.experiments import DEFAULT_EXPERIMENTS  # noqa: E402
 
 CLASSES = 10
 

@@ -25,8 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnn_tasks import data, download, models, rebalance, split, train  # noqa: E402
-from cnn_tasks.config import DEFAULT_EXPERIMENTS, PipelineConfig  # noqa: E402
+from cnn_tasks.config import PipelineConfig  # noqa: E402
 from cnn_tasks.context import RunContext, model_id  # noqa: E402
+from cnn_tasks.experiments import DEFAULT_EXPERIMENTS  # noqa: E402
 
 EUROSAT_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "eurosat.zip"
 MINORITY = ("Highway", "PermanentCrop", "River")

@@ -43,7 +43,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnn_tasks import runtime  # noqa: E402
-from cnn_tasks.config import DEFAULT_EXPERIMENTS, ExperimentSpec, PipelineConfig  # noqa: E402
+from cnn_tasks.config import PipelineConfig  # noqa: E402
+from cnn_tasks.experiments import DEFAULT_EXPERIMENTS, ExperimentSpec  # noqa: E402
 
 EUROSAT_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "eurosat.zip"
 RESULTS = Path(__file__).resolve().parent / "results"

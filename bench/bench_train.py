@@ -30,8 +30,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnn_tasks import data, models, runtime  # noqa: E402
-from cnn_tasks.config import DEFAULT_EXPERIMENTS, PipelineConfig  # noqa: E402
+from cnn_tasks.config import PipelineConfig  # noqa: E402
 from cnn_tasks.context import RunContext  # noqa: E402
+from cnn_tasks.experiments import DEFAULT_EXPERIMENTS  # noqa: E402
 from cnn_tasks.shards import ShardWriter  # noqa: E402
 
 EUROSAT_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "eurosat.zip"

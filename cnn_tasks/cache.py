@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnn_tasks.deployment import deployment
 from cnn_tasks.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,9 @@ class CacheSettingError(PipelineError, ValueError):
     """CNN_CACHE_MAX_GB is not a usable size."""
 
 
-def max_bytes(environ=os.environ) -> int | None:
+def max_bytes() -> int | None:
     """The cache limit in bytes from CNN_CACHE_MAX_GB (default 20 GB); None when it is 0 (no limit)."""
-    raw = (environ.get(LIMIT_ENV) or "").strip()
+    raw = (deployment().cache_max_gb or "").strip()
     if not raw:
         return int(DEFAULT_MAX_GB * GB)
     try:

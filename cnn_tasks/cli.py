@@ -39,9 +39,10 @@ from urllib.parse import urlparse
 
 from cnn_tasks import DAG_ID, failures, progress, reuse, runtime
 from cnn_tasks.champion import champions
-from cnn_tasks.config import EUROSAT_URL, ConfigError, PipelineConfig
+from cnn_tasks.config import EUROSAT_URL, PipelineConfig
 from cnn_tasks.context import safe_run_id
 from cnn_tasks.errors import PipelineError
+from cnn_tasks.fields import ConfigError
 from cnn_tasks.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[1]

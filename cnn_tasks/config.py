@@ -4,28 +4,31 @@
 invalid values before any work with a `ConfigError` that names the field the way users see it
 (`experiments[0].conv[2].filters: 4096 is outside 1..2048`). The settings are frozen pydantic
 models: bounds, choices, titles, descriptions and the trigger-form section live on each field,
-and the Airflow Params are generated from their JSON schema (`field_schemas`).
+and the Airflow Params are generated from their JSON schema (`field_schemas`). The experiment
+model is in experiments.py; the shared field types, checks and error messages in fields.py.
 """
 
 import json
 import math
 import re
-from collections.abc import Callable
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    ValidationError,
-    ValidationInfo,
-    model_validator,
-)
+from pydantic import BeforeValidator, Field, StrictBool, ValidationError, ValidationInfo, model_validator
 
-from cnn_tasks.errors import PipelineError
+from cnn_tasks.experiments import DEFAULT_EXPERIMENTS, ExperimentSpec, check_downsampling
+from cnn_tasks.fields import (
+    OPTIONAL_CHECKSUM_PATTERN,
+    OPTIONAL_SLUG_PATTERN,
+    ConfigError,
+    Float,
+    Int,
+    OptionalFloat,
+    OptionalInt,
+    OptionalText,
+    SettingsModel,
+    config_error,
+    rule,
+)
 
 # The public EuroSAT RGB archive (wrapper folder `2750/` above the class folders).
 EUROSAT_URL = (
@@ -35,11 +38,6 @@ EUROSAT_CHECKSUM = "md5:c8fa014336c82ac7804f0398fcb19387"
 
 Rebalance = Literal["none", "class_weight", "oversample", "undersample", "augment"]
 Profile = Literal["standard", "quick"]
-Activation = Literal["relu", "elu", "gelu", "selu", "swish", "leaky_relu", "tanh"]
-Optimizer = Literal["adam", "adamw", "sgd", "rmsprop", "nadam"]
-Pooling = Literal["max", "average", "none"]
-LrSchedule = Literal["none", "plateau", "cosine", "one_cycle"]
-Head = Literal["flatten", "global_average", "global_max"]
 PromotionMetric = Literal["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
 PredefinedSplit = Literal["auto", "ignore", "require"]
 ImageFit = Literal["squash", "pad", "center_crop"]
@@ -48,32 +46,9 @@ Augment = Literal["auto", "aerial", "natural", "none"]
 
 REBALANCE_STRATEGIES: tuple[str, ...] = get_args(Rebalance)
 PROFILES: tuple[str, ...] = get_args(Profile)
-ACTIVATIONS: tuple[str, ...] = get_args(Activation)
-OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
-POOLINGS: tuple[str, ...] = get_args(Pooling)
-LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
-HEADS: tuple[str, ...] = get_args(Head)
 PROMOTION_METRICS: tuple[str, ...] = get_args(PromotionMetric)
 PREDEFINED_SPLITS: tuple[str, ...] = get_args(PredefinedSplit)
 IMAGE_FITS: tuple[str, ...] = get_args(ImageFit)
-
-
-class ConfigError(PipelineError, ValueError):
-    """An invalid configuration value; the message starts with the field's name."""
-
-    def __init__(self, field_name: str, message: str):
-        self.field, self.message = field_name, message
-        super().__init__(f"{field_name}: {message}")
-
-
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):  # pydantic would read True as 1
-        raise ValueError(f"{value!r} is not a number")
-    return value
-
-
-def _blank_is_none(value: Any) -> Any:
-    return None if isinstance(value, str) and not value.strip() else value
 
 
 def _augment_preset(value: Any) -> Any:
@@ -88,55 +63,25 @@ def _class_list(value: Any) -> Any:
     return None if isinstance(value, (list, tuple)) and not value else value
 
 
-def _rule(ok: Callable[[Any], Any], message: str | Callable[[Any], str]) -> AfterValidator:
-    """A check of a set value; the message is a function of the value or a format of {value}."""
-
-    def check(value: Any) -> Any:
-        if value is not None and not ok(value):
-            raise ValueError(message(value) if callable(message) else message.format(value=value))
-        return value
-
-    return AfterValidator(check)
-
-
-# Numbers read from JSON or form strings ("32"), never from booleans; text where blank means unset.
-Int = Annotated[int, BeforeValidator(_not_bool)]
-Float = Annotated[float, BeforeValidator(_not_bool)]
-OptionalInt = Annotated[int | None, BeforeValidator(_not_bool)]
-OptionalFloat = Annotated[float | None, BeforeValidator(_not_bool)]
-OptionalText = Annotated[str | None, BeforeValidator(_blank_is_none)]
-
 # Checks of single values, each with the message a user sees.
-NOT_EMPTY = _rule(str.strip, "must not be empty")
-CHECKSUM = _rule(
-    re.compile(r"(md5:[0-9a-f]{32}|sha256:[0-9a-f]{64})").fullmatch,
-    "{value!r} must look like 'md5:<32 hex>' or 'sha256:<64 hex>'",
-)
-INSIDE_DATASET = _rule(
+NOT_EMPTY = rule(str.strip, "must not be empty")
+INSIDE_DATASET = rule(
     lambda d: not d.startswith(("/", "\\")) and ".." not in re.split(r"[/\\]", d),
     "{value!r} must name a folder inside the dataset, relative to its top and without '..' "
     "(e.g. 'train_set' or 'data/train')",
 )
-TWO_CLASSES = _rule(lambda c: len(c) >= 2, "select at least 2 classes (or leave empty for all)")
-DISTINCT_CLASSES = _rule(lambda c: len(set(c)) == len(c), "contains a class twice")
-POSITIVE_RATIOS = _rule(lambda s: all(r > 0 for r in s), lambda s: f"{list(s)}: every ratio must be > 0")
-SUMS_TO_ONE = _rule(
+TWO_CLASSES = rule(lambda c: len(c) >= 2, "select at least 2 classes (or leave empty for all)")
+DISTINCT_CLASSES = rule(lambda c: len(set(c)) == len(c), "contains a class twice")
+POSITIVE_RATIOS = rule(lambda s: all(r > 0 for r in s), lambda s: f"{list(s)}: every ratio must be > 0")
+SUMS_TO_ONE = rule(
     lambda s: math.isclose(sum(s), 1.0, abs_tol=1e-6),
     lambda s: f"{list(s)} sums to {sum(s):.4f}; the ratios must sum to 1",
 )
-DISTINCT_NAMES = _rule(
+DISTINCT_NAMES = rule(
     lambda e: len({spec.name for spec in e}) == len(e),
     lambda e: f"duplicate experiment names in {[spec.name for spec in e]}",
 )
-FIRST_CONV_FULL = _rule(
-    lambda conv: not conv or not conv[0].separable,
-    "the first layer must be a full convolution (separable: false): on 3 input channels a separable one saves "
-    "almost nothing, and its colour kernels are what the report shows",
-)
-STORE_SCHEME = _rule(lambda u: u.startswith(("file://", "s3://")), "{value!r} must start with file:// or s3://")
-SLUG = _rule(
-    re.compile(r"[a-z0-9][a-z0-9_\-]{0,39}").fullmatch, "{value!r}: use 1-40 lowercase letters, digits, '_' or '-'"
-)
+STORE_SCHEME = rule(lambda u: u.startswith(("file://", "s3://")), "{value!r} must start with file:// or s3://")
 
 # Trigger-form sections (the Airflow Param `section`); fields without one come first, open.
 DATA = {"section": "Data preparation"}
@@ -144,118 +89,6 @@ TRAINING = {"section": "Model and training"}
 PROMOTION = {"section": "Promotion"}
 RETRAINING = {"section": "Retraining"}
 STORAGE = {"section": "Storage"}
-
-
-class _Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ConvBlock(_Settings):
-    """One convolution layer, optionally followed by pooling."""
-
-    filters: Int = Field(ge=1, le=2048, description="Number of convolution filters.")
-    kernel_size: Int = Field(3, ge=1, le=11, description="Side of the square kernel.")
-    strides: Int = Field(1, ge=1, le=4, description="Stride; above 1 the layer downsamples ('same' padding).")
-    pool: Pooling = Field("none", description="2x2 pooling after this convolution, or none.")
-    separable: StrictBool = Field(
-        False,
-        description="Depthwise-separable convolution (a per-channel spatial filter, then a 1x1 mix): "
-        "about kernel_size² times fewer multiply-adds than a full convolution of the same width.",
-    )
-
-
-class ExperimentSpec(_Settings):
-    """One model architecture and its training recipe (a Sequential CNN)."""
-
-    name: Annotated[str, SLUG] = Field(description="Names the model in the report.")
-    description: str = Field("", description="What this experiment tests.")
-    conv: Annotated[tuple[ConvBlock, ...], FIRST_CONV_FULL] = Field(
-        min_length=4, description="The convolution layers, in order."
-    )
-    activation: Activation = "relu"
-    batch_norm: StrictBool = Field(True, description="Batch normalisation after each convolution.")
-    dropout: Float = Field(0.3, ge=0, lt=1, description="Dropout before the dense head and after it.")
-    spatial_dropout: Float = Field(0.0, ge=0, lt=1, description="Spatial dropout after each pooling.")
-    l2: Float = Field(1e-4, ge=0, le=1, description="L2 weight regularisation.")
-    head: Head = Field("global_average", description="How the feature map becomes a vector.")
-    dense_units: Int = Field(128, ge=1, le=8192, description="Units of the dense layer before the output.")
-    optimizer: Optimizer = "adam"
-    learning_rate: Float = Field(1e-3, gt=0, le=10)
-    lr_schedule: LrSchedule = Field(
-        "plateau",
-        description="Learning-rate schedule: none; halve on a validation-loss plateau; cosine decay over all "
-        "epochs; one_cycle (a linear warm-up from a tenth of the rate over the first 10 % of steps, then cosine).",
-    )
-    batch_size: Int = Field(32, ge=1, le=4096)
-
-
-def _block(filters, kernel_size=3, strides=1, pool="none", separable=False) -> ConvBlock:
-    return ConvBlock(filters=filters, kernel_size=kernel_size, strides=strides, pool=pool, separable=separable)
-
-
-# Three default experiments, each cheap enough per image that all six models train on a 2-core CPU
-# (docs/benchmarks.md). The first is the reference recipe (ReLU + Adam + batch 32); the other two
-# each change one family of choices so the comparison teaches something. All warm up and anneal
-# (one_cycle), which converges in fewer epochs than decay on a plateau.
-DEFAULT_EXPERIMENTS: tuple[ExperimentSpec, ...] = (
-    ExperimentSpec(
-        name="baseline",
-        description="Reference recipe: 7 conv layers, VGG-style 3x3 convolutions that pool early (the first "
-        "layer alone works at full resolution) and widen as they downsample (32-48-96-192 filters); ReLU, batch "
-        "norm, dropout, L2, global average pooling head; Adam 1e-3 with a one-cycle schedule, batch size 32.",
-        conv=(
-            _block(32, pool="max"),
-            _block(48),
-            _block(48, pool="max"),
-            _block(96),
-            _block(96, pool="max"),
-            _block(192),
-            _block(192),
-        ),
-        lr_schedule="one_cycle",
-    ),
-    ExperimentSpec(
-        name="strided_elu",
-        description="Learned downsampling: stride-2 convolutions instead of pooling after the first layer, "
-        "at the baseline's widths (32-48-96-192 filters, 6 layers); ELU; SGD with Nesterov momentum 0.9 and a "
-        "one-cycle schedule; batch size 64. Tests whether strided convolutions and a different optimiser match "
-        "the baseline at four fifths of its FLOPs.",
-        conv=(
-            _block(32),
-            _block(48, strides=2),
-            _block(48),
-            _block(96, strides=2),
-            _block(96),
-            _block(192, strides=2),
-        ),
-        activation="elu",
-        optimizer="sgd",
-        learning_rate=0.05,
-        lr_schedule="one_cycle",
-        batch_size=64,
-    ),
-    ExperimentSpec(
-        name="separable_swish",
-        description="Depthwise-separable convolutions after the first layer (MobileNet-style, 32-64-128-256 "
-        "filters): a quarter of the baseline's FLOPs per image. Swish, AdamW 2e-3 with a one-cycle schedule, "
-        "spatial dropout after each pooling; batch size 64. Tests how much accuracy the cheap convolutions cost.",
-        conv=(
-            _block(32, pool="max"),
-            _block(64, separable=True),
-            _block(64, separable=True, pool="max"),
-            _block(128, separable=True),
-            _block(128, separable=True, pool="max"),
-            _block(256, separable=True),
-            _block(256, separable=True),
-        ),
-        activation="swish",
-        optimizer="adamw",
-        learning_rate=2e-3,
-        lr_schedule="one_cycle",
-        spatial_dropout=0.1,
-        batch_size=64,
-    ),
-)
 
 # Overrides applied by `profile="quick"`: a few minutes on a laptop CPU.
 QUICK_PROFILE: dict[str, Any] = {
@@ -268,7 +101,7 @@ QUICK_PROFILE: dict[str, Any] = {
 }
 
 
-class PipelineConfig(_Settings):
+class PipelineConfig(SettingsModel):
     """Everything a run needs. Defaults are the standard profile (the real job).
 
     The fields are in trigger-form order: the profile and the most-used settings first.
@@ -293,8 +126,9 @@ class PipelineConfig(_Settings):
             "class."
         ),
     )
-    dataset_checksum: Annotated[OptionalText, CHECKSUM] = Field(
+    dataset_checksum: OptionalText = Field(
         EUROSAT_CHECKSUM,
+        pattern=OPTIONAL_CHECKSUM_PATTERN,
         title="Dataset checksum",
         description="Optional 'sha256:<hex>' or 'md5:<hex>' of the "
         "archive; a mismatch stops the run. Leave empty when pointing at your own data.",
@@ -501,8 +335,9 @@ class PipelineConfig(_Settings):
         description="Gradient-ascent steps per filter visualisation.",
     )
 
-    model_name: Annotated[OptionalText, SLUG] = Field(
+    model_name: OptionalText = Field(
         None,
+        pattern=OPTIONAL_SLUG_PATTERN,
         title="Model name",
         json_schema_extra=PROMOTION,
         description=(
@@ -643,7 +478,7 @@ class PipelineConfig(_Settings):
         try:
             return cls.model_validate(dict(values or {}), context={"given": given})
         except ValidationError as exc:
-            raise _config_error(exc) from None
+            raise config_error(exc, cls) from None
 
     @classmethod
     def from_json(cls, text: str) -> "PipelineConfig":
@@ -700,104 +535,6 @@ class PipelineConfig(_Settings):
                 "tta", "test-time augmentation averages over the flips training used, but augment is 'none'"
             )
         return self
-
-
-def check_downsampling(spec: ExperimentSpec, image_size: int, where: str) -> None:
-    """Reject specs that downsample the feature map below 1x1 at `image_size`, naming the field."""
-    size = image_size
-    for j, block in enumerate(spec.conv):
-        field_name, layer = f"{where}.conv[{j}]", j + 1
-        if block.strides > 1 and size < 2:
-            raise ConfigError(
-                f"{field_name}.strides",
-                f"conv{layer} cannot downsample a {size}x{size} feature "
-                f"map (image_size {image_size}): too many downsamplings for this image size",
-            )
-        size = math.ceil(size / block.strides)  # 'same' padding
-        if block.pool != "none":
-            if size < 2:
-                raise ConfigError(
-                    f"{field_name}.pool",
-                    f"pool{layer} needs a feature map of at least 2x2 but "
-                    f"conv{layer} outputs {size}x{size} at image_size {image_size}: too many "
-                    "downsamplings for this image size",
-                )
-            size //= 2
-
-
-# ------------------------------------------------------------------------------ errors
-# Lists of the wrong length, by field; the bounds themselves are on the fields.
-_LENGTH_MESSAGES = {
-    "split": "needs three ratios: train, validation, test",
-    "experiments": "at least one experiment is needed",
-    "conv": "has {actual_length} conv layers; at least {min_length} are required",
-}
-_TYPE_MESSAGES = {
-    "int_parsing": "{input!r} is not a valid int",
-    "int_type": "{input!r} is not a valid int",
-    "int_from_float": "{input!r} must be a whole number",
-    "float_parsing": "{input!r} is not a valid float",
-    "float_type": "{input!r} is not a valid float",
-    "bool_type": "{input!r} must be true or false",
-    "string_type": "{input!r} must be text",
-    "literal_error": "{input!r} is not one of {expected}",
-    "tuple_type": "must be a list",
-    "list_type": "must be a list",
-    "model_type": "must be an object",
-    "dict_type": "must be an object",
-    "missing": "is required",
-}
-
-
-def _config_error(exc: ValidationError) -> ConfigError:
-    """The first error of a pydantic ValidationError as a ConfigError naming the field path."""
-    error = exc.errors()[0]
-    loc, kind, ctx = error["loc"], error["type"], error.get("ctx", {})
-    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-    cause = ctx.get("error")
-    if isinstance(cause, ConfigError):  # raised by a model validator, relative to the model
-        return ConfigError(f"{path}.{cause.field}" if path else cause.field, cause.message)
-    if kind == "value_error":
-        return ConfigError(path, str(cause))
-    if kind == "extra_forbidden":
-        known = ", ".join(_model_at(loc[:-1]).model_fields)
-        return ConfigError(path, f"unknown setting; known: {known}")
-    if kind.startswith(("greater_than", "less_than")):
-        return ConfigError(path, f"{error['input']} {_range_text(_bounds(loc) or ctx)}")
-    if kind in ("too_short", "too_long"):
-        name = next(part for part in reversed(loc) if isinstance(part, str))
-        return ConfigError(path, _LENGTH_MESSAGES[name].format(**ctx) if name in _LENGTH_MESSAGES else error["msg"])
-    template = _TYPE_MESSAGES.get(kind)
-    return ConfigError(path, template.format(input=error["input"], **ctx) if template else error["msg"])
-
-
-def _model_at(loc: tuple) -> type[BaseModel]:
-    """The settings model that holds the fields at `loc` (e.g. ExperimentSpec for experiments[0])."""
-    model = PipelineConfig
-    for part in loc:
-        if isinstance(part, str):
-            annotation = model.model_fields[part].annotation
-            model = next(a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel))
-    return model
-
-
-def _bounds(loc: tuple) -> dict[str, Any]:
-    """The field's numeric bounds (ge, gt, le, lt) for a field path, or {} when it has none."""
-    if not loc or not isinstance(loc[-1], str):
-        return {}
-    field = _model_at(loc[:-1]).model_fields[loc[-1]]
-    return {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
-
-
-def _range_text(bounds: dict[str, Any]) -> str:
-    """'is outside 16..512', 'is outside [0, 1)' or 'must be >= 2'."""
-    low, high = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
-    if low is not None and high is not None:
-        if "ge" in bounds and "le" in bounds:
-            return f"is outside {low}..{high}"
-        return f"is outside {'[' if 'ge' in bounds else '('}{low}, {high}{']' if 'le' in bounds else ')'}"
-    key, op = next((key, op) for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if key in bounds)
-    return f"must be {op} {bounds[key]}"
 
 
 # ------------------------------------------------------------------------------ the trigger form

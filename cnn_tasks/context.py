@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from cnn_tasks import cache
 from cnn_tasks.config import PipelineConfig
+from cnn_tasks.deployment import deployment
 from cnn_tasks.storage import ArtifactStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def cache_root() -> Path:
 
     Bounded by CNN_CACHE_MAX_GB (see cnn_tasks/cache.py); run scratch lives in its scratch/ folder.
     """
-    root = Path(os.environ.get("CNN_CACHE_DIR") or Path.home() / ".cache" / "cnn_tasks")
+    root = Path(deployment().cache_dir or Path.home() / ".cache" / "cnn_tasks")
     root.mkdir(parents=True, exist_ok=True)
     return root
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 
-from cnn_tasks.config import ConfigError, ExperimentSpec, check_downsampling
+from cnn_tasks.experiments import ExperimentSpec, check_downsampling
+from cnn_tasks.fields import ConfigError
 
 
 def _keras():

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from cnn_tasks.deployment import deployment
+
 ENV = "CNN_PROGRESS_FILE"
 TERMINAL = {"terminal": True}  # logging extra: an INFO record that `make run` shows
 
@@ -26,7 +28,7 @@ TERMINAL = {"terminal": True}  # logging extra: an INFO record that `make run` s
 def emit(event: dict) -> None:
     """Append one event to the progress file; never raises (progress is not worth failing a task for).
     One write of one line with O_APPEND: lines from parallel tasks do not interleave."""
-    path = os.environ.get(ENV)
+    path = deployment().progress_file
     if not path:
         return
     line = (json.dumps({"t": time.time(), **event}, default=str) + "\n").encode()
@@ -60,7 +62,7 @@ class _Handler(logging.Handler):
 def reporting(task: str, will_retry: Callable[[BaseException], bool] = lambda exc: False) -> Iterator[None]:
     """Around one try of a task: its start and end events (success, failed, or failed and retried
     as `will_retry` says), and its log records in between. Exceptions pass through."""
-    if not os.environ.get(ENV):
+    if not deployment().progress_file:
         yield
         return
     from cnn_tasks.failures import describe

@@ -14,6 +14,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from cnn_tasks.deployment import deployment
+
 log = logging.getLogger(__name__)
 
 _applied: dict | None = None  # the settings this process already runs with
@@ -43,7 +45,7 @@ def available_cores() -> int:
 
 def parallel_tasks(value: int | None = None) -> int:
     """How many training tasks run at once on this machine: the argument, else CNN_PARALLEL_TASKS, else 1."""
-    raw = value if value is not None else os.environ.get("CNN_PARALLEL_TASKS", "1")
+    raw = value if value is not None else deployment().parallel_tasks
     try:
         tasks = int(raw)
     except ValueError:
@@ -145,4 +147,4 @@ def git_commit() -> str:
             return result.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("CNN_GIT_COMMIT") or "unknown"
+    return deployment().git_commit or "unknown"

@@ -5,7 +5,7 @@ RunContext built from the run's Params; stages exchange data through the artifac
 return only small dicts (keys, URIs, metrics) through XCom. No TensorFlow, pandas or matplotlib
 is imported at parse time.
 
-Deployment settings (environment variables, read at parse time):
+Deployment settings (environment variables, read at parse time; cnn_tasks/deployment.py):
   CNN_SCHEDULE          cron expression or preset for scheduled retraining (default: manual only)
   CNN_RETRAIN_ON_ASSET  "true" to also run when the dataset Asset is updated
   CNN_STORE_URI, CNN_S3_ENDPOINT_URL, CNN_AWS_CONN_ID, CNN_DATASET_URL   Param defaults
@@ -24,30 +24,21 @@ Mapped tasks are labelled in the grid ("baseline / balanced").
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from cnn_tasks import DAG_ID
 from cnn_tasks.config import field_schemas
+from cnn_tasks.deployment import deployment
 
-TRAINING_POOL = os.environ.get("CNN_TRAINING_POOL", "training")
+DEPLOYMENT = deployment()
+TRAINING_POOL = DEPLOYMENT.training_pool
 # The GPU worker listens on this queue (docker-compose.yaml); unset, every task uses the normal queue.
-TRAINING_QUEUE = {"queue": q} if (q := os.environ.get("CNN_TRAINING_QUEUE", "").strip()) else {}
+TRAINING_QUEUE = {"queue": q} if (q := DEPLOYMENT.training_queue_name) else {}
 # Updating this Asset (from a producer DAG or the REST API) announces new training data.
 DATASET_ASSET = Asset(name="cnn_training_dataset", uri="cnn://training-dataset")
 MODEL_LABEL = "{{ task.op_kwargs['trained']['model_id'] | replace('__', ' / ') }}"  # grid label of a mapped task
-
-
-def _deployment_defaults() -> dict:
-    env = {
-        "store_uri": "CNN_STORE_URI",
-        "s3_endpoint_url": "CNN_S3_ENDPOINT_URL",
-        "aws_conn_id": "CNN_AWS_CONN_ID",
-        "dataset_url": "CNN_DATASET_URL",
-    }
-    return {field: os.environ[var] for field, var in env.items() if os.environ.get(var)}
 
 
 def _params() -> dict[str, Param]:
@@ -57,13 +48,12 @@ def _params() -> dict[str, Param]:
     (Airflow's open "Run Parameters" section), then the collapsed sections (Data preparation, Model
     and training, Promotion, Storage).
     """
-    return {name: Param(**schema) for name, schema in field_schemas(_deployment_defaults()).items()}
+    return {name: Param(**schema) for name, schema in field_schemas(DEPLOYMENT.param_defaults()).items()}
 
 
 def _schedule():
     """Manual by default; a cron/preset from CNN_SCHEDULE; optionally also on dataset updates."""
-    cron = os.environ.get("CNN_SCHEDULE", "").strip() or None
-    on_asset = os.environ.get("CNN_RETRAIN_ON_ASSET", "").lower() in ("1", "true", "yes")
+    cron, on_asset = DEPLOYMENT.schedule_cron, DEPLOYMENT.retrains_on_asset
     if cron and on_asset:
         from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 
@@ -249,7 +239,7 @@ def cnn_image_classification():
 
     @task(
         pool=TRAINING_POOL,
-        execution_timeout=timedelta(hours=float(os.environ.get("CNN_TRAIN_TIMEOUT_HOURS", 6))),
+        execution_timeout=timedelta(hours=float(DEPLOYMENT.train_timeout_hours)),
         map_index_template="{{ task.op_kwargs['experiment'] }} / {{ task.op_kwargs['variant'] }}",
         **TRAINING_QUEUE,
     )

@@ -27,6 +27,14 @@ STAGES = (
     "report",
 )
 ENTRY_POINTS = ("cli", "__main__")  # the command line runs stages, like the DAG; nothing imports it
+# The settings layer under everything else: the cnn_tasks modules each of its modules may import.
+SETTINGS_LAYER = {
+    "errors": (),
+    "fields": ("errors",),
+    "experiments": ("fields",),
+    "config": ("experiments", "fields"),
+    "deployment": (),
+}
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -84,6 +92,14 @@ def test_nothing_imports_the_entry_points():
         if module in ("cnn_tasks.cli", "cnn_tasks.__main__")
     ]
     assert importers == []
+
+
+@pytest.mark.parametrize("module", SETTINGS_LAYER)
+def test_settings_modules_import_only_the_layer_below(module):
+    imported = {
+        name.split(".")[1] for _, name in imported_modules(PACKAGE / f"{module}.py") if name.startswith("cnn_tasks.")
+    }
+    assert imported <= set(SETTINGS_LAYER[module]), f"{module}.py imports {sorted(imported)}"
 
 
 def test_the_check_finds_stage_imports_at_any_depth(tmp_path):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
-from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConfigError, ConvBlock, PipelineConfig, field_schemas
+from cnn_tasks.config import PipelineConfig, field_schemas
+from cnn_tasks.experiments import DEFAULT_EXPERIMENTS, ConvBlock, ExperimentSpec
+from cnn_tasks.fields import ConfigError
 
 
 def test_defaults_are_the_standard_profile():
@@ -238,6 +242,27 @@ def test_field_schemas_are_flat_and_grouped_for_the_trigger_form():
     assert schemas["experiments"]["default"] == PipelineConfig().to_dict()["experiments"]
     assert (schemas["split"]["minItems"], schemas["split"]["maxItems"]) == (3, 3)
     assert schemas["split"]["items"] == {"type": "number"}
+
+
+def test_the_form_sees_the_patterns_and_blank_still_means_unset():
+    schemas = field_schemas()
+    for name, good, bad in (
+        ("dataset_checksum", "md5:" + "0" * 32, "md5:xyz"),
+        ("model_name", "photos-2", "My Photos"),
+    ):
+        pattern = schemas[name]["pattern"]  # Airflow checks Params with Python's re (jsonschema), the UI with JS
+        assert re.search(pattern, good), name
+        assert re.search(pattern, ""), name
+        assert not re.search(pattern, bad), name
+    config = PipelineConfig.from_dict({"dataset_checksum": " ", "model_name": ""})
+    assert (config.dataset_checksum, config.model_name) == (None, None)
+
+
+def test_every_experiment_field_is_described():
+    for model in (ExperimentSpec, ConvBlock):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name}"
+    assert "pattern" in ExperimentSpec.model_json_schema()["properties"]["name"]
 
 
 def test_the_augmentation_preset_auto_stays_auto_until_the_data_decides():

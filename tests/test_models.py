@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from cnn_tasks import models
-from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConfigError, ConvBlock, ExperimentSpec, PipelineConfig
+from cnn_tasks.config import PipelineConfig
+from cnn_tasks.experiments import DEFAULT_EXPERIMENTS, ConvBlock, ExperimentSpec
+from cnn_tasks.fields import ConfigError
 
 MEAN, STD = [120.0, 110.0, 100.0], [50.0, 40.0, 30.0]
 

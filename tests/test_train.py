@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cnn_tasks import models, plots, runtime, train
-from cnn_tasks.config import DEFAULT_EXPERIMENTS, ConvBlock, ExperimentSpec
 from cnn_tasks.errors import PipelineError
+from cnn_tasks.experiments import DEFAULT_EXPERIMENTS, ConvBlock, ExperimentSpec
 from tests.fixtures_training import write_training_dataset
 
 SMALL = ExperimentSpec(

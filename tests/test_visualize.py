@@ -140,7 +140,7 @@ def test_high_frequency_share_tells_noise_from_shapes():
 
 def test_separable_models_show_their_separable_layers_and_the_first_layers_kernels():
     from cnn_tasks import models
-    from cnn_tasks.config import DEFAULT_EXPERIMENTS
+    from cnn_tasks.experiments import DEFAULT_EXPERIMENTS
 
     spec = next(s for s in DEFAULT_EXPERIMENTS if any(b.separable for b in s.conv))
     model = models.build_model(spec, CLASSES, 32, mean=[128.0] * 3, std=[64.0] * 3)
