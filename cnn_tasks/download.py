@@ -1,6 +1,6 @@
 """Download + validate: fetch the labelled dataset, clean it, and pack it into shards.
 
-`run(ctx)` fetches the source (`cnn_tasks.sources`), reads its layout (`layout.detect_layout`:
+`run(ctx)` fetches the source (`cnn_tasks.ingest.fetch`), reads its layout (`layout.detect_layout`:
 class folders, given train/val/test splits, unlabelled folders, metadata), validates every image
 once (`cnn_tasks.images`), removes duplicates and writes
 
@@ -42,7 +42,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnn_tasks import SPLITS, images, sources
+from cnn_tasks import SPLITS, images
+from cnn_tasks.ingest import fetch
 from cnn_tasks.layout import (
     DatasetError,
     Layout,
@@ -54,7 +55,6 @@ from cnn_tasks.layout import (
     select_classes,
 )
 from cnn_tasks.shards import ShardWriter
-from cnn_tasks.sources import PROGRESS_EVERY_S
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def _fetch(ctx) -> tuple[Path, list[dict], str | None]:
     """The dataset's local folder, the archive members its extraction skipped and the archive it
     was extracted from (as the user named it; None for a folder)."""
     cfg = ctx.config
-    fetched = sources.fetch_source(ctx, cfg.dataset_url, cfg.dataset_checksum)
+    fetched = fetch.fetch_source(ctx, cfg.dataset_url, cfg.dataset_checksum)
     return Path(fetched.folder), list(fetched.skipped), fetched.archive
 
 
@@ -376,7 +376,7 @@ def _validate_all(plan: list[_Planned], spool, rejected: list[dict], stats: Coun
             **{f"sumsq_{c}": v for c, v in zip("rgb", img.channel_sumsq)},
         }
         candidates.append(_Candidate(row, offset, len(img.encoded)))
-        if time.monotonic() - last >= PROGRESS_EVERY_S:
+        if time.monotonic() - last >= fetch.PROGRESS_EVERY_S:
             last = time.monotonic()
             log.info(
                 "validated %d/%d files (%.0f/s), %d rejected so far",
