@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnn_tasks import champion, data, layout, models
+from cnn_tasks import champion, data, models
 from cnn_tasks.image_folder import (
     PredictError,
     Preprocessing,
@@ -37,6 +37,7 @@ from cnn_tasks.image_folder import (
     preprocessing_beside,
 )
 from cnn_tasks.ingest import fetch
+from cnn_tasks.ingest.files import unescape_path
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def run(ctx) -> dict:
             )
     else:
         root = fetch.fetch(ctx, ctx.config.dataset_url, ctx.config.dataset_checksum)
-        folders = [(f"{f['folder']}/" if len(found) > 1 else "", root / layout.unescape_path(f["path"])) for f in found]
+        folders = [(f"{f['folder']}/" if len(found) > 1 else "", root / unescape_path(f["path"])) for f in found]
         for f, (_, folder) in zip(found, folders):
             if not folder.is_dir():  # before any prediction: the dataset changed since download
                 raise PredictError(

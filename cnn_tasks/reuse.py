@@ -38,7 +38,7 @@ from cnn_tasks import runtime
 from cnn_tasks.champion import model_name, read_champion
 from cnn_tasks.context import model_id
 from cnn_tasks.ingest import fetch
-from cnn_tasks.layout import readable
+from cnn_tasks.ingest.files import readable
 from cnn_tasks.progress import TERMINAL
 
 log = logging.getLogger(__name__)

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_tasks import download, images, layout
+from cnn_tasks import download, images
 from cnn_tasks.config import EUROSAT_URL, PipelineConfig
 from cnn_tasks.context import RunContext
-from cnn_tasks.ingest import extract, fetch, limits
-from cnn_tasks.ingest.errors import DownloadError
+from cnn_tasks.ingest import extract, fetch, layout, limits
+from cnn_tasks.ingest.errors import DatasetError, DownloadError
 from tests.helpers import BAD_FILES, CONVERTED_FILES, encoded, write
 from tests.imagegen import make_dataset, zip_folder
 
@@ -143,16 +143,14 @@ def test_subdir_layout_and_local_folder_source(tmp_path):
 
 def test_unknown_class_lists_the_available_ones(tmp_path, tiny_dataset):
     ctx = _ctx(tmp_path / "store", dataset_url=str(tiny_dataset), classes=["class_a", "Forest"])
-    with pytest.raises(
-        layout.DatasetError, match="'Forest' not in the dataset; available classes: class_a, class_b, class_c"
-    ):
+    with pytest.raises(DatasetError, match="'Forest' not in the dataset; available classes: class_a, class_b, class_c"):
         download.run(ctx)
 
 
 def test_class_below_minimum_is_an_error_naming_it(tmp_path):
     root = make_dataset(tmp_path / "ds", classes=3, per_class=[8, 8, 3], size=8)
     ctx = _ctx(tmp_path / "store", dataset_url=str(root))
-    with pytest.raises(layout.DatasetError, match=r"class 'class_c' has 3 valid images.*min_images_per_class=5"):
+    with pytest.raises(DatasetError, match=r"class 'class_c' has 3 valid images.*min_images_per_class=5"):
         download.run(ctx)
     assert ctx.store.get_json(ctx.data_key("ingest.json"))["per_class"]["class_c"]["accepted"] == 3
 
@@ -422,6 +420,6 @@ def test_output_that_cannot_be_stored_is_a_dataset_error_naming_it():
         }
     ]
     with pytest.raises(
-        layout.DatasetError, match=r"cannot store rejected.csv: .* in 'a/x.png,a,corrupt,bad \\udcff,'; rename"
+        DatasetError, match=r"cannot store rejected.csv: .* in 'a/x.png,a,corrupt,bad \\udcff,'; rename"
     ):
         download._check_serialisable(("rejected.csv", download._csv(download.REJECTED_FIELDS, rows)))

@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn_tasks import layout
 from cnn_tasks.ingest import extract, limits
-from cnn_tasks.ingest.errors import DownloadError
+from cnn_tasks.ingest.errors import DatasetError, DownloadError
 from tests.fuzzing import assert_kept, ingest
 from tests.helpers import dataset, make_tar, make_zip, png
 
@@ -494,7 +493,7 @@ def test_an_archive_holding_only_another_archive_says_so_and_how_to_proceed(tmp_
     inner_bytes = packed(tmp_path / "made" / inner, dataset()).read_bytes()
     archive = (make_zip if outer.endswith(".zip") else make_tar)(inp / outer, {inner: inner_bytes})
     out = run(tmp_path, monkeypatch, archive)
-    assert isinstance(out.error, layout.DatasetError), out.error
+    assert isinstance(out.error, DatasetError), out.error
     kind = "zip" if inner.endswith(".zip") else "tar.gz (gzip)"
     assert out.message.splitlines()[0] == (
         f"{str(archive)!r} holds only another archive, {inner!r} (a {kind} archive), and no class folders: "
@@ -517,7 +516,7 @@ def test_an_archive_holding_a_wrapper_with_archives_names_them_from_its_root(tmp
     }
     archive = make_zip(inp / "parts.zip", members)
     out = run(tmp_path, monkeypatch, archive)
-    assert isinstance(out.error, layout.DatasetError), out.error
+    assert isinstance(out.error, DatasetError), out.error
     assert out.message.startswith(
         f"{str(archive)!r} holds only other archives ('wrap/test.7z', 'wrap/train.zip') and no class folders: "
         "archives inside the dataset are not extracted. Extract them (7z archives cannot be read here) into one "
