@@ -1,6 +1,6 @@
 """Benchmark: peak memory, wall time and disk written when ingesting a zip bomb vs. a normal archive.
 
-    .venv/bin/python bench/bench_ingest_memory.py [--gib 2] [--stages fetch,run] [--sources FILE]
+    .venv/bin/python bench/bench_ingest_memory.py [--gib 2] [--stages fetch,run] [--fetch FILE]
 
 Builds two inputs of about the same size (cached in --workdir between calls):
   normal.zip  ~2.4 MB of small noisy PNGs in two class folders;
@@ -8,10 +8,11 @@ Builds two inputs of about the same size (cached in --workdir between calls):
   bomb.tar.gz the same as a tar.gz (no per-member compressed size: the ratio is judged while streaming).
 Each measurement runs in a fresh child process with its own empty cache and store, so its peak
 resident memory (ru_maxrss of the child) and the bytes it left on disk are its own. Stages:
-  fetch  sources.fetch: download cache + safe extraction;
+  fetch  ingest.fetch.fetch: download cache + safe extraction;
   run    download.run: fetch, validate, pack the clean shards (imports TensorFlow).
-`--sources FILE` loads that file as cnn_tasks.sources instead of the checkout's, e.g. to measure
-the code before a change: `git show HEAD:cnn_tasks/sources.py > /tmp/old_sources.py`.
+`--fetch FILE` loads that file as cnn_tasks.ingest.fetch instead of the checkout's, e.g. to measure
+the code before a change: `git show HEAD:cnn_tasks/ingest/fetch.py > /tmp/old_fetch.py` (an older
+single-file cnn_tasks/sources.py loads the same way).
 Prints one table; nothing is written to the repository.
 """
 
@@ -100,31 +101,31 @@ def build_inputs(workdir: Path, gib: float) -> dict[str, Path]:
 
 
 # ================================================================== one measurement (child process)
-def _load_sources(path: str | None) -> None:
-    """Install `path` as cnn_tasks.sources before anything imports the checkout's module."""
+def _load_fetch(path: str | None) -> None:
+    """Install `path` as cnn_tasks.ingest.fetch before anything imports the checkout's module."""
     if not path:
         return
     import importlib.util
 
-    import cnn_tasks
+    import cnn_tasks.ingest
 
-    spec = importlib.util.spec_from_file_location("cnn_tasks.sources", path)
+    spec = importlib.util.spec_from_file_location("cnn_tasks.ingest.fetch", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["cnn_tasks.sources"] = module
+    sys.modules["cnn_tasks.ingest.fetch"] = module
     spec.loader.exec_module(module)
     if not hasattr(module, "fetch_source"):  # an older module: only fetch(), nothing listed as skipped
         from types import SimpleNamespace
 
         module.fetch_source = lambda *a, **k: SimpleNamespace(folder=module.fetch(*a, **k), skipped=[])
-    cnn_tasks.sources = module
+    cnn_tasks.ingest.fetch = module
 
 
 def _disk_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def child(stage: str, archive: str, sources_file: str | None) -> dict:
-    _load_sources(sources_file)
+def child(stage: str, archive: str, fetch_file: str | None) -> dict:
+    _load_fetch(fetch_file)
     from cnn_tasks.config import PipelineConfig
     from cnn_tasks.context import RunContext
     from cnn_tasks.errors import PipelineError
@@ -144,9 +145,9 @@ def child(stage: str, archive: str, sources_file: str | None) -> dict:
     outcome = "ok"
     try:
         if stage == "fetch":
-            from cnn_tasks import sources
+            from cnn_tasks.ingest import fetch
 
-            sources.fetch(ctx, archive)
+            fetch.fetch(ctx, archive)
         else:
             from cnn_tasks import download
 
@@ -161,10 +162,10 @@ def child(stage: str, archive: str, sources_file: str | None) -> dict:
     return {"seconds": seconds, "peak_mib": peak, "written_mib": written / 2**20, "outcome": outcome}
 
 
-def measure(stage: str, archive: Path, sources_file: str | None) -> dict:
+def measure(stage: str, archive: Path, fetch_file: str | None) -> dict:
     command = [sys.executable, __file__, "--child", stage, str(archive)]
-    if sources_file:
-        command += ["--sources", sources_file]
+    if fetch_file:
+        command += ["--fetch", fetch_file]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         return {
@@ -181,24 +182,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=2.0, help="size of the bomb's zero member in GiB")
     parser.add_argument("--stages", default="fetch,run", help="comma-separated: fetch, run")
-    parser.add_argument("--sources", help="a sources.py to measure instead of the checkout's")
+    parser.add_argument("--fetch", help="an ingest/fetch.py to measure instead of the checkout's")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bench_ingest_memory")
     parser.add_argument("--child", nargs=2, metavar=("STAGE", "ARCHIVE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.sources)))
+        print(json.dumps(child(args.child[0], args.child[1], args.fetch)))
         return
 
     inputs = build_inputs(args.workdir, args.gib)
     print(
-        f"sources: {args.sources or 'cnn_tasks/sources.py (checkout)'}; bomb: one {args.gib:g} GiB member "
+        f"fetch: {args.fetch or 'cnn_tasks/ingest/fetch.py (checkout)'}; bomb: one {args.gib:g} GiB member "
         "of zeros; each row is a fresh child process"
     )
     print(f"{'stage':<6} {'input':<8} {'archive MiB':>11} {'peak RSS MiB':>12} {'wall s':>7} {'disk MiB':>9}  outcome")
     for stage in args.stages.split(","):
         rows = {}
         for name, archive in inputs.items():
-            rows[name] = row = measure(stage, archive, args.sources)
+            rows[name] = row = measure(stage, archive, args.fetch)
             print(
                 f"{stage:<6} {name:<8} {archive.stat().st_size / 2**20:>11.1f} {row['peak_mib']:>12.0f} "
                 f"{row['seconds']:>7.1f} {row['written_mib']:>9.1f}  {row['outcome']}",

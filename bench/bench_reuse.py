@@ -76,9 +76,9 @@ def main() -> int:
         os.environ["CNN_CACHE_DIR"] = str(work / "cache")
         import tensorflow  # noqa: F401  (loaded before timing: both runs use it)
 
-        from cnn_tasks import sources
         from cnn_tasks.config import PipelineConfig
         from cnn_tasks.context import RunContext
+        from cnn_tasks.ingest import fetch
 
         with store_uri(args.store, work) as (uri, endpoint):
             config = PipelineConfig.from_dict(
@@ -91,7 +91,7 @@ def main() -> int:
                 }
             )
             warm = RunContext.create(config, "warm-up")
-            sources.fetch_source(warm, config.dataset_url)  # extraction into the worker cache, untimed
+            fetch.fetch_source(warm, config.dataset_url)  # extraction into the worker cache, untimed
             warm.close()
             first, first_reused = run_once(config, "first")
             second, second_reused = run_once(config, "second")

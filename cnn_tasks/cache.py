@@ -13,7 +13,7 @@ used first until the cache is within `CNN_CACHE_MAX_GB`. Library module: no stag
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import logging
 import math
 import os
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cnn_tasks.deployment import deployment
 from cnn_tasks.errors import PipelineError
+from cnn_tasks.ingest.locking import flock
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +70,24 @@ class Lease:
     def __init__(self, entry: Path):
         self.entry = entry
         lock = _lock_path(entry)
-        lock.parent.mkdir(parents=True, exist_ok=True)
         while True:  # an eviction may unlink the lock file while we wait: lock the current one
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            held = contextlib.ExitStack()
+            fd = held.enter_context(flock(lock, shared=True))
             if _same_file(fd, lock):
                 break
-            os.close(fd)
-        self._fd: int | None = fd
+            held.close()
+        self._held: contextlib.ExitStack | None = held
         touch(entry)
 
     def release(self) -> None:
-        if self._fd is not None:
+        if self._held is not None:
             touch(self.entry)  # last use = the end of this use
-            os.close(self._fd)
-            self._fd = None
+            self._held.close()
+            self._held = None
 
     def __del__(self):  # a context dropped without close(): free the lock, nothing else
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+        if getattr(self, "_held", None) is not None:
+            self._held.close()
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -155,12 +155,8 @@ def evict(root: Path, limit: int) -> tuple[list[Entry], int]:
 
 def _remove_unless_held(entry: Path) -> bool:
     lock = _lock_path(entry)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with flock(lock, blocking=False) as fd:
+        if fd is None:
             return False  # in use
         if not _same_file(fd, lock):
             return False  # another eviction just removed it
@@ -170,8 +166,6 @@ def _remove_unless_held(entry: Path) -> bool:
             entry.unlink(missing_ok=True)
         lock.unlink(missing_ok=True)  # still locked: a waiting holder sees the unlink and re-locks
         return not entry.exists()
-    finally:
-        os.close(fd)
 
 
 def enforce_limit(root: Path) -> list[Entry]:
@@ -182,17 +176,10 @@ def enforce_limit(root: Path) -> list[Entry]:
     limit = max_bytes()
     if limit is None or not root.is_dir():
         return []
-    guard = root / "locks" / "evict.lock"
-    guard.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with flock(root / "locks" / "evict.lock", blocking=False) as fd:
+        if fd is None:
             return []
         evicted, left = evict(root, limit)
-    finally:
-        os.close(fd)
     if evicted:
         log.info(
             "cache over %.1f GB: evicted %d entries, %.1f GB, least recently used first",

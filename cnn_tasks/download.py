@@ -1,6 +1,6 @@
 """Download + validate: fetch the labelled dataset, clean it, and pack it into shards.
 
-`run(ctx)` fetches the source (`cnn_tasks.sources`), reads its layout (`layout.detect_layout`:
+`run(ctx)` fetches the source (`cnn_tasks.ingest.fetch`), reads its layout (`ingest.layout.detect_layout`:
 class folders, given train/val/test splits, unlabelled folders, metadata), validates every image
 once (`cnn_tasks.images`), removes duplicates and writes
 
@@ -11,7 +11,7 @@ once (`cnn_tasks.images`), removes duplicates and writes
 
 Every output is built and checked to serialise before the first shard is uploaded, so a failure
 never leaves shards without a manifest. File and class names are stored readably (a non-UTF-8
-name is decoded as Windows-1252/Latin-1; `layout.readable`); files are opened by their real path.
+name is decoded as Windows-1252/Latin-1; `ingest.files.readable`); files are opened by their real path.
 
 Rejections besides bad images: files lying beside the class (or split) folders are listed as
 `not_in_a_class_folder`; archive members the extraction skipped (links, oversized, special files)
@@ -42,19 +42,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnn_tasks import SPLITS, images, sources
-from cnn_tasks.layout import (
-    DatasetError,
-    Layout,
-    detect_layout,
-    list_class_files,
-    raw_rel,
-    readable,
-    sample_files,
-    select_classes,
-)
+from cnn_tasks import SPLITS, images
+from cnn_tasks.ingest import fetch
+from cnn_tasks.ingest.dataset import Layout
+from cnn_tasks.ingest.errors import DatasetError
+from cnn_tasks.ingest.files import raw_rel, readable, sample_per_split, select_classes
+from cnn_tasks.ingest.layout import detect_layout
 from cnn_tasks.shards import ShardWriter
-from cnn_tasks.sources import PROGRESS_EVERY_S
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +238,7 @@ def _fetch(ctx) -> tuple[Path, list[dict], str | None]:
     """The dataset's local folder, the archive members its extraction skipped and the archive it
     was extracted from (as the user named it; None for a folder)."""
     cfg = ctx.config
-    fetched = sources.fetch_source(ctx, cfg.dataset_url, cfg.dataset_checksum)
+    fetched = fetch.fetch_source(ctx, cfg.dataset_url, cfg.dataset_checksum)
     return Path(fetched.folder), list(fetched.skipped), fetched.archive
 
 
@@ -254,13 +248,9 @@ def _plan(found: Layout, classes: list[str], cfg, per_class: dict, metadata: lis
     seen: set[str] = set()
     ignored = 0
     for label, name in enumerate(classes):
-        by_split = {}
-        for group in found.groups:
-            if name in group.classes:
-                files, hidden = list_class_files(group.classes[name], metadata)
-                by_split[group.split] = files
-                ignored += hidden
-        chosen = _sample(by_split, cfg.max_images_per_class, cfg.seed, name)
+        by_split, hidden = found.class_files(name, metadata)
+        ignored += hidden
+        chosen = sample_per_split(by_split, cfg.max_images_per_class, cfg.seed, name)
         found_n, considered = sum(map(len, by_split.values())), sum(map(len, chosen.values()))
         per_class[name].update(found=found_n, considered=considered, not_sampled=found_n - considered)
         for split, files in chosen.items():
@@ -271,21 +261,6 @@ def _plan(found: Layout, classes: list[str], cfg, per_class: dict, metadata: lis
                 seen.add(source)
                 plan.append(_Planned(label, name, split, path, source))
     return plan, ignored
-
-
-def _sample(by_split: dict[str, list[Path]], limit: int | None, seed: int, name: str) -> dict[str, list[Path]]:
-    """At most `limit` files of one class, each given split keeping its share (at least one file)."""
-    total = sum(map(len, by_split.values()))
-    if not limit or total <= limit:
-        return by_split
-    if list(by_split) == [""]:
-        return {"": sample_files(by_split[""], limit, seed, name)}
-    quota = {s: min(len(f), max(1, round(limit * len(f) / total))) for s, f in by_split.items()}
-    while sum(quota.values()) > limit:
-        quota[max(quota, key=lambda s: quota[s])] -= 1
-    while sum(quota.values()) < limit:
-        quota[max(quota, key=lambda s: len(by_split[s]) - quota[s])] += 1
-    return {s: sample_files(f, quota[s], seed, f"{name}:{s}") for s, f in by_split.items()}
 
 
 def _loose_row(found: Layout, path: Path) -> dict:
@@ -376,7 +351,7 @@ def _validate_all(plan: list[_Planned], spool, rejected: list[dict], stats: Coun
             **{f"sumsq_{c}": v for c, v in zip("rgb", img.channel_sumsq)},
         }
         candidates.append(_Candidate(row, offset, len(img.encoded)))
-        if time.monotonic() - last >= PROGRESS_EVERY_S:
+        if time.monotonic() - last >= fetch.PROGRESS_EVERY_S:
             last = time.monotonic()
             log.info(
                 "validated %d/%d files (%.0f/s), %d rejected so far",

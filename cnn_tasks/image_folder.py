@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnn_tasks import data, images, layout
+from cnn_tasks import data, images
 from cnn_tasks.errors import PipelineError
+from cnn_tasks.ingest import files
 
 BATCH = 64
 
@@ -47,7 +48,7 @@ def list_files(folder: Path) -> tuple[list[Path], int]:
     """(every candidate file under `folder`, sorted; the number of hidden/system files skipped).
 
     Hidden and system files and folders (`.DS_Store`, `__MACOSX/`, `Thumbs.db`, ...) are skipped
-    exactly as the dataset download skips them (layout.list_class_files / layout.is_ignored):
+    exactly as the dataset download skips them (ingest.files.list_class_files / ingest.files.is_ignored):
     they are never images, so they are not listed as rejected either. Everything else is a
     candidate, named pipes and devices included: reading them rejects them (images.SPECIAL_FILE),
     so they are listed, never dropped. A missing folder is a PredictError naming it.
@@ -56,11 +57,11 @@ def list_files(folder: Path) -> tuple[list[Path], int]:
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise PredictError(
-            f"the folder of images to predict, {layout.readable(str(folder))}, {what}: point "
+            f"the folder of images to predict, {files.readable(str(folder))}, {what}: point "
             "unlabelled_url (or the CLI's FOLDER) at a folder of images"
         )
-    files, ignored = layout.list_class_files(folder)
-    return sorted(files), ignored
+    found, ignored = files.list_class_files(folder)
+    return sorted(found), ignored
 
 
 def read_image(path: Path, size: int, prep: Preprocessing = Preprocessing()) -> np.ndarray:
@@ -86,7 +87,7 @@ def iter_image_batches(folder: Path, size: int, batch_size: int | None = None, p
     folder, batch_size = Path(folder), batch_size or BATCH
     names, pixels, rejected = [], [], []
     for path in list_files(folder)[0]:
-        name = layout.readable_path(path, folder)  # never surrogate escapes: the CSV is UTF-8 text
+        name = files.readable_path(path, folder)  # never surrogate escapes: the CSV is UTF-8 text
         try:
             pixels.append(read_image(path, size, prep))
             names.append(name)

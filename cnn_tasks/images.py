@@ -48,7 +48,7 @@ from PIL import Image, UnidentifiedImageError
 
 # Largest accepted image in pixels (width x height); larger ones are decompression-bomb suspects.
 MAX_PIXELS = 40_000_000
-# Largest file read, like an archive member (sources.MAX_MEMBER_BYTES); read at call time.
+# Largest file read, like an archive member (ingest.limits.MAX_MEMBER_BYTES); read at call time.
 MAX_FILE_BYTES = 512 * 1024**2
 PNG_COMPRESS_LEVEL = 1  # fast; re-encoded 64 px images are ~2x the JPEG size
 
@@ -63,7 +63,7 @@ UNSUPPORTED_FORMAT = "unsupported_format"
 UNREADABLE = "unreadable"
 TOO_SMALL = "too_small"
 EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
-# Same words as the archive extraction's (sources.SPECIAL_FILE, sources.OVERSIZED_MEMBER).
+# Same words as the archive extraction's (ingest.extract.SPECIAL_FILE, ingest.extract.OVERSIZED_MEMBER).
 SPECIAL_FILE = "special_file"
 OVERSIZED_FILE = "oversized_file"
 

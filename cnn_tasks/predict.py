@@ -2,7 +2,7 @@
 run's best single model.
 
 Stage: `run(ctx)` fetches `config.unlabelled_url` (else the dataset's own unlabelled folders,
-recorded by download in ingest.json) with `sources.fetch` and writes
+recorded by download in ingest.json) with `ingest.fetch.fetch` and writes
 report/predictions.csv, report/predictions_rejected.csv and report/predictions.json (the record
 the report reads; it also records why the stage did nothing when no URL is configured).
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnn_tasks import champion, data, layout, models, sources
+from cnn_tasks import champion, data, models
 from cnn_tasks.image_folder import (
     PredictError,
     Preprocessing,
@@ -36,6 +36,8 @@ from cnn_tasks.image_folder import (
     list_files,
     preprocessing_beside,
 )
+from cnn_tasks.ingest import fetch
+from cnn_tasks.ingest.files import unescape_path
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +148,7 @@ def run(ctx) -> dict:
     test_set/*.JPEG beside train_set/<class>/, found by download's layout detection); a recorded
     no-op when there are none. When both exist, unlabelled_url wins (the explicit setting) and the
     record says which dataset folders were not predicted. The dataset is fetched again through the
-    worker cache (`sources.fetch`), since this task may run on another worker than download."""
+    worker cache (`ingest.fetch.fetch`), since this task may run on another worker than download."""
     record_key = ctx.report_key("predictions.json")
     url = ctx.config.unlabelled_url
     found = dataset_unlabelled(ctx)
@@ -162,7 +164,7 @@ def run(ctx) -> dict:
     chosen = choose_model(ctx, classes)
     note = None
     if url is not None:
-        folder = sources.fetch(ctx, url)
+        folder = fetch.fetch(ctx, url)
         folders, described = [("", folder)], url
         if found:
             note = (
@@ -170,8 +172,8 @@ def run(ctx) -> dict:
                 + ", ".join(f"{f['folder']}/ ({f['files']} files)" for f in found)
             )
     else:
-        root = sources.fetch(ctx, ctx.config.dataset_url, ctx.config.dataset_checksum)
-        folders = [(f"{f['folder']}/" if len(found) > 1 else "", root / layout.unescape_path(f["path"])) for f in found]
+        root = fetch.fetch(ctx, ctx.config.dataset_url, ctx.config.dataset_checksum)
+        folders = [(f"{f['folder']}/" if len(found) > 1 else "", root / unescape_path(f["path"])) for f in found]
         for f, (_, folder) in zip(found, folders):
             if not folder.is_dir():  # before any prediction: the dataset changed since download
                 raise PredictError(

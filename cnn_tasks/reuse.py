@@ -34,10 +34,11 @@ from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
-from cnn_tasks import runtime, sources
+from cnn_tasks import runtime
 from cnn_tasks.champion import model_name, read_champion
 from cnn_tasks.context import model_id
-from cnn_tasks.layout import readable
+from cnn_tasks.ingest import fetch
+from cnn_tasks.ingest.files import readable
 from cnn_tasks.progress import TERMINAL
 
 log = logging.getLogger(__name__)
@@ -148,22 +149,30 @@ def digest(value) -> str:
 
 @cache
 def code_modules(module: str) -> tuple[str, ...]:
-    """cnn_tasks.<module> and every cnn_tasks module it imports, at any depth (by their source)."""
+    """cnn_tasks.<module> and every cnn_tasks module it imports, at any depth (by their source).
+    Modules of sub-packages are named by their dotted path below cnn_tasks ('ingest.fetch'), a
+    package by its `__init__` ('ingest')."""
     seen, todo = set(), [module, "__init__"]
     while todo:
         name = todo.pop()
-        if name in seen or not (PACKAGE / f"{name}.py").is_file():
+        if name in seen or _source(name) is None:
             continue
         seen.add(name)
-        todo += _imported(PACKAGE / f"{name}.py")
+        todo += _imported(_source(name)) + [name.rpartition(".")[0]] * ("." in name)
     return tuple(sorted(seen))
+
+
+def _source(name: str) -> Path | None:
+    """The source file of module `name` below cnn_tasks ('ingest.fetch', 'ingest'), or None."""
+    path = PACKAGE.joinpath(*name.split("."))
+    return next((p for p in (path.with_suffix(".py"), path / "__init__.py") if p.is_file()), None)
 
 
 @cache
 def code_fingerprint(module: str) -> str:
     """A digest of the source of `code_modules(module)` and of Python's and the libraries' versions
     (runtime.package_versions): any change to the code that computes a stage changes its key."""
-    sources = {name: hashlib.sha256((PACKAGE / f"{name}.py").read_bytes()).hexdigest() for name in code_modules(module)}
+    sources = {name: hashlib.sha256(_source(name).read_bytes()).hexdigest() for name in code_modules(module)}
     return digest({"sources": sources, "libraries": runtime.package_versions()})
 
 
@@ -171,10 +180,11 @@ def _imported(path: Path) -> list[str]:
     names = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cnn_tasks"):
-            parts = node.module.split(".")
-            names += [parts[1]] if len(parts) > 1 else [alias.name for alias in node.names]
+            below = node.module.partition(".")[2]  # '' for cnn_tasks itself
+            names += [below] if below else []
+            names += [f"{below}.{alias.name}" if below else alias.name for alias in node.names]
         elif isinstance(node, ast.Import):
-            names += [a.name.split(".")[1] for a in node.names if a.name.startswith("cnn_tasks.")]
+            names += [a.name.partition(".")[2] for a in node.names if a.name.startswith("cnn_tasks.")]
     return names
 
 
@@ -328,7 +338,7 @@ def data_stage(ctx, stage: str, compute: Callable) -> dict:
     dataset's content digest (download) or the upstream stage's key recorded by this run."""
     cfg, facts = ctx.config, None
     if stage == "download":
-        fetched = sources.fetch_source(ctx, cfg.dataset_url, cfg.dataset_checksum)
+        fetched = fetch.fetch_source(ctx, cfg.dataset_url, cfg.dataset_checksum)
         data_digest = tree_digest(fetched.folder, fetched.skipped)
         upstream, facts = data_digest, {"data_digest": data_digest}
     else:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cnn_tasks import cache, sources
+from cnn_tasks import cache
 from cnn_tasks.context import cache_root
 from cnn_tasks.errors import PipelineError
+from cnn_tasks.ingest import fetch
 
 DAY = 86400
 
@@ -132,7 +133,7 @@ def test_fetch_holds_its_extraction_until_the_task_ends(root, monkeypatch, tmp_p
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("cats/1.png", b"not checked here")
     ctx = make_ctx()
-    folder = sources.fetch(ctx, str(archive))
+    folder = fetch.fetch(ctx, str(archive))
     assert folder.parent.parent == root / "extracted"  # <entry>/data beside <entry>/skipped.json
     _limit(monkeypatch, 1)
     assert cache.enforce_limit(root) == []

@@ -1,4 +1,4 @@
-"""download.run with sources.fetch and layout: sources, safe extraction, layouts, class selection, cleaning."""
+"""download.run with ingest.fetch and layout: sources, safe extraction, layouts, class selection, cleaning."""
 
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_tasks import download, images, layout, sources
+from cnn_tasks import download, images
 from cnn_tasks.config import EUROSAT_URL, PipelineConfig
 from cnn_tasks.context import RunContext
+from cnn_tasks.ingest import extract, fetch, layout, limits
+from cnn_tasks.ingest.errors import DatasetError, DownloadError
 from tests.helpers import BAD_FILES, CONVERTED_FILES, encoded, write
 from tests.imagegen import make_dataset, zip_folder
 
@@ -141,16 +143,14 @@ def test_subdir_layout_and_local_folder_source(tmp_path):
 
 def test_unknown_class_lists_the_available_ones(tmp_path, tiny_dataset):
     ctx = _ctx(tmp_path / "store", dataset_url=str(tiny_dataset), classes=["class_a", "Forest"])
-    with pytest.raises(
-        layout.DatasetError, match="'Forest' not in the dataset; available classes: class_a, class_b, class_c"
-    ):
+    with pytest.raises(DatasetError, match="'Forest' not in the dataset; available classes: class_a, class_b, class_c"):
         download.run(ctx)
 
 
 def test_class_below_minimum_is_an_error_naming_it(tmp_path):
     root = make_dataset(tmp_path / "ds", classes=3, per_class=[8, 8, 3], size=8)
     ctx = _ctx(tmp_path / "store", dataset_url=str(root))
-    with pytest.raises(layout.DatasetError, match=r"class 'class_c' has 3 valid images.*min_images_per_class=5"):
+    with pytest.raises(DatasetError, match=r"class 'class_c' has 3 valid images.*min_images_per_class=5"):
         download.run(ctx)
     assert ctx.store.get_json(ctx.data_key("ingest.json"))["per_class"]["class_c"]["accepted"] == 3
 
@@ -177,15 +177,15 @@ def _zip_with(path: Path, members: dict[str, bytes]) -> Path:
 
 def test_zip_slip_is_refused(tmp_path):
     archive = _zip_with(tmp_path / "slip.zip", {"class_a/ok.txt": b"x", "../evil.txt": b"x"})
-    with pytest.raises(sources.DownloadError, match=r"unsafe archive member '../evil.txt'.*outside"):
-        sources.extract_archive(archive, tmp_path / "out")
+    with pytest.raises(DownloadError, match=r"unsafe archive member '../evil.txt'.*outside"):
+        extract.extract_archive(archive, tmp_path / "out")
     assert not (tmp_path / "evil.txt").exists()
 
 
 def test_absolute_member_path_is_refused(tmp_path):
     archive = _zip_with(tmp_path / "abs.zip", {"/tmp/evil.txt": b"x"})
-    with pytest.raises(sources.DownloadError, match="absolute paths are not allowed"):
-        sources.extract_archive(archive, tmp_path / "out")
+    with pytest.raises(DownloadError, match="absolute paths are not allowed"):
+        extract.extract_archive(archive, tmp_path / "out")
 
 
 def test_tar_symlink_escaping_the_target_is_listed_not_followed(tmp_path):
@@ -194,11 +194,11 @@ def test_tar_symlink_escaping_the_target_is_listed_not_followed(tmp_path):
         link = tarfile.TarInfo("class_a/passwd.png")
         link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
         tf.addfile(link)
-    skipped = sources.extract_archive(archive, tmp_path / "out")  # listed, never created nor followed
+    skipped = extract.extract_archive(archive, tmp_path / "out")  # listed, never created nor followed
     assert skipped == [
         {
             "source": "class_a/passwd.png",
-            "reason": sources.LINK,
+            "reason": extract.LINK,
             "detail": "symbolic link to '../../../etc/passwd' points outside the archive: not followed",
         }
     ]
@@ -206,19 +206,19 @@ def test_tar_symlink_escaping_the_target_is_listed_not_followed(tmp_path):
 
 
 def test_size_bomb_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_EXTRACT_BYTES", 1_000_000)
+    monkeypatch.setattr(limits, "MAX_EXTRACT_BYTES", 1_000_000)
     archive = _zip_with(tmp_path / "bomb.zip", {"class_a/zeros.bin": b"\0" * 2_000_000})
     assert archive.stat().st_size < 10_000
-    with pytest.raises(sources.DownloadError, match=r"more than 1000000 bytes \(MAX_EXTRACT_BYTES\)"):
-        sources.extract_archive(archive, tmp_path / "out")
+    with pytest.raises(DownloadError, match=r"more than 1000000 bytes \(MAX_EXTRACT_BYTES\)"):
+        extract.extract_archive(archive, tmp_path / "out")
     assert not any((tmp_path / "out").rglob("*.bin"))  # refused before writing
 
 
 def test_file_count_bomb_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_EXTRACT_FILES", 10)
+    monkeypatch.setattr(limits, "MAX_EXTRACT_FILES", 10)
     archive = _zip_with(tmp_path / "many.zip", {f"class_a/{i}.png": b"x" for i in range(20)})
-    with pytest.raises(sources.DownloadError, match=r"more than 10 files \(MAX_EXTRACT_FILES\)"):
-        sources.extract_archive(archive, tmp_path / "out")
+    with pytest.raises(DownloadError, match=r"more than 10 files \(MAX_EXTRACT_FILES\)"):
+        extract.extract_archive(archive, tmp_path / "out")
 
 
 def test_tar_gz_source_with_checksums(tmp_path, tiny_dataset):
@@ -228,15 +228,15 @@ def test_tar_gz_source_with_checksums(tmp_path, tiny_dataset):
     data = archive.read_bytes()
     ctx = _ctx(tmp_path / "store")
     for checksum in (f"sha256:{hashlib.sha256(data).hexdigest()}", f"md5:{hashlib.md5(data).hexdigest()}"):
-        folder = sources.fetch(ctx, str(archive), checksum)
+        folder = fetch.fetch(ctx, str(archive), checksum)
         assert layout.detect_layout(folder).base.name == "tiny"
 
 
 def test_wrong_checksum_names_both_hashes(tmp_path, tiny_dataset):
     archive = zip_folder(tiny_dataset, tmp_path / "tiny.zip")
     actual = hashlib.sha256(archive.read_bytes()).hexdigest()
-    with pytest.raises(sources.DownloadError) as info:
-        sources.fetch(_ctx(tmp_path / "store"), str(archive), "sha256:" + "0" * 64)
+    with pytest.raises(DownloadError) as info:
+        fetch.fetch(_ctx(tmp_path / "store"), str(archive), "sha256:" + "0" * 64)
     assert f"expected sha256:{'0' * 64}, got sha256:{actual}" in str(info.value)
 
 
@@ -274,8 +274,8 @@ def test_http_download_works_and_is_cached(tmp_path, tiny_dataset, http_root):
     www, base = http_root
     zip_folder(tiny_dataset, www / "tiny.zip", wrapper="2750")
     ctx = _ctx(tmp_path / "store")
-    first = sources.fetch(ctx, f"{base}/tiny.zip")
-    second = sources.fetch(ctx, f"{base}/tiny.zip")
+    first = fetch.fetch(ctx, f"{base}/tiny.zip")
+    second = fetch.fetch(ctx, f"{base}/tiny.zip")
     assert first == second
     assert _Handler.requests == ["/tiny.zip"]
     assert sorted(p.name for p in (first / "2750").iterdir()) == ["class_a", "class_b", "class_c"]
@@ -284,17 +284,17 @@ def test_http_download_works_and_is_cached(tmp_path, tiny_dataset, http_root):
 def test_transient_http_errors_are_retried(tmp_path, tiny_dataset, http_root, monkeypatch):
     www, base = http_root
     zip_folder(tiny_dataset, www / "retry.zip")
-    monkeypatch.setattr(sources, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr(fetch, "RETRY_BACKOFF_S", 0.01)
     _Handler.failures = 2
-    folder = sources.fetch(_ctx(tmp_path / "store"), f"{base}/retry.zip")
+    folder = fetch.fetch(_ctx(tmp_path / "store"), f"{base}/retry.zip")
     assert _Handler.requests == ["/retry.zip"] * 3
     assert (folder / "class_a").is_dir()
 
 
 def test_http_404_is_a_clear_error(tmp_path, http_root):
     _, base = http_root
-    with pytest.raises(sources.DownloadError, match=r"was not found \(HTTP 404\): check dataset_url"):
-        sources.fetch(_ctx(tmp_path / "store"), f"{base}/missing.zip")
+    with pytest.raises(DownloadError, match=r"was not found \(HTTP 404\): check dataset_url"):
+        fetch.fetch(_ctx(tmp_path / "store"), f"{base}/missing.zip")
 
 
 def test_unreachable_host_fails_fast(tmp_path):
@@ -302,8 +302,8 @@ def test_unreachable_host_fails_fast(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     started = time.monotonic()
-    with pytest.raises(sources.DownloadError, match="unreachable.*DATASET_URL=/path/to/EuroSAT.zip"):
-        sources.fetch(_ctx(tmp_path / "store"), f"http://127.0.0.1:{port}/data.zip")
+    with pytest.raises(DownloadError, match="unreachable.*DATASET_URL=/path/to/EuroSAT.zip"):
+        fetch.fetch(_ctx(tmp_path / "store"), f"http://127.0.0.1:{port}/data.zip")
     assert time.monotonic() - started < 5
 
 
@@ -313,8 +313,8 @@ def test_default_url_without_network_says_how_to_use_a_local_copy(tmp_path, monk
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     started = time.monotonic()
-    with pytest.raises(sources.DownloadError) as info:
-        sources.fetch(_ctx(tmp_path / "store"), EUROSAT_URL, "md5:" + "0" * 32)
+    with pytest.raises(DownloadError) as info:
+        fetch.fetch(_ctx(tmp_path / "store"), EUROSAT_URL, "md5:" + "0" * 32)
     assert time.monotonic() - started < 5
     assert "host not found" in str(info.value)
     assert "DATASET_URL=/path/to/EuroSAT.zip" in str(info.value)
@@ -340,13 +340,13 @@ def test_s3_download_from_moto_server(tmp_path, tiny_dataset, monkeypatch):
         s3.create_bucket(Bucket="datasets")
         s3.upload_file(str(zip_folder(tiny_dataset, tmp_path / "tiny.zip")), "datasets", "eurosat/tiny.zip")
         ctx = _ctx(tmp_path / "store", s3_endpoint_url=endpoint)
-        folder = sources.fetch(ctx, "s3://datasets/eurosat/tiny.zip")
+        folder = fetch.fetch(ctx, "s3://datasets/eurosat/tiny.zip")
         assert sorted(p.name for p in folder.iterdir()) == ["class_a", "class_b", "class_c"]
-        with pytest.raises(sources.DownloadError, match="s3://datasets/nope.zip does not exist"):
-            sources.fetch(ctx, "s3://datasets/nope.zip")
+        with pytest.raises(DownloadError, match="s3://datasets/nope.zip does not exist"):
+            fetch.fetch(ctx, "s3://datasets/nope.zip")
         for name in ("a.png", "sub/b.png"):  # a prefix (e.g. unlabelled images) comes down as a folder
             s3.put_object(Bucket="datasets", Key=f"unlabelled/{name}", Body=b"png")
-        prefix = sources.fetch(ctx, "s3://datasets/unlabelled/")
+        prefix = fetch.fetch(ctx, "s3://datasets/unlabelled/")
         assert sorted(p.relative_to(prefix).as_posix() for p in prefix.rglob("*.png")) == ["a.png", "sub/b.png"]
     finally:
         server.stop()
@@ -367,7 +367,7 @@ def test_archive_members_not_extracted_are_listed_with_their_class(tmp_path, tin
     ctx = _ctx(tmp_path / "store", dataset_url=str(archive))
     assert download.run(ctx)["accepted"] == 60
     rows = {r["source"]: r for r in _read_csv(ctx, "rejected.csv")}
-    assert rows["class_b/pipe.png"]["reason"] == sources.SPECIAL_FILE
+    assert rows["class_b/pipe.png"]["reason"] == extract.SPECIAL_FILE
     assert rows["class_b/pipe.png"]["class"] == "class_b"
     assert ctx.store.get_json(ctx.data_key("ingest.json"))["per_class"]["class_b"]["rejected"] == 1
 
@@ -420,6 +420,6 @@ def test_output_that_cannot_be_stored_is_a_dataset_error_naming_it():
         }
     ]
     with pytest.raises(
-        layout.DatasetError, match=r"cannot store rejected.csv: .* in 'a/x.png,a,corrupt,bad \\udcff,'; rename"
+        DatasetError, match=r"cannot store rejected.csv: .* in 'a/x.png,a,corrupt,bad \\udcff,'; rename"
     ):
         download._check_serialisable(("rejected.csv", download._csv(download.REJECTED_FIELDS, rows)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cnn_tasks import failures, report
-from cnn_tasks.sources import DownloadError
+from cnn_tasks.ingest.errors import DownloadError
 
 
 def wrapped(exc: Exception) -> Exception:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn_tasks import layout, sources
+from cnn_tasks.ingest import extract, limits
+from cnn_tasks.ingest.errors import DatasetError, DownloadError
 from tests.fuzzing import assert_kept, ingest
 from tests.helpers import dataset, make_tar, make_zip, png
 
@@ -97,7 +98,7 @@ def row(outcome, member: str) -> dict:
 
 def assert_error(outcome, archive: Path, *words: str) -> None:
     """A DownloadError naming the archive as the user gave it, with `words`, and no cache path."""
-    assert isinstance(outcome.error, sources.DownloadError), outcome.error
+    assert isinstance(outcome.error, DownloadError), outcome.error
     for word in (str(archive), *words):
         assert word in outcome.message, f"{word!r} not in {outcome.message!r}"
     assert "/cache/" not in outcome.message
@@ -110,32 +111,32 @@ def inp(tmp_path) -> Path:
 
 # ================================================================== bombs and oversized members
 def test_zip_bomb_member_is_skipped_by_its_declared_size_before_reading(tmp_path, inp, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 1 << 20)
+    monkeypatch.setattr(limits, "MAX_MEMBER_BYTES", 1 << 20)
     members = dataset()
     archive = make_zip(inp / "bomb.zip", {**members, "ds/cats/zeros.png": bytes(4 << 20)})
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, kept_sources(members))
     bomb = row(out, "cats/zeros.png")
-    assert bomb["reason"] == sources.OVERSIZED_MEMBER
+    assert bomb["reason"] == extract.OVERSIZED_MEMBER
     assert "MAX_MEMBER_BYTES" in bomb["detail"]
     assert not list((tmp_path / "cache").rglob("zeros.png"))  # never written
 
 
 def test_zip_member_with_a_bomb_ratio_is_skipped(tmp_path, inp, monkeypatch):
-    monkeypatch.setattr(sources, "RATIO_CHECK_BYTES", 1 << 20)
+    monkeypatch.setattr(limits, "RATIO_CHECK_BYTES", 1 << 20)
     members = dataset()
     archive = make_zip(inp / "ratio.zip", {**members, "ds/dogs/zeros.png": bytes(3 << 20)})
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, kept_sources(members))
     bomb = row(out, "dogs/zeros.png")
-    assert bomb["reason"] == sources.OVERSIZED_MEMBER
+    assert bomb["reason"] == extract.OVERSIZED_MEMBER
     assert "MAX_COMPRESSION_RATIO" in bomb["detail"]
 
 
 def test_tar_gz_bomb_is_stopped_while_streaming(tmp_path, inp, monkeypatch):
     # tar has no per-member compressed size: the ratio is measured on the bytes actually read.
-    monkeypatch.setattr(sources, "RATIO_CHECK_BYTES", 1 << 20)
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 1 << 18)
+    monkeypatch.setattr(limits, "RATIO_CHECK_BYTES", 1 << 20)
+    monkeypatch.setattr(limits, "CHUNK_BYTES", 1 << 18)
     members = dataset()
     archive = make_tar(inp / "bomb.tar.gz", {"ds/cats/zeros.png": bytes(16 << 20), **members})
     out = run(tmp_path, monkeypatch, archive)
@@ -144,18 +145,18 @@ def test_tar_gz_bomb_is_stopped_while_streaming(tmp_path, inp, monkeypatch):
 
 
 def test_tar_member_over_the_cap_is_skipped_and_the_rest_kept(tmp_path, inp, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 100_000)
+    monkeypatch.setattr(limits, "MAX_MEMBER_BYTES", 100_000)
     members = dataset()
     noise = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
     archive = make_tar(inp / "big.tar", {"ds/cats/huge.png": noise, **members}, mode="w")
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, kept_sources(members))
-    assert row(out, "cats/huge.png")["reason"] == sources.OVERSIZED_MEMBER
+    assert row(out, "cats/huge.png")["reason"] == extract.OVERSIZED_MEMBER
 
 
 def test_archive_expanding_far_beyond_its_size_is_refused(tmp_path, inp, monkeypatch):
     # Many members, each under the per-member checks, still add up to a bomb.
-    monkeypatch.setattr(sources, "ARCHIVE_RATIO_CHECK_BYTES", 1 << 20)
+    monkeypatch.setattr(limits, "ARCHIVE_RATIO_CHECK_BYTES", 1 << 20)
     archive = make_zip(inp / "many.zip", {f"ds/cats/{i}.bin": bytes(600_000) for i in range(8)})
     out = run(tmp_path, monkeypatch, archive)
     assert_error(out, archive, "more than 100 times its own size", "archive bomb")
@@ -238,7 +239,7 @@ def test_a_repeated_member_name_keeps_the_first_copy(tmp_path, inp, monkeypatch)
         zf.writestr("ds/cats/0.png", png(1))
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, kept_sources(members))
-    assert row(out, "cats/0.png")["reason"] == sources.DUPLICATE_MEMBER
+    assert row(out, "cats/0.png")["reason"] == extract.DUPLICATE_MEMBER
     assert out.manifest["cats/0.png"]["class"] == "cats"
 
 
@@ -272,7 +273,7 @@ def test_links_to_folders_and_dangling_links_are_listed(tmp_path, inp, monkeypat
     )
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, kept_sources(members))
-    assert row(out, "cats/folder.png")["reason"] == sources.LINK
+    assert row(out, "cats/folder.png")["reason"] == extract.LINK
     assert "links to folders are not followed" in row(out, "cats/folder.png")["detail"]
     assert "not a file extracted from the archive" in row(out, "cats/gone.png")["detail"]
 
@@ -297,7 +298,7 @@ def test_a_link_pointing_outside_the_archive_is_listed_and_the_rest_kept(tmp_pat
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, kept_sources(members))
     listed = row(out, "cats/passwd.png")
-    assert (listed["class"], listed["reason"]) == ("cats", sources.LINK)
+    assert (listed["class"], listed["reason"]) == ("cats", extract.LINK)
     kind_word = "symbolic" if kind == tarfile.SYMTYPE else "hard"
     assert listed["detail"] == f"{kind_word} link to {target!r} points outside the archive: not followed"
     assert not list((tmp_path / "cache").rglob("passwd*"))  # nothing of it on disk
@@ -310,7 +311,7 @@ def test_devices_and_fifos_are_listed_as_special_files(tmp_path, inp, monkeypatc
     archive = make_tar(inp / "special.tar", members, [fifo, device], mode="w")
     out = run(tmp_path, monkeypatch, archive)
     assert_kept(out, kept_sources(members))
-    assert row(out, "cats/pipe.png")["reason"] == row(out, "dogs/disk.png")["reason"] == sources.SPECIAL_FILE
+    assert row(out, "cats/pipe.png")["reason"] == row(out, "dogs/disk.png")["reason"] == extract.SPECIAL_FILE
 
 
 LINK_ADVICE = "with a real folder at 'ds/cats/escape' instead of the link (e.g. tar --dereference"
@@ -492,7 +493,7 @@ def test_an_archive_holding_only_another_archive_says_so_and_how_to_proceed(tmp_
     inner_bytes = packed(tmp_path / "made" / inner, dataset()).read_bytes()
     archive = (make_zip if outer.endswith(".zip") else make_tar)(inp / outer, {inner: inner_bytes})
     out = run(tmp_path, monkeypatch, archive)
-    assert isinstance(out.error, layout.DatasetError), out.error
+    assert isinstance(out.error, DatasetError), out.error
     kind = "zip" if inner.endswith(".zip") else "tar.gz (gzip)"
     assert out.message.splitlines()[0] == (
         f"{str(archive)!r} holds only another archive, {inner!r} (a {kind} archive), and no class folders: "
@@ -515,7 +516,7 @@ def test_an_archive_holding_a_wrapper_with_archives_names_them_from_its_root(tmp
     }
     archive = make_zip(inp / "parts.zip", members)
     out = run(tmp_path, monkeypatch, archive)
-    assert isinstance(out.error, layout.DatasetError), out.error
+    assert isinstance(out.error, DatasetError), out.error
     assert out.message.startswith(
         f"{str(archive)!r} holds only other archives ('wrap/test.7z', 'wrap/train.zip') and no class folders: "
         "archives inside the dataset are not extracted. Extract them (7z archives cannot be read here) into one "

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cnn_tasks import download, layout
+from cnn_tasks import download
+from cnn_tasks.ingest import layout, mapping
+from cnn_tasks.ingest.errors import DatasetError
+from cnn_tasks.ingest.files import list_class_files, unescape_path
 from tests.fuzzing import assert_kept, ingest
 from tests.helpers import build
 
@@ -313,7 +316,7 @@ def test_detect_layout(tmp_path, name):
     files, kwargs, expected = CASES[name]
     root = build(tmp_path / "input", files)
     if "error" in expected:
-        with pytest.raises(layout.DatasetError) as info:
+        with pytest.raises(DatasetError) as info:
             layout.detect_layout(root, **kwargs)
         for words in expected["error"]:
             assert words in str(info.value), str(info.value)
@@ -347,7 +350,7 @@ def test_there_are_at_least_fifteen_layouts():
 
 def test_error_tree_is_truncated_for_large_folders(tmp_path):
     root = build(tmp_path / "input", images(*(f"top{i:02d}/sub{j}" for i in range(12) for j in range(3)), n=1))
-    with pytest.raises(layout.DatasetError) as info:
+    with pytest.raises(DatasetError) as info:
         layout.detect_layout(root)
     text = str(info.value)
     assert "... and 4 more" in text
@@ -369,7 +372,7 @@ def test_unlabelled_path_round_trips_a_non_utf8_name(tmp_path):
     )
     entry = layout.detect_layout(root).describe()["unlabelled"][0]
     assert entry == {"folder": "café/test", "path": "caf\\xe9/test", "files": 2}
-    assert (root / layout.unescape_path(entry["path"])).is_dir()
+    assert (root / unescape_path(entry["path"])).is_dir()
 
 
 # ================================================================== fewer than two classes
@@ -435,7 +438,7 @@ TOO_FEW_CLASSES = {
 def test_fewer_than_two_classes_says_what_was_found_and_what_to_do(tmp_path, name):
     files, words, picture = TOO_FEW_CLASSES[name]
     root = build(tmp_path / "cache_entry_1234", files)  # the folder's own name is never shown
-    with pytest.raises(layout.DatasetError) as info:
+    with pytest.raises(DatasetError) as info:
         layout.detect_layout(root)
     message = str(info.value)
     assert words in message, message
@@ -450,14 +453,14 @@ def test_fewer_than_two_classes_says_what_was_found_and_what_to_do(tmp_path, nam
 def test_one_class_fails_ingest_naming_it_and_its_images(tmp_path, monkeypatch):
     root = build(tmp_path / "input" / "ds", images("alpha", n=12))
     out = ingest(tmp_path, root, monkeypatch)
-    assert isinstance(out.error, layout.DatasetError), out.error
+    assert isinstance(out.error, DatasetError), out.error
     assert out.message.startswith("the dataset holds one class, 'alpha' (12 images), and at least two are needed")
     assert out.store_keys == []
 
 
 def test_the_error_tree_names_folders_relative_to_the_dataset_top(tmp_path):
     root = build(tmp_path / "d41d8cd98f00b204e9800998", images("train/a", "train/b", "extra"))
-    with pytest.raises(layout.DatasetError) as info:
+    with pytest.raises(DatasetError) as info:
         layout.detect_layout(root)
     assert "\n  ./\n    extra/  (0 folders, 2 files)" in str(info.value)
     assert "d41d8cd98f00b204e9800998" not in str(info.value)
@@ -525,7 +528,7 @@ def test_fuzz_loose_images_are_rejected_and_the_rest_kept(tmp_path, monkeypatch)
 def test_fuzz_nfc_collision_fails_before_writing_anything(tmp_path, monkeypatch):
     root = build(tmp_path / "input", {f"{NFC}/x.png": None, f"{NFD}/y.png": None, "tea/z.png": None})
     out = ingest(tmp_path, root, monkeypatch)
-    assert isinstance(out.error, layout.DatasetError)
+    assert isinstance(out.error, DatasetError)
     assert "Unicode-normalised (NFC)" in out.message
     assert out.store_keys == []
 
@@ -597,7 +600,7 @@ def test_split_names_read_loosely_when_siblings_agree(tmp_path, name):
 
 def test_class_folder_wrapping_class_folders_is_nested(tmp_path):
     root = build(tmp_path / "input", images("a/inner/x", "a/inner/y", "b/inner/x", "b/inner/y"))
-    with pytest.raises(layout.DatasetError, match="class folder 'a' itself holds folders of images"):
+    with pytest.raises(DatasetError, match="class folder 'a' itself holds folders of images"):
         layout.detect_layout(root)
 
 
@@ -639,7 +642,7 @@ def test_following_an_errors_advice_resolves_it(tmp_path, name):
     files, setting = ADVICE[name]
     root = build(tmp_path / "input", files)
     first = {"predefined_split": "require"} if name == "require without a split" else {}
-    with pytest.raises(layout.DatasetError) as info:
+    with pytest.raises(DatasetError) as info:
         layout.detect_layout(root, **first)
     suggested = _suggested(str(info.value))
     assert set(setting) <= set(suggested), (setting, str(info.value))
@@ -663,7 +666,7 @@ def test_dataset_subdir_never_leaves_the_dataset(tmp_path, subdir, words):
     build(tmp_path / "outside", images("x", "y"))
     root = build(tmp_path / "input", images("a", "b"))
     (root / "link").symlink_to(tmp_path / "outside", target_is_directory=True)
-    with pytest.raises(layout.DatasetError, match=words) as info:
+    with pytest.raises(DatasetError, match=words) as info:
         layout.detect_layout(root, subdir=subdir)
     assert "dataset_subdir" in str(info.value)
 
@@ -677,7 +680,7 @@ def test_linked_folders_are_followed_once(tmp_path):
     (root / "c").symlink_to(shared / "more", target_is_directory=True)  # a linked class folder
     found = layout.detect_layout(root)
     assert found.classes == ["a", "b", "c"]
-    files, _ = layout.list_class_files(found.groups[0].classes["a"])
+    files, _ = list_class_files(found.groups[0].classes["a"])
     assert [f.relative_to(root).as_posix() for f in files] == [
         "a/img0.png",
         "a/img1.png",
@@ -702,11 +705,11 @@ def test_an_unreadable_folder_is_an_error_naming_it(tmp_path, monkeypatch, block
     files = images("train/a", "train/b", "test/a", "test/b") if blocked == "train" else images("a", "a/sub", "b")
     root = build(tmp_path / "input", files)
     _deny(monkeypatch, root / blocked)
-    with pytest.raises(layout.DatasetError) as info:
+    with pytest.raises(DatasetError) as info:
         found = layout.detect_layout(root)
         for group in found.groups:
             for folder in group.classes.values():
-                layout.list_class_files(folder)
+                list_class_files(folder)
     assert f"cannot read the dataset folder '{root / blocked}': Permission denied" in str(info.value)
 
 
@@ -714,16 +717,16 @@ def test_unreadable_folder_fails_ingest_with_its_name(tmp_path, monkeypatch):
     root = build(tmp_path / "input", images("a", "a/sub", "b"))
     _deny(monkeypatch, root / "a" / "sub")
     out = ingest(tmp_path, root, monkeypatch)
-    assert isinstance(out.error, layout.DatasetError)
+    assert isinstance(out.error, DatasetError)
     assert "a/sub': Permission denied" in out.message
 
 
 # ================================================================== mapping files and metadata names
 def test_a_mapping_file_is_read_only_up_to_its_limit(tmp_path, monkeypatch):
     path = build(tmp_path, {"mapping.txt": "0 cat\n1 dog\n2 bird\n"}) / "mapping.txt"
-    assert layout.read_mapping(path, ["0", "1", "2"]) == {"0": "cat", "1": "dog", "2": "bird"}
-    monkeypatch.setattr(layout, "MAX_MAPPING_BYTES", len("0 cat\n1 dog\n"))
-    assert layout.read_mapping(path, ["0", "1", "2"]) is None  # '2 bird' lies past the limit
+    assert mapping.read_mapping(path, ["0", "1", "2"]) == {"0": "cat", "1": "dog", "2": "bird"}
+    monkeypatch.setattr(mapping, "MAX_MAPPING_BYTES", len("0 cat\n1 dog\n"))
+    assert mapping.read_mapping(path, ["0", "1", "2"]) is None  # '2 bird' lies past the limit
 
 
 def test_images_named_like_metadata_in_a_class_folder_are_kept(tmp_path, monkeypatch):

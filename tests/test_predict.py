@@ -1,5 +1,5 @@
 """Predictions: top-1 equals argmax of the model on the real preprocessing, unusable files are listed
-with the exact reasons of images.load_rgb, the stage (real sources.fetch, dataset.json, saved model)
+with the exact reasons of images.load_rgb, the stage (real ingest.fetch.fetch, dataset.json, saved model)
 and the CLI."""
 
 from __future__ import annotations

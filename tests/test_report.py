@@ -512,7 +512,7 @@ def test_empty_run_says_what_did_not_run(make_ctx, monkeypatch):
 
 def test_failed_run_opens_with_the_failures(make_ctx):
     from cnn_tasks import failures
-    from cnn_tasks.sources import DownloadError
+    from cnn_tasks.ingest.errors import DownloadError
 
     ctx = make_ctx()
     failures.record_failure(ctx.store, ctx.prefix, "download", -1, None, DownloadError("bad <archive> & 'name'"))
