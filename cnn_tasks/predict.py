@@ -6,7 +6,7 @@ recorded by download in ingest.json) with `sources.fetch` and writes
 report/predictions.csv, report/predictions_rejected.csv and report/predictions.json (the record
 the report reads; it also records why the stage did nothing when no URL is configured).
 
-CLI:  python -m cnn_tasks.predict MODEL.keras FOLDER [--out predictions.csv]
+CLI (`cnn_tasks.cli`):  python -m cnn_tasks predict-model MODEL.keras FOLDER [--out predictions.csv]
 Class names come from meta.json beside the model (else class_<i>); the image size from the model input;
 the image fit (`image_fit`) and size limits (`min_image_side`, `max_aspect_ratio`) the model was
 trained with from meta.json too (a model without them: squash, no limits).
@@ -14,12 +14,11 @@ Images go through the same path as training: validated RGB (images.load_rgb, wit
 limits as ingest, rejected for the same reasons), then data.decode_and_resize with the model's fit,
 then the model (which standardises internally). The folder is streamed
 BATCH images at a time; hidden/system files are skipped as the dataset download skips them.
-Reading the folder (and the visualise CLI's) is `cnn_tasks.image_folder`.
+Reading the folder (and the visualize command's) is `cnn_tasks.image_folder`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -31,10 +30,8 @@ from cnn_tasks import champion, data, layout, models, sources
 from cnn_tasks.image_folder import (
     PredictError,
     Preprocessing,
-    classes_beside,
     iter_image_batches,
     list_files,
-    preprocessing_beside,
 )
 
 log = logging.getLogger(__name__)
@@ -222,26 +219,3 @@ def run(ctx) -> dict:
         "record_key": record_key,
         "predictions_key": csv_key,
     }
-
-
-# ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cnn_tasks.predict", description="Predict the class of every image in a folder."
-    )
-    parser.add_argument("model", type=Path, help="a model.keras file (meta.json beside it gives class names)")
-    parser.add_argument("folder", type=Path, help="folder of images (searched recursively)")
-    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
-    args = parser.parse_args(argv)
-    model = models.load_model(args.model)
-    classes = classes_beside(args.model, int(model.output_shape[-1]))
-    rows, rejected = predict_folder(model, args.folder, classes, preprocessing_beside(args.model))
-    args.out.write_text(csv_text(rows, PREDICTION_COLUMNS))
-    rejected_path = args.out.with_name(f"{args.out.stem}_rejected.csv")
-    rejected_path.write_text(csv_text(rejected, REJECTED_COLUMNS))
-    print(f"{len(rows)} images predicted -> {args.out}; {len(rejected)} rejected -> {rejected_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,16 +2,16 @@
 
 Follows the keras.io examples "Visualizing what convnets learn" and "Grad-CAM class activation
 visualization". `visualize_model` works on any Keras classifier with Conv2D layers that takes
-0..255 RGB pixels; `run` is the pipeline stage (one trained model of this run); the CLI is
-`python -m cnn_tasks.visualize MODEL.keras IMAGE_FOLDER OUT_DIR` (it reads the folder and the class
-names exactly as `python -m cnn_tasks.predict` does, with the training preprocessing).
+0..255 RGB pixels; `run` is the pipeline stage (one trained model of this run); the command
+`python -m cnn_tasks visualize MODEL.keras IMAGE_FOLDER OUT_DIR` (`cnn_tasks.cli`) reads the folder
+and the class names exactly as `python -m cnn_tasks predict-model` does, with the training
+preprocessing (`load_image_folder`).
 
 The model is only ever called in inference mode: nothing here trains or changes it.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -679,40 +679,3 @@ def load_image_folder(folder: Path, size: tuple[int, int], class_names: list[str
     parents = [(Path(folder) / name).parent.name for name in names]
     labels = np.array([class_names.index(n) for n in parents]) if set(parents) <= set(class_names) else None
     return images, labels
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Visualise what a Keras CNN classifier learned.")
-    parser.add_argument("model", type=Path, help="a .keras classifier taking 0..255 RGB pixels")
-    parser.add_argument("images", type=Path, help="a folder of images (class sub-folders give labels)")
-    parser.add_argument("out_dir", type=Path, help="where the PNGs and viz.json go")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--steps", type=int, default=30, help="gradient-ascent steps per filter pattern")
-    parser.add_argument("--layers", nargs="*", help="conv layers for filter patterns (default: first, middle, last)")
-    args = parser.parse_args(argv)
-    from cnn_tasks import image_folder, models
-
-    model = models.load_model(args.model)  # safe_mode: no arbitrary code from the file
-    class_names = image_folder.classes_beside(args.model, int(model.outputs[0].shape[-1]))
-    images, labels = load_image_folder(
-        args.images, input_size(model), class_names, image_folder.preprocessing_beside(args.model)
-    )
-    summary = visualize_model(
-        model,
-        images,
-        labels,
-        class_names,
-        args.out_dir,
-        seed=args.seed,
-        model_id=args.model.stem,
-        filter_layers=args.layers,
-        filter_steps=args.steps,
-        images_considered={"source": str(args.images)},
-    )
-    for entry in summary["figures"]:
-        print(args.out_dir / entry["key"])
-    return summary
-
-
-if __name__ == "__main__":
-    main()

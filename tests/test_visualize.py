@@ -12,7 +12,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from cnn_tasks import visualize  # noqa: E402
+from cnn_tasks import cli, visualize  # noqa: E402
 from tests.imagegen import class_image, make_dataset  # noqa: E402
 
 SIZE, CLASSES = 24, 3
@@ -259,7 +259,7 @@ def test_cli_on_saved_model_and_image_folder(model, tmp_path, capsys):
     model.save(model_path)
     folder = make_dataset(tmp_path / "images", classes=CLASSES, per_class=3, size=32)  # resized to 24 px
 
-    visualize.main([str(model_path), str(folder), str(tmp_path / "out"), "--steps", "2", "--layers", "conv2"])
+    cli.main(["visualize", str(model_path), str(folder), str(tmp_path / "out"), "--steps", "2", "--layers", "conv2"])
 
     viz = json.loads((tmp_path / "out" / "viz.json").read_text())
     assert viz["model_id"] == "tiny"
