@@ -400,11 +400,12 @@ def visualize_folder(
     reads them (class names from the meta.json beside the model; class sub-folders give labels);
     writes the PNGs and viz.json to `out_dir` and prints the figures' paths."""
     from cnn_tasks import image_folder, models, visualize
+    from cnn_tasks.model_layers import input_size
 
     model = models.load_model(model_path)  # safe_mode: no arbitrary code from the file
     class_names = image_folder.classes_beside(model_path, int(model.outputs[0].shape[-1]))
     images, labels = visualize.load_image_folder(
-        folder, visualize.input_size(model), class_names, image_folder.preprocessing_beside(model_path)
+        folder, input_size(model), class_names, image_folder.preprocessing_beside(model_path)
     )
     summary = visualize.visualize_model(
         model,
