@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from cnn_tasks import DAG_ID, failures, progress, reuse, runtime
-from cnn_tasks.champion import champions
+from cnn_tasks import DAG_ID, champion, failures, progress, reuse, runtime
 from cnn_tasks.config import EUROSAT_URL, ConfigError, PipelineConfig
 from cnn_tasks.context import safe_run_id
 from cnn_tasks.errors import PipelineError
@@ -262,9 +261,9 @@ def answer(store, run_id: str | None) -> list[str]:
         lines.append(f"Best model:    {best['name'].replace('__', ' / ')}: {score(best)}")
     if best := results.get("best_ensemble"):
         lines.append(f"Best ensemble: {best['name']}: {score(best)}")
-    if champion := results.get("champion"):
-        reason = f" ({champion['reason']})" if champion.get("reason") else ""
-        lines.append(f"Champion:      {champion.get('decision')}{reason}")
+    if verdict := results.get("champion"):
+        reason = f" ({verdict['reason']})" if verdict.get("reason") else ""
+        lines.append(f"Champion:      {verdict.get('decision')}{reason}")
     warned = results.get("warnings") or []
     lines.append(f"Warnings:      {len(warned)}" if warned else "Warnings:      none")
     lines += [f"  - {w}" for w in warned]
@@ -355,24 +354,10 @@ def predict_with_champion(store, folder: Path, out: Path, name: str | None = Non
     """Classify `folder` with the champion of model `name` (the store's only one when None):
     `predict_with_model` on a local copy of the model and the meta.json it was trained with, which
     holds its classes and image preprocessing."""
-    found = champions(store, include_legacy=True)
-    if not found:
-        raise PipelineError(f"no champion in {store.uri}: no model has been promoted in this store yet")
-    if name is None and len(found) > 1:
-        raise PipelineError(f"{store.uri} has champions for {', '.join(sorted(found))}: choose one with --model-name")
-    name = name or next(iter(found))
-    if name not in found:
-        raise PipelineError(f"no champion named {name!r} in {store.uri}; it has {', '.join(sorted(found))}")
-    champion = found[name]
-    print(f"champion of {name}: {champion['model_id']} from run {champion['run_id']}", flush=True)
+    name, record = champion.find(store, name)
+    print(f"champion of {name}: {record['model_id']} from run {record['run_id']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        model = store.get_file(champion["model_key"], Path(tmp) / "model.keras")
-        source = champion.get("source_model_key")
-        meta_key = source.rsplit("/", 1)[0] + "/meta.json" if source else None
-        if meta_key and store.exists(meta_key):  # copied as is: predict reads it leniently (older versions)
-            store.get_file(meta_key, Path(tmp) / "meta.json")
-        else:  # the champion record's classes and fit; no size limits
-            (Path(tmp) / "meta.json").write_text(json.dumps({k: champion.get(k) for k in ("classes", "image_fit")}))
+        model = champion.fetch_model(store, record, Path(tmp))
         return predict_with_model(model, folder, out)
 
 

@@ -107,7 +107,7 @@ def choose_model(ctx, classes: list[str]) -> dict:
                 "model_id": current["model_id"],
                 "model_key": current["model_key"],
                 "run_id": current["run_id"],
-                "meta_key": _meta_key(current.get("source_model_key")),
+                "meta_key": champion.source_meta_key(current),
             }
         why = "champion classes differ from this run's" if current.get("classes") != classes else "model missing"
         log.info("not using the champion (%s); using this run's best model", why)
@@ -122,11 +122,6 @@ def choose_model(ctx, classes: list[str]) -> dict:
         "run_id": ctx.run_id,
         "meta_key": ctx.model_key(deployable["name"], "meta.json"),
     }
-
-
-def _meta_key(model_key: str | None) -> str | None:
-    """runs/<run>/models/<id>/model.keras -> the meta.json beside it."""
-    return model_key.rsplit("/", 1)[0] + "/meta.json" if model_key else None
 
 
 def dataset_unlabelled(ctx) -> list[dict]:
