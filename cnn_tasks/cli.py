@@ -3,6 +3,8 @@
   validate SETTINGS            check a settings file (YAML or JSON) as the trigger form would
   run [--conf SETTINGS] [...]  run the pipeline once with a project-local Airflow, print the report
   predict FOLDER --store URI   classify a folder of images with the champion of a store
+  predict-model MODEL FOLDER   classify a folder of images with a model file
+  visualize MODEL IMAGES OUT   draw what a model file learned (feature maps, filters, Grad-CAM)
   report --store URI           print where the latest run's report is
   tensorboard [RUN] --store URI  serve a run's training logs (default: the latest run) with TensorBoard
 
@@ -37,8 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from cnn_tasks import DAG_ID, failures, progress, reuse, runtime
-from cnn_tasks.champion import champions
+from cnn_tasks import DAG_ID, champion, failures, progress, reuse, runtime
 from cnn_tasks.config import EUROSAT_URL, PipelineConfig
 from cnn_tasks.context import safe_run_id
 from cnn_tasks.errors import PipelineError
@@ -261,9 +262,9 @@ def answer(store, run_id: str | None) -> list[str]:
         lines.append(f"Best model:    {best['name'].replace('__', ' / ')}: {score(best)}")
     if best := results.get("best_ensemble"):
         lines.append(f"Best ensemble: {best['name']}: {score(best)}")
-    if champion := results.get("champion"):
-        reason = f" ({champion['reason']})" if champion.get("reason") else ""
-        lines.append(f"Champion:      {champion.get('decision')}{reason}")
+    if verdict := results.get("champion"):
+        reason = f" ({verdict['reason']})" if verdict.get("reason") else ""
+        lines.append(f"Champion:      {verdict.get('decision')}{reason}")
     warned = results.get("warnings") or []
     lines.append(f"Warnings:      {len(warned)}" if warned else "Warnings:      none")
     lines += [f"  - {w}" for w in warned]
@@ -351,30 +352,62 @@ def latest_report(store) -> tuple[str, str] | None:
 
 
 def predict_with_champion(store, folder: Path, out: Path, name: str | None = None) -> int:
-    """Classify `folder` with the champion of model `name` (the store's only one when None): predict's
-    CLI on a local copy of the model and the meta.json it was trained with, which holds its classes
-    and image preprocessing."""
-    from cnn_tasks import predict
-
-    found = champions(store, include_legacy=True)
-    if not found:
-        raise PipelineError(f"no champion in {store.uri}: no model has been promoted in this store yet")
-    if name is None and len(found) > 1:
-        raise PipelineError(f"{store.uri} has champions for {', '.join(sorted(found))}: choose one with --model-name")
-    name = name or next(iter(found))
-    if name not in found:
-        raise PipelineError(f"no champion named {name!r} in {store.uri}; it has {', '.join(sorted(found))}")
-    champion = found[name]
-    print(f"champion of {name}: {champion['model_id']} from run {champion['run_id']}", flush=True)
+    """Classify `folder` with the champion of model `name` (the store's only one when None):
+    `predict_with_model` on a local copy of the model and the meta.json it was trained with, which
+    holds its classes and image preprocessing."""
+    name, record = champion.find(store, name)
+    print(f"champion of {name}: {record['model_id']} from run {record['run_id']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        model = store.get_file(champion["model_key"], Path(tmp) / "model.keras")
-        source = champion.get("source_model_key")
-        meta_key = source.rsplit("/", 1)[0] + "/meta.json" if source else None
-        if meta_key and store.exists(meta_key):  # copied as is: predict reads it leniently (older versions)
-            store.get_file(meta_key, Path(tmp) / "meta.json")
-        else:  # the champion record's classes and fit; no size limits
-            (Path(tmp) / "meta.json").write_text(json.dumps({k: champion.get(k) for k in ("classes", "image_fit")}))
-        return predict.main([str(model), str(folder), "--out", str(out)])
+        model = champion.fetch_model(store, record, Path(tmp))
+        return predict_with_model(model, folder, out)
+
+
+def predict_with_model(model_path: Path, folder: Path, out: Path) -> int:
+    """Classify `folder` with a model file: class names from the meta.json beside it (else
+    class_<i>), with the image fit and size limits it was trained with. Writes `out` and
+    <out stem>_rejected.csv."""
+    from cnn_tasks import models, predict
+    from cnn_tasks.image_folder import classes_beside, preprocessing_beside
+
+    model = models.load_model(model_path)
+    classes = classes_beside(model_path, int(model.output_shape[-1]))
+    rows, rejected = predict.predict_folder(model, folder, classes, preprocessing_beside(model_path))
+    out.write_text(predict.csv_text(rows, predict.PREDICTION_COLUMNS))
+    rejected_path = out.with_name(f"{out.stem}_rejected.csv")
+    rejected_path.write_text(predict.csv_text(rejected, predict.REJECTED_COLUMNS))
+    print(f"{len(rows)} images predicted -> {out}; {len(rejected)} rejected -> {rejected_path}")
+    return 0
+
+
+def visualize_folder(
+    model_path: Path, folder: Path, out_dir: Path, seed: int = 42, steps: int = 30, layers: list[str] | None = None
+) -> int:
+    """Visualise what a model file learned on a folder of images, read exactly as `predict-model`
+    reads them (class names from the meta.json beside the model; class sub-folders give labels);
+    writes the PNGs and viz.json to `out_dir` and prints the figures' paths."""
+    from cnn_tasks import image_folder, models, visualize
+    from cnn_tasks.model_layers import input_size
+
+    model = models.load_model(model_path)  # safe_mode: no arbitrary code from the file
+    class_names = image_folder.classes_beside(model_path, int(model.outputs[0].shape[-1]))
+    images, labels = visualize.load_image_folder(
+        folder, input_size(model), class_names, image_folder.preprocessing_beside(model_path)
+    )
+    summary = visualize.visualize_model(
+        model,
+        images,
+        labels,
+        class_names,
+        out_dir,
+        seed=seed,
+        model_id=model_path.stem,
+        filter_layers=layers,
+        filter_steps=steps,
+        images_considered={"source": str(folder)},
+    )
+    for entry in summary["figures"]:
+        print(out_dir / entry["key"])
+    return 0
 
 
 def download_tensorboard_logs(store, run_id: str, dest: Path) -> list[str]:
@@ -448,6 +481,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--store", required=True, help="file:///path or s3://bucket/prefix")
     s.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
     s.add_argument("--model-name", default=None, help="whose champion (default: the store's only one)")
+    m = sub.add_parser("predict-model", help="classify a folder of images with a model file")
+    m.add_argument("model", type=Path, help="a model.keras file (meta.json beside it gives class names)")
+    m.add_argument("folder", type=Path, help="folder of images (searched recursively)")
+    m.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
+    z = sub.add_parser("visualize", help="visualise what a Keras CNN classifier learned")
+    z.add_argument("model", type=Path, help="a .keras classifier taking 0..255 RGB pixels")
+    z.add_argument("images", type=Path, help="a folder of images (class sub-folders give labels)")
+    z.add_argument("out_dir", type=Path, help="where the PNGs and viz.json go")
+    z.add_argument("--seed", type=int, default=42)
+    z.add_argument("--steps", type=int, default=30, help="gradient-ascent steps per filter pattern")
+    z.add_argument("--layers", nargs="*", help="conv layers for filter patterns (default: first, middle, last)")
     t = sub.add_parser("report", help="print where the latest run's report is")
     t.add_argument("--store", required=True, help="file:///path or s3://bucket/prefix")
     b = sub.add_parser("tensorboard", help="serve a run's TensorBoard logs (downloaded from the store)")
@@ -473,6 +517,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             conf = build_conf(args.conf, {env: getattr(args, env) for env in OVERRIDES})
             return run_pipeline(conf, verbose=args.verbose)
+        if args.command == "predict-model":
+            return predict_with_model(args.model, args.folder, args.out)
+        if args.command == "visualize":
+            return visualize_folder(args.model, args.images, args.out_dir, args.seed, args.steps, args.layers)
         store = open_store(args.store, endpoint_url=args.s3_endpoint_url)
         if args.command == "predict":
             return predict_with_champion(store, args.folder, args.out, args.model_name)

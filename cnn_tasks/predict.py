@@ -6,7 +6,7 @@ recorded by download in ingest.json) with `ingest.fetch.fetch` and writes
 report/predictions.csv, report/predictions_rejected.csv and report/predictions.json (the record
 the report reads; it also records why the stage did nothing when no URL is configured).
 
-CLI:  python -m cnn_tasks.predict MODEL.keras FOLDER [--out predictions.csv]
+CLI (`cnn_tasks.cli`):  python -m cnn_tasks predict-model MODEL.keras FOLDER [--out predictions.csv]
 Class names come from meta.json beside the model (else class_<i>); the image size from the model input;
 the image fit (`image_fit`) and size limits (`min_image_side`, `max_aspect_ratio`) the model was
 trained with from meta.json too (a model without them: squash, no limits).
@@ -14,12 +14,11 @@ Images go through the same path as training: validated RGB (images.load_rgb, wit
 limits as ingest, rejected for the same reasons), then data.decode_and_resize with the model's fit,
 then the model (which standardises internally). The folder is streamed
 BATCH images at a time; hidden/system files are skipped as the dataset download skips them.
-Reading the folder (and the visualise CLI's) is `cnn_tasks.image_folder`.
+Reading the folder (and the visualize command's) is `cnn_tasks.image_folder`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -31,10 +30,8 @@ from cnn_tasks import champion, data, models
 from cnn_tasks.image_folder import (
     PredictError,
     Preprocessing,
-    classes_beside,
     iter_image_batches,
     list_files,
-    preprocessing_beside,
 )
 from cnn_tasks.ingest import fetch
 from cnn_tasks.ingest.files import unescape_path
@@ -112,7 +109,7 @@ def choose_model(ctx, classes: list[str]) -> dict:
                 "model_id": current["model_id"],
                 "model_key": current["model_key"],
                 "run_id": current["run_id"],
-                "meta_key": _meta_key(current.get("source_model_key")),
+                "meta_key": champion.source_meta_key(current),
             }
         why = "champion classes differ from this run's" if current.get("classes") != classes else "model missing"
         log.info("not using the champion (%s); using this run's best model", why)
@@ -127,11 +124,6 @@ def choose_model(ctx, classes: list[str]) -> dict:
         "run_id": ctx.run_id,
         "meta_key": ctx.model_key(deployable["name"], "meta.json"),
     }
-
-
-def _meta_key(model_key: str | None) -> str | None:
-    """runs/<run>/models/<id>/model.keras -> the meta.json beside it."""
-    return model_key.rsplit("/", 1)[0] + "/meta.json" if model_key else None
 
 
 def dataset_unlabelled(ctx) -> list[dict]:
@@ -224,26 +216,3 @@ def run(ctx) -> dict:
         "record_key": record_key,
         "predictions_key": csv_key,
     }
-
-
-# ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cnn_tasks.predict", description="Predict the class of every image in a folder."
-    )
-    parser.add_argument("model", type=Path, help="a model.keras file (meta.json beside it gives class names)")
-    parser.add_argument("folder", type=Path, help="folder of images (searched recursively)")
-    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
-    args = parser.parse_args(argv)
-    model = models.load_model(args.model)
-    classes = classes_beside(args.model, int(model.output_shape[-1]))
-    rows, rejected = predict_folder(model, args.folder, classes, preprocessing_beside(args.model))
-    args.out.write_text(csv_text(rows, PREDICTION_COLUMNS))
-    rejected_path = args.out.with_name(f"{args.out.stem}_rejected.csv")
-    rejected_path.write_text(csv_text(rejected, REJECTED_COLUMNS))
-    print(f"{len(rows)} images predicted -> {args.out}; {len(rejected)} rejected -> {rejected_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

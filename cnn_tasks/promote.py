@@ -20,6 +20,7 @@ champions/<name>/champion.json is replaced. Nothing older is deleted.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 import numpy as np
@@ -27,13 +28,15 @@ import numpy as np
 from cnn_tasks import data, model_card, models, reuse, serving
 from cnn_tasks.champion import (
     candidate_rows,
-    champion_json_key,
-    champion_key,
     champion_model_key,
-    history_key,
+    copy_champion_file,
+    install_champion,
+    keep_training_data_record,
     model_name,
     pick_candidate,
+    put_champion_file,
     read_champion,
+    seen_keys,
 )
 from cnn_tasks.contracts import Promotion
 from cnn_tasks.metrics import classification_metrics, load_predictions
@@ -109,69 +112,29 @@ def utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def install_champion(store, champion: dict, source_model_key: str, previous: dict | None) -> dict:
-    """Copy the model, archive the previous record (if not yet in history), write history + champion.json."""
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = store.get_file(source_model_key, Path(tmp) / "model.keras")
-        store.put_file(champion["model_key"], local)
-    if previous and previous.get("promoted_at") and previous.get("run_id") and not store.exists(history_key(previous)):
-        store.put_json(history_key(previous), previous)
-    store.put_json(history_key(champion), champion)
-    key = champion_json_key(champion["model_name"])
-    store.put_json(key, champion)
-    return {"champion_key": key, "history_key": history_key(champion), "model_key": champion["model_key"]}
-
-
 def export_champion(ctx, champion: dict) -> dict:
     """What serving needs, under champions/<name>/models/<run_id>/ before champion.json names it: the SavedModel,
     the float16 TFLite file (export_tflite) and the model card (also kept in the run's folder, for
     the report). Returns their keys, which the champion record links to."""
-    store, run_id, name = ctx.store, champion["run_id"], champion["model_name"]
+    store = ctx.store
     scratch = ctx.scratch("promote")
     model = models.load_model(ctx.cached(champion["source_model_key"]))
     size, fit = champion["image_size"], champion["image_fit"]
-    keys = {"saved_model_key": champion_key(name, run_id, "saved_model")}
     serving.export_saved_model(model, champion["classes"], size, fit, scratch / "saved_model")
-    serving.upload_folder(store, scratch / "saved_model", keys["saved_model_key"])
+    keys = {"saved_model_key": put_champion_file(store, champion, "saved_model", scratch / "saved_model")}
     if ctx.config.export_tflite:
-        keys["tflite_key"] = champion_key(name, run_id, "model.tflite")
-        store.put_file(keys["tflite_key"], serving.export_tflite(model, size, scratch / "model.tflite", scratch))
+        tflite = serving.export_tflite(model, size, scratch / "model.tflite", scratch)
+        keys["tflite_key"] = put_champion_file(store, champion, "model.tflite", tflite)
     card = model_card.build(ctx, {**champion, **keys})
     store.put_json(ctx.key("model_card.json"), card)
     store.put_text(ctx.key("model_card.md"), model_card.markdown(card), "text/markdown; charset=utf-8")
     for file in ("model_card.json", "model_card.md"):
-        key = champion_key(name, run_id, file)
-        store.copy(ctx.key(file), key)
-        keys[f"{file.replace('.', '_')}_key"] = key
+        keys[f"{file.replace('.', '_')}_key"] = copy_champion_file(store, champion, file, ctx.key(file))
     log.info("exported the new champion: %s", ", ".join(keys.values()))
     return keys
 
 
-def keep_training_data_record(ctx, champion: dict) -> dict:
-    """Copies, beside the champion, of what a later run compares it with: which images it trained and
-    validated on (split.csv, for the fair comparison) and the profile of its data (for drift)."""
-    keys = {}
-    for file, field in (("split.csv", "split_key"), ("profile.json", "profile_key")):
-        if ctx.store.exists(ctx.data_key(file)):
-            keys[field] = champion_key(champion["model_name"], champion["run_id"], file)
-            ctx.store.copy(ctx.data_key(file), keys[field])
-    return keys
-
-
 # ----------------------------------------------------------------------------- the stage
-def seen_keys(store, champion: dict) -> set[str] | None:
-    """The content keys of the images the champion trained or validated on (its run's split.csv, kept
-    beside it at promotion); None when it was promoted before they were recorded."""
-    key = champion.get("split_key")
-    if not key or not store.exists(key):
-        return None
-    table = data.read_csv_text(store.get_text(key))
-    return set(table.loc[table["split"].isin(["train", "val"]), "key"])
-
-
 def _champion_on_this_test(ctx, champion: dict, classes: list[str], candidate: str) -> dict:
     """The fair comparison: champion and candidate scored on this run's test images that neither of
     them trained or validated on. {"comparable", "why", "metrics" (the champion's),
@@ -318,7 +281,7 @@ def run(ctx) -> dict:
         }
         new.update(export_champion(ctx, new))
         new.update(keep_training_data_record(ctx, new))
-        record.update(install_champion(store, new, new["source_model_key"], previous))
+        record.update(asdict(install_champion(store, new, new["source_model_key"], previous)))
         record["new_champion"] = new
     Promotion.write(store, ctx.key("promotion.json"), record)
     log.info("promotion: %s (%s)", record["decision"], reason, extra=TERMINAL)

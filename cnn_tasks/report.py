@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import jinja2
 
 from cnn_tasks import drift, leaderboard, reuse, runtime
-from cnn_tasks.champion import model_name, read_champion
+from cnn_tasks.champion import model_name, read_champion, read_profile
 from cnn_tasks.contracts import Contract, DatasetInfo, EnsembleSummary, ModelMeta, ModelMetrics, Promotion, Summary
 from cnn_tasks.headline import results, task_url
 from cnn_tasks.leaderboard import duration, fmt
@@ -493,13 +493,13 @@ def drift_section(run: Run) -> dict:
     name = model_name(ctx.config)
     if reference is None:
         return not_run("drift", title, f"no earlier champion of model '{name}' to compare with", neutral=True)
-    key = reference.get("profile_key")
-    if not key or not ctx.store.exists(key):
+    profile = read_profile(ctx.store, reference)
+    if profile is None:
         return not_run(
             "drift", title, f"the champion (run {reference.get('run_id')}) was promoted before data profiles were kept"
         )
     cfg = ctx.config
-    result = drift.compare(current, ctx.store.get_json(key), cfg.drift_class_share_change, cfg.drift_psi)
+    result = drift.compare(current, profile, cfg.drift_class_share_change, cfg.drift_psi)
     fair = (run.promotion or {}).get("champion_on_this_test") or {}
     then, now = (reference.get("metrics") or {}).get("accuracy"), (fair.get("metrics") or {}).get("accuracy")
     accuracy = {

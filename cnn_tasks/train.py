@@ -10,6 +10,8 @@ checkpoint/finished.json says whether that training finished. A task that finds 
 training whose outputs were saved (meta.json) was cleared or re-run on purpose: it trains again
 from scratch and replaces the model (and says so in its log); a try whose earlier try finished
 training but failed before saving the outputs only saves them.
+The callbacks of full training (NaN guard, time budget, resumable early stopping) are
+`cnn_tasks.training_callbacks`.
 
 Imports keras at module level: import this module inside Airflow tasks, not in the DAG file.
 """
@@ -32,6 +34,13 @@ from cnn_tasks.context import model_id as make_model_id
 from cnn_tasks.contracts import ModelMeta
 from cnn_tasks.errors import PipelineError
 from cnn_tasks.progress import TERMINAL
+from cnn_tasks.training_callbacks import (
+    EpochLearningRate,
+    NanGuard,
+    ResumableEarlyStopping,
+    TimeBudget,
+    stop_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +60,6 @@ LR_RANGE_DIVERGED = 4.0
 
 class SingleBatchCheckError(PipelineError, RuntimeError):
     """An architecture could not overfit one batch: it is too weak (or broken) to train."""
-
-
-class TrainingDivergedError(PipelineError, RuntimeError):
-    """The loss became NaN or infinite during training."""
 
 
 def _prepare(ctx: RunContext) -> dict:
@@ -275,7 +280,7 @@ def run(ctx: RunContext, experiment: str, variant: str, extra_callbacks=()) -> d
                 shuffle=False,  # the dataset shuffles (seeded)
                 verbose=0,
             )
-            stopped_by = _stop_reason(callbacks)
+            stopped_by = stop_reason(callbacks)
         finished = {"finished": True, "epochs": len(history), "stopped_by": stopped_by}
         (work / "checkpoint" / FINISHED).write_text(json.dumps(finished))
         _sync_state(ctx, mid, work)
@@ -334,99 +339,6 @@ def _callbacks(ctx, spec, mid: str, work: Path, history: list[dict], train_count
     return callbacks
 
 
-class NanGuard(keras.callbacks.Callback):
-    """Stop with a clear error as soon as an epoch's loss or val loss is NaN/inf (before any save)."""
-
-    def __init__(self, experiment: str, mid: str):
-        super().__init__()
-        self.experiment, self.mid = experiment, mid
-
-    def on_epoch_end(self, epoch, logs=None):
-        for name in ("loss", "val_loss"):
-            value = (logs or {}).get(name)
-            if value is not None and not math.isfinite(float(value)):
-                raise TrainingDivergedError(
-                    f"experiment {self.experiment!r} ({self.mid}): {name} became {float(value)} at epoch "
-                    f"{epoch + 1}; training diverged. Lower the learning rate, add batch norm or check "
-                    "the input data for NaN values."
-                )
-
-
-class EpochLearningRate(keras.callbacks.Callback):
-    """Puts the learning rate the epoch started with into its logs (not the one a schedule set after it)."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.learning_rate = _current_lr(self.model)
-
-    def on_epoch_end(self, epoch, logs=None):  # keras hands every callback the same logs dict
-        logs["learning_rate"] = self.learning_rate
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Ends training at an epoch boundary when the next epoch would pass `minutes` (None: no budget).
-
-    The clock is the saved history's epoch seconds (validation included), so a resumed try spends
-    what is left of the budget, not a new one. The next epoch is assumed to take as long as the
-    slowest of the last three. Runs after EpochRecorder, which appends the epoch that just ended.
-    """
-
-    def __init__(self, mid: str, minutes: float | None, history: list[dict]):
-        super().__init__()
-        self.mid, self.history = mid, history
-        self.budget_s = None if minutes is None else minutes * 60
-        self.stopped_epoch = None
-
-    def used_s(self) -> float:
-        return sum(h["seconds"] for h in self.history)
-
-    def spent(self) -> bool:
-        """True when an earlier try already used the whole budget (it trains no further)."""
-        return self.budget_s is not None and bool(self.history) and self.used_s() >= self.budget_s
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.budget_s is None or self.model.stop_training:
-            return
-        next_s = max(h["seconds"] for h in self.history[-3:])
-        if self.used_s() + next_s > self.budget_s:
-            self.model.stop_training = True
-            self.stopped_epoch = epoch + 1
-            log.warning(
-                "%s: stopped by the time budget at epoch %d: %.1f of %.1f min used, the next epoch would take "
-                "about %.1f min; the best epoch's weights are kept",
-                self.mid,
-                epoch + 1,
-                self.used_s() / 60,
-                self.budget_s / 60,
-                next_s / 60,
-            )
-
-
-def _stop_reason(callbacks: list) -> str:
-    """Why fit returned: early stopping or the time budget ended it, else it ran all its epochs."""
-    for callback in callbacks:
-        if isinstance(callback, keras.callbacks.EarlyStopping) and callback.stopped_epoch > 0:
-            return "early_stopping"
-        if isinstance(callback, TimeBudget) and callback.stopped_epoch:
-            return "time_budget"
-    return "epochs"
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """keras EarlyStopping whose best value and patience counter continue from the saved history."""
-
-    def __init__(self, history: list[dict], **kwargs):
-        super().__init__(**kwargs)
-        self.history = history
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self.history:
-            losses = [h["val_loss"] for h in self.history]
-            best_index = int(np.argmin(losses))
-            self.best, self.best_epoch = losses[best_index], best_index
-            self.wait = len(losses) - 1 - best_index
-
-
 class EpochRecorder(keras.callbacks.Callback):
     """Appends each epoch to `history`, logs progress (images/s, ETA) and syncs the state to the store."""
 
@@ -452,10 +364,6 @@ class EpochRecorder(keras.callbacks.Callback):
         (self.work / "checkpoint" / "history.json").write_text(json.dumps(self.history, indent=1))
         _log_progress(self.mid, entry, self.ctx.config.epochs, self.history)
         _sync_state(self.ctx, self.mid, self.work)
-
-
-def _current_lr(model) -> float:
-    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
 def _log_progress(mid: str, entry: dict, epochs: int, history: list[dict]) -> None:

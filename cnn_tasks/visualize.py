@@ -1,28 +1,38 @@
 """What a trained CNN learned: activations, filter patterns, first-layer kernels and Grad-CAM.
+Filter patterns (gradient ascent) are `cnn_tasks.filter_patterns`; the layers looked at are found
+by `cnn_tasks.model_layers`.
 
 Follows the keras.io examples "Visualizing what convnets learn" and "Grad-CAM class activation
 visualization". `visualize_model` works on any Keras classifier with Conv2D layers that takes
-0..255 RGB pixels; `run` is the pipeline stage (one trained model of this run); the CLI is
-`python -m cnn_tasks.visualize MODEL.keras IMAGE_FOLDER OUT_DIR` (it reads the folder and the class
-names exactly as `python -m cnn_tasks.predict` does, with the training preprocessing).
+0..255 RGB pixels; `run` is the pipeline stage (one trained model of this run); the command
+`python -m cnn_tasks visualize MODEL.keras IMAGE_FOLDER OUT_DIR` (`cnn_tasks.cli`) reads the folder
+and the class names exactly as `python -m cnn_tasks predict-model` does, with the training
+preprocessing (`load_image_folder`).
 
 The model is only ever called in inference mode: nothing here trains or changes it.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from cnn_tasks.filter_patterns import MAX_FILTERS, default_filter_layers, draw_filter_patterns
+from cnn_tasks.model_layers import (
+    class_score_layer,
+    conv_unit_outputs,
+    feature_layers,
+    full_conv_layers,
+    input_size,
+    require_conv_layers,
+    sub_model,
+)
 from cnn_tasks.plots import figure_entry, new_figure, save_figure
 
 CHANNELS_PER_LAYER = 16  # feature maps shown per layer
-MAX_FILTERS = 64  # filter patterns per layer (an 8x8 grid)
 DEAD_EPSILON = 1e-6  # a channel whose maximum never exceeds this on the sample is "dead"
 HEATMAP_EXAMPLES = 4  # correct and wrong Grad-CAM examples each
 TEST_IMAGES_MAX = 2000  # test images the stage predicts to pick its samples (seeded, stratified)
@@ -145,34 +155,6 @@ def draw_activations(model, images, row_labels, save, channels_per_layer: int):
     return entries, shown, dead_channels(maps)
 
 
-def draw_filter_patterns(model, layer_names, steps: int, max_filters: int, seed: int, save):
-    """One grid of patterns per layer; returns (figures, {layer: activations before/after, seconds})."""
-    entries, summary = [], {}
-    for layer_name in layer_names:
-        started = time.perf_counter()
-        count = min(max_filters, int(model.get_layer(layer_name).output.shape[-1]))
-        patterns, before, after = filter_patterns(model, layer_name, list(range(count)), steps, seed=seed)
-        summary[layer_name] = {
-            "filters": count,
-            "steps": steps,
-            "seconds": round(time.perf_counter() - started, 2),
-            "mean_activation_before": float(before.mean()),
-            "mean_activation_after": float(after.mean()),
-            "high_frequency_share": round(high_frequency_share(patterns), 3),
-        }
-        fig = filter_pattern_figure(patterns, after, layer_name, steps)
-        entries.append(
-            save(
-                f"filters_{layer_name}.png",
-                fig,
-                f"Inputs that maximise the first {count} filters of {layer_name} after {steps} "
-                f"gradient-ascent steps with jitter and smoothing; mean activation {before.mean():.2f} -> "
-                f"{after.mean():.2f}.",
-            )
-        )
-    return entries, summary
-
-
 def draw_kernels(model, save) -> dict:
     """The first conv layer's kernels as colour tiles."""
     tiles, first = first_layer_kernels(model), full_conv_layers(model)[0]
@@ -191,110 +173,6 @@ def draw_grad_cam(model, images, labels, probabilities, class_names, seed: int, 
     heatmaps = {group: grad_cam(model, images[idx], predicted[idx]) for group, idx in chosen.items() if len(idx)}
     fig = grad_cam_figure(images, labels, probabilities, chosen, heatmaps, class_names)
     return save("grad_cam.png", fig, grad_cam_caption(chosen))
-
-
-# --------------------------------------------------------------------------- layers
-def conv_layers(model) -> list:
-    """The model's Conv2D and SeparableConv2D layers, in order (nested sub-models are not searched)."""
-    import keras
-
-    return [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.SeparableConv2D))]
-
-
-def full_conv_layers(model) -> list:
-    """The model's (full) Conv2D layers: the ones with colour kernels."""
-    import keras
-
-    return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-
-
-def require_conv_layers(model, model_id: str | None = None) -> None:
-    """Reject models these pictures cannot explain."""
-    if not full_conv_layers(model):
-        raise ValueError(
-            f"model {model_id or model.name!r} has no Conv2D layers: there are no filters, "
-            "feature maps or kernels to visualise (nested sub-models are not searched)"
-        )
-
-
-def conv_unit_outputs(model) -> list[str]:
-    """For each conv layer, the layer that ends its unit: its activation when one follows
-    (conv<i> -> bn<i> -> act<i> gives act<i>), else the Conv2D itself."""
-    import keras
-
-    unit_tail = (
-        keras.layers.BatchNormalization,
-        keras.layers.Activation,
-        keras.layers.ReLU,
-        keras.layers.LeakyReLU,
-        keras.layers.ELU,
-        keras.layers.PReLU,
-    )
-    names, layers = [], model.layers
-    for i, layer in enumerate(layers):
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.SeparableConv2D)):
-            shown = layer
-            for follower in layers[i + 1 :]:
-                if not isinstance(follower, unit_tail):
-                    break
-                if not isinstance(follower, keras.layers.BatchNormalization):
-                    shown = follower
-            names.append(shown.name)
-    return names
-
-
-def pooling_layers(model) -> list[str]:
-    """Names of the 2D pooling layers (global pooling excluded: it has no maps)."""
-    import keras
-
-    pooling = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
-    return [layer.name for layer in model.layers if isinstance(layer, pooling)]
-
-
-def feature_layers(model) -> list[str]:
-    """The layers whose outputs are shown as feature maps: conv units and pooling, in model order."""
-    shown = set(conv_unit_outputs(model)) | set(pooling_layers(model))
-    return [layer.name for layer in model.layers if layer.name in shown]
-
-
-def default_filter_layers(model) -> list[str]:
-    """The first, middle and last conv layers (without repeats)."""
-    names = [layer.name for layer in conv_layers(model)]
-    return list(dict.fromkeys([names[0], names[len(names) // 2], names[-1]]))
-
-
-def input_size(model) -> tuple[int, int]:
-    """(height, width) the model takes."""
-    return tuple(int(d) for d in model.inputs[0].shape[1:3])
-
-
-def sub_model(model, layer_names: list[str]):
-    """A model from the input to the outputs of `layer_names`, sharing the trained weights."""
-    import keras
-
-    if not isinstance(model, keras.Sequential):
-        return keras.Model(inputs=model.inputs[0], outputs=[model.get_layer(name).output for name in layer_names])
-    # A loaded Sequential's layers hold several graph nodes, and `layer.output` (the first) is not
-    # the one `model.outputs` grows from: chain the layers once more on a fresh input instead.
-    inputs = keras.Input(model.inputs[0].shape[1:])
-    x, tensors = inputs, {}
-    for layer in model.layers:
-        x = tensors[layer.name] = layer(x)
-        if set(layer_names) <= set(tensors):
-            break  # nothing past the last requested layer is needed
-    return keras.Model(inputs=inputs, outputs=[tensors[name] for name in layer_names])
-
-
-def class_score_layer(model) -> str:
-    """The layer that scores the classes: the logits before a final softmax Activation layer when
-    there is one (a saturated softmax has zero gradient), else the output layer."""
-    import keras
-
-    last = model.layers[-1]
-    is_softmax = getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
-    if isinstance(last, keras.layers.Activation) and is_softmax and len(model.layers) > 1:
-        return model.layers[-2].name
-    return last.name
 
 
 def predict(model, images, batch_size: int = 256) -> np.ndarray:
@@ -394,145 +272,6 @@ def explanation(dead: dict) -> str:
         f"{dead_count} of {total} channels were dead on the sample; the most in {worst} "
         f"({dead[worst]['dead']} of {dead[worst]['total']})."
     )
-
-
-# --------------------------------------------------------------------------- filter patterns
-def filter_patterns(
-    model,
-    layer_name: str,
-    filter_indices: list[int],
-    steps: int = 30,
-    step_size: float = 3.0,
-    seed: int = 0,
-    regularise: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradient ascent on the input to find what maximises each filter of `layer_name`.
-
-    For a conv layer the filter's activation is its own (linear) output, before batch norm and
-    activation, so the gradient does not vanish where a ReLU is off. All filters are optimised at
-    once: one input per filter in a batch, the loss is the sum of each input's own filter activation,
-    so the gradient of each input only involves its own filter.
-    `regularise` adds what makes published filter visualisations legible (Yosinski et al. 2015, Olah
-    et al. 2017): each step sees the batch shifted by a random jitter, so no single pixel grid is
-    exploited; every BLUR_EVERY steps the images are smoothed and pulled slightly back towards grey,
-    which removes the high-frequency noise plain ascent amplifies.
-    Returns (patterns [F, H, W, 3] in 0..1 for display, activation before, activation after).
-    """
-    import tensorflow as tf
-
-    extractor = sub_model(model, [layer_name])
-    size = input_size(model)
-    step = ascent_step(extractor, step_size)
-    indices = tf.constant(filter_indices, tf.int32)
-    images = initial_inputs(len(indices), size, seed)
-    before = filter_activation(extractor, images, indices).numpy()
-    images = gradient_ascent(step, images, indices, steps, jitter=jitter_pixels(size) if regularise else 0, seed=seed)
-    after = filter_activation(extractor, images, indices).numpy()
-    return np.stack([deprocess(image) for image in images.numpy()]), before, after
-
-
-BLUR_EVERY = 4  # steps between smoothing passes
-DECAY = 0.95  # the pull towards grey at each smoothing pass
-
-
-def jitter_pixels(size: tuple[int, int]) -> int:
-    """The largest random shift per step: 1/16 of the image side, at least 1 px."""
-    return max(1, min(size) // 16)
-
-
-def initial_inputs(count: int, size: tuple[int, int], seed: int):
-    """Near-grey noisy images in the model's 0..255 input space."""
-    import tensorflow as tf
-
-    noise = np.random.default_rng(seed).normal(0.0, 8.0, (count, *size, 3))
-    return tf.constant(128.0 + noise, tf.float32)
-
-
-def filter_activation(extractor, images, indices):
-    """Mean activation of each image's own filter, borders excluded (they are padding artefacts)."""
-    import tensorflow as tf
-
-    maps = tf.cast(extractor(images, training=False), tf.float32)  # float16 under mixed precision
-    border = min(2, (int(maps.shape[1]) - 1) // 4)  # 2 px on large maps, none on tiny ones
-    if border:
-        maps = maps[:, border:-border, border:-border, :]
-    own = tf.gather(maps, indices, axis=3, batch_dims=1)  # [F, h, w]: filter i of image i
-    return tf.reduce_mean(own, axis=(1, 2))
-
-
-def ascent_step(extractor, step_size: float):
-    """One compiled gradient-ascent step: move each image along its normalised gradient, computed on
-    the batch rolled by `shift` pixels (a jitter; zero for plain ascent)."""
-    import tensorflow as tf
-
-    @tf.function
-    def step(images, indices, shift):
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            loss = tf.reduce_sum(filter_activation(extractor, tf.roll(images, shift, axis=[1, 2]), indices))
-        grads = tape.gradient(loss, images)
-        rms = tf.sqrt(tf.reduce_mean(tf.square(grads), axis=(1, 2, 3), keepdims=True))
-        return tf.clip_by_value(images + step_size * grads / (rms + 1e-8), 0.0, 255.0)
-
-    return step
-
-
-def smooth(images):
-    """A 3x3 binomial blur per channel (edges reflected), then a pull towards mid-grey."""
-    import tensorflow as tf
-
-    taps = tf.constant([1.0, 2.0, 1.0]) / 4.0
-    kernel = tf.tile(tf.reshape(tf.tensordot(taps, taps, axes=0), (3, 3, 1, 1)), (1, 1, 3, 1))
-    padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-    blurred = tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")
-    return 128.0 + (blurred - 128.0) * DECAY
-
-
-def gradient_ascent(step, images, indices, steps: int, jitter: int = 0, seed: int = 0):
-    """Run `steps` ascent steps on the batch; with a jitter, each step shifts by up to `jitter` px
-    (seeded) and every BLUR_EVERY steps the batch is smoothed."""
-    import tensorflow as tf
-
-    shifts = np.random.default_rng(seed).integers(-jitter, jitter + 1, (steps, 2), dtype=np.int32)
-    for i in range(steps):
-        images = step(images, indices, tf.constant(shifts[i]))
-        if jitter and (i + 1) % BLUR_EVERY == 0:
-            images = smooth(images)
-    return images
-
-
-def high_frequency_share(patterns: np.ndarray) -> float:
-    """How much of the patterns' contrast is pixel-to-pixel noise: the mean squared difference between
-    neighbouring pixels (across and down) over 4 x the variance, averaged over patterns (about 1 for
-    white noise, near 0 for smooth shapes)."""
-    centred = patterns - patterns.mean(axis=(1, 2, 3), keepdims=True)
-    variance = (centred**2).mean(axis=(1, 2, 3)) + 1e-12
-    dx = (np.diff(centred, axis=2) ** 2).mean(axis=(1, 2, 3))
-    dy = (np.diff(centred, axis=1) ** 2).mean(axis=(1, 2, 3))
-    return float(np.mean((dx + dy) / (4 * variance)))
-
-
-def deprocess(image: np.ndarray) -> np.ndarray:
-    """Stretch one pattern for display: zero mean, small spread around mid-grey, in 0..1."""
-    image = (image - image.mean()) / (image.std() + 1e-5) * 0.15 + 0.5
-    return np.clip(image, 0.0, 1.0)
-
-
-def filter_pattern_figure(patterns, after, layer_name: str, steps: int):
-    """Up to an 8x8 grid of patterns, each titled with its filter index and final activation."""
-    cols = math.ceil(math.sqrt(len(patterns)))
-    rows = math.ceil(len(patterns) / cols)
-    fig, axes = new_figure(1.2 * cols, 1.3 * rows + 0.6, nrows=rows, ncols=cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(patterns):
-            ax.imshow(patterns[i])
-            ax.set_title(f"#{i}: {after[i]:.1f}", fontsize=7)
-    fig.suptitle(
-        f"{layer_name}: {len(patterns)} filter patterns, {steps} gradient-ascent steps, "
-        f"mean activation reached {np.mean(after):.2f}"
-    )
-    return fig
 
 
 # --------------------------------------------------------------------------- first-layer kernels
@@ -679,40 +418,3 @@ def load_image_folder(folder: Path, size: tuple[int, int], class_names: list[str
     parents = [(Path(folder) / name).parent.name for name in names]
     labels = np.array([class_names.index(n) for n in parents]) if set(parents) <= set(class_names) else None
     return images, labels
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Visualise what a Keras CNN classifier learned.")
-    parser.add_argument("model", type=Path, help="a .keras classifier taking 0..255 RGB pixels")
-    parser.add_argument("images", type=Path, help="a folder of images (class sub-folders give labels)")
-    parser.add_argument("out_dir", type=Path, help="where the PNGs and viz.json go")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--steps", type=int, default=30, help="gradient-ascent steps per filter pattern")
-    parser.add_argument("--layers", nargs="*", help="conv layers for filter patterns (default: first, middle, last)")
-    args = parser.parse_args(argv)
-    from cnn_tasks import image_folder, models
-
-    model = models.load_model(args.model)  # safe_mode: no arbitrary code from the file
-    class_names = image_folder.classes_beside(args.model, int(model.outputs[0].shape[-1]))
-    images, labels = load_image_folder(
-        args.images, input_size(model), class_names, image_folder.preprocessing_beside(args.model)
-    )
-    summary = visualize_model(
-        model,
-        images,
-        labels,
-        class_names,
-        args.out_dir,
-        seed=args.seed,
-        model_id=args.model.stem,
-        filter_layers=args.layers,
-        filter_steps=args.steps,
-        images_considered={"source": str(args.images)},
-    )
-    for entry in summary["figures"]:
-        print(args.out_dir / entry["key"])
-    return summary
-
-
-if __name__ == "__main__":
-    main()

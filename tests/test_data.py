@@ -259,7 +259,7 @@ def _colour_model(path):
 
 
 def test_predict_cli_applies_the_fit_and_limits_its_model_was_trained_with(tmp_path, capsys):
-    from cnn_tasks import image_folder, images, predict
+    from cnn_tasks import cli, image_folder, images
 
     folder = tmp_path / "unlabelled"
     folder.mkdir()
@@ -275,7 +275,7 @@ def test_predict_cli_applies_the_fit_and_limits_its_model_was_trained_with(tmp_p
         if meta is not None:
             meta_path.write_text(json.dumps({"classes": ["reddish", "not"], **meta}))
         out = tmp_path / "predictions.csv"
-        assert predict.main([str(model), str(folder), "--out", str(out)]) == 0
+        assert cli.main(["predict-model", str(model), str(folder), "--out", str(out)]) == 0
         rows = {r["image"]: r["predicted_class"] for r in csv.DictReader(out.open())}
         rejected = {r["image"]: r["reason"] for r in csv.DictReader(out.with_name("predictions_rejected.csv").open())}
         return rows, rejected

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from cnn_tasks import data, image_folder, images, predict
+from cnn_tasks import cli, data, image_folder, images, predict
 from tests.fixtures_training import write_training_dataset
 from tests.helpers import CLASSES, tiny_model, write_single_model_ensemble
 from tests.imagegen import make_dataset
@@ -162,7 +162,7 @@ def test_cli_uses_class_names_beside_the_model(folder, tmp_path):
     tiny_model().save(model_dir / "model.keras")
     (model_dir / "meta.json").write_text(json.dumps({"classes": CLASSES}))
     out = tmp_path / "preds.csv"
-    assert predict.main([str(model_dir / "model.keras"), str(folder), "--out", str(out)]) == 0
+    assert cli.main(["predict-model", str(model_dir / "model.keras"), str(folder), "--out", str(out)]) == 0
     rows = read_csv(out.read_text())
     assert len(rows) == 6
     assert {r["predicted_class"] for r in rows} <= set(CLASSES)

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from cnn_tasks import models, plots, runtime, train
+from cnn_tasks import models, plots, runtime, train, training_callbacks
 from cnn_tasks.errors import PipelineError
 from cnn_tasks.experiments import DEFAULT_EXPERIMENTS, ConvBlock, ExperimentSpec
 from tests.fixtures_training import write_training_dataset
@@ -176,7 +176,7 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epochs.append(epoch)
-        self.learning_rates.append(train._current_lr(self.model))
+        self.learning_rates.append(training_callbacks.current_lr(self.model))
 
 
 def test_killed_training_resumes_from_its_last_completed_epoch(tiny_ctx):
@@ -207,7 +207,7 @@ class PoisonWeights(keras.callbacks.Callback):
 
 def test_nan_loss_raises_naming_experiment_and_epoch(tiny_ctx):
     ctx = tiny_ctx()
-    with pytest.raises(train.TrainingDivergedError, match=r"experiment 'small'.*at epoch 2"):
+    with pytest.raises(training_callbacks.TrainingDivergedError, match=r"experiment 'small'.*at epoch 2"):
         train.run(ctx, "small", "unbalanced", extra_callbacks=[PoisonWeights()])
     backup = json.loads(ctx.store.get_text(ctx.model_key("small__unbalanced", "backup", "training_metadata.json")))
     assert backup["epoch"] == 1  # the diverged epoch was never backed up
@@ -325,7 +325,7 @@ class FakeModel:
 )
 def test_the_budget_stops_when_the_next_epoch_would_pass_it(minutes, seconds, stops):
     history = [{"seconds": s} for s in seconds]
-    budget = train.TimeBudget("m", minutes, history)
+    budget = training_callbacks.TimeBudget("m", minutes, history)
     budget.set_model(FakeModel())
     budget.on_epoch_end(len(history) - 1)
     assert budget.model.stop_training is stops

@@ -1,4 +1,5 @@
-"""Tests for cnn_tasks.visualize on tiny trained CNNs (24 px images, few filters and steps)."""
+"""Tests for cnn_tasks.visualize, filter_patterns and model_layers on tiny trained CNNs (24 px images, few filters
+and steps)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from cnn_tasks import visualize  # noqa: E402
+from cnn_tasks import cli, filter_patterns, model_layers, visualize  # noqa: E402
 from tests.imagegen import class_image, make_dataset  # noqa: E402
 
 SIZE, CLASSES = 24, 3
@@ -96,15 +97,15 @@ def test_any_functional_cnn_without_separate_activations_works(data):
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x))
     model = keras.Model(inputs, outputs)
 
-    assert visualize.feature_layers(model) == ["c1", "p1", "c2"]
-    assert visualize.default_filter_layers(model) == ["c1", "c2"]
+    assert model_layers.feature_layers(model) == ["c1", "p1", "c2"]
+    assert filter_patterns.default_filter_layers(model) == ["c1", "c2"]
     maps = visualize.activation_maps(model, data[0][:2])
     assert {name: m.shape for name, m in maps.items()} == {
         "c1": (2, 22, 22, 4),
         "p1": (2, 11, 11, 4),
         "c2": (2, 9, 9, 5),
     }
-    assert visualize.class_score_layer(model) == model.layers[-1].name  # softmax inside Dense
+    assert model_layers.class_score_layer(model) == model.layers[-1].name  # softmax inside Dense
     assert visualize.grad_cam(model, data[0][:2], [0, 1]).shape == (2, SIZE, SIZE)
 
 
@@ -116,26 +117,28 @@ def test_dead_channels_counts_channels_never_above_epsilon():
 
 
 def test_gradient_ascent_increases_each_filters_activation(model):
-    patterns, before, after = visualize.filter_patterns(model, "conv2", [0, 3, 7, 19], steps=8)
+    patterns, before, after = filter_patterns.filter_patterns(model, "conv2", [0, 3, 7, 19], steps=8)
     assert patterns.shape == (4, SIZE, SIZE, 3)
     assert np.all((patterns >= 0) & (patterns <= 1))
     assert np.all(after > before), (before, after)
 
 
 def test_jitter_and_smoothing_make_patterns_smoother_than_plain_ascent(model):
-    plain, before, plain_after = visualize.filter_patterns(model, "conv3", list(range(8)), steps=12, regularise=False)
-    smooth, _, smooth_after = visualize.filter_patterns(model, "conv3", list(range(8)), steps=12)
+    plain, before, plain_after = filter_patterns.filter_patterns(
+        model, "conv3", list(range(8)), steps=12, regularise=False
+    )
+    smooth, _, smooth_after = filter_patterns.filter_patterns(model, "conv3", list(range(8)), steps=12)
     assert np.all(plain_after > before)
     assert np.all(smooth_after > before)
-    assert visualize.high_frequency_share(smooth) < 0.7 * visualize.high_frequency_share(plain)
+    assert filter_patterns.high_frequency_share(smooth) < 0.7 * filter_patterns.high_frequency_share(plain)
 
 
 def test_high_frequency_share_tells_noise_from_shapes():
     rng = np.random.default_rng(0)
     noise = rng.uniform(0, 1, (4, 32, 32, 3))
     ramp = np.broadcast_to(np.linspace(0, 1, 32)[None, None, :, None], (4, 32, 32, 3))
-    assert visualize.high_frequency_share(noise) == pytest.approx(1.0, abs=0.05)
-    assert visualize.high_frequency_share(ramp) < 0.01
+    assert filter_patterns.high_frequency_share(noise) == pytest.approx(1.0, abs=0.05)
+    assert filter_patterns.high_frequency_share(ramp) < 0.01
 
 
 def test_separable_models_show_their_separable_layers_and_the_first_layers_kernels():
@@ -144,11 +147,11 @@ def test_separable_models_show_their_separable_layers_and_the_first_layers_kerne
 
     spec = next(s for s in DEFAULT_EXPERIMENTS if any(b.separable for b in s.conv))
     model = models.build_model(spec, CLASSES, 32, mean=[128.0] * 3, std=[64.0] * 3)
-    names = [layer.name for layer in visualize.conv_layers(model)]
+    names = [layer.name for layer in model_layers.conv_layers(model)]
     assert names == [f"conv{i}" for i in range(1, len(spec.conv) + 1)]
-    assert visualize.default_filter_layers(model) == ["conv1", names[len(names) // 2], names[-1]]
+    assert filter_patterns.default_filter_layers(model) == ["conv1", names[len(names) // 2], names[-1]]
     assert visualize.first_layer_kernels(model).shape == (spec.conv[0].filters, 3, 3, 3)
-    patterns, _, after = visualize.filter_patterns(model, names[-1], [0, 1], steps=4)
+    patterns, _, after = filter_patterns.filter_patterns(model, names[-1], [0, 1], steps=4)
     assert patterns.shape == (2, 32, 32, 3)
     assert np.all(np.isfinite(after))  # untrained: no claim on the activation reached
 
@@ -162,7 +165,7 @@ def test_first_layer_kernels_one_tile_per_filter(model):
 
 def test_grad_cam_heatmaps_are_input_sized_finite_and_in_unit_range(model, data):
     images, labels = data
-    assert visualize.class_score_layer(model) == "logits"  # the gradient of a saturated softmax vanishes
+    assert model_layers.class_score_layer(model) == "logits"  # the gradient of a saturated softmax vanishes
     heatmaps = visualize.grad_cam(model, images[:5], labels[:5])
     assert heatmaps.shape == (5, SIZE, SIZE)
     assert np.isfinite(heatmaps).all()
@@ -259,7 +262,7 @@ def test_cli_on_saved_model_and_image_folder(model, tmp_path, capsys):
     model.save(model_path)
     folder = make_dataset(tmp_path / "images", classes=CLASSES, per_class=3, size=32)  # resized to 24 px
 
-    visualize.main([str(model_path), str(folder), str(tmp_path / "out"), "--steps", "2", "--layers", "conv2"])
+    cli.main(["visualize", str(model_path), str(folder), str(tmp_path / "out"), "--steps", "2", "--layers", "conv2"])
 
     viz = json.loads((tmp_path / "out" / "viz.json").read_text())
     assert viz["model_id"] == "tiny"
