@@ -9,9 +9,12 @@ The names below are defined here once, for the stages, the DAG, the plugin, scri
 
 import os
 
+from cnn_tasks import quiet_tensorflow
+
 # TensorFlow's C++ start-up notes (CPU instructions, oneDNN) are INFO messages written to stderr,
 # which Airflow's task log shows as red ERROR lines: hidden unless the user sets the variable.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+quiet_tensorflow.install()  # and the notes TF_CPP_MIN_LOG_LEVEL does not reach, written while it is imported
 
 DAG_ID = "cnn_image_classification"
 SPLITS = ("train", "val", "test")  # the labelled splits, in this order everywhere

@@ -210,3 +210,18 @@ def test_tensorflow_start_up_notes_stay_out_of_a_tasks_log():
     assert proc.stdout.strip() == "16.0", proc.stderr
     assert "cpu_feature_guard" not in proc.stderr
     assert "I0000" not in proc.stderr
+
+
+def test_only_abseil_info_notes_are_dropped_from_stderr_while_tensorflow_is_imported(capfd):
+    """A real error written to stderr during the import still reaches the task log."""
+    from cnn_tasks.quiet_tensorflow import native_notes_dropped
+
+    with native_notes_dropped():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1796417193.116945   23742 port.cc:153] oneDNN custom operations are on.\n")
+        os.write(2, b"E0000 00:00:1796417193.116945   23742 cuda.cc:1] failed call to cuInit\n")
+        os.write(2, b"Traceback (most recent call last):\n")
+    assert capfd.readouterr().err.splitlines() == [
+        "E0000 00:00:1796417193.116945   23742 cuda.cc:1] failed call to cuInit",
+        "Traceback (most recent call last):",
+    ]
