@@ -42,6 +42,7 @@ from urllib.parse import urlparse
 from cnn_tasks import DAG_ID, champion, failures, progress, reuse, runtime
 from cnn_tasks.config import EUROSAT_URL, PipelineConfig
 from cnn_tasks.context import safe_run_id
+from cnn_tasks.deployment import deployment
 from cnn_tasks.errors import PipelineError
 from cnn_tasks.fields import ConfigError
 from cnn_tasks.storage import open_store
@@ -188,7 +189,7 @@ def run_pipeline(conf: dict[str, Any], verbose: bool = False) -> int:
         airflow(
             "pools",
             "set",
-            os.environ.get("CNN_TRAINING_POOL", "training"),
+            deployment().training_pool,
             str(tasks),
             "CNN training tasks",
             **setup,

@@ -5,23 +5,24 @@ Airflow-free: the caller looks the run up in Airflow's database and opens the st
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from cnn_tasks.config import PipelineConfig
+from cnn_tasks.deployment import deployment
 from cnn_tasks.runs_paths import RUNS
 from cnn_tasks.runs_problems import Problem
 
 
 def store_settings() -> tuple[str, str | None, str]:
     """(store URI, S3 endpoint, Airflow connection id) from the deployment's environment."""
+    env = deployment()
     return (
-        os.environ.get("CNN_STORE_URI") or PipelineConfig.model_fields["store_uri"].default,
-        os.environ.get("CNN_S3_ENDPOINT_URL") or None,
-        os.environ.get("CNN_AWS_CONN_ID") or "aws_default",
+        env.store_uri or PipelineConfig.model_fields["store_uri"].default,
+        env.s3_endpoint_url or None,
+        env.aws_conn_id or "aws_default",
     )
 
 
@@ -41,7 +42,7 @@ def local_path(uri: str) -> Path | None:
 def local_roots() -> list[Path]:
     """Local folders whose runs' stores may be read: the deployment's store, when local, and the
     folders listed in CNN_REPORT_LOCAL_STORES."""
-    entries = [store_settings()[0], *os.environ.get("CNN_REPORT_LOCAL_STORES", "").split(",")]
+    entries = [store_settings()[0], *deployment().report_local_stores.split(",")]
     return [path for entry in entries if entry.strip() and (path := local_path(entry.strip())) is not None]
 
 
